@@ -1,0 +1,1 @@
+"""flagwire: real-time feature flags."""

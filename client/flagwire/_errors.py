@@ -1,0 +1,53 @@
+"""The exception tree of the ``flagwire`` package.
+
+::
+
+    FlagwireError
+    ├── ProtocolError          a frame that is not a valid flagwire message
+    ├── ValidationError        a flag or segment document that breaks the model
+    └── ClientError            raised by FlagClient and friends
+        ├── AuthenticationError   the server refused the SDK key (do not retry)
+        ├── InitializationError   no data within the start-up timeout (fail_on_timeout=True)
+        └── ClientClosedError     the client was used after close()
+
+Errors from ``websockets`` and the OS are translated into these at the client's
+boundary; evaluation never raises at all.
+"""
+
+from __future__ import annotations
+
+
+class FlagwireError(Exception):
+    """Root of every exception flagwire raises on purpose."""
+
+
+class ProtocolError(FlagwireError):
+    """A frame could not be decoded into a flagwire message; the text says why."""
+
+
+class ValidationError(FlagwireError):
+    """A flag or segment document is invalid.
+
+    ``errors`` lists ``(path, message)`` pairs such as
+    ``("rules[1].clauses[0].op", 'unknown operator "startswith"; expected one of ...')``.
+    """
+
+    def __init__(self, errors: list[tuple[str, str]]) -> None:
+        self.errors = list(errors)
+        super().__init__("; ".join(f"{path}: {msg}" if path else msg for path, msg in errors))
+
+
+class ClientError(FlagwireError):
+    """Base of the errors raised by the client."""
+
+
+class AuthenticationError(ClientError):
+    """The server refused the SDK key; the client stops retrying."""
+
+
+class InitializationError(ClientError):
+    """The first snapshot did not arrive in time and the caller asked to fail."""
+
+
+class ClientClosedError(ClientError):
+    """The client was closed."""

@@ -1,0 +1,1 @@
+"""Test helpers built once and reused: Redis processes, servers, proxies, flag builders."""
