@@ -1,0 +1,51 @@
+-- One flag or segment write: the whole change or nothing.
+--
+-- KEYS: 1 meta, 2 docs hash (flags|segments), 3 changes stream, 4 history list, 5 audit stream
+-- ARGV: 1 key, 2 mode (create|replace|update|delete), 3 flag version the caller read (0 = absent),
+--       4 new document JSON ("" for delete), 5 message prefix, 6 message suffix, 7 actor,
+--       8 audit action, 9 kind, 10 new flag version, 11 changes maxlen, 12 history cap,
+--       13 audit maxlen
+-- Returns {"ok", env_version, commit_ms} or {"noenv"} / {"exists", v} / {"missing", 0} /
+-- {"conflict", v} / {"corrupt", key}.  Every check happens before the first write, and the
+-- only write that could still fail (XADD with an explicit id) goes first, so an error never
+-- leaves half a change behind.
+local expect = {meta = 'hash', docs = 'hash', changes = 'stream', history = 'list', audit = 'stream'}
+local names = {'meta', 'docs', 'changes', 'history', 'audit'}
+for i, name in ipairs(names) do
+  local t = redis.call('TYPE', KEYS[i])['ok']
+  if t ~= 'none' and t ~= expect[name] then return {'corrupt', KEYS[i]} end
+end
+if redis.call('EXISTS', KEYS[1]) == 0 then return {'noenv'} end
+
+local cur = redis.call('HGET', KEYS[2], ARGV[1])
+local curver = 0
+if cur then
+  local ok, doc = pcall(cjson.decode, cur)
+  if ok and type(doc) == 'table' and tonumber(doc['version']) then curver = tonumber(doc['version']) end
+end
+local mode = ARGV[2]
+if mode == 'create' and cur then return {'exists', curver} end
+if (mode == 'update' or mode == 'delete') and not cur then return {'missing', 0} end
+if curver ~= tonumber(ARGV[3]) then return {'conflict', curver} end
+
+local ver = tonumber(redis.call('HGET', KEYS[1], 'version') or '0') + 1
+local sver = string.format('%d', ver)
+local now = redis.call('TIME')
+local ms = string.format('%d', tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000))
+
+redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[11], sver .. '-0',
+  'm', ARGV[5] .. sver .. ARGV[6], 't', ms, 'k', ARGV[1], 'a', ARGV[7])
+redis.call('HSET', KEYS[1], 'version', sver)
+if mode == 'delete' then
+  redis.call('HDEL', KEYS[2], ARGV[1])
+else
+  redis.call('HSET', KEYS[2], ARGV[1], ARGV[4])
+end
+if cur then
+  redis.call('LPUSH', KEYS[4], cur)
+  redis.call('LTRIM', KEYS[4], 0, tonumber(ARGV[12]) - 1)
+end
+redis.call('XADD', KEYS[5], 'MAXLEN', '~', ARGV[13], '*',
+  'actor', ARGV[7], 'action', ARGV[8], 'kind', ARGV[9], 'key', ARGV[1],
+  'version', sver, 'flag_version', ARGV[10], 'before', cur or '', 'after', ARGV[4], 't', ms)
+return {'ok', sver, ms}

@@ -1,0 +1,609 @@
+"""The Redis flag store: every change is one atomic Lua script.
+
+Why this shape: a client that sees environment version ``n`` must be able to
+trust that the flags it holds are exactly Redis's flags at ``n`` and that the
+change log holds an entry for every version.  So a write bumps the version,
+stores the document, appends the encoded change message (``<version>-0`` in
+``P:{env}:changes``), records the previous document in the history list and
+adds an audit entry in one script — all of it or none of it.
+
+The new document carries its own flag ``version`` and the change message
+carries the new environment version, so the document is built here in Python
+from the one just read, and the script re-checks that the flag version it
+finds is still the one read (optimistic concurrency).  When the caller gave
+no expected version a lost race is retried a few times; when they did, it is
+a :class:`Conflict`.  Validation runs before the script, so nothing is
+written for an invalid document.
+
+Key layout: see ``docs/design.md`` (Storage).  Segment history lives in
+``P:{env}:seghistory:<key>``.
+
+Errors (all :class:`StoreError`, itself a ``FlagwireError``)::
+
+    StoreError
+    ├── NotFound          no such environment, flag, segment or history version
+    ├── Conflict          expected version mismatch (``current_version``)
+    │   └── AlreadyExists create of something that exists
+    ├── StoreUnavailable  Redis unreachable or timing out
+    └── StoreCorrupt      a key of the wrong type (nothing was written)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import functools
+import random
+import re
+import secrets
+import weakref
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass
+from importlib import resources
+from typing import Any, Final, Literal, ParamSpec, TypeVar
+
+import orjson
+import redis.asyncio as aioredis
+import redis.exceptions
+
+from flagwire._errors import FlagwireError, ValidationError
+from flagwire._model import KEY_RE, validate_flag, validate_segment
+from flagwire._protocol import patch_template
+
+__all__ = [
+    "AlreadyExists",
+    "AuditEntry",
+    "Conflict",
+    "EnvState",
+    "Kind",
+    "NotFound",
+    "Store",
+    "StoreCorrupt",
+    "StoreError",
+    "StoreUnavailable",
+    "WriteResult",
+]
+
+Kind = Literal["flag", "segment"]
+
+#: Environment keys: no ``{``/``}``/``:`` so that they are safe inside the hash tag.
+ENV_RE: Final = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}\Z")
+CHANGES_MAXLEN: Final = 10_000
+HISTORY_CAP: Final = 100
+AUDIT_MAXLEN: Final = 10_000
+_RETRIES: Final = 8
+#: Fields the server owns; callers' values for them are ignored.
+SERVER_FIELDS: Final = ("version", "created_at", "updated_at", "updated_by")
+
+
+class StoreError(FlagwireError):
+    """Base of the store's errors."""
+
+
+class NotFound(StoreError):
+    """The environment, document or version does not exist."""
+
+
+class Conflict(StoreError):
+    """The document's current version is not the one the caller expected."""
+
+    def __init__(self, message: str, current_version: int) -> None:
+        super().__init__(message)
+        self.current_version = current_version
+
+
+class AlreadyExists(Conflict):
+    """A create found the document (or environment) already there."""
+
+
+class StoreUnavailable(StoreError):
+    """Redis could not be reached; nothing was (knowingly) written."""
+
+
+class StoreCorrupt(StoreError):
+    """A Redis key had an unexpected type; the script refused before writing."""
+
+
+@dataclass(frozen=True, slots=True)
+class EnvState:
+    """One environment read atomically."""
+
+    version: int
+    epoch: str
+    flags: dict[str, dict[str, Any]]
+    segments: dict[str, dict[str, Any]]
+
+
+@dataclass(frozen=True, slots=True)
+class WriteResult:
+    """What a committed write produced."""
+
+    kind: Kind
+    key: str
+    doc: dict[str, Any] | None  # None after a delete
+    version: int  # the flag's (or segment's) new version
+    env_version: int
+    committed_ms: int
+    previous: dict[str, Any] | None
+
+
+@dataclass(frozen=True, slots=True)
+class AuditEntry:
+    id: str
+    actor: str
+    action: str
+    kind: str
+    key: str
+    version: int
+    flag_version: int
+    at_ms: int
+    before: dict[str, Any] | None
+    after: dict[str, Any] | None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "at": _iso(self.at_ms / 1000),
+            "actor": self.actor,
+            "action": self.action,
+            "kind": self.kind,
+            "key": self.key,
+            "version": self.version,
+            "flag_version": self.flag_version,
+            "before": self.before,
+            "after": self.after,
+        }
+
+
+P = ParamSpec("P")
+T = TypeVar("T")
+
+
+def _translated(fn: Callable[P, Coroutine[Any, Any, T]]) -> Callable[P, Coroutine[Any, Any, T]]:
+    """Translate redis-py's connection errors into :class:`StoreUnavailable`."""
+
+    @functools.wraps(fn)
+    async def wrapper(*args: P.args, **kwargs: P.kwargs) -> T:
+        try:
+            return await fn(*args, **kwargs)
+        except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
+            raise StoreUnavailable(f"store unavailable: {exc}") from None
+        except redis.exceptions.ResponseError as exc:
+            if "BUSY" in str(exc) or "LOADING" in str(exc):
+                raise StoreUnavailable(f"store unavailable: {exc}") from None
+            raise StoreCorrupt(f"store refused the command: {exc}") from None
+
+    return wrapper
+
+
+def _s(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _iso(ts: float) -> str:
+    return dt.datetime.fromtimestamp(ts, dt.UTC).isoformat(timespec="milliseconds").replace(
+        "+00:00", "Z"
+    )
+
+
+def _now() -> str:
+    return _iso(dt.datetime.now(dt.UTC).timestamp())
+
+
+def _loads(raw: Any) -> dict[str, Any] | None:
+    if raw is None or raw == b"" or raw == "":
+        return None
+    value = orjson.loads(raw)
+    return value if isinstance(value, dict) else None
+
+
+def _pairs(flat: list[Any]) -> dict[str, dict[str, Any]]:
+    out: dict[str, dict[str, Any]] = {}
+    for i in range(0, len(flat), 2):
+        doc = _loads(flat[i + 1])
+        if doc is not None:
+            out[_s(flat[i])] = doc
+    return out
+
+
+def _script(name: str) -> str:
+    return (resources.files("flagwire_server") / "scripts" / f"{name}.lua").read_text()
+
+
+def _version_of(doc: dict[str, Any] | None) -> int:
+    if doc is None:
+        return 0
+    v = doc.get("version")
+    return v if type(v) is int else 0
+
+
+class Store:
+    """Flags, segments, environments, history and audit in one Redis.
+
+    Args:
+        redis: an asyncio Redis client (``decode_responses`` either way).
+        prefix: the key prefix ``P`` (``FLAGWIRE_REDIS_PREFIX``).
+    """
+
+    def __init__(self, redis: aioredis.Redis, prefix: str = "fw") -> None:
+        self.redis = redis
+        self._prefix = prefix
+        self._write = redis.register_script(_script("write"))
+        self._load = redis.register_script(_script("load"))
+        self._create_env = redis.register_script(_script("create_env"))
+        # Writers of one document in this process queue up instead of racing; the
+        # optimistic check in the script still guards against other processes.
+        self._locks: weakref.WeakValueDictionary[tuple[str, str, str], asyncio.Lock] = (
+            weakref.WeakValueDictionary()
+        )
+
+    @property
+    def prefix(self) -> str:
+        return self._prefix
+
+    def key(self, env: str, suffix: str) -> str:
+        """The Redis key ``P:{env}:suffix`` (hash-tagged so an env stays in one slot)."""
+        return f"{self._prefix}:{{{env}}}:{suffix}"
+
+    def _docs_key(self, env: str, kind: Kind) -> str:
+        return self.key(env, "flags" if kind == "flag" else "segments")
+
+    def _history_key(self, env: str, kind: Kind, key: str) -> str:
+        return self.key(env, f"history:{key}" if kind == "flag" else f"seghistory:{key}")
+
+    # --- environments -------------------------------------------------------
+
+    @_translated
+    async def list_envs(self) -> list[dict[str, Any]]:
+        """Every environment's ``{key, name, created_at}``, sorted by key."""
+        raw = await self.redis.hgetall(f"{self._prefix}:envs")
+        envs = [doc for doc in (_loads(v) for v in raw.values()) if doc is not None]
+        return sorted(envs, key=lambda e: str(e.get("key", "")))
+
+    @_translated
+    async def get_env(self, env: str) -> dict[str, Any]:
+        """``{key, name, created_at, version, epoch}``; raises :class:`NotFound`."""
+        raw, meta = await self._env_info(env)
+        if meta is None:
+            raise NotFound(f"environment {env!r} does not exist")
+        info = raw or {"key": env, "name": env, "created_at": meta.get("created_at", "")}
+        return {**info, "version": int(meta.get("version", "0")), "epoch": meta.get("epoch", "")}
+
+    async def _env_info(self, env: str) -> tuple[dict[str, Any] | None, dict[str, str] | None]:
+        raw = await self.redis.hget(f"{self._prefix}:envs", env)
+        meta_raw = await self.redis.hgetall(self.key(env, "meta"))
+        meta = {_s(k): _s(v) for k, v in meta_raw.items()} if meta_raw else None
+        return _loads(raw), meta
+
+    @_translated
+    async def create_env(self, key: str, name: str = "") -> dict[str, Any]:
+        """Create an environment at version 0 with a fresh epoch.
+
+        Raises:
+            ValidationError: ``key`` is not a valid environment key.
+            AlreadyExists: it exists.
+        """
+        if not isinstance(key, str) or not ENV_RE.match(key):
+            raise ValidationError([("key", "expected 1-64 of a-z 0-9 _ - starting alphanumeric")])
+        if not isinstance(name, str) or len(name) > 200:
+            raise ValidationError([("name", "expected a string of at most 200 characters")])
+        created_at = _now()
+        listing = orjson.dumps({"key": key, "name": name or key, "created_at": created_at})
+        made = await self._create_env(
+            keys=[self.key(key, "meta")], args=[secrets.token_hex(8), created_at]
+        )
+        envs_key = f"{self._prefix}:envs"
+        if not int(made):
+            # The meta exists; repair a missing listing entry (a crash between the two writes).
+            if await self.redis.hsetnx(envs_key, key, listing):
+                return await self.get_env(key)
+            raise AlreadyExists(f"environment {key!r} already exists", 0)
+        await self.redis.hset(envs_key, key, listing)
+        return await self.get_env(key)
+
+    async def ensure_env(self, key: str, name: str = "") -> bool:
+        """Create the environment unless it exists; True when it was created."""
+        try:
+            await self.create_env(key, name)
+        except AlreadyExists:
+            return False
+        return True
+
+    @_translated
+    async def delete_env(self, env: str) -> None:
+        """Delete an environment and every key it owns; raises :class:`NotFound`."""
+        meta = self.key(env, "meta")
+        removed = await self.redis.hdel(f"{self._prefix}:envs", env)
+        # The meta goes first: from here on the environment does not exist for writers.
+        gone = await self.redis.unlink(meta)
+        if not removed and not gone:
+            raise NotFound(f"environment {env!r} does not exist")
+        batch: list[Any] = []
+        async for k in self.redis.scan_iter(match=self.key(env, "*"), count=500):
+            batch.append(k)
+            if len(batch) >= 500:
+                await self.redis.unlink(*batch)
+                batch.clear()
+        if batch:
+            await self.redis.unlink(*batch)
+
+    @_translated
+    async def load_env(self, env: str) -> EnvState:
+        """Version, epoch, flags and segments of ``env`` read atomically (one script)."""
+        res = await self._load(
+            keys=[self.key(env, "meta"), self.key(env, "flags"), self.key(env, "segments")]
+        )
+        if not res:
+            raise NotFound(f"environment {env!r} does not exist")
+        return EnvState(
+            version=int(_s(res[0])), epoch=_s(res[1]), flags=_pairs(res[2]), segments=_pairs(res[3])
+        )
+
+    # --- documents ----------------------------------------------------------
+
+    @_translated
+    async def list_docs(self, env: str, kind: Kind) -> list[dict[str, Any]]:
+        """Every flag (or segment) of ``env`` sorted by key; raises :class:`NotFound`."""
+        if not await self.redis.exists(self.key(env, "meta")):
+            raise NotFound(f"environment {env!r} does not exist")
+        raw = await self.redis.hgetall(self._docs_key(env, kind))
+        docs = [d for d in (_loads(v) for v in raw.values()) if d is not None]
+        return sorted(docs, key=lambda d: str(d.get("key", "")))
+
+    @_translated
+    async def get_doc(self, env: str, kind: Kind, key: str) -> dict[str, Any]:
+        raw = await self.redis.hget(self._docs_key(env, kind), key)
+        doc = _loads(raw)
+        if doc is None:
+            if not await self.redis.exists(self.key(env, "meta")):
+                raise NotFound(f"environment {env!r} does not exist")
+            raise NotFound(f"{kind} {key!r} does not exist in {env!r}")
+        return doc
+
+    async def put(
+        self,
+        env: str,
+        kind: Kind,
+        doc: object,
+        *,
+        actor: str,
+        create: bool = False,
+        expected: int | None = None,
+        key: str | None = None,
+    ) -> WriteResult:
+        """Create (``create=True``, 409 when present) or replace a document.
+
+        ``doc`` is validated (server-owned fields are ignored); ``key``, when
+        given, is the key from the URL and must match the document's.
+        """
+        body = _body(doc, key)
+        return await self._commit(
+            env, kind, str(body["key"]), lambda _cur: body,
+            mode="create" if create else "replace", expected=expected, actor=actor,
+            action="create" if create else None,
+        )
+
+    async def patch(
+        self, env: str, kind: Kind, key: str, merge: object, *, actor: str,
+        expected: int | None = None,
+    ) -> WriteResult:
+        """Apply an RFC 7386 JSON merge patch to the current document."""
+        if not isinstance(merge, dict):
+            raise ValidationError([("", "a merge patch must be a JSON object")])
+
+        def compute(cur: dict[str, Any] | None) -> dict[str, Any]:
+            assert cur is not None
+            merged = merge_patch(cur, merge)
+            if not isinstance(merged, dict):  # pragma: no cover - merge of two objects
+                raise ValidationError([("", "a merge patch must produce an object")])
+            return _body(merged, key)
+
+        return await self._commit(
+            env, kind, key, compute, mode="update", expected=expected, actor=actor
+        )
+
+    async def delete(
+        self, env: str, kind: Kind, key: str, *, actor: str, expected: int | None = None
+    ) -> WriteResult:
+        return await self._commit(
+            env, kind, key, lambda _cur: None, mode="delete", expected=expected, actor=actor
+        )
+
+    @_translated
+    async def history(self, env: str, kind: Kind, key: str) -> list[dict[str, Any]]:
+        """Previous versions of a document, newest first (the current one excluded)."""
+        raw = await self.redis.lrange(self._history_key(env, kind, key), 0, HISTORY_CAP - 1)
+        docs = [d for d in (_loads(v) for v in raw) if d is not None]
+        if not docs and not await self.redis.hexists(self._docs_key(env, kind), key):
+            if not await self.redis.exists(self.key(env, "meta")):
+                raise NotFound(f"environment {env!r} does not exist")
+            raise NotFound(f"{kind} {key!r} has no history in {env!r}")
+        return docs
+
+    async def restore(
+        self, env: str, kind: Kind, key: str, version: int, *, actor: str,
+        expected: int | None = None,
+    ) -> WriteResult:
+        """Write version ``version`` of a document again, as a new change."""
+        old = next((d for d in await self.history(env, kind, key) if d.get("version") == version),
+                   None)
+        if old is None:
+            raise NotFound(f"{kind} {key!r} has no version {version} in its history")
+        body = _body(old, key)
+        return await self._commit(
+            env, kind, key, lambda _cur: body, mode="replace", expected=expected, actor=actor,
+            action="restore",
+        )
+
+    async def copy(
+        self, env: str, kind: Kind, key: str, to: str, *, actor: str, expected: int | None = None
+    ) -> WriteResult:
+        """Create or replace ``key`` in environment ``to`` with its document from ``env``."""
+        body = _body(await self.get_doc(env, kind, key), key)
+        return await self._commit(
+            to, kind, key, lambda _cur: body, mode="replace", expected=expected, actor=actor,
+            action="copy",
+        )
+
+    @_translated
+    async def audit(
+        self, env: str, limit: int = 50, before: str | None = None
+    ) -> tuple[list[AuditEntry], str | None]:
+        """Audit entries newest first; returns ``(entries, cursor for the next page)``."""
+        if not await self.redis.exists(self.key(env, "meta")):
+            raise NotFound(f"environment {env!r} does not exist")
+        top = f"({before}" if before else "+"
+        raw: list[Any] = list(
+            await self.redis.xrevrange(self.key(env, "audit"), max=top, min="-", count=limit + 1)
+            or []
+        )
+        entries = [_audit_entry(_s(i), f) for i, f in raw[:limit]]
+        return entries, (entries[-1].id if len(raw) > limit and entries else None)
+
+    # --- the one write path ------------------------------------------------
+
+    @_translated
+    async def _commit(
+        self,
+        env: str,
+        kind: Kind,
+        key: str,
+        compute: Callable[[dict[str, Any] | None], dict[str, Any] | None],
+        *,
+        mode: Literal["create", "replace", "update", "delete"],
+        expected: int | None,
+        actor: str,
+        action: str | None = None,
+    ) -> WriteResult:
+        if not KEY_RE.match(key):
+            raise ValidationError([("key", f"{key[:140]!r} is not a valid key")])
+        lock = self._locks.setdefault((env, kind, key), asyncio.Lock())
+        async with lock:
+            return await self._commit_locked(
+                env, kind, key, compute, mode=mode, expected=expected, actor=actor, action=action
+            )
+
+    async def _commit_locked(
+        self,
+        env: str,
+        kind: Kind,
+        key: str,
+        compute: Callable[[dict[str, Any] | None], dict[str, Any] | None],
+        *,
+        mode: Literal["create", "replace", "update", "delete"],
+        expected: int | None,
+        actor: str,
+        action: str | None,
+    ) -> WriteResult:
+        docs_key, hist_key = self._docs_key(env, kind), self._history_key(env, kind, key)
+        for attempt in range(_RETRIES):
+            if attempt:
+                await asyncio.sleep(random.uniform(0, 0.005 * attempt))
+            cur = _loads(await self.redis.hget(docs_key, key))
+            cur_version = _version_of(cur)
+            if cur is None and not await self.redis.exists(self.key(env, "meta")):
+                raise NotFound(f"environment {env!r} does not exist")
+            if mode == "create" and cur is not None:
+                raise AlreadyExists(f"{kind} {key!r} already exists", cur_version)
+            if mode in ("update", "delete") and cur is None:
+                raise NotFound(f"{kind} {key!r} does not exist in {env!r}")
+            if expected is not None and expected != cur_version:
+                raise Conflict(
+                    f"{kind} {key!r} is at version {cur_version}, not {expected}", cur_version
+                )
+            # A deleted document's versions continue from its history, so that a
+            # version number never names two different documents.
+            base = cur_version if cur is not None else _version_of(
+                _loads(await self.redis.lindex(hist_key, 0))
+            )
+            body = compute(cur)
+            new: dict[str, Any] | None = None
+            if body is not None:
+                new = validate_doc(kind, body)
+                now = _now()
+                new["version"] = base + 1
+                new["created_at"] = cur.get("created_at", now) if cur else now
+                new["updated_at"] = now
+                new["updated_by"] = actor
+            prefix, suffix = patch_template(kind, key, new)
+            res = await self._write(
+                keys=[self.key(env, "meta"), docs_key, self.key(env, "changes"), hist_key,
+                      self.key(env, "audit")],
+                args=[key, mode, cur_version, orjson.dumps(new) if new is not None else b"",
+                      prefix, suffix, actor, action or _action(mode, cur), kind,
+                      base + 1 if new is not None else cur_version,
+                      CHANGES_MAXLEN, HISTORY_CAP, AUDIT_MAXLEN],
+            )
+            status = _s(res[0])
+            if status == "ok":
+                return WriteResult(kind, key, new, base + 1 if new is not None else cur_version,
+                                   int(_s(res[1])), int(_s(res[2])), cur)
+            if status == "noenv":
+                raise NotFound(f"environment {env!r} does not exist")
+            if status == "missing":
+                raise NotFound(f"{kind} {key!r} does not exist in {env!r}")
+            if status == "corrupt":
+                raise StoreCorrupt(f"key {_s(res[1])} has an unexpected type; nothing was written")
+            now_version = int(_s(res[1]))
+            if status == "exists":
+                raise AlreadyExists(f"{kind} {key!r} already exists", now_version)
+            if expected is not None or attempt == _RETRIES - 1:
+                raise Conflict(
+                    f"{kind} {key!r} changed concurrently (now version {now_version})", now_version
+                )
+        raise AssertionError("unreachable")  # pragma: no cover
+
+
+def validate_doc(kind: Kind, doc: dict[str, Any]) -> dict[str, Any]:
+    """The core model's normalised copy of a flag or segment (raises ValidationError)."""
+    return validate_flag(doc) if kind == "flag" else validate_segment(doc)
+
+
+def _action(mode: str, cur: dict[str, Any] | None) -> str:
+    if mode == "delete":
+        return "delete"
+    return "update" if cur is not None else "create"
+
+
+def _body(doc: object, key: str | None) -> dict[str, Any]:
+    """The caller's document without server-owned fields, its key checked against the URL."""
+    if not isinstance(doc, dict):
+        raise ValidationError([("", "expected a JSON object")])
+    body = {k: v for k, v in doc.items() if k not in SERVER_FIELDS}
+    if key is not None:
+        if "key" not in body:
+            body["key"] = key
+        elif body["key"] != key:
+            raise ValidationError([("key", f"document key {body['key']!r} does not match {key!r}")])
+    if not isinstance(body.get("key"), str):
+        raise ValidationError([("key", "required: a string")])
+    return body
+
+
+def merge_patch(target: Any, patch: Any) -> Any:
+    """RFC 7386 JSON merge patch: objects merge recursively, null deletes, the rest replaces."""
+    if not isinstance(patch, dict):
+        return patch
+    result = dict(target) if isinstance(target, dict) else {}
+    for name, value in patch.items():
+        if value is None:
+            result.pop(name, None)
+        else:
+            result[name] = merge_patch(result.get(name), value)
+    return result
+
+
+def _audit_entry(entry_id: str, fields: dict[Any, Any]) -> AuditEntry:
+    f = {_s(k): _s(v) for k, v in fields.items()}
+    return AuditEntry(
+        id=entry_id,
+        actor=f.get("actor", ""),
+        action=f.get("action", ""),
+        kind=f.get("kind", ""),
+        key=f.get("key", ""),
+        version=int(f.get("version", "0") or 0),
+        flag_version=int(f.get("flag_version", "0") or 0),
+        at_ms=int(f.get("t", "0") or 0),
+        before=_loads(f.get("before")),
+        after=_loads(f.get("after")),
+    )
