@@ -1,0 +1,268 @@
+"""The evaluator: an immutable, precompiled :class:`Snapshot` of one environment.
+
+A snapshot holds every flag and segment of an environment at one version,
+compiled when it is built (``_compile``).  :meth:`Snapshot.evaluate` is a
+pure, synchronous function of the snapshot and a context, and it never
+raises: every failure is the caller's default with reason ``ERROR`` and an
+:class:`ErrorKind`.  Changes produce new snapshots (:meth:`Snapshot.with_flag`
+and friends) that share every other compiled flag, so a reader holding the
+old one is never disturbed — which is what lets the client swap snapshots
+under concurrent evaluations without locks.
+
+Evaluation order (``docs/evaluation.md``): off → prerequisites → individual
+targets → rules in order → fallthrough.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from types import MappingProxyType
+from typing import Any, Final
+
+from ._compile import (
+    USE_DEFAULT,
+    CompiledFlag,
+    CompiledSegment,
+    CycleError,
+    MalformedError,
+    compile_flag,
+    compile_segment,
+    malformed_flag,
+)
+from ._detail import ErrorKind, EvaluationDetail, Reason
+from ._errors import ValidationError
+from ._model import KEY_RE, LIMITS
+
+__all__ = ["ErrorKind", "EvaluationDetail", "Reason", "Snapshot"]
+
+_EMPTY: Final[Mapping[str, dict[str, Any]]] = MappingProxyType({})
+_ERROR: Final = Reason.ERROR
+_PREREQUISITE_FAILED: Final = Reason.PREREQUISITE_FAILED
+
+
+def _error(default: Any, kind: ErrorKind) -> EvaluationDetail:
+    return EvaluationDetail(default, None, _ERROR, error_kind=kind)
+
+
+class Snapshot:
+    """All flags and segments of an environment at one version, compiled.
+
+    Immutable: the ``with_*``/``without_*`` methods return a new snapshot
+    that shares the compiled form of everything unchanged.  Documents that
+    fail validation are kept (they are still the environment's data) and
+    evaluate to ``ERROR``/``MALFORMED_FLAG``.
+
+    Args:
+        flags: flag key → flag document.
+        segments: segment key → segment document.
+        version: the environment version this snapshot reflects.
+        epoch: the environment's epoch (changes when its history restarts).
+    """
+
+    __slots__ = ("_compiled", "_epoch", "_flags", "_segments", "_segs", "_version")
+
+    _flags: dict[str, dict[str, Any]]
+    _segments: dict[str, dict[str, Any]]
+    _compiled: dict[str, CompiledFlag]
+    _segs: dict[str, CompiledSegment]
+    _version: int
+    _epoch: str
+
+    def __init__(
+        self,
+        flags: Mapping[str, dict[str, Any]] = _EMPTY,
+        segments: Mapping[str, dict[str, Any]] = _EMPTY,
+        version: int = 0,
+        epoch: str = "",
+    ) -> None:
+        self._flags = dict(flags)
+        self._segments = dict(segments)
+        self._compiled = {key: _compile_flag_as(key, doc) for key, doc in self._flags.items()}
+        self._segs = {key: _compile_segment_as(key, doc) for key, doc in self._segments.items()}
+        self._version = version
+        self._epoch = epoch
+
+    @classmethod
+    def _derive(cls, base: Snapshot, version: int) -> Snapshot:
+        new = cls.__new__(cls)
+        new._flags, new._segments = base._flags, base._segments
+        new._compiled, new._segs = base._compiled, base._segs
+        new._version, new._epoch = version, base._epoch
+        return new
+
+    # --- read-only views ---------------------------------------------------
+
+    @property
+    def flags(self) -> Mapping[str, dict[str, Any]]:
+        """The flag documents as given (a read-only mapping; do not mutate the documents)."""
+        return MappingProxyType(self._flags)
+
+    @property
+    def segments(self) -> Mapping[str, dict[str, Any]]:
+        """The segment documents as given (a read-only mapping)."""
+        return MappingProxyType(self._segments)
+
+    @property
+    def version(self) -> int:
+        """The environment version this snapshot reflects."""
+        return self._version
+
+    @property
+    def epoch(self) -> str:
+        """The environment epoch this snapshot belongs to."""
+        return self._epoch
+
+    def __repr__(self) -> str:
+        return (f"<Snapshot epoch={self._epoch!r} version={self._version} "
+                f"flags={len(self._flags)} segments={len(self._segments)}>")
+
+    # --- changes -------------------------------------------------------------
+
+    def with_flag(self, doc: dict[str, Any], version: int) -> Snapshot:
+        """A new snapshot with ``doc`` added or replaced; only that flag is compiled.
+
+        Raises:
+            ValidationError: ``doc`` has no valid ``key`` to file it under.
+                (Any other problem yields a flag that evaluates to MALFORMED_FLAG.)
+        """
+        key = _doc_key(doc)
+        new = Snapshot._derive(self, version)
+        new._flags = {**self._flags, key: doc}
+        new._compiled = {**self._compiled, key: _compile_flag_as(key, doc)}
+        return new
+
+    def without_flag(self, key: str, version: int) -> Snapshot:
+        """A new snapshot without flag ``key`` (no error if it was absent)."""
+        new = Snapshot._derive(self, version)
+        if key in self._flags:
+            new._flags = {k: v for k, v in self._flags.items() if k != key}
+            new._compiled = {k: v for k, v in self._compiled.items() if k != key}
+        return new
+
+    def with_segment(self, doc: dict[str, Any], version: int) -> Snapshot:
+        """A new snapshot with segment ``doc`` added or replaced; flags are not recompiled.
+
+        Raises:
+            ValidationError: ``doc`` has no valid ``key`` to file it under.
+        """
+        key = _doc_key(doc)
+        new = Snapshot._derive(self, version)
+        new._segments = {**self._segments, key: doc}
+        new._segs = {**self._segs, key: _compile_segment_as(key, doc)}
+        return new
+
+    def without_segment(self, key: str, version: int) -> Snapshot:
+        """A new snapshot without segment ``key``; clauses naming it stop matching."""
+        new = Snapshot._derive(self, version)
+        if key in self._segments:
+            new._segments = {k: v for k, v in self._segments.items() if k != key}
+            new._segs = {k: v for k, v in self._segs.items() if k != key}
+        return new
+
+    # --- evaluation ----------------------------------------------------------
+
+    def evaluate(
+        self,
+        key: str,
+        context: Mapping[str, Any],
+        default: Any,
+        kind: type | None = None,
+    ) -> EvaluationDetail:
+        """Evaluate flag ``key`` for ``context``.  Never raises.
+
+        Args:
+            key: the flag key.
+            context: a mapping with a string ``"key"`` and any other attributes.
+            default: served, with reason ``ERROR``, whenever evaluation fails, and
+                with reason ``OFF`` by an off flag whose ``off_variation`` is null.
+            kind: the value type the caller expects: ``bool``, ``str``, ``float``
+                (any number; ``int`` is accepted too), ``dict`` or ``list`` (any
+                JSON object or array), or None for any.  A flag of another kind
+                gives ``WRONG_TYPE``.
+
+        Returns:
+            The value, its variation index and the reason.
+        """
+        flag = self._compiled.get(key)
+        if flag is None:
+            return _error(default, ErrorKind.FLAG_NOT_FOUND)
+        if kind is not None and kind not in flag.accepts:
+            return _error(default, ErrorKind.WRONG_TYPE)
+        try:
+            ckey = context.get("key")
+            if ckey.__class__ is not str:
+                return _error(default, ErrorKind.INVALID_CONTEXT)
+            detail = flag.run(context, ckey, self, ())
+        except MalformedError:
+            return _error(default, ErrorKind.MALFORMED_FLAG)
+        except CycleError:
+            return _error(default, ErrorKind.PREREQUISITE_CYCLE)
+        except Exception:
+            # Only a context that misbehaves (a Mapping whose get() raises, an
+            # attribute whose __eq__ raises...) can get here.
+            return _error(default, ErrorKind.INVALID_CONTEXT)
+        if detail.value is USE_DEFAULT:
+            return EvaluationDetail(default, None, detail.reason,
+                                    prerequisite_key=detail.prerequisite_key)
+        return detail
+
+    def evaluate_all(self, context: Mapping[str, Any]) -> dict[str, EvaluationDetail]:
+        """Evaluate every flag for ``context`` (default None), keyed by flag key."""
+        evaluate = self.evaluate
+        return {key: evaluate(key, context, None) for key in self._compiled}
+
+    # --- the Env protocol used by compiled code --------------------------------
+
+    def segment(self, key: str) -> CompiledSegment | None:
+        """The compiled segment ``key``, or None: a missing segment matches nobody."""
+        return self._segs.get(key)
+
+    def prerequisite(
+        self, key: str, ctx: Mapping[str, Any], ckey: str, chain: tuple[str, ...]
+    ) -> EvaluationDetail | None:
+        """Evaluate prerequisite ``key``; None if it cannot be satisfied.
+
+        A prerequisite is satisfied when its flag exists, is valid, is on,
+        passes its own prerequisites and serves the required variation (the
+        caller compares the index).  ``chain`` holds the flags being
+        evaluated above it, to detect cycles.
+
+        Raises:
+            CycleError: ``key`` is already in ``chain`` or the chain is too deep.
+        """
+        if key in chain or len(chain) >= LIMITS.max_prerequisite_depth:
+            raise CycleError(" -> ".join((*chain, key)))
+        flag = self._compiled.get(key)
+        if flag is None or not flag.on:
+            return None
+        try:
+            detail = flag.run(ctx, ckey, self, chain)
+        except MalformedError:
+            return None
+        if detail.reason is _PREREQUISITE_FAILED:
+            return None
+        return detail
+
+
+def _doc_key(doc: Any) -> str:
+    key = doc.get("key") if isinstance(doc, dict) else None
+    if not isinstance(key, str) or not KEY_RE.match(key):
+        raise ValidationError([("key", f"{key!r} is not a valid key")])
+    return key
+
+
+def _compile_flag_as(key: str, doc: Any) -> CompiledFlag:
+    """Compile a flag filed under ``key``; a document naming another key is malformed."""
+    doc_key = doc.get("key") if isinstance(doc, dict) else None
+    if doc_key != key:
+        return malformed_flag(key, f"document key {doc_key!r} does not match {key!r}")
+    try:
+        return compile_flag(doc)
+    except Exception as exc:  # pragma: no cover - a compiler bug must not break the snapshot
+        return malformed_flag(key, f"cannot compile: {exc!r}")
+
+
+def _compile_segment_as(key: str, doc: Any) -> CompiledSegment:
+    if not isinstance(doc, dict) or doc.get("key") != key:
+        return compile_segment(None)  # compiles to a segment that reports MALFORMED_FLAG
+    return compile_segment(doc)
