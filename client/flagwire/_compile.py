@@ -1,65 +1,53 @@
-"""Compile validated flag and segment documents into fast evaluation closures.
+"""Compile a validated flag document into one specialised Python function.
 
-Everything that can be decided when a flag is loaded is decided here:
-target lists become one dict from context key to a prebuilt
-:class:`EvaluationDetail`; ``in`` values become frozensets; regexes,
-versions and timestamps are parsed; ``starts_with`` gets a tuple so one
-``str.startswith`` call tests every prefix; numeric and ordered comparisons
-against many values collapse to one comparison with their min or max; and
-every detail the flag can return (per off, target, rule, fallthrough and
-rollout slot) is built once.  A hot evaluation therefore allocates nothing;
-only a rollout hashes per call.
+Everything that can be decided when a flag is loaded is decided here, so
+that evaluation parses nothing and allocates nothing:
 
-Clauses take ``(context, env)``; ``env`` is the snapshot, consulted only by
-``segment_match`` (segments are looked up at evaluation time, so replacing a
-segment never recompiles flags) and by prerequisites.
+- every :class:`EvaluationDetail` the flag can return (off, each prerequisite
+  failure, each target, each rule or rule rollout slot, the fallthrough) is
+  built once and returned as is;
+- the target lists become one dict from context key to its detail;
+- clause values are prepared by ``_clauses`` (sets, tuples, regexes, parsed
+  versions and timestamps);
+- the flag's decision procedure is generated as the source of one function
+  with the rules unrolled and the common clause shapes (a string attribute
+  tested with ``in``, ``starts_with``, ``ends_with``, ``contains``,
+  ``matches``) inlined, which saves a Python call per clause and per rule.
+
+Safety of the generated code: the source depends only on the *shape* of the
+flag (how many rules, which operators, rollout or not); every value from the
+document — attribute names, clause values, details — is passed in as a
+closure variable named by position, never written into the source.  The
+compiled factory is therefore cached per shape and shared by all flags of
+that shape, which also keeps loading ten thousand flags fast.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
-import re
 import struct
 from bisect import bisect_right
 from collections.abc import Callable, Mapping
-from typing import Any, Final, Protocol
+from typing import Any, Final
 
 from ._bucketing import BUCKETS, bucket_text
+from ._clauses import FAST_EXPRS, Env, MalformedError, compile_clause, fast_parts
 from ._detail import EvaluationDetail, Reason
 from ._errors import ValidationError
-from ._model import validate_flag, validate_segment
-from ._operators import is_number, parse_semver, parse_timestamp
+from ._model import validate_flag
+from ._operators import is_number
 
 __all__ = [
     "USE_DEFAULT",
     "CompiledFlag",
-    "CompiledSegment",
     "CycleError",
-    "Env",
-    "MalformedError",
     "compile_flag",
-    "compile_segment",
     "malformed_flag",
 ]
 
-
-class Env(Protocol):
-    """What compiled code needs from the snapshot it runs in."""
-
-    def segment(self, key: str) -> CompiledSegment | None: ...
-
-    def prerequisite(
-        self, key: str, ctx: Mapping[str, Any], ckey: str, chain: tuple[str, ...]
-    ) -> EvaluationDetail | None: ...
-
-
-Clause = Callable[[Mapping[str, Any], Env], bool]
-Test = Callable[[Any], bool]
 Runner = Callable[[Mapping[str, Any], str, Env, tuple[str, ...]], EvaluationDetail]
-
-
-class MalformedError(Exception):
-    """Raised inside evaluation when a flag or a segment it uses failed validation."""
+Picker = Callable[[Mapping[str, Any], str], EvaluationDetail]
 
 
 class CycleError(Exception):
@@ -94,7 +82,11 @@ class _Anything(frozenset[type]):
 
 
 class CompiledFlag:
-    """A flag ready to evaluate: ``run(ctx, ckey, env, chain)`` and the kinds it serves."""
+    """A flag ready to evaluate: ``run(ctx, ckey, env, chain)`` and the kinds it serves.
+
+    ``run`` returns a prebuilt detail; one whose value is :data:`USE_DEFAULT`
+    means "the caller's default" (an off flag without an off variation).
+    """
 
     __slots__ = ("accepts", "key", "on", "run")
 
@@ -103,9 +95,6 @@ class CompiledFlag:
         self.accepts = accepts  # the ``kind`` arguments of evaluate() it satisfies
         self.on = on
         self.run = run
-
-
-CompiledSegment = Callable[[Mapping[str, Any], Env], bool]
 
 
 def compile_flag(doc: Any) -> CompiledFlag:
@@ -128,62 +117,55 @@ def malformed_flag(key: str, why: str) -> CompiledFlag:
     return CompiledFlag(key, _Anything(), False, run)
 
 
+def _kind(value: Any) -> str:
+    if value is True or value is False:
+        return "bool"
+    if isinstance(value, str):
+        return "string"
+    return "number" if is_number(value) else "json"
+
+
 def _compile_valid_flag(d: dict[str, Any]) -> CompiledFlag:
     key: str = d["key"]
     variations: list[Any] = d["variations"]
     off_index: int | None = d["off_variation"]
     off_value = USE_DEFAULT if off_index is None else variations[off_index]
-
-    def detail(index: int, reason: Reason, **kw: Any) -> EvaluationDetail:
-        return EvaluationDetail(variations[index], index, reason, **kw)
-
+    accepts = _KIND_TYPES[_kind(variations[0])]
     off = EvaluationDetail(off_value, off_index, Reason.OFF)
-    prereqs = tuple(
-        (p["key"], p["variation"], EvaluationDetail(
-            off_value, off_index, Reason.PREREQUISITE_FAILED, prerequisite_key=p["key"]))
-        for p in d["prerequisites"]
-    )
-    target_map: dict[str, EvaluationDetail] = {}
+    if not d["on"]:
+        return CompiledFlag(key, accepts, False, lambda ctx, ckey, env, chain: off)
+
+    gen = _Generator()
+    if d["prerequisites"]:
+        prereqs = tuple(
+            (p["key"], p["variation"], EvaluationDetail(
+                off_value, off_index, Reason.PREREQUISITE_FAILED, prerequisite_key=p["key"]))
+            for p in d["prerequisites"]
+        )
+        check = gen.bind(_prerequisite_check(key, prereqs))
+        gen.line(f"failed = {check}(ctx, ckey, env, chain)")
+        gen.line("if failed is not None: return failed")
+    targets: dict[str, EvaluationDetail] = {}
     for t in d["targets"]:
-        found = detail(t["variation"], Reason.TARGET_MATCH)
+        found = EvaluationDetail(variations[t["variation"]], t["variation"], Reason.TARGET_MATCH)
         for value in t["values"]:
-            target_map.setdefault(value, found)  # the first target listing a key wins
-    targets = target_map or None
-    rules = tuple(
-        (_all(tuple(_clause(c) for c in r["clauses"])),
-         *_serve(r, key, d["salt"], variations, Reason.RULE_MATCH, index=i, rule_id=r.get("id")))
-        for i, r in enumerate(d["rules"])
-    )
-    ft_detail, ft_roll = _serve(d["fallthrough"], key, d["salt"], variations, Reason.FALLTHROUGH)
-    on: bool = d["on"]
-    prerequisite_failed = _prerequisite_check(key, prereqs)
-
-    def run(ctx: Mapping[str, Any], ckey: str, env: Env,
-            chain: tuple[str, ...]) -> EvaluationDetail:
-        if not on:
-            return off
-        if prereqs:
-            failed = prerequisite_failed(ctx, ckey, env, chain)
-            if failed is not None:
-                return failed
-        if targets:
-            hit = targets.get(ckey)
-            if hit is not None:
-                return hit
-        for match, fixed, roll in rules:
-            if match(ctx, env):
-                return fixed if roll is None else roll(ctx, ckey)
-        return ft_detail if ft_roll is None else ft_roll(ctx, ckey)
-
-    kind = "bool" if variations[0] is True or variations[0] is False else (
-        "string" if isinstance(variations[0], str) else
-        "number" if is_number(variations[0]) else "json")
-    return CompiledFlag(key, _KIND_TYPES[kind], on, run)
+            targets.setdefault(value, found)  # the first target listing a key wins
+    if targets:
+        gen.line(f"hit = {gen.bind(targets.get)}(ckey)")
+        gen.line("if hit is not None: return hit")
+    for i, r in enumerate(d["rules"]):
+        condition = " and ".join(gen.clause(c) for c in r["clauses"])
+        gen.line(f"if {condition}:")
+        gen.serve(r, d["salt"], variations, Reason.RULE_MATCH, i, r.get("id"), indent=1)
+    gen.serve(d["fallthrough"], d["salt"], variations, Reason.FALLTHROUGH, None, None, indent=0)
+    return CompiledFlag(key, accepts, True, gen.build())
 
 
 def _prerequisite_check(
     key: str, prereqs: tuple[tuple[str, int, EvaluationDetail], ...]
 ) -> Callable[[Mapping[str, Any], str, Env, tuple[str, ...]], EvaluationDetail | None]:
+    """The first failing prerequisite's detail, or None when all are satisfied."""
+
     def failed(ctx: Mapping[str, Any], ckey: str, env: Env,
                chain: tuple[str, ...]) -> EvaluationDetail | None:
         chain = (*chain, key)
@@ -197,278 +179,95 @@ def _prerequisite_check(
 
 
 _Q: Final = struct.Struct(">Q").unpack_from
-_sha1: Final = hashlib.sha1
 
 
-def _serve(
-    obj: dict[str, Any], key: str, salt: str, variations: list[Any], reason: Reason,
-    *, index: int | None = None, rule_id: str | None = None,
-) -> tuple[EvaluationDetail, Callable[[Mapping[str, Any], str], EvaluationDetail] | None]:
-    """Prebuilt detail for a fixed variation, or a rollout closure over prebuilt details.
+class _Generator:
+    """Accumulates the source of one flag's ``run`` and the values it closes over."""
 
-    (For a rollout the first element is just its first slot's detail, so that
-    the pair has one shape; callers use it only when the closure is None.)
-    """
-    extra: dict[str, Any] = {} if index is None else {"rule_index": index, "rule_id": rule_id}
-    if "variation" in obj:
-        v = obj["variation"]
-        return EvaluationDetail(variations[v], v, reason, **extra), None
-    roll = obj["rollout"]
-    slots = roll["variations"]
-    details = tuple(EvaluationDetail(variations[s["variation"]], s["variation"], reason, **extra)
-                    for s in slots)
-    cumulative, total = [], 0
-    for s in slots:
-        total += s["weight"]
-        cumulative.append(total)
-    cum = tuple(cumulative)
-    base = _sha1(f"{salt}.".encode("utf-8", "surrogatepass"), usedforsecurity=False)
-    copy = base.copy
-    by: str | None = None if roll["bucket_by"] == "key" else roll["bucket_by"]
+    def __init__(self) -> None:
+        self.lines: list[str] = []
+        self.values: list[Any] = []
 
-    def pick(ctx: Mapping[str, Any], ckey: str) -> EvaluationDetail:
-        if by is None:
-            text = ckey
-        else:
-            found = bucket_text(ctx.get(by))
-            # an unbucketable or missing attribute falls back to the context key
-            text = ckey if found is None else found
-        h = copy()
-        try:
-            h.update(text.encode())
-        except UnicodeEncodeError:  # a lone surrogate: see _bucketing.bucket
-            h.update(text.encode("utf-8", "surrogatepass"))
-        return details[bisect_right(cum, _Q(h.digest())[0] % BUCKETS)]
+    def bind(self, value: Any) -> str:
+        """A name for ``value`` inside the generated function (by position only)."""
+        self.values.append(value)
+        return f"_{len(self.values) - 1}"
 
-    return details[0], pick
+    def line(self, text: str, indent: int = 0) -> None:
+        self.lines.append("    " * (indent + 2) + text)
 
+    def clause(self, c: dict[str, Any]) -> str:
+        """A boolean expression for clause ``c``: inlined when a fast path exists."""
+        fast = fast_parts(c)
+        if fast is None:
+            return f"{self.bind(compile_clause(c))}(ctx, env)"
+        attr, arg, slow = (self.bind(x) for x in fast)
+        expr = FAST_EXPRS[c["op"]].replace("arg", arg)
+        if c["negate"]:
+            expr = f"not ({expr})"
+        return f"(({expr}) if (v := ctx.get({attr})).__class__ is str else {slow}(ctx, env))"
 
-# --- clauses ---------------------------------------------------------------
+    def serve(self, obj: dict[str, Any], salt: str, variations: list[Any], reason: Reason,
+              index: int | None, rule_id: str | None, *, indent: int) -> None:
+        extra: dict[str, Any] = {} if index is None else {"rule_index": index, "rule_id": rule_id}
+        if "variation" in obj:
+            v = obj["variation"]
+            detail = EvaluationDetail(variations[v], v, reason, **extra)
+            self.line(f"return {self.bind(detail)}", indent)
+            return
+        roll = obj["rollout"]
+        slots = roll["variations"]
+        details = tuple(
+            EvaluationDetail(variations[s["variation"]], s["variation"], reason, **extra)
+            for s in slots
+        )
+        cumulative, total = [], 0
+        for s in slots:
+            total += s["weight"]
+            cumulative.append(total)
+        base = hashlib.sha1(f"{salt}.".encode("utf-8", "surrogatepass"), usedforsecurity=False)
+        if roll["bucket_by"] != "key":
+            pick = self.bind(_picker(base, roll["bucket_by"], tuple(cumulative), details))
+            self.line(f"return {pick}(ctx, ckey)", indent)
+            return
+        # Bucketing by the context key (the usual case) is inlined: see _bucketing.
+        copy, cum, dets = self.bind(base.copy), self.bind(tuple(cumulative)), self.bind(details)
+        self.line(f"h = {copy}()", indent)
+        self.line("try: h.update(ckey.encode())", indent)
+        self.line("except UnicodeEncodeError: h.update(ckey.encode('utf-8', 'surrogatepass'))",
+                  indent)
+        self.line(f"return {dets}[bisect_right({cum}, Q(h.digest())[0] % BUCKETS)]", indent)
 
-
-def _lift(attr: str, test: Test, negate: bool) -> Clause:
-    """A clause from a per-value test: missing never matches, lists match on any element."""
-
-    def clause(ctx: Mapping[str, Any], env: Env) -> bool:
-        v = ctx.get(attr)
-        if v is None:
-            return False
-        if v.__class__ is list or v.__class__ is tuple:
-            for x in v:
-                if test(x):
-                    return not negate
-            return negate
-        return test(v) is not negate
-
-    return clause
-
-
-# The common case, a plain string attribute, is inlined into one closure per
-# operator so a clause costs one call.  The factories are generated from the
-# fixed templates below (no document data ever reaches exec): writing out
-# ten near-identical closures by hand would be worse to read and to review.
-_FAST_TEMPLATE: Final = """
-def factory(attr, arg, slow):
-    def clause(ctx, env):
-        v = ctx.get(attr)
-        if v.__class__ is str:
-            return {expr}
-        return slow(ctx, env)
-    return clause
-"""
-_FAST_EXPRS: Final = {
-    "in": "v in arg",
-    "starts_with": "v.startswith(arg)",
-    "ends_with": "v.endswith(arg)",
-    "contains": "arg in v",  # single value
-    "matches": "arg(v) is not None",  # single value; arg is pattern.search
-}
+    def build(self) -> Runner:
+        names = ", ".join(f"_{i}" for i in range(len(self.values)))
+        body = "\n".join(self.lines)
+        source = (f"def factory({names}):\n"
+                  f"    def run(ctx, ckey, env, chain):\n{body}\n"
+                  f"    return run\n")
+        runner: Runner = _factory(source)(*self.values)
+        return runner
 
 
-def _make_fast(expr: str) -> Callable[[str, Any, Clause], Clause]:
-    namespace: dict[str, Any] = {}
-    exec(_FAST_TEMPLATE.format(expr=expr), namespace)
-    factory: Callable[[str, Any, Clause], Clause] = namespace["factory"]
+@functools.lru_cache(maxsize=512)
+def _factory(source: str) -> Callable[..., Runner]:
+    """Compile the source of one flag shape; shared by every flag of that shape."""
+    namespace: dict[str, Any] = {"bisect_right": bisect_right, "Q": _Q, "BUCKETS": BUCKETS}
+    exec(compile(source, "<flagwire flag>", "exec"), namespace)
+    factory: Callable[..., Runner] = namespace["factory"]
     return factory
 
 
-_FAST: Final = {
-    (op, negate): _make_fast(f"not ({expr})" if negate else expr)
-    for op, expr in _FAST_EXPRS.items()
-    for negate in (False, True)
-}
+def _picker(base: Any, by: str, cum: tuple[int, ...],
+            details: tuple[EvaluationDetail, ...]) -> Picker:
+    """A rollout bucketing by attribute ``by`` (falls back to the context key)."""
+    copy = base.copy
 
+    def pick(ctx: Mapping[str, Any], ckey: str) -> EvaluationDetail:
+        found = bucket_text(ctx.get(by))
+        # an unbucketable or missing attribute falls back to the context key
+        text = ckey if found is None else found
+        h = copy()
+        h.update(text.encode("utf-8", "surrogatepass"))
+        return details[bisect_right(cum, _Q(h.digest())[0] % BUCKETS)]
 
-def _clause(c: dict[str, Any]) -> Clause:
-    op: str = c["op"]
-    values: list[Any] = c["values"]
-    negate: bool = c["negate"]
-    if op == "segment_match":
-        return _segment_clause(tuple(values), negate)
-    attr: str = c["attribute"]
-    slow = _lift(attr, _TESTS[op](values), negate)
-    arg: Any
-    if op == "in":
-        arg = frozenset(v for v in values if isinstance(v, str))
-    elif op in ("starts_with", "ends_with"):
-        arg = tuple(values)
-    elif op == "contains" and len(values) == 1:
-        arg = values[0]
-    elif op == "matches" and len(values) == 1:
-        arg = re.compile(values[0]).search
-    else:
-        return slow
-    return _FAST[op, negate](attr, arg, slow)
-
-
-def _all(clauses: tuple[Clause, ...]) -> Clause:
-    """One callable for a rule: its single clause itself, or all of them in order."""
-    if len(clauses) == 1:
-        return clauses[0]
-    if len(clauses) == 2:
-        first, second = clauses
-        return lambda ctx, env: first(ctx, env) and second(ctx, env)
-
-    def match(ctx: Mapping[str, Any], env: Env) -> bool:
-        for clause in clauses:  # noqa: SIM110 - a loop beats all(<genexpr>) on CPython
-            if not clause(ctx, env):
-                return False
-        return True
-
-    return match
-
-
-def _starts(prefixes: tuple[str, ...]) -> Test:
-    return lambda s: s.startswith(prefixes)
-
-
-def _ends(suffixes: tuple[str, ...]) -> Test:
-    return lambda s: s.endswith(suffixes)
-
-
-def _segment_clause(keys: tuple[str, ...], negate: bool) -> Clause:
-    def clause(ctx: Mapping[str, Any], env: Env) -> bool:
-        for k in keys:
-            seg = env.segment(k)
-            if seg is not None and seg(ctx, env):
-                return not negate
-        return negate
-
-    return clause
-
-
-def _in(values: list[Any]) -> Test:
-    strs = frozenset(v for v in values if isinstance(v, str))
-    nums = frozenset(v for v in values if is_number(v))
-    bools = frozenset(v for v in values if v is True or v is False)
-
-    def test(x: Any) -> bool:
-        cls = x.__class__
-        if cls is str:
-            return x in strs
-        if cls is bool:
-            return x in bools
-        if cls is int or cls is float:
-            return x in nums
-        return False
-
-    return test
-
-
-def _string_test(check: Callable[[str], bool]) -> Test:
-    return lambda x: x.__class__ is str and check(x)
-
-
-def _contains(values: list[Any]) -> Test:
-    subs = tuple(values)
-    return _string_test(lambda s: any(sub in s for sub in subs))
-
-
-def _matches(values: list[Any]) -> Test:
-    searches = tuple(re.compile(v).search for v in values)
-    return _string_test(lambda s: any(search(s) is not None for search in searches))
-
-
-def _ordered(parse: Callable[[Any], Any], op: str, values: list[Any]) -> Test:
-    """lt/lte/gt/gte/before/after/semver: any value matching = one min or max comparison."""
-    keys = [parse(v) for v in values]
-    hi, lo = max(keys), min(keys)
-    compare: Callable[[Any], bool] = {
-        "lt": lambda k: k < hi, "lte": lambda k: k <= hi,
-        "gt": lambda k: k > lo, "gte": lambda k: k >= lo,
-    }[op]
-
-    def test(x: Any) -> bool:
-        k = parse(x)
-        return k is not None and compare(k)
-
-    return test
-
-
-def _number(x: Any) -> Any:
-    return x if is_number(x) else None
-
-
-def _semver_eq(values: list[Any]) -> Test:
-    keys = frozenset(parse_semver(v) for v in values)
-
-    def test(x: Any) -> bool:
-        k = parse_semver(x)
-        return k is not None and k in keys
-
-    return test
-
-
-_TESTS: Final[dict[str, Callable[[list[Any]], Test]]] = {
-    "in": _in,
-    "starts_with": lambda vs: _string_test(_starts(tuple(vs))),
-    "ends_with": lambda vs: _string_test(_ends(tuple(vs))),
-    "contains": _contains,
-    "matches": _matches,
-    "lt": lambda vs: _ordered(_number, "lt", vs),
-    "lte": lambda vs: _ordered(_number, "lte", vs),
-    "gt": lambda vs: _ordered(_number, "gt", vs),
-    "gte": lambda vs: _ordered(_number, "gte", vs),
-    "before": lambda vs: _ordered(parse_timestamp, "lt", vs),
-    "after": lambda vs: _ordered(parse_timestamp, "gt", vs),
-    "semver_eq": _semver_eq,
-    "semver_lt": lambda vs: _ordered(parse_semver, "lt", vs),
-    "semver_gt": lambda vs: _ordered(parse_semver, "gt", vs),
-}
-
-
-# --- segments --------------------------------------------------------------
-
-
-def compile_segment(doc: Any) -> CompiledSegment:
-    """Validate and compile a segment: ``seg(ctx, env)`` says whether ctx is a member.
-
-    A segment that fails validation raises :class:`MalformedError` when a
-    flag consults it, so that flag answers MALFORMED_FLAG rather than
-    silently treating everyone as outside.
-    """
-    try:
-        d = validate_segment(doc)
-    except ValidationError as exc:
-        why = str(exc)
-
-        def malformed(ctx: Mapping[str, Any], env: Env) -> bool:
-            raise MalformedError(why)
-
-        return malformed
-    excluded = frozenset(d["excluded"])
-    included = frozenset(d["included"])
-    rules = tuple(_all(tuple(_clause(c) for c in r["clauses"])) for r in d["rules"])
-
-    def member(ctx: Mapping[str, Any], env: Env) -> bool:
-        ckey = ctx.get("key")
-        if ckey in excluded:
-            return False
-        if ckey in included:
-            return True
-        for match in rules:  # noqa: SIM110 - a loop beats any(<genexpr>) on CPython
-            if match(ctx, env):
-                return True
-        return False
-
-    return member
+    return pick

@@ -19,16 +19,8 @@ from collections.abc import Mapping
 from types import MappingProxyType
 from typing import Any, Final
 
-from ._compile import (
-    USE_DEFAULT,
-    CompiledFlag,
-    CompiledSegment,
-    CycleError,
-    MalformedError,
-    compile_flag,
-    compile_segment,
-    malformed_flag,
-)
+from ._clauses import CompiledSegment, MalformedError, compile_segment
+from ._compile import USE_DEFAULT, CompiledFlag, CycleError, compile_flag, malformed_flag
 from ._detail import ErrorKind, EvaluationDetail, Reason
 from ._errors import ValidationError
 from ._model import KEY_RE, LIMITS

@@ -1,0 +1,298 @@
+"""Clause and segment compilation: per-operator tests built once, run per call.
+
+Every clause becomes a callable ``clause(context, env) -> bool``.  Values
+are prepared here once (frozensets for ``in``, a tuple for ``starts_with`` so
+one ``str.startswith`` call tests every prefix, compiled regexes, parsed
+versions and timestamps, and a single min or max for ordered comparisons,
+since "any value matches" for ``lt`` is just "less than the largest").
+
+Semantics shared by every operator: an absent (or null) attribute never
+matches, even negated; a list attribute matches when any element does;
+``negate`` inverts the result otherwise; a value of the wrong type (a number
+for ``starts_with``, a string for ``lt``) simply does not match.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any, Final, Protocol
+
+from ._errors import ValidationError
+from ._model import validate_segment
+from ._operators import is_number, parse_semver, parse_timestamp
+
+if TYPE_CHECKING:
+    from ._detail import EvaluationDetail
+
+__all__ = [
+    "FAST_EXPRS",
+    "Clause",
+    "CompiledSegment",
+    "Env",
+    "MalformedError",
+    "compile_clause",
+    "compile_segment",
+    "fast_parts",
+    "match_all",
+]
+
+
+class Env(Protocol):
+    """What compiled code needs from the snapshot it runs in."""
+
+    def segment(self, key: str) -> CompiledSegment | None: ...
+
+    def prerequisite(
+        self, key: str, ctx: Mapping[str, Any], ckey: str, chain: tuple[str, ...]
+    ) -> EvaluationDetail | None: ...
+
+
+Clause = Callable[[Mapping[str, Any], Env], bool]
+Test = Callable[[Any], bool]
+CompiledSegment = Callable[[Mapping[str, Any], Env], bool]
+
+
+class MalformedError(Exception):
+    """Raised inside evaluation when a flag or a segment it uses failed validation."""
+
+
+def _lift(attr: str, test: Test, negate: bool) -> Clause:
+    """A clause from a per-value test: missing never matches, lists match on any element."""
+
+    def clause(ctx: Mapping[str, Any], env: Env) -> bool:
+        v = ctx.get(attr)
+        if v is None:
+            return False
+        if v.__class__ is list or v.__class__ is tuple:
+            for x in v:
+                if test(x):
+                    return not negate
+            return negate
+        return test(v) is not negate
+
+    return clause
+
+
+# The common case, a plain string attribute, is inlined into one closure per
+# operator so a clause costs one call.  The factories are generated from the
+# fixed templates below (no document data ever reaches exec): writing out
+# ten near-identical closures by hand would be worse to read and to review.
+_FAST_TEMPLATE: Final = """
+def factory(attr, arg, slow):
+    def clause(ctx, env):
+        v = ctx.get(attr)
+        if v.__class__ is str:
+            return {expr}
+        return slow(ctx, env)
+    return clause
+"""
+#: Inline expressions for a string attribute ``v`` and prepared value ``arg``.
+FAST_EXPRS: Final = {
+    "in": "v in arg",
+    "starts_with": "v.startswith(arg)",
+    "ends_with": "v.endswith(arg)",
+    "contains": "arg in v",  # single value
+    "matches": "arg(v) is not None",  # single value; arg is pattern.search
+}
+
+
+def _make_fast(expr: str) -> Callable[[str, Any, Clause], Clause]:
+    namespace: dict[str, Any] = {}
+    exec(_FAST_TEMPLATE.format(expr=expr), namespace)
+    factory: Callable[[str, Any, Clause], Clause] = namespace["factory"]
+    return factory
+
+
+_FAST: Final = {
+    (op, negate): _make_fast(f"not ({expr})" if negate else expr)
+    for op, expr in FAST_EXPRS.items()
+    for negate in (False, True)
+}
+
+
+def fast_parts(c: dict[str, Any]) -> tuple[str, Any, Clause] | None:
+    """``(attribute, arg, slow)`` when clause ``c`` has an inline string fast path.
+
+    ``arg`` is the prepared value used by ``FAST_EXPRS[op]``; ``slow`` is the
+    full clause, to call when the attribute is not a plain string.
+    """
+    op: str = c["op"]
+    values: list[Any] = c["values"]
+    if op == "segment_match":
+        return None
+    arg: Any
+    if op == "in":
+        arg = frozenset(v for v in values if isinstance(v, str))
+    elif op in ("starts_with", "ends_with"):
+        arg = tuple(values)
+    elif op == "contains" and len(values) == 1:
+        arg = values[0]
+    elif op == "matches" and len(values) == 1:
+        arg = re.compile(values[0]).search
+    else:
+        return None
+    return c["attribute"], arg, _lift(c["attribute"], _TESTS[op](values), c["negate"])
+
+
+def compile_clause(c: dict[str, Any]) -> Clause:
+    """Compile one validated clause."""
+    if c["op"] == "segment_match":
+        return _segment_clause(tuple(c["values"]), c["negate"])
+    fast = fast_parts(c)
+    if fast is None:
+        return _lift(c["attribute"], _TESTS[c["op"]](c["values"]), c["negate"])
+    return _FAST[c["op"], c["negate"]](*fast)
+
+
+def match_all(clauses: tuple[Clause, ...]) -> Clause:
+    """One callable for a rule: its single clause itself, or all of them in order."""
+    if len(clauses) == 1:
+        return clauses[0]
+    if len(clauses) == 2:
+        first, second = clauses
+        return lambda ctx, env: first(ctx, env) and second(ctx, env)
+
+    def match(ctx: Mapping[str, Any], env: Env) -> bool:
+        for clause in clauses:  # noqa: SIM110 - a loop beats all(<genexpr>) on CPython
+            if not clause(ctx, env):
+                return False
+        return True
+
+    return match
+
+
+def _starts(prefixes: tuple[str, ...]) -> Test:
+    return lambda s: s.startswith(prefixes)
+
+
+def _ends(suffixes: tuple[str, ...]) -> Test:
+    return lambda s: s.endswith(suffixes)
+
+
+def _segment_clause(keys: tuple[str, ...], negate: bool) -> Clause:
+    def clause(ctx: Mapping[str, Any], env: Env) -> bool:
+        for k in keys:
+            seg = env.segment(k)
+            if seg is not None and seg(ctx, env):
+                return not negate
+        return negate
+
+    return clause
+
+
+def _in(values: list[Any]) -> Test:
+    strs = frozenset(v for v in values if isinstance(v, str))
+    nums = frozenset(v for v in values if is_number(v))
+    bools = frozenset(v for v in values if v is True or v is False)
+
+    def test(x: Any) -> bool:
+        cls = x.__class__
+        if cls is str:
+            return x in strs
+        if cls is bool:
+            return x in bools
+        if cls is int or cls is float:
+            return x in nums
+        return False
+
+    return test
+
+
+def _string_test(check: Callable[[str], bool]) -> Test:
+    return lambda x: x.__class__ is str and check(x)
+
+
+def _contains(values: list[Any]) -> Test:
+    subs = tuple(values)
+    return _string_test(lambda s: any(sub in s for sub in subs))
+
+
+def _matches(values: list[Any]) -> Test:
+    searches = tuple(re.compile(v).search for v in values)
+    return _string_test(lambda s: any(search(s) is not None for search in searches))
+
+
+def _ordered(parse: Callable[[Any], Any], op: str, values: list[Any]) -> Test:
+    """lt/lte/gt/gte/before/after/semver: any value matching = one min or max comparison."""
+    keys = [parse(v) for v in values]
+    hi, lo = max(keys), min(keys)
+    compare: Callable[[Any], bool] = {
+        "lt": lambda k: k < hi, "lte": lambda k: k <= hi,
+        "gt": lambda k: k > lo, "gte": lambda k: k >= lo,
+    }[op]
+
+    def test(x: Any) -> bool:
+        k = parse(x)
+        return k is not None and compare(k)
+
+    return test
+
+
+def _number(x: Any) -> Any:
+    return x if is_number(x) else None
+
+
+def _semver_eq(values: list[Any]) -> Test:
+    keys = frozenset(parse_semver(v) for v in values)
+
+    def test(x: Any) -> bool:
+        k = parse_semver(x)
+        return k is not None and k in keys
+
+    return test
+
+
+_TESTS: Final[dict[str, Callable[[list[Any]], Test]]] = {
+    "in": _in,
+    "starts_with": lambda vs: _string_test(_starts(tuple(vs))),
+    "ends_with": lambda vs: _string_test(_ends(tuple(vs))),
+    "contains": _contains,
+    "matches": _matches,
+    "lt": lambda vs: _ordered(_number, "lt", vs),
+    "lte": lambda vs: _ordered(_number, "lte", vs),
+    "gt": lambda vs: _ordered(_number, "gt", vs),
+    "gte": lambda vs: _ordered(_number, "gte", vs),
+    "before": lambda vs: _ordered(parse_timestamp, "lt", vs),
+    "after": lambda vs: _ordered(parse_timestamp, "gt", vs),
+    "semver_eq": _semver_eq,
+    "semver_lt": lambda vs: _ordered(parse_semver, "lt", vs),
+    "semver_gt": lambda vs: _ordered(parse_semver, "gt", vs),
+}
+
+
+# --- segments --------------------------------------------------------------
+
+
+def compile_segment(doc: Any) -> CompiledSegment:
+    """Validate and compile a segment: ``seg(ctx, env)`` says whether ctx is a member.
+
+    A segment that fails validation raises :class:`MalformedError` when a
+    flag consults it, so that flag answers MALFORMED_FLAG rather than
+    silently treating everyone as outside.
+    """
+    try:
+        d = validate_segment(doc)
+    except ValidationError as exc:
+        why = str(exc)
+
+        def malformed(ctx: Mapping[str, Any], env: Env) -> bool:
+            raise MalformedError(why)
+
+        return malformed
+    excluded = frozenset(d["excluded"])
+    included = frozenset(d["included"])
+    rules = tuple(match_all(tuple(compile_clause(c) for c in r["clauses"])) for r in d["rules"])
+
+    def member(ctx: Mapping[str, Any], env: Env) -> bool:
+        ckey = ctx.get("key")
+        if ckey in excluded:
+            return False
+        if ckey in included:
+            return True
+        for match in rules:  # noqa: SIM110 - a loop beats any(<genexpr>) on CPython
+            if match(ctx, env):
+                return True
+        return False
+
+    return member
