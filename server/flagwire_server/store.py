@@ -31,6 +31,7 @@ Errors (all :class:`StoreError`, itself a ``FlagwireError``)::
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import functools
 import random
@@ -425,8 +426,10 @@ class Store:
         expected: int | None = None,
     ) -> WriteResult:
         """Write version ``version`` of a document again, as a new change."""
-        old = next((d for d in await self.history(env, kind, key) if d.get("version") == version),
-                   None)
+        candidates = await self.history(env, kind, key)
+        with contextlib.suppress(NotFound):
+            candidates.insert(0, await self.get_doc(env, kind, key))
+        old = next((d for d in candidates if d.get("version") == version), None)
         if old is None:
             raise NotFound(f"{kind} {key!r} has no version {version} in its history")
         body = _body(old, key)
