@@ -28,9 +28,9 @@ __all__ = ["BUCKETS", "bucket", "bucket_text"]
 #: Number of buckets: 100% in thousandths of a percent.
 BUCKETS: Final = 100_000
 
-# Integral floats beyond 2**53 are refused: their decimal text differs
-# between languages ("1e+21" in JavaScript) and they are not exact anyway.
-_MAX_EXACT_FLOAT: Final = 2.0**53
+# Numbers beyond 2**53 are refused: many languages parse JSON numbers as
+# doubles, where such integers are not exact and print differently ("1e+21").
+_MAX_EXACT: Final = 2**53
 
 
 def bucket_text(value: object) -> str | None:
@@ -38,18 +38,19 @@ def bucket_text(value: object) -> str | None:
 
     Strings hash as themselves; integers as their decimal text; floats with
     an integral value (``3.0``) as the integer's text (``"3"``), so 3 and
-    3.0 share a bucket as they do in JSON.  Booleans, fractional floats,
-    None, arrays and objects cannot be bucketed: the evaluator then buckets
-    by the context ``key`` instead.
+    3.0 share a bucket as they do in JSON.  Numbers beyond ±2**53, booleans,
+    fractional floats, None, arrays and objects cannot be bucketed: the
+    evaluator then buckets by the context ``key`` instead.
     """
     cls = value.__class__
     if cls is str:
         return value  # type: ignore[return-value]
     if cls is int:
-        return str(value)
+        n: int = value  # type: ignore[assignment]
+        return str(n) if -_MAX_EXACT <= n <= _MAX_EXACT else None
     if cls is float:
         f: float = value  # type: ignore[assignment]
-        if f.is_integer() and -_MAX_EXACT_FLOAT <= f <= _MAX_EXACT_FLOAT:
+        if f.is_integer() and -_MAX_EXACT <= f <= _MAX_EXACT:
             return str(int(f))
         return None
     if isinstance(value, str) and not isinstance(value, bool):
