@@ -1,1 +1,51 @@
-"""flagwire: real-time feature flags."""
+"""flagwire: real-time feature flags.
+
+The async client::
+
+    from flagwire import FlagClient
+
+    async with FlagClient("https://flags.example.com", sdk_key) as flags:
+        if flags.bool_variation("new-checkout", {"key": user_id}, False):
+            ...
+
+Public modules: :mod:`flagwire.testing` (flags set in code for your tests),
+:mod:`flagwire.sync` (a thread-backed client for WSGI apps) and
+:mod:`flagwire.openfeature` (an OpenFeature provider, extra ``[openfeature]``).
+"""
+
+from ._backoff import BackoffSettings
+from ._changes import ChangeStream, FlagChange, ValueWatch
+from ._client import ClientStatus, FlagClient
+from ._detail import ErrorKind, EvaluationDetail, Reason
+from ._errors import (
+    AuthenticationError,
+    ClientClosedError,
+    ClientError,
+    FlagwireError,
+    InitializationError,
+    ProtocolError,
+    ValidationError,
+)
+from ._evaluation import Snapshot
+from ._version import __version__
+
+__all__ = [
+    "AuthenticationError",
+    "BackoffSettings",
+    "ChangeStream",
+    "ClientClosedError",
+    "ClientError",
+    "ClientStatus",
+    "ErrorKind",
+    "EvaluationDetail",
+    "FlagChange",
+    "FlagClient",
+    "FlagwireError",
+    "InitializationError",
+    "ProtocolError",
+    "Reason",
+    "Snapshot",
+    "ValidationError",
+    "ValueWatch",
+    "__version__",
+]

@@ -1,0 +1,227 @@
+"""Change notifications: :class:`FlagChange`, callbacks and bounded async streams.
+
+The client computes the changes a message made (``diff`` for a snapshot, one
+change for a patch) and hands them to a :class:`ChangeHub`, which calls the
+registered callbacks and feeds the async iterators.  Iterators never grow
+without bound: :class:`ChangeStream` keeps the newest ``maxsize`` changes and
+drops the oldest (``dropped`` counts them); :class:`ValueWatch` keeps only
+the latest value, since a watcher wants to know where a flag *is*, not every
+step it took to get there.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import weakref
+from collections import deque
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from ._evaluation import Snapshot
+
+__all__ = ["ChangeHub", "ChangeStream", "FlagChange", "ValueWatch", "diff"]
+
+ChangeKind = Literal["flag", "segment"]
+
+
+@dataclass(frozen=True, slots=True)
+class FlagChange:
+    """A flag (or segment) that changed.
+
+    Attributes:
+        key: the flag or segment key.
+        old_version: its document version before (None: it did not exist).
+        new_version: its document version after (None: it was deleted).
+        kind: ``"flag"`` or ``"segment"``.  A segment change may change the
+            value of any flag that uses it.
+        env_version: the environment version that carried the change.
+    """
+
+    key: str
+    old_version: int | None
+    new_version: int | None
+    kind: ChangeKind = "flag"
+    env_version: int = 0
+
+
+def _doc_version(doc: Mapping[str, Any] | None, fallback: int) -> int | None:
+    if doc is None:
+        return None
+    version = doc.get("version")
+    return version if type(version) is int else fallback
+
+
+def change_of(
+    kind: ChangeKind,
+    key: str,
+    old: Mapping[str, Any] | None,
+    new: Mapping[str, Any] | None,
+    env_version: int,
+) -> FlagChange:
+    """The change from document ``old`` to ``new`` (either may be None)."""
+    return FlagChange(
+        key, _doc_version(old, env_version - 1), _doc_version(new, env_version), kind, env_version
+    )
+
+
+def diff(old: Snapshot | None, new: Snapshot) -> list[FlagChange]:
+    """Every flag and segment that differs between two snapshots (segments after flags)."""
+    changes: list[FlagChange] = []
+    pairs: tuple[tuple[ChangeKind, Mapping[str, Any], Mapping[str, Any]], ...] = (
+        ("flag", old.flags if old else {}, new.flags),
+        ("segment", old.segments if old else {}, new.segments),
+    )
+    for kind, before, after in pairs:
+        for key in sorted(before.keys() | after.keys()):
+            a, b = before.get(key), after.get(key)
+            if a is b or a == b:
+                continue
+            changes.append(change_of(kind, key, a, b, new.version))
+    return changes
+
+
+class ChangeStream:
+    """``async for change in client.changes(key)``: a bounded, drop-oldest queue.
+
+    Ends (``StopAsyncIteration``) when the client closes or :meth:`close` is
+    called.  Must be iterated on the client's event loop.
+    """
+
+    def __init__(self, key: str | None, maxsize: int) -> None:
+        self.key = key
+        self._queue: deque[FlagChange] = deque(maxlen=maxsize)
+        self._event = asyncio.Event()
+        self._closed = False
+        self.dropped = 0  #: changes discarded because the consumer fell behind
+
+    def push(self, changes: Iterable[FlagChange], snapshot: Snapshot) -> None:
+        queue = self._queue
+        for change in changes:
+            if self.key is None or change.key == self.key:
+                if len(queue) == queue.maxlen:
+                    self.dropped += 1
+                queue.append(change)
+        if queue:
+            self._event.set()
+
+    def close(self) -> None:
+        """Stop the iteration (after the changes already queued)."""
+        self._closed = True
+        self._event.set()
+
+    def __aiter__(self) -> ChangeStream:
+        return self
+
+    async def __anext__(self) -> FlagChange:
+        while not self._queue:
+            if self._closed:
+                raise StopAsyncIteration
+            self._event.clear()
+            await self._event.wait()
+        return self._queue.popleft()
+
+
+class ValueWatch:
+    """``async for value in client.watch(key, context)``: the value, each time it changes.
+
+    Yields the current value first, then every new value for this context.
+    Values are coalesced: a consumer that falls behind sees the latest value,
+    not every intermediate one.
+    """
+
+    _MISSING: Any = object()
+
+    def __init__(self, key: str, context: Mapping[str, Any], default: Any,
+                 snapshot: Snapshot | None) -> None:
+        self.key = key
+        self.context = context
+        self.default = default
+        self._last: Any = self._MISSING
+        self._pending: Any = self._MISSING
+        self._event = asyncio.Event()
+        self._closed = False
+        self._evaluate(snapshot)
+
+    def _evaluate(self, snapshot: Snapshot | None) -> None:
+        value = (self.default if snapshot is None
+                 else snapshot.evaluate(self.key, self.context, self.default).value)
+        latest = self._last if self._pending is self._MISSING else self._pending
+        if latest is self._MISSING or latest != value or type(latest) is not type(value):
+            self._pending = value
+            self._event.set()
+
+    def push(self, changes: Iterable[FlagChange], snapshot: Snapshot) -> None:
+        self._evaluate(snapshot)
+
+    def close(self) -> None:
+        """Stop the iteration."""
+        self._closed = True
+        self._event.set()
+
+    def __aiter__(self) -> ValueWatch:
+        return self
+
+    async def __anext__(self) -> Any:
+        while self._pending is self._MISSING:
+            if self._closed:
+                raise StopAsyncIteration
+            self._event.clear()
+            await self._event.wait()
+        if self._closed:
+            raise StopAsyncIteration
+        value, self._pending = self._pending, self._MISSING
+        self._last = value
+        return value
+
+
+ChangeCallback = Callable[[FlagChange], object]
+
+
+class ChangeHub:
+    """Callbacks and iterators interested in changes; everything runs on the client's loop."""
+
+    def __init__(self, logger: logging.Logger) -> None:
+        self._logger = logger
+        self._callbacks: list[tuple[str | None, ChangeCallback]] = []
+        # Weak: an iterator the application dropped (``break``) unsubscribes itself.
+        self._streams: weakref.WeakSet[ChangeStream | ValueWatch] = weakref.WeakSet()
+        self._closed = False
+
+    def add_callback(self, callback: ChangeCallback, key: str | None) -> Callable[[], None]:
+        entry = (key, callback)
+        self._callbacks.append(entry)
+
+        def remove() -> None:
+            if entry in self._callbacks:
+                self._callbacks.remove(entry)
+
+        return remove
+
+    def add_stream(self, stream: ChangeStream | ValueWatch) -> None:
+        if self._closed:
+            stream.close()
+        else:
+            self._streams.add(stream)
+
+    def publish(self, changes: list[FlagChange], snapshot: Snapshot) -> None:
+        """Tell everyone; a failing callback is logged and never stops the others."""
+        if not changes:
+            return
+        for stream in list(self._streams):
+            stream.push(changes, snapshot)
+        for key, callback in list(self._callbacks):
+            for change in changes:
+                if key is None or change.key == key:
+                    try:
+                        callback(change)
+                    except Exception:
+                        self._logger.exception("flagwire: on_change callback %r failed", callback)
+
+    def close(self) -> None:
+        self._closed = True
+        for stream in list(self._streams):
+            stream.close()
+        self._streams.clear()
+        self._callbacks.clear()

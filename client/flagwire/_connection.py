@@ -1,0 +1,212 @@
+"""The subscription's I/O loop: connect, feed frames to the state machine, reconnect.
+
+Thin by design: everything about *what* a message means lives in
+:mod:`flagwire._state`, everything about *when* to try again in
+:mod:`flagwire._backoff`.  This module moves bytes and translates the
+errors of ``websockets`` and the OS into :func:`~flagwire._backoff.classify`
+inputs at the boundary.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Mapping
+from typing import Protocol
+from urllib.parse import urlencode, urlsplit, urlunsplit
+
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed, InvalidStatus, WebSocketException
+
+from . import _protocol as proto
+from ._backoff import Action, Backoff, Closed, Refused, classify
+from ._errors import ClientError, ProtocolError
+from ._state import Outcome, StreamState
+
+__all__ = ["Listener", "Subscription", "stream_url"]
+
+STREAM_PATH = "/api/v1/stream"
+
+
+def stream_url(base: str, query: Mapping[str, str] | None = None) -> str:
+    """The WebSocket URL of the stream endpoint for a server URL.
+
+    ``http``/``https`` become ``ws``/``wss``; a bare host gets ``/api/v1/stream``.
+
+    Raises:
+        ClientError: the URL has an unsupported scheme.
+    """
+    parts = urlsplit(base)
+    scheme = {"http": "ws", "https": "wss", "ws": "ws", "wss": "wss"}.get(parts.scheme.lower())
+    if scheme is None or not parts.netloc:
+        raise ClientError(f"expected an http(s):// or ws(s):// server URL, got {base!r}")
+    path = parts.path.rstrip("/")
+    if not path.endswith(STREAM_PATH):
+        path += STREAM_PATH
+    return urlunsplit((scheme, parts.netloc, path, urlencode(dict(query or {})), ""))
+
+
+class Listener(Protocol):
+    """What the subscription tells the client (all called on the client's loop)."""
+
+    def connection_opened(self) -> None: ...
+    def outcome(self, out: Outcome) -> None: ...
+    def connection_lost(self, why: str) -> None: ...
+    def refused(self, message: str) -> None: ...
+
+
+def _describe(event: BaseException | Closed | Refused) -> str:
+    if isinstance(event, Closed):
+        if event.code is None:
+            return "the connection was lost" + (f" ({event.reason})" if event.reason else "")
+        return f"the server closed the connection ({event.code} {event.reason})".rstrip()
+    if isinstance(event, Refused):
+        return f"the server answered the handshake with HTTP {event.status}"
+    text = str(event) or type(event).__name__
+    return f"{type(event).__name__}: {text}" if not isinstance(event, ProtocolError) else text
+
+
+class Subscription:
+    """Keeps one WebSocket subscription alive until cancelled or refused.
+
+    Args:
+        url: the server's base URL.
+        sdk_key: the SDK key, sent as ``Authorization: Bearer``.
+        state: the sans-I/O state machine (shared with the client).
+        listener: told about connections, outcomes and refusals.
+        backoff: the reconnect schedule.
+        heartbeat_timeout: a connection with no pong within this many seconds
+            is considered dead.
+        open_timeout: limit on the TCP + TLS + HTTP handshake.
+        logger: where to report.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        sdk_key: str,
+        state: StreamState,
+        listener: Listener,
+        *,
+        backoff: Backoff,
+        heartbeat_timeout: float,
+        open_timeout: float,
+        logger: logging.Logger,
+        user_agent: str,
+    ) -> None:
+        stream_url(url)  # fail fast on a bad URL
+        self.url = url
+        self._headers = {"Authorization": f"Bearer {sdk_key}"}
+        self.state = state
+        self.listener = listener
+        self.backoff = backoff
+        self.heartbeat_timeout = heartbeat_timeout
+        self.open_timeout = open_timeout
+        self.logger = logger
+        self.user_agent = user_agent
+        self.attempts = 0  #: connection attempts so far
+        self.connections = 0  #: connections that completed the handshake
+        self.last_error: str | None = None
+        self._ws: ClientConnection | None = None
+        self._was_open = False
+        self._refusal = ""
+
+    async def run(self) -> None:
+        """Connect, serve, back off, repeat; returns only when the key is refused."""
+        while True:
+            self._was_open = False
+            self._refusal = ""
+            event = await self._attempt()
+            action = classify(event)
+            why = _describe(event)
+            if self._refusal:
+                why = f"{why}: {self._refusal}"
+            self.last_error = why
+            if self._was_open:
+                self.listener.connection_lost(why)
+            if action is Action.GIVE_UP:
+                self.logger.error("flagwire: %s; the SDK key was refused, not retrying", why)
+                self.listener.refused(why)
+                return
+            if action is Action.RESYNC:
+                self.state.request_snapshot()
+            delay = (self.backoff.going_away_delay() if action is Action.SOON
+                     else self.backoff.next_delay())
+            self.logger.info("flagwire: %s; reconnecting in %.2fs", why, delay)
+            await asyncio.sleep(delay)
+
+    async def _attempt(self) -> BaseException | Closed | Refused:
+        self.attempts += 1
+        uri = stream_url(self.url, self.state.resume_query())
+        hb = self.heartbeat_timeout
+        try:
+            async with connect(
+                uri,
+                additional_headers=self._headers,
+                user_agent_header=self.user_agent,
+                compression=None,
+                max_size=proto.MAX_SERVER_FRAME,
+                max_queue=64,
+                open_timeout=self.open_timeout,
+                ping_interval=hb / 2,
+                ping_timeout=hb / 2,
+                close_timeout=min(hb / 2, 5.0),
+            ) as ws:
+                self.connections += 1
+                self._was_open = True
+                opened = time.monotonic()
+                self._ws = ws
+                try:
+                    return await self._serve(ws)
+                finally:
+                    self._ws = None
+                    self.backoff.connected_for(time.monotonic() - opened)
+        except InvalidStatus as exc:
+            status = exc.response.status_code
+            body = exc.response.body or b""
+            if status in (401, 403) and body:
+                self._refusal = body[:300].decode("utf-8", "replace")
+            return Refused(status)
+        except (OSError, TimeoutError, WebSocketException, ProtocolError) as exc:
+            return exc
+
+    async def _serve(self, ws: ClientConnection) -> Closed | ProtocolError:
+        state = self.state
+        state.connection_opened()
+        self.listener.connection_opened()
+        try:
+            while True:
+                raw = await ws.recv(decode=False)
+                try:
+                    out = state.receive(proto.decode(raw, max_size=proto.MAX_SERVER_FRAME))
+                except ProtocolError as exc:
+                    self.logger.error("flagwire: malformed message from the server: %s; "
+                                      "reconnecting for a fresh snapshot", exc)
+                    await ws.close(proto.CloseCode.BAD_MESSAGE, "bad message")
+                    return exc
+                if out.error is not None:
+                    self.logger.warning("flagwire: the server reported %s: %s",
+                                        out.error.code, out.error.message)
+                if out.gap is not None:
+                    self.logger.warning("flagwire: missed changes (%s); asking for a resync",
+                                        out.gap)
+                if out.rewound is not None:
+                    self.logger.warning("flagwire: %s", out.rewound)
+                self.listener.outcome(out)
+                if out.resync:
+                    await ws.send(proto.encode(proto.Resync()), text=True)
+                if out.ack is not None:
+                    await ws.send(proto.encode(proto.Ack(out.ack)), text=True)
+        except ConnectionClosed as exc:
+            rcvd = exc.rcvd
+            if rcvd is None:
+                sent = exc.sent
+                return Closed(None, sent.reason if sent is not None else "")
+            return Closed(rcvd.code, rcvd.reason)
+
+    async def close(self) -> None:
+        """Close the current connection politely, if there is one."""
+        ws = self._ws
+        if ws is not None:
+            await ws.close()
