@@ -1,0 +1,473 @@
+"""Propagation: admin API call that flips a flag → the last of N clients has applied it.
+
+    python -m bench.propagation                      # quick: N = 100, 1000
+    python -m bench.propagation --clients 100,1000,5000,10000 --flips 50
+    python -m bench.propagation --runs floor,flagwire,flagwire-w2,stalled --profile
+
+Runs, each in a fresh server with N lean protocol clients (``bench/_swarm.py``)
+in separate processes:
+
+* ``floor``: a bare ``websockets`` server writing one pre-built frame to every
+  socket (``bench/_floor.py``; no Redis, no flag logic) — the cost of the
+  sends alone;
+* ``flagwire``: ``flagwire serve`` (one process) on a private Redis;
+* ``flagwire-w2``: ``flagwire serve --workers 2``;
+* ``stalled``: flagwire with a bigger flag, first with every client reading,
+  then with 1% more clients that never read: latency for the others and the
+  server's memory, before and after.
+
+The server is pinned to ``--server-cpus`` and the clients, Redis and this
+coordinator to ``--client-cpus``.  Times are ``time.monotonic_ns()`` in every
+process (CLOCK_MONOTONIC is one clock machine-wide on Linux): from just
+before the trigger (the HTTP PATCH, or the floor's control message) to the
+receive time of the last client, as that client stamped it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import math
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+if __package__ in (None, ""):
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import orjson
+
+from bench._harness import (
+    RESULTS,
+    Admin,
+    FlagwireServer,
+    FloorServer,
+    bench_flag,
+    cpus,
+    print_table,
+    redis_server,
+    rss_tree,
+    summary_ms,
+    write_result,
+)
+from bench._swarm import Swarm
+
+ENV = "bench"
+FLAG = "bench-kill-switch"
+PER_PROCESS = 5000  # client sockets per client process
+
+
+def _procs(n: int) -> int:
+    return max(1, math.ceil(n / PER_PROCESS))
+
+
+def run_floor(n: int, flips: int, a: argparse.Namespace) -> dict[str, Any]:
+    doc = bench_flag(FLAG)
+    with (
+        FloorServer(mode=a.floor_mode, cpu_set=cpus(a.server_cpus)) as floor,
+        Swarm(
+            floor.url, n, processes=_procs(n), cpus=cpus(a.client_cpus), ack=False, lean=True
+        ) as swarm,
+    ):
+        conn = swarm.connect()
+        if conn["failed"]:
+            raise RuntimeError(f"floor: {conn['failed']} of {n} clients could not connect")
+        floor.freeze()
+        lat, first, loops = [], [], []
+        size = 0
+        for i in range(a.warmup + flips):
+            v = i + 1
+            doc["on"] = not doc["on"]
+            payload = orjson.dumps(
+                {
+                    "type": "patch",
+                    "kind": "flag",
+                    "key": FLAG,
+                    "data": {
+                        **doc,
+                        "version": v,
+                        "updated_at": "2026-01-01T00:00:00.000Z",
+                        "updated_by": "bench",
+                    },
+                    "version": v,
+                }
+            )
+            size = len(payload)
+            t0 = time.monotonic_ns()
+            _n, loop_ns = floor.send(payload)
+            w = swarm.wait(v, timeout=30)
+            if w["timeout"]:
+                raise RuntimeError(
+                    f"floor: only {w['reached']} of {w['want']} clients got version {v}"
+                )
+            if i >= a.warmup:
+                lat.append(w["max_t"] - t0)
+                first.append(w["min_t"] - t0)
+                loops.append(loop_ns)
+            time.sleep(a.pause)
+        rss = rss_tree(floor.pid)
+    return {
+        "run": "floor",
+        "clients": n,
+        **summary_ms(lat),
+        "first_p50_ms": summary_ms(first)["p50_ms"],
+        "send_loop_p50_ms": summary_ms(loops)["p50_ms"],
+        "frame_bytes": size,
+        "server_rss": rss,
+        "samples_ms": [x / 1e6 for x in lat],
+    }
+
+
+def _flagwire_setup(server: FlagwireServer, doc: dict[str, Any]) -> tuple[Admin, str]:
+    admin = Admin(server.url, server.admin_key)
+    admin.ensure_env(ENV)
+    admin.put_flag(ENV, doc)
+    return admin, admin.sdk_key(ENV)
+
+
+def _flip(admin: Admin, swarm: Swarm, doc: dict[str, Any]) -> tuple[int, int, dict[str, Any]]:
+    doc["on"] = not doc["on"]
+    t0 = time.monotonic_ns()
+    resp = admin.patch_flag(ENV, FLAG, {"on": doc["on"]})
+    t_api = time.monotonic_ns()
+    v = int(resp["env_version"])
+    w = swarm.wait(v, timeout=30)
+    if w["timeout"]:
+        raise RuntimeError(f"flagwire: only {w['reached']} of {w['want']} clients got version {v}")
+    return t0, t_api, {**w, "version": v}
+
+
+def run_flagwire(
+    n: int, flips: int, a: argparse.Namespace, *, workers: int = 1, profile: Path | None = None
+) -> dict[str, Any]:
+    doc = bench_flag(FLAG)
+    name = "flagwire" if workers == 1 else f"flagwire-w{workers}"
+    server_cpus = cpus(a.server_cpus) if workers == 1 else cpus(a.server_cpus_multi)
+    with (
+        redis_server(cpus(a.client_cpus)) as redis,
+        FlagwireServer(redis.url, workers=workers, cpu_set=server_cpus) as server,
+    ):
+        admin, sdk = _flagwire_setup(server, doc)
+        with Swarm(
+            f"ws://127.0.0.1:{server.port}/api/v1/stream",
+            n,
+            processes=_procs(n),
+            cpus=cpus(a.client_cpus),
+            headers={"Authorization": f"Bearer {sdk}"},
+        ) as swarm:
+            conn = swarm.connect()
+            if conn["failed"]:
+                raise RuntimeError(
+                    f"{name}: {conn['failed']} of {n} clients could not connect "
+                    f"({conn['last_refusal']})"
+                )
+            rss_idle = server.rss()
+            lat, first, api = [], [], []
+            spy = None
+            for i in range(a.warmup + flips):
+                if profile is not None and i == a.warmup:
+                    spy = _start_profile(server.pid, profile)
+                t0, t_api, w = _flip(admin, swarm, doc)
+                if i >= a.warmup:
+                    lat.append(w["max_t"] - t0)
+                    first.append(w["min_t"] - t0)
+                    api.append(t_api - t0)
+                time.sleep(a.pause)
+            if spy is not None:
+                _stop_profile(spy)
+            stats = swarm.stats()
+            rss = server.rss()
+        admin.close()
+    return {
+        "run": name,
+        "clients": n,
+        **summary_ms(lat),
+        "first_p50_ms": summary_ms(first)["p50_ms"],
+        "api_p50_ms": summary_ms(api)["p50_ms"],
+        "frame_bytes": stats["frame_bytes"],
+        "server_rss": rss,
+        "server_rss_idle": rss_idle,
+        "gaps": stats["gaps"],
+        "drops": stats["drops"],
+        "samples_ms": [x / 1e6 for x in lat],
+    }
+
+
+def run_stalled(n: int, flips: int, a: argparse.Namespace) -> dict[str, Any]:
+    """Baseline flips with every client reading, then again with 1% more that never read."""
+    doc = bench_flag(FLAG, pad=a.stall_pad)
+    n_stalled = max(1, n // 100)
+    with (
+        redis_server(cpus(a.client_cpus)) as redis,
+        FlagwireServer(redis.url, cpu_set=cpus(a.server_cpus)) as server,
+    ):
+        admin, sdk = _flagwire_setup(server, doc)
+        with (
+            Swarm(
+                f"ws://127.0.0.1:{server.port}/api/v1/stream",
+                n,
+                processes=_procs(n),
+                cpus=cpus(a.client_cpus),
+                headers={"Authorization": f"Bearer {sdk}"},
+            ) as swarm,
+            Swarm(
+                f"ws://127.0.0.1:{server.port}/api/v1/stream",
+                n_stalled,
+                processes=1,
+                cpus=cpus(a.client_cpus),
+                headers={"Authorization": f"Bearer {sdk}"},
+            ) as stalled,
+        ):
+            swarm.connect()
+            phases: dict[str, Any] = {}
+            for phase in ("all_reading", "with_stalled"):
+                if phase == "with_stalled":
+                    stalled.connect(stall_fraction=1.0)
+                lat = []
+                rss_before = server.rss()
+                rss_peak = rss_before
+                for i in range(a.warmup + flips):
+                    t0, _t_api, w = _flip(admin, swarm, doc)
+                    if i >= a.warmup:
+                        lat.append(w["max_t"] - t0)
+                    rss_peak = max(rss_peak, server.rss())
+                    time.sleep(a.pause)
+                phases[phase] = {
+                    **summary_ms(lat),
+                    "rss_before": rss_before,
+                    "rss_peak": rss_peak,
+                    "rss_after": server.rss(),
+                }
+            st = swarm.stats()
+            phases["stalled_clients"] = n_stalled
+            phases["frame_bytes"] = st["frame_bytes"]
+            phases["readers_gaps"] = st["gaps"]
+            phases["readers_drops"] = st["drops"]
+            phases["bytes_per_stalled_client"] = st["frame_bytes"] * flips
+        admin.close()
+    return {"run": "stalled", "clients": n, **phases}
+
+
+def _start_profile(pid: int, out: Path) -> subprocess.Popen[bytes] | None:
+    exe = Path(sys.executable).with_name("py-spy")
+    if not exe.exists():
+        print("(py-spy not installed in the venv: no profile)", file=sys.stderr)
+        return None
+    return subprocess.Popen(
+        [
+            str(exe),
+            "record",
+            "--pid",
+            str(pid),
+            "--subprocesses",
+            "--rate",
+            "250",
+            "--format",
+            "speedscope",
+            "--output",
+            str(out),
+            "--nonblocking",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+
+
+def _stop_profile(proc: subprocess.Popen[bytes] | None) -> None:
+    if proc is None:
+        return
+    import signal
+
+    proc.send_signal(signal.SIGINT)
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        proc.wait(30)
+
+
+def chart(rows: list[dict[str, Any]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    for ax, metric in zip(axes, ("p50_ms", "p99_ms"), strict=True):
+        for run in ("floor", "flagwire", "flagwire-w2"):
+            pts = sorted((r["clients"], r[metric]) for r in rows if r["run"] == run)
+            if pts:
+                ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=run)
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel("connected clients")
+        ax.set_ylabel(f"{metric[:3]} trigger → last client (ms)")
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend()
+    fig.suptitle("flagwire propagation vs bare-broadcast floor (2 cores: server 1, clients 1)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+TARGETS = {1000: 25.0, 10000: 250.0}
+
+
+def verdicts(rows: list[dict[str, Any]]) -> list[str]:
+    out = []
+    by = {(r["run"], r["clients"]): r for r in rows if "p99_ms" in r}
+    for (run, n), r in sorted(by.items()):
+        if run == "floor":
+            continue
+        floor = by.get(("floor", n))
+        if floor:
+            ratio = r["p99_ms"] / floor["p99_ms"]
+            r["ratio_p99"] = round(ratio, 2)
+            r["ratio_p50"] = round(r["p50_ms"] / floor["p50_ms"], 2)
+        if n in TARGETS and run == "flagwire":
+            ok = r["p99_ms"] < TARGETS[n]
+            out.append(
+                f"{run} N={n}: p99 {r['p99_ms']:.1f} ms {'meets' if ok else 'MISSES'} "
+                f"the {TARGETS[n]:.0f} ms target"
+            )
+        if n == 1000 and run == "flagwire" and floor:
+            ok = r["ratio_p99"] <= 1.5
+            out.append(
+                f"{run} N={n}: p99 is {r['ratio_p99']:.2f}x the floor: "
+                f"{'meets' if ok else 'MISSES'} "
+                "the 1.5x target"
+            )
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument("--clients", default="100,1000", help="comma list of N (default 100,1000)")
+    ap.add_argument("--flips", type=int, default=50)
+    ap.add_argument("--warmup", type=int, default=5)
+    ap.add_argument("--pause", type=float, default=0.02, help="seconds between flips")
+    ap.add_argument("--runs", default="floor,flagwire,flagwire-w2,stalled")
+    ap.add_argument("--server-cpus", default="0")
+    ap.add_argument("--server-cpus-multi", default="0,1", help="CPUs for --workers 2")
+    ap.add_argument("--client-cpus", default="1")
+    ap.add_argument("--floor-mode", choices=("write", "broadcast"), default="write")
+    ap.add_argument(
+        "--stall-pad", type=int, default=8000, help="bytes of padding in the stalled run's flag"
+    )
+    ap.add_argument("--profile", action="store_true", help="py-spy the server at the largest N")
+    ap.add_argument("--name", default="propagation")
+    a = ap.parse_args(argv)
+    ns = [int(x) for x in a.clients.split(",") if x]
+    runs = [r for r in a.runs.split(",") if r]
+    rows: list[dict[str, Any]] = []
+    for n in ns:
+        for run in runs:
+            t = time.monotonic()
+            try:
+                if run == "floor":
+                    r = run_floor(n, a.flips, a)
+                elif run == "flagwire":
+                    prof = (
+                        RESULTS / f"profile-{n}.speedscope.json"
+                        if a.profile and n == max(ns)
+                        else None
+                    )
+                    r = run_flagwire(n, a.flips, a, profile=prof)
+                elif run.startswith("flagwire-w"):
+                    r = run_flagwire(n, a.flips, a, workers=int(run.removeprefix("flagwire-w")))
+                elif run == "stalled":
+                    if n != min(max(ns), 1000):
+                        continue
+                    r = run_stalled(n, a.flips, a)
+                else:
+                    raise SystemExit(f"unknown run {run}")
+            except RuntimeError as exc:
+                print(f"{run} N={n}: FAILED: {exc}", file=sys.stderr)
+                r = {"run": run, "clients": n, "error": str(exc)}
+            r["seconds"] = round(time.monotonic() - t, 1)
+            rows.append(r)
+            print(f"  {run:12} N={n:<6} {_line(r)}", flush=True)
+    notes = verdicts(rows)
+    table = [r for r in rows if "p99_ms" in r]
+    print()
+    print_table(
+        ["run", "clients", "p50 ms", "p99 ms", "max ms", "first p50", "x floor p99", "RSS MiB"],
+        [
+            [
+                r["run"],
+                r["clients"],
+                r["p50_ms"],
+                r["p99_ms"],
+                r["max_ms"],
+                r.get("first_p50_ms", ""),
+                r.get("ratio_p99", ""),
+                r.get("server_rss", 0) / 2**20,
+            ]
+            for r in table
+        ],
+    )
+    for r in rows:
+        if r["run"] == "stalled" and "all_reading" in r:
+            print(
+                f"\n1% stalled ({r['stalled_clients']} of {r['clients']} never read, "
+                f"{r['frame_bytes']} B frames):"
+            )
+            print_table(
+                [
+                    "phase",
+                    "p50 ms",
+                    "p99 ms",
+                    "max ms",
+                    "RSS before MiB",
+                    "RSS peak MiB",
+                    "RSS after MiB",
+                ],
+                [
+                    [
+                        ph,
+                        r[ph]["p50_ms"],
+                        r[ph]["p99_ms"],
+                        r[ph]["max_ms"],
+                        r[ph]["rss_before"] / 2**20,
+                        r[ph]["rss_peak"] / 2**20,
+                        r[ph]["rss_after"] / 2**20,
+                    ]
+                    for ph in ("all_reading", "with_stalled")
+                ],
+            )
+    for note in notes:
+        print(note)
+    png = RESULTS / f"{a.name}.png"
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    if table:
+        chart(table, png)
+    path = write_result(
+        a.name,
+        {
+            "flips": a.flips,
+            "server_cpus": a.server_cpus,
+            "client_cpus": a.client_cpus,
+            "floor_mode": a.floor_mode,
+            "rows": rows,
+            "verdicts": notes,
+            "chart": png.name,
+        },
+    )
+    print(f"\nwrote {path} and {png}")
+    return 0
+
+
+def _line(r: dict[str, Any]) -> str:
+    if "error" in r:
+        return "error"
+    if "p50_ms" in r:
+        return (
+            f"p50 {r['p50_ms']:.2f} ms  p99 {r['p99_ms']:.2f} ms  max {r['max_ms']:.2f} ms"
+            f"  ({r['seconds']} s)"
+        )
+    return f"stalled: {r['all_reading']['p99_ms']:.2f} → {r['with_stalled']['p99_ms']:.2f} ms p99"
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
