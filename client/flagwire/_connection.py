@@ -149,9 +149,11 @@ class Subscription:
                 max_size=proto.MAX_SERVER_FRAME,
                 max_queue=64,
                 open_timeout=self.open_timeout,
-                ping_interval=hb / 2,
-                ping_timeout=hb / 2,
-                close_timeout=min(hb / 2, 5.0),
+                # A ping every hb/3, hb/3 to answer, hb/3 to tear down: a dead
+                # connection is noticed within heartbeat_timeout.
+                ping_interval=hb / 3,
+                ping_timeout=hb / 3,
+                close_timeout=min(hb / 3, 5.0),
             ) as ws:
                 self.connections += 1
                 self._was_open = True
