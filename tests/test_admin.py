@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 import uuid
+from collections.abc import Iterator
 from typing import Any
 
 import httpx
@@ -11,7 +12,13 @@ import pytest
 import redis
 
 from tests.support.builders import flag, segment
-from tests.test_admin_support import Live, live, redis_dump  # noqa: F401
+from tests.test_admin_support import Live, live_server, redis_dump
+
+
+@pytest.fixture(scope="module")
+def live(redis_url: str) -> Iterator[Live]:
+    yield from live_server(redis_url)
+
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -12,7 +12,13 @@ import pytest
 
 from tests.support.builders import clause, flag, rule
 from tests.support.redisproc import RedisProcess
-from tests.test_admin_support import Live, live, redis_dump, start_server, stop_server  # noqa: F401
+from tests.test_admin_support import Live, live_server, redis_dump, start_server, stop_server
+
+
+@pytest.fixture(scope="module")
+def live(redis_url: str) -> Iterator[Live]:
+    yield from live_server(redis_url)
+
 
 pytestmark = pytest.mark.timeout(90)
 

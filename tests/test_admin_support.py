@@ -1,9 +1,9 @@
 """Shared helpers for the admin API, CLI and OpenAPI tests (no tests of its own).
 
-``live`` is one real server process per test module with a prefix of its own
-in the suite's Redis; tests keep out of each other's way by creating their own
-environments.  ``api`` authenticates with an admin key named "test admin"
-created through the API itself.
+``live_server`` backs each module's ``live`` fixture: one real server process
+per test module with a prefix of its own in the suite's Redis; tests keep out
+of each other's way by creating their own environments.  ``api`` authenticates
+with an admin key named "test admin" created through the API itself.
 """
 
 from __future__ import annotations
@@ -19,7 +19,6 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import pytest
 import redis
 
 from tests.support.redisproc import free_port
@@ -39,7 +38,9 @@ class Live:
     proc: subprocess.Popen[bytes]
 
 
-def start_server(redis_url: str, prefix: str, **env: str) -> tuple[subprocess.Popen[bytes], str, str]:
+def start_server(
+    redis_url: str, prefix: str, **env: str
+) -> tuple[subprocess.Popen[bytes], str, str]:
     port = free_port()
     environ = {
         **os.environ, "FLAGWIRE_REDIS_URL": redis_url, "FLAGWIRE_REDIS_PREFIX": prefix,
@@ -78,8 +79,8 @@ def stop_server(proc: subprocess.Popen[bytes]) -> None:
         proc.wait()
 
 
-@pytest.fixture(scope="module")
-def live(redis_url: str) -> Iterator[Live]:
+def live_server(redis_url: str) -> Iterator[Live]:
+    """Body of each test module's ``live`` fixture (module-scoped there)."""
     prefix = f"fwt{uuid.uuid4().hex[:10]}"
     proc, url, env_key = start_server(redis_url, prefix)
     boot = httpx.Client(base_url=url + "/api/v1", headers={"Authorization": f"Bearer {env_key}"})
