@@ -114,6 +114,8 @@ class FlagClient:
         self.persist_path = persist_path
         self.offline_path = offline_path
         self._offline_values = dict(offline_values) if offline_values is not None else None
+        # flagwire.testing points this at its TestFlags
+        self._offline_source: Callable[[], Snapshot] | None = None
         self.heartbeat_timeout = heartbeat_timeout
         self.persist_debounce = persist_debounce
         self.logger = logger or _log
@@ -372,9 +374,13 @@ class FlagClient:
         self._started = True
         self._loop = asyncio.get_running_loop()
         if self._offline:
-            snap = (load_offline(self.offline_path) if self.offline_path is not None
-                    else snapshot_from_values(self._offline_values or {}))
-            self._install(snap, diff(None, snap))
+            if self._offline_source is not None:
+                snap = self._offline_source()
+            elif self.offline_path is not None:
+                snap = load_offline(self.offline_path)
+            else:
+                snap = snapshot_from_values(self._offline_values or {})
+            self._install(snap, diff(self._snapshot, snap))
             source = repr(os.fspath(self.offline_path)) if self.offline_path else "values"
             self._set_status(ClientStatus.READY, f"offline: serving flags from {source}")
             self.start_status = ClientStatus.READY

@@ -27,15 +27,15 @@ __all__ = ["constant_flag", "load_offline", "snapshot_from_values"]
 def constant_flag(key: str, value: Any, version: int = 1) -> dict[str, Any]:
     """A flag document that is on and serves ``value`` to every context.
 
-    Booleans get both variations (``[value, not value]``) so that turning the
-    flag off in a test serves the other one.
+    Booleans get both variations, and turning such a flag off serves ``False``;
+    other flags turned off serve the caller's default.
     """
     variations = [value, not value] if isinstance(value, bool) else [value]
     return {
         "key": key,
         "on": True,
         "variations": variations,
-        "off_variation": len(variations) - 1 if isinstance(value, bool) else None,
+        "off_variation": variations.index(False) if isinstance(value, bool) else None,
         "fallthrough": {"variation": 0},
         "version": version,
     }
