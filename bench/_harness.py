@@ -234,6 +234,8 @@ class FlagwireServer:
             "FLAGWIRE_ADMIN_KEY": self.admin_key,
             "FLAGWIRE_LOG_FORMAT": "json",
             "FLAGWIRE_LOG_LEVEL": "warning",
+            # the admin rate limit would throttle the benchmark's own writes
+            "FLAGWIRE_RATE_LIMIT": "100000000",
             **self.extra_env,
         }
         self._log = open(self.log_path, "ab")  # noqa: SIM115 - closed in stop()
@@ -358,7 +360,9 @@ def bench_flag(key: str, *, pad: int = 0) -> dict[str, Any]:
             }
         ],
         "fallthrough": {
-            "rollout": [{"variation": 0, "weight": 25000}, {"variation": 1, "weight": 75000}]
+            "rollout": {
+                "variations": [{"variation": 0, "weight": 25000}, {"variation": 1, "weight": 75000}]
+            }
         },
     }
     if pad:

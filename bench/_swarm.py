@@ -200,6 +200,7 @@ class _Worker:
     lean: bool = False
     conns: list[_Conn] = field(default_factory=list)
     tasks: set[asyncio.Future[bool]] = field(default_factory=set)
+    open_ts: list[int] = field(default_factory=list)
     hits: dict[int, _Hits] = field(default_factory=dict)
     n_open: int = 0
     refused: int = 0
@@ -232,6 +233,7 @@ class _Worker:
 
     def opened(self, conn: _Conn) -> None:
         self.n_open += 1
+        self.open_ts.append(time.monotonic_ns())
 
     def lost(self, conn: _Conn, was_open: bool) -> None:
         if was_open:
@@ -466,6 +468,8 @@ async def _worker_loop(pipe: Connection, cfg: dict[str, Any]) -> None:
             reply = await w.wait(cmd[1], cmd[2], cmd[3])
         elif op == "stats":
             reply = w.stats()
+        elif op == "opens":  # handshake completion times since the last call
+            reply, w.open_ts = w.open_ts, []
         elif op == "check":
             reply = w.check(cmd[1], cmd[2])
         elif op == "set":
@@ -606,6 +610,10 @@ class Swarm:
             "wrong": sum(r["wrong"] for r in replies),
             "behind": sum(r["behind"] for r in replies),
         }
+
+    def opens(self) -> list[int]:
+        """Monotonic times of the handshakes completed since the last call."""
+        return sorted(t for r in self._all("opens") for t in r)
 
     def set(self, name: str, value: Any) -> None:
         self._all("set", name, value)

@@ -63,8 +63,12 @@ def _procs(n: int) -> int:
     return max(1, math.ceil(n / PER_PROCESS))
 
 
-def run_floor(n: int, flips: int, a: argparse.Namespace) -> dict[str, Any]:
+def run_floor(n: int, flips: int, a: argparse.Namespace, frame_bytes: int = 0) -> dict[str, Any]:
+    """``frame_bytes``: pad the message to the size of flagwire's frame (same bytes on the wire)."""
     doc = bench_flag(FLAG)
+    probe = _floor_payload(doc, 1)
+    if frame_bytes > len(probe):
+        doc["description"] = "x" * (frame_bytes - len(probe) - len(b',"description":""'))
     with (
         FloorServer(mode=a.floor_mode, cpu_set=cpus(a.server_cpus)) as floor,
         Swarm(
@@ -80,20 +84,7 @@ def run_floor(n: int, flips: int, a: argparse.Namespace) -> dict[str, Any]:
         for i in range(a.warmup + flips):
             v = i + 1
             doc["on"] = not doc["on"]
-            payload = orjson.dumps(
-                {
-                    "type": "patch",
-                    "kind": "flag",
-                    "key": FLAG,
-                    "data": {
-                        **doc,
-                        "version": v,
-                        "updated_at": "2026-01-01T00:00:00.000Z",
-                        "updated_by": "bench",
-                    },
-                    "version": v,
-                }
-            )
+            payload = _floor_payload(doc, v)
             size = len(payload)
             t0 = time.monotonic_ns()
             _n, loop_ns = floor.send(payload)
@@ -118,6 +109,11 @@ def run_floor(n: int, flips: int, a: argparse.Namespace) -> dict[str, Any]:
         "server_rss": rss,
         "samples_ms": [x / 1e6 for x in lat],
     }
+
+
+def _floor_payload(doc: dict[str, Any], v: int) -> bytes:
+    data = {**doc, "version": v, "updated_at": "2026-01-01T00:00:00.000Z", "updated_by": "bench"}
+    return orjson.dumps({"type": "patch", "kind": "flag", "key": FLAG, "data": data, "version": v})
 
 
 def _flagwire_setup(server: FlagwireServer, doc: dict[str, Any]) -> tuple[Admin, str]:
@@ -156,6 +152,7 @@ def run_flagwire(
             processes=_procs(n),
             cpus=cpus(a.client_cpus),
             headers={"Authorization": f"Bearer {sdk}"},
+            lean=True,
         ) as swarm:
             conn = swarm.connect()
             if conn["failed"]:
@@ -211,6 +208,7 @@ def run_stalled(n: int, flips: int, a: argparse.Namespace) -> dict[str, Any]:
                 processes=_procs(n),
                 cpus=cpus(a.client_cpus),
                 headers={"Authorization": f"Bearer {sdk}"},
+                lean=True,
             ) as swarm,
             Swarm(
                 f"ws://127.0.0.1:{server.port}/api/v1/stream",
@@ -218,6 +216,7 @@ def run_stalled(n: int, flips: int, a: argparse.Namespace) -> dict[str, Any]:
                 processes=1,
                 cpus=cpus(a.client_cpus),
                 headers={"Authorization": f"Bearer {sdk}"},
+                lean=True,
             ) as stalled,
         ):
             swarm.connect()
@@ -361,12 +360,16 @@ def main(argv: list[str] | None = None) -> int:
     ns = [int(x) for x in a.clients.split(",") if x]
     runs = [r for r in a.runs.split(",") if r]
     rows: list[dict[str, Any]] = []
+    # flagwire first, so that the floor can send frames of the same size
+    order = {"flagwire": 0, "flagwire-w2": 1, "floor": 2, "stalled": 3}
+    runs.sort(key=lambda r: order.get(r, 9))
     for n in ns:
+        frame = 0
         for run in runs:
             t = time.monotonic()
             try:
                 if run == "floor":
-                    r = run_floor(n, a.flips, a)
+                    r = run_floor(n, a.flips, a, frame)
                 elif run == "flagwire":
                     prof = (
                         RESULTS / f"profile-{n}.speedscope.json"
@@ -386,6 +389,8 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"{run} N={n}: FAILED: {exc}", file=sys.stderr)
                 r = {"run": run, "clients": n, "error": str(exc)}
             r["seconds"] = round(time.monotonic() - t, 1)
+            if run.startswith("flagwire") and not frame:
+                frame = int(r.get("frame_bytes") or 0)
             rows.append(r)
             print(f"  {run:12} N={n:<6} {_line(r)}", flush=True)
     notes = verdicts(rows)
