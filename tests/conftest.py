@@ -9,6 +9,8 @@ import pytest
 
 from tests.support.redisproc import RedisProcess, shared_redis_url, stop_embedded
 
+pytest_plugins = ["tests.support.server"]
+
 
 @pytest.fixture(scope="session")
 def redis_url() -> Iterator[str]:

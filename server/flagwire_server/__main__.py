@@ -1,0 +1,5 @@
+"""``python -m flagwire_server``: the ``flagwire`` command."""
+
+from .cli import main
+
+main()

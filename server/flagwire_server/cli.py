@@ -1,0 +1,76 @@
+"""The ``flagwire`` command: ``serve`` here, admin subcommands from ``cli_admin``."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from .config import Settings
+
+__all__ = ["app", "main"]
+
+app = typer.Typer(
+    name="flagwire",
+    help="flagwire: real-time feature flags.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+
+@app.callback()
+def _root() -> None:
+    """flagwire: real-time feature flags."""
+
+
+@app.command()
+def serve(
+    host: Annotated[str | None, typer.Option(help="Address to bind [FLAGWIRE_HOST, 127.0.0.1].")
+                    ] = None,
+    port: Annotated[int | None, typer.Option(help="Port [FLAGWIRE_PORT, 8080].")] = None,
+    redis_url: Annotated[str | None, typer.Option(
+        "--redis-url",
+        help="redis://, rediss:// or unix:// URL [FLAGWIRE_REDIS_URL]; "
+             "none: an embedded Valkey in DATA_DIR/valkey.")] = None,
+    data_dir: Annotated[Path | None, typer.Option(
+        "--data-dir", help="Data directory [FLAGWIRE_DATA_DIR, ./.flagwire].")] = None,
+    workers: Annotated[int | None, typer.Option(
+        help="Worker processes, each serving clients [FLAGWIRE_WORKERS, 1].")] = None,
+) -> None:
+    """Run the flagwire server (environment variables FLAGWIRE_*: see docs/design.md)."""
+    try:
+        settings = Settings.from_env(
+            host=host, port=port, redis_url=redis_url, data_dir=data_dir, workers=workers
+        )
+    except ValueError as exc:
+        typer.echo(f"flagwire serve: {exc}", err=True)
+        raise typer.Exit(2) from None
+    from .serve import serve as run
+
+    try:
+        run(settings)
+    except KeyboardInterrupt:  # pragma: no cover
+        pass
+    except Exception as exc:
+        typer.echo(f"flagwire serve: {exc}", err=True)
+        raise typer.Exit(1) from None
+
+
+def main() -> None:
+    """Entry point of the ``flagwire`` script."""
+    app(prog_name="flagwire")
+
+
+try:
+    from .cli_admin import register
+except ImportError:  # the admin subcommands are optional
+    pass
+else:
+    register(app)
+
+if __name__ == "__main__":  # pragma: no cover
+    main()
+    sys.exit(0)

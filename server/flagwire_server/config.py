@@ -1,0 +1,177 @@
+"""Server settings: one frozen dataclass, read once from ``FLAGWIRE_*`` variables.
+
+Every variable is listed in ``docs/design.md`` (Configuration) and in
+:meth:`Settings.from_env`.  The CLI builds the same object from its options,
+then exports it back to the environment for ``--workers`` child processes
+(see :meth:`Settings.to_env`), so every process of one server agrees.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any, Final
+
+__all__ = ["ENV_VARS", "Settings"]
+
+MiB: Final = 1024 * 1024
+
+
+def _bool(text: str) -> bool:
+    return text.strip().lower() in ("1", "true", "yes", "on")
+
+
+def _origins(text: str) -> tuple[str, ...]:
+    return tuple(o.strip().rstrip("/") for o in text.split(",") if o.strip())
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """Everything a server process needs to know; see ``ENV_VARS`` for the variables."""
+
+    host: str = "127.0.0.1"
+    port: int = 8080
+    #: ``None``: ``flagwire serve`` starts an embedded Valkey in ``data_dir/valkey``.
+    redis_url: str | None = None
+    data_dir: Path = Path(".flagwire")
+    workers: int = 1
+    #: Always accepted as an admin key; when set, no keys are generated on first start.
+    admin_key: str | None = None
+    redis_prefix: str = "fw"
+    #: Browser Origins allowed besides same-origin (``https://app.example.com``, ``*``).
+    allowed_origins: tuple[str, ...] = ()
+    session_secret: str | None = None
+    #: ``json`` or ``console``; ``None`` picks console on a TTY and json otherwise.
+    log_format: str | None = None
+    log_level: str = "info"
+    #: Seconds between keep-alive pings (also announced in ``hello``).
+    heartbeat: float = 15.0
+    #: Seconds without a pong before a connection is dropped.
+    ping_timeout: float = 15.0
+    #: Outbound bytes a connection may have queued before it is closed with 4000.
+    max_buffer: int = MiB
+    #: Admin API requests per minute per key (the admin engineer's rate limiter).
+    rate_limit: int = 600
+    #: Failed stream authentications per minute per client IP before 429.
+    auth_fail_limit: int = 20
+    #: Client messages per second (sustained) before 4003; bursts of 5x are allowed.
+    client_msg_rate: float = 50.0
+    #: Encoded changes each process keeps per environment for ``since`` resumes.
+    ring_size: int = 1000
+    #: Seconds SIGTERM waits for streams to close before exiting anyway.
+    shutdown_timeout: float = 5.0
+    #: Listen backlog (reconnect storms of thousands of clients).
+    backlog: int = 4096
+    #: Expose ``/metrics`` (Prometheus text).
+    metrics: bool = True
+    #: Identifies this process in ``P:instances`` and acknowledgement reports.
+    instance_id: str = field(default="")
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
+        """Read every ``FLAGWIRE_*`` variable (unset ones keep their defaults).
+
+        Args:
+            environ: the variables (``os.environ`` by default).
+            **overrides: values that win over the environment (CLI options);
+                ``None`` values are ignored.
+
+        Raises:
+            ValueError: a variable has a value of the wrong type.
+        """
+        env = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        for name, (attr, conv) in ENV_VARS.items():
+            raw = env.get(name)
+            if raw is None or raw == "":
+                continue
+            try:
+                values[attr] = conv(raw)
+            except ValueError as exc:
+                raise ValueError(f"{name}={raw!r}: {exc}") from None
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        settings = cls(**values)
+        settings.check()
+        return settings
+
+    def check(self) -> None:
+        """Raise ValueError for values no server can run with."""
+        if not 0 < self.port < 65536 and self.port != 0:
+            raise ValueError(f"port {self.port} is out of range")
+        if self.workers < 1:
+            raise ValueError("workers must be at least 1")
+        if self.max_buffer < 4096:
+            raise ValueError("FLAGWIRE_MAX_BUFFER must be at least 4096 bytes")
+        if self.heartbeat <= 0 or self.ping_timeout <= 0:
+            raise ValueError("FLAGWIRE_HEARTBEAT and FLAGWIRE_PING_TIMEOUT must be positive")
+        if self.log_format not in (None, "json", "console"):
+            raise ValueError("FLAGWIRE_LOG_FORMAT must be json or console")
+        if not self.redis_prefix or any(c in self.redis_prefix for c in "{} "):
+            raise ValueError("FLAGWIRE_REDIS_PREFIX must be non-empty, without braces or spaces")
+
+    def with_(self, **changes: Any) -> Settings:
+        return replace(self, **changes)
+
+    @property
+    def json_logs(self) -> bool:
+        if self.log_format is None:
+            return not sys.stderr.isatty()
+        return self.log_format == "json"
+
+    def to_env(self) -> dict[str, str]:
+        """The variables that rebuild these settings in another process."""
+        out: dict[str, str] = {}
+        for name, (attr, _conv) in ENV_VARS.items():
+            value = getattr(self, attr)
+            if value is None or attr == "instance_id":
+                continue
+            if isinstance(value, tuple):
+                out[name] = ",".join(value)
+            elif isinstance(value, bool):
+                out[name] = "1" if value else "0"
+            else:
+                out[name] = str(value)
+        return out
+
+    def redacted(self) -> dict[str, Any]:
+        """The settings as a dict fit for a log line (secrets masked)."""
+        out: dict[str, Any] = {}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if f.name in ("admin_key", "session_secret") and value:
+                value = "***"
+            elif f.name == "redis_url" and value and "@" in value:
+                scheme, _, rest = value.partition("://")
+                value = f"{scheme}://***@{rest.rpartition('@')[2]}"
+            out[f.name] = str(value) if isinstance(value, Path) else value
+        return out
+
+
+#: Variable → (Settings attribute, converter).
+ENV_VARS: Final[dict[str, tuple[str, Any]]] = {
+    "FLAGWIRE_HOST": ("host", str),
+    "FLAGWIRE_PORT": ("port", int),
+    "FLAGWIRE_REDIS_URL": ("redis_url", str),
+    "FLAGWIRE_DATA_DIR": ("data_dir", Path),
+    "FLAGWIRE_WORKERS": ("workers", int),
+    "FLAGWIRE_ADMIN_KEY": ("admin_key", str),
+    "FLAGWIRE_REDIS_PREFIX": ("redis_prefix", str),
+    "FLAGWIRE_ALLOWED_ORIGINS": ("allowed_origins", _origins),
+    "FLAGWIRE_SESSION_SECRET": ("session_secret", str),
+    "FLAGWIRE_LOG_FORMAT": ("log_format", str),
+    "FLAGWIRE_LOG_LEVEL": ("log_level", str),
+    "FLAGWIRE_HEARTBEAT": ("heartbeat", float),
+    "FLAGWIRE_PING_TIMEOUT": ("ping_timeout", float),
+    "FLAGWIRE_MAX_BUFFER": ("max_buffer", int),
+    "FLAGWIRE_RATE_LIMIT": ("rate_limit", int),
+    "FLAGWIRE_AUTH_FAIL_LIMIT": ("auth_fail_limit", int),
+    "FLAGWIRE_CLIENT_MSG_RATE": ("client_msg_rate", float),
+    "FLAGWIRE_RING_SIZE": ("ring_size", int),
+    "FLAGWIRE_SHUTDOWN_TIMEOUT": ("shutdown_timeout", float),
+    "FLAGWIRE_BACKLOG": ("backlog", int),
+    "FLAGWIRE_METRICS": ("metrics", _bool),
+    "FLAGWIRE_INSTANCE_ID": ("instance_id", str),
+}

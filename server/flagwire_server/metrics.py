@@ -1,0 +1,149 @@
+"""Prometheus metrics of one server process, and the middleware that counts API requests.
+
+With ``--workers N`` each worker is a process of its own: ``flagwire serve``
+then sets ``PROMETHEUS_MULTIPROC_DIR`` and ``/metrics`` (answered by any
+worker) aggregates every worker's figures — counters and histograms summed,
+the connected-clients gauge summed over live workers.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Any
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+__all__ = ["Metrics", "RequestMetricsMiddleware", "metrics_endpoint"]
+
+_LATENCY_BUCKETS = (
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+)
+
+
+def multiprocess_dir() -> str | None:
+    return os.environ.get("PROMETHEUS_MULTIPROC_DIR") or None
+
+
+class Metrics:
+    """Every metric flagwire exports, in a registry of its own (so apps can coexist in tests)."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.connected = Gauge(
+            "flagwire_connected_clients", "Open streams by environment", ["env"],
+            registry=r, multiprocess_mode="livesum",
+        )
+        self.messages_sent = Counter(
+            "flagwire_messages_sent", "Frames written to streams", ["env", "type"], registry=r
+        )
+        self.changes_applied = Counter(
+            "flagwire_changes_applied", "Changes read from the change log and fanned out",
+            ["env"], registry=r,
+        )
+        self.propagation = Histogram(
+            "flagwire_propagation_seconds", "Commit to client acknowledgement",
+            buckets=_LATENCY_BUCKETS, registry=r,
+        )
+        self.fanout_duration = Histogram(
+            "flagwire_fanout_seconds", "Time to write one change to every local stream",
+            buckets=_LATENCY_BUCKETS, registry=r,
+        )
+        self.redis_errors = Counter(
+            "flagwire_redis_errors", "Redis operations that failed", ["op"], registry=r
+        )
+        self.store_reset = Gauge(
+            "flagwire_store_reset", "1 while an environment's store looks reset or rewound",
+            ["env"], registry=r, multiprocess_mode="max",
+        )
+        self.resyncs = Counter(
+            "flagwire_resyncs", "Snapshots sent other than on connect", ["env", "reason"],
+            registry=r,
+        )
+        self.disconnects = Counter(
+            "flagwire_stream_closes", "Streams closed by the server", ["code"], registry=r
+        )
+        self.refused = Counter(
+            "flagwire_stream_refused", "Stream handshakes refused", ["status"], registry=r
+        )
+        self.requests = Counter(
+            "flagwire_api_requests", "HTTP requests", ["route", "method", "status"], registry=r
+        )
+        self.request_duration = Histogram(
+            "flagwire_api_request_seconds", "HTTP request duration", ["route"],
+            buckets=_LATENCY_BUCKETS, registry=r,
+        )
+
+    def exposition(self) -> bytes:
+        path = multiprocess_dir()
+        if path:
+            from prometheus_client import multiprocess
+
+            registry = CollectorRegistry()
+            multiprocess.MultiProcessCollector(registry, path=path)  # type: ignore[no-untyped-call]
+            return bytes(generate_latest(registry))
+        return bytes(generate_latest(self.registry))
+
+
+async def metrics_endpoint(request: Request) -> Response:
+    metrics: Metrics = request.app.state.metrics
+    return Response(metrics.exposition(), media_type=CONTENT_TYPE_LATEST)
+
+
+def _route_of(scope: Scope) -> str:
+    route = scope.get("route")
+    path = getattr(route, "path", None)
+    if isinstance(path, str):
+        # Inside a Mount the route's path is relative; root_path holds the mount's prefix.
+        return str(scope.get("root_path", "")) + path
+    endpoint = scope.get("endpoint")
+    if endpoint is None:
+        return "<unmatched>"
+    text = str(scope.get("path", ""))
+    for name, value in (scope.get("path_params") or {}).items():
+        text = text.replace(str(value), "{" + name + "}", 1)
+    return text
+
+
+class RequestMetricsMiddleware:
+    """Counts HTTP requests by route template, method and status (pure ASGI; WebSockets pass)."""
+
+    def __init__(self, app: ASGIApp, metrics: Metrics | None = None) -> None:
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        metrics = self.metrics
+        if metrics is None:
+            app_obj: Any = scope.get("app")
+            metrics = getattr(getattr(app_obj, "state", None), "metrics", None)
+        status = 500
+        start = time.perf_counter()
+
+        async def counting_send(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = int(message["status"])
+            await send(message)
+
+        try:
+            await self.app(scope, receive, counting_send)
+        finally:
+            if metrics is not None:
+                route = _route_of(scope)
+                metrics.requests.labels(route, scope.get("method", ""), str(status)).inc()
+                metrics.request_duration.labels(route).observe(time.perf_counter() - start)

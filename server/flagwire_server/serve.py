@@ -1,0 +1,97 @@
+"""``flagwire serve``: the embedded store (when needed) and uvicorn, configured for streaming.
+
+uvicorn settings that matter here (issue 6):
+
+* ``ws=flagwire_server.wsproto:FlagwireWebSocketProtocol`` — uvicorn's
+  sans-I/O WebSocket implementation (the fastest measured) with the transport
+  exposed to the fan-out and 1001 on shutdown;
+* ``ws_per_message_deflate=False`` — compression doubles fan-out time and
+  multiplies memory per connection;
+* ``ws_max_size`` — the protocol's client frame limit (bigger frames: 1009);
+* ``ws_ping_interval``/``ws_ping_timeout`` = ``FLAGWIRE_HEARTBEAT`` /
+  ``FLAGWIRE_PING_TIMEOUT`` — a dead peer is dropped within their sum (30 s);
+* ``backlog`` — room for reconnect storms;
+* ``timeout_graceful_shutdown`` — SIGTERM exits within a bounded time.
+
+``--workers N`` runs N uvicorn worker processes sharing the socket, each with
+its own fan-out (each reads every environment's change log); metrics are then
+aggregated through ``PROMETHEUS_MULTIPROC_DIR``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import os
+import shutil
+import tempfile
+from typing import Any
+
+import uvicorn
+
+from flagwire._protocol import MAX_CLIENT_FRAME
+
+from . import logs
+from .config import Settings
+from .embedded import EmbeddedStore
+from .process import raise_nofile
+
+__all__ = ["WS_PROTOCOL", "serve", "uvicorn_options"]
+
+log = logging.getLogger("flagwire.serve")
+
+WS_PROTOCOL = "flagwire_server.wsproto:FlagwireWebSocketProtocol"
+
+
+def uvicorn_options(settings: Settings) -> dict[str, Any]:
+    """Keyword arguments for ``uvicorn.Config``/``uvicorn.run`` (see the module docstring)."""
+    return {
+        "host": settings.host,
+        "port": settings.port,
+        "ws": WS_PROTOCOL,
+        "ws_per_message_deflate": False,
+        "ws_max_size": MAX_CLIENT_FRAME,
+        "ws_ping_interval": settings.heartbeat,
+        "ws_ping_timeout": settings.ping_timeout,
+        "backlog": settings.backlog,
+        "timeout_graceful_shutdown": max(1, math.ceil(settings.shutdown_timeout)),
+        "lifespan": "on",
+        "log_config": logs.log_config(settings),
+        "server_header": False,
+        "proxy_headers": True,
+    }
+
+
+def serve(settings: Settings) -> None:
+    """Run the server until SIGINT/SIGTERM (blocking)."""
+    logs.configure(settings)
+    raise_nofile()
+    embedded: EmbeddedStore | None = None
+    metrics_dir: str | None = None
+    try:
+        if not settings.redis_url:
+            embedded = EmbeddedStore(settings.data_dir)
+            settings = settings.with_(redis_url=embedded.start())
+        log.info("starting flagwire", extra={
+            "host": settings.host, "port": settings.port, "workers": settings.workers,
+            "embedded_store": embedded is not None})
+        options = uvicorn_options(settings)
+        if settings.workers > 1:
+            if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+                metrics_dir = tempfile.mkdtemp(prefix="flagwire-metrics-")
+                os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
+            os.environ.update(settings.to_env())
+            uvicorn.run("flagwire_server.app:create_app_from_env", factory=True,
+                        workers=settings.workers, **options)
+        else:
+            from .app import create_app
+
+            server = uvicorn.Server(uvicorn.Config(create_app(settings), **options))
+            server.run()
+    finally:
+        if embedded is not None:
+            embedded.stop()
+        if metrics_dir is not None:
+            with contextlib.suppress(OSError):
+                shutil.rmtree(metrics_dir)

@@ -1,0 +1,244 @@
+"""``/api/v1/stream``: the WebSocket every client holds open.
+
+Handshake (all before ``accept``; a refusal is an HTTP response with a JSON
+problem body, never an accepted-then-closed socket):
+
+1. ``Origin``: browsers send one; it must be same-origin (its host equals the
+   ``Host`` header) or listed in ``FLAGWIRE_ALLOWED_ORIGINS`` (403).  Other
+   clients send none and pass.
+2. Too many failed authentications from this IP in the last minute: 429.
+3. ``Authorization: Bearer <key>``: an SDK key streams its environment; an
+   admin key or a console session must name one with ``?env=`` (401 unknown
+   key, 403 wrong kind, 404 unknown environment).
+4. ``?since=<version>&epoch=<epoch>`` asks to resume.
+
+Then ``hello`` and the snapshot (or only the missed changes) are written and
+the stream is registered with the environment's feed in one synchronous step
+(:meth:`flagwire_server.fanout.EnvFeed.attach`), and the endpoint only reads:
+``ack`` and ``resync`` messages; anything else closes the stream (see
+``docs/protocol.md`` for codes).
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import time
+from collections import OrderedDict, deque
+from typing import Any, Final
+from urllib.parse import urlsplit
+
+from starlette.responses import JSONResponse
+from starlette.routing import WebSocketRoute
+from starlette.websockets import WebSocket
+
+from flagwire._errors import ProtocolError
+from flagwire._protocol import MAX_CLIENT_FRAME, Ack, CloseCode, Resync, decode
+
+from .fanout import Conn, EnvNotFound
+from .wsproto import protocol_of
+
+__all__ = ["FailureLimiter", "origin_allowed", "routes", "stream_endpoint"]
+
+log = logging.getLogger("flagwire.stream")
+
+PATH: Final = "/api/v1/stream"
+_MAX_REASON: Final = 123  # bytes: the limit of a close frame's reason
+
+
+class FailureLimiter:
+    """Failed authentications per client IP in a sliding minute (bounded memory)."""
+
+    def __init__(self, limit: int, window: float = 60.0, max_ips: int = 10_000) -> None:
+        self.limit, self.window, self.max_ips = limit, window, max_ips
+        self._fails: OrderedDict[str, deque[float]] = OrderedDict()
+
+    def _recent(self, ip: str, now: float) -> deque[float] | None:
+        q = self._fails.get(ip)
+        if q is None:
+            return None
+        while q and q[0] <= now - self.window:
+            q.popleft()
+        if not q:
+            del self._fails[ip]
+            return None
+        return q
+
+    def blocked(self, ip: str) -> bool:
+        q = self._recent(ip, time.monotonic())
+        return q is not None and len(q) >= self.limit
+
+    def fail(self, ip: str) -> None:
+        now = time.monotonic()
+        q = self._recent(ip, now)
+        if q is None:
+            q = self._fails[ip] = deque(maxlen=self.limit + 1)
+            while len(self._fails) > self.max_ips:
+                self._fails.popitem(last=False)
+        q.append(now)
+
+
+def origin_allowed(origin: str, host: str | None, allowed: tuple[str, ...]) -> bool:
+    """Same-origin (Origin's host:port equals Host) or listed (``*`` allows any)."""
+    if "*" in allowed:
+        return True
+    origin = origin.strip().rstrip("/").lower()
+    if origin != "null":
+        netloc = urlsplit(origin).netloc
+        if host and netloc and netloc == host.strip().lower():
+            return True
+    return origin in {a.lower() for a in allowed}
+
+
+def _reason(text: str) -> str:
+    return text.encode()[:_MAX_REASON].decode(errors="ignore")
+
+
+async def _deny(ws: WebSocket, status: int, code: str, detail: str) -> None:
+    ws.app.state.metrics.refused.labels(str(status)).inc()
+    titles = {400: "Bad Request", 401: "Unauthorized", 403: "Forbidden", 404: "Not Found",
+              429: "Too Many Requests", 503: "Service Unavailable"}
+    body = {"type": "about:blank", "title": titles.get(status, "Error"), "status": status,
+            "detail": detail, "code": code}
+    headers = {"Retry-After": "60"} if status == 429 else {"Retry-After": "1"} if status == 503 \
+        else None
+    await ws.send_denial_response(JSONResponse(
+        body, status_code=status, headers=headers, media_type="application/problem+json"
+    ))
+
+
+async def _maybe(value: Any) -> Any:
+    return await value if inspect.isawaitable(value) else value
+
+
+async def _read_session(ws: WebSocket) -> Any:
+    try:
+        from .console.session import read_session
+    except ImportError:
+        return None
+    return await _maybe(read_session(ws))
+
+
+async def stream_endpoint(ws: WebSocket) -> None:
+    state = ws.app.state
+    settings = state.settings
+    ip = ws.client.host if ws.client else "?"
+    limiter: FailureLimiter = state.auth_failures
+
+    origin = ws.headers.get("origin")
+    if origin is not None and not origin_allowed(origin, ws.headers.get("host"),
+                                                 settings.allowed_origins):
+        return await _deny(ws, 403, "forbidden_origin", "this Origin may not open streams")
+    if limiter.blocked(ip):
+        return await _deny(ws, 429, "rate_limited",
+                           "too many failed authentications; try again in a minute")
+
+    auth = ws.headers.get("authorization")
+    key_id: str
+    kind: str
+    key_env: str | None = None
+    if auth is not None:
+        scheme, _, secret = auth.strip().partition(" ")
+        record = None
+        if scheme.lower() == "bearer" and secret.strip():
+            record = await _maybe(state.keys.authenticate(secret.strip()))
+        if record is None:
+            limiter.fail(ip)
+            return await _deny(ws, 401, "unauthorized", "unknown or revoked key")
+        key_id, kind, key_env = str(record.id), str(record.kind), record.env
+    else:
+        try:
+            session = await _read_session(ws)
+        except Exception:
+            return await _deny(ws, 503, "unavailable", "sessions are unavailable; retry")
+        if session is None:
+            limiter.fail(ip)
+            return await _deny(ws, 401, "unauthorized",
+                               "send the SDK key as 'Authorization: Bearer <key>'")
+        key_id, kind = str(session.key_id), "admin"
+
+    query_env = ws.query_params.get("env") or None
+    if kind == "sdk":
+        if not key_env:
+            return await _deny(ws, 403, "forbidden", "this SDK key has no environment")
+        if query_env is not None and query_env != key_env:
+            return await _deny(ws, 403, "forbidden",
+                               f"this SDK key belongs to environment {key_env!r}")
+        env = key_env
+    elif kind == "admin":
+        if query_env is None:
+            return await _deny(ws, 400, "env_required",
+                               "an admin key or console session must pass ?env=NAME")
+        env = query_env
+    else:
+        return await _deny(ws, 403, "forbidden", f"a {kind} key cannot open streams")
+
+    since: int | None = None
+    epoch = ws.query_params.get("epoch")
+    raw_since = ws.query_params.get("since")
+    if raw_since is not None:
+        if not raw_since.isdigit() or len(raw_since) > 18:
+            return await _deny(ws, 400, "bad_request", "since must be a non-negative integer")
+        since = int(raw_since)
+
+    fanout = state.fanout
+    try:
+        feed = await fanout.ensure(env)
+    except EnvNotFound:
+        return await _deny(ws, 404, "not_found", f"environment {env!r} does not exist")
+    except Exception as exc:
+        log.warning("stream refused: store unavailable", extra={"env": env, "error": str(exc)})
+        return await _deny(ws, 503, "unavailable", "the flag store is unavailable; retry")
+
+    await ws.accept()
+    proto = protocol_of(ws.scope, ws._send)
+    # Fallback when the transport is not reachable (not flagwire's uvicorn protocol):
+    # frames then go through ws.send_text via a bounded per-connection queue.
+    conn = Conn(feed, key_id, proto, ws=None if proto is not None else ws)
+    if fanout.feed(env) is not feed:  # deleted while we accepted
+        conn.closed = True
+        await ws.close(CloseCode.RESYNC, "environment deleted")
+        return
+    feed.attach(conn, since, epoch)
+    try:
+        await _read_loop(ws, conn, settings.client_msg_rate)
+    finally:
+        feed.detach(conn)
+        conn.closed = True
+
+
+async def _read_loop(ws: WebSocket, conn: Conn, rate: float) -> None:
+    burst = max(1.0, rate * 5)
+    conn.tokens, conn.stamp = burst, time.monotonic()
+    feed = conn.feed
+    while True:
+        message = await ws.receive()
+        if message["type"] == "websocket.disconnect":
+            return
+        if conn.closed:
+            continue
+        now = time.monotonic()
+        conn.tokens = min(burst, conn.tokens + (now - conn.stamp) * rate)
+        conn.stamp = now
+        if conn.tokens < 1.0:
+            conn.close(CloseCode.RATE_LIMITED, "too many messages")
+            continue
+        conn.tokens -= 1.0
+        data = message.get("text")
+        if data is None:
+            data = message.get("bytes") or b""
+        try:
+            msg = decode(data, max_size=MAX_CLIENT_FRAME)
+        except ProtocolError as exc:
+            conn.close(CloseCode.BAD_MESSAGE, _reason(str(exc)))
+            continue
+        if isinstance(msg, Ack):
+            conn.ack(msg.version)
+        elif isinstance(msg, Resync):
+            feed.resnapshot(conn, "client")
+        else:
+            conn.close(CloseCode.BAD_MESSAGE, _reason(f"a client may not send {msg.type}"))
+
+
+def routes() -> list[WebSocketRoute]:
+    return [WebSocketRoute(PATH, stream_endpoint, name="stream")]

@@ -1,0 +1,85 @@
+"""uvicorn's ``websockets-sansio`` protocol with two changes flagwire needs.
+
+1. The protocol object is put in the ASGI scope (``scope["flagwire.protocol"]``)
+   so the fan-out can write pre-built frames straight to the connection's
+   transport — one ``transport.write`` per client and change, the measured
+   floor (issue 6) — and can see how much is buffered for a slow client.
+2. On server shutdown, streams are closed with 1001 "going away" (clients
+   reconnect elsewhere and resume) instead of uvicorn's 1012.
+
+Server frames are unmasked and uncompressed (``ws_per_message_deflate`` is
+off), so writing a frame built elsewhere never disturbs the sans-I/O state
+machine; only close frames go through it.
+
+Select it with ``uvicorn.Config(ws="flagwire_server.wsproto:FlagwireWebSocketProtocol")``
+(``flagwire serve`` does).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any, Final
+
+from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
+from websockets.http11 import Request
+
+__all__ = ["SCOPE_KEY", "FlagwireWebSocketProtocol", "close_now", "protocol_of"]
+
+SCOPE_KEY: Final = "flagwire.protocol"
+#: Seconds a closing peer gets to read what is buffered and echo the close.
+CLOSE_GRACE: Final = 2.0
+
+
+class FlagwireWebSocketProtocol(WebSocketsSansIOProtocol):
+    """See the module docstring."""
+
+    def handle_connect(self, event: Request) -> None:
+        super().handle_connect(event)
+        # The ASGI task was only scheduled; it sees this key when it runs.
+        scope = getattr(self, "scope", None)
+        if scope is not None and self.response.status_code == 101:
+            scope[SCOPE_KEY] = self
+
+    def shutdown(self) -> None:
+        if self.handshake_complete and not self.close_sent and not self.disconnected:
+            close_now(self, 1001, "server shutting down")
+            # transport.close() flushes what is buffered, then closes; a peer
+            # that does not read would hold that forever, hence the abort.
+            self.transport.close()
+            return
+        super().shutdown()
+
+
+def protocol_of(scope: Any, send: Any) -> WebSocketsSansIOProtocol | None:
+    """The uvicorn sans-I/O protocol behind a WebSocket, or None under other servers."""
+    proto = scope.get(SCOPE_KEY)
+    if proto is None:
+        proto = getattr(send, "__self__", None)
+    return proto if isinstance(proto, WebSocketsSansIOProtocol) else None
+
+
+def close_now(
+    proto: WebSocketsSansIOProtocol, code: int, reason: str, grace: float = CLOSE_GRACE
+) -> bool:
+    """Write a close frame now, without awaiting a writable transport.
+
+    ``websocket.close`` through ASGI waits until the transport is writable,
+    which for a client that stopped reading is never.  This queues the close
+    behind what is buffered, tells the app the connection is gone, and aborts
+    the transport if the peer has not completed the closing handshake within
+    ``grace`` seconds.  Returns False when the connection was already closing.
+    """
+    transport = proto.transport
+    if proto.close_sent or proto.disconnected or transport is None or transport.is_closing():
+        return False
+    proto.stop_keepalive()
+    proto.conn.send_close(code, reason)
+    transport.write(b"".join(proto.conn.data_to_send()))
+    proto.close_sent = True
+    proto.queue.put_nowait({"type": "websocket.disconnect", "code": code, "reason": reason})
+    if proto.read_paused:
+        proto.read_paused = False
+        transport.resume_reading()
+    loop = asyncio.get_running_loop()
+    proto.close_timer = loop.call_later(grace, transport.abort)
+    return True
