@@ -51,7 +51,7 @@ def register_flags(flags: typer.Typer) -> None:
 
     @flags.command("get")
     def flags_get(key: str, env: Env = "production", url: Url = DEFAULT_URL,
-                  admin_key: Key = "") -> None:
+                  admin_key: Key = "", as_json: Json = True) -> None:
         """Print one flag's document (JSON)."""
         with _errors():
             emit(Api(url, admin_key).call("GET", f"/environments/{env}/flags/{key}"), True)

@@ -1,0 +1,162 @@
+"""The ``flagwire`` admin subcommands, run as processes against a real server."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.support.builders import flag, segment
+from tests.test_admin_support import VENV_BIN, Live, live_server
+
+pytestmark = pytest.mark.timeout(120)
+
+
+@pytest.fixture(scope="module")
+def live(redis_url: str) -> Iterator[Live]:
+    yield from live_server(redis_url)
+
+
+def run(live: Live, *args: str, ok: bool = True, key: str | None = None,
+        timeout: float = 20) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "FLAGWIRE_URL": live.url,
+           "FLAGWIRE_ADMIN_KEY": live.admin_key if key is None else key}
+    proc = subprocess.run([str(VENV_BIN / "flagwire"), *args], env=env, capture_output=True,
+                          text=True, timeout=timeout)
+    if ok:
+        assert proc.returncode == 0, proc.stderr
+    return proc
+
+
+def run_json(live: Live, *args: str) -> Any:
+    return json.loads(run(live, *args, "--json").stdout)
+
+
+@pytest.fixture
+def env(live: Live) -> str:
+    name = f"c{uuid.uuid4().hex[:8]}"
+    run(live, "envs", "create", name, "--name", "CLI env")
+    return name
+
+
+def test_envs_and_keys(live: Live, env: str) -> None:
+    assert env in run(live, "envs", "list").stdout
+    assert env in [e["key"] for e in run_json(live, "envs", "list")["environments"]]
+    out = run(live, "keys", "create", "cli svc", "--env", env).stdout
+    secret = out.strip().splitlines()[-1]
+    assert secret.startswith("fw_sdk_")
+    listed = run_json(live, "keys", "list")["keys"]
+    rec = next(k for k in listed if k["name"] == "cli svc")
+    table = run(live, "keys", "list").stdout
+    assert rec["id"] in table
+    assert secret not in table
+    assert "revoked" in run(live, "keys", "revoke", rec["id"]).stdout
+    gone = run(live, "keys", "revoke", rec["id"], ok=False)
+    assert gone.returncode == 1
+    assert gone.stderr.startswith("error: 404")
+    assert len(gone.stderr.strip().splitlines()) == 1
+    run(live, "envs", "delete", env)
+    assert env not in run(live, "envs", "list").stdout
+
+
+def test_flags_commands(live: Live, env: str, tmp_path: Path) -> None:
+    f = tmp_path / "f.yaml"
+    f.write_text("key: checkout\nvariations: [true, false]\nfallthrough: {variation: 1}\n"
+                 "tags: [payments]\n")
+    assert "flag checkout off: version 1" in run(live, "flags", "create", str(f), "-e", env).stdout
+    assert "checkout" in run(live, "flags", "list", "-e", env, "--tag", "payments").stdout
+    assert run_json(live, "flags", "get", "checkout", "-e", env)["version"] == 1
+    assert "flag checkout on: version 2" in run(live, "flags", "on", "checkout", "-e", env).stdout
+    out = run_json(live, "flags", "rollout", "checkout", "25", "-e", env)
+    slots = out["flag"]["fallthrough"]["rollout"]["variations"]
+    assert slots == [{"variation": 0, "weight": 25000}, {"variation": 1, "weight": 75000}]
+    out = run_json(live, "flags", "targets", "checkout", "1", "alice", "bob", "-e", env)
+    assert out["flag"]["targets"] == [{"variation": 1, "values": ["alice", "bob"]}]
+    assert run_json(live, "flags", "off", "checkout", "-e", env, "--wait", "0.1")["flag"][
+        "on"] is False
+    hist = run(live, "flags", "history", "checkout", "-e", env).stdout
+    assert "current" in hist
+    assert run_json(live, "flags", "restore", "checkout", "2", "-e", env)["version"] == 6
+    audit = run(live, "audit", "-e", env).stdout
+    assert "test admin" in audit
+    assert "restore" in audit
+    assert "deleted" in run(live, "flags", "delete", "checkout", "-e", env).stdout
+
+
+def test_errors_are_one_line(live: Live, env: str, tmp_path: Path) -> None:
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps(flag("x", rules=[{"clauses": [], "variation": 9}])))
+    r = run(live, "flags", "create", str(bad), "-e", env, ok=False)
+    assert r.returncode == 1
+    assert r.stderr.startswith("error: 422")
+    assert "rules[0]" in r.stderr
+    assert "Traceback" not in r.stderr
+    r = run(live, "flags", "get", "nope", "-e", env, ok=False)
+    assert r.stderr.startswith("error: 404")
+    r = run(live, "envs", "list", ok=False, key="fw_admin_wrong")
+    assert r.stderr.startswith("error: 401")
+    r = run(live, "envs", "list", "--url", "http://127.0.0.1:9", ok=False)
+    assert r.stderr.startswith("error: cannot reach")
+    (tmp_path / "broken.yaml").write_text("key: [\n")
+    r = run(live, "flags", "create", str(tmp_path / "broken.yaml"), "-e", env, ok=False)
+    assert "not valid YAML" in r.stderr
+    for proc in (r,):
+        assert len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_export_import_round_trip(live: Live, env: str, tmp_path: Path) -> None:
+    api = live.api
+    api.post(f"/environments/{env}/segments", json=segment("staff", included=["u1"]))
+    api.post(f"/environments/{env}/flags", json=flag("a", tags=["t"]))
+    api.post(f"/environments/{env}/flags", json=flag("b", on=False, variations=["x", "y"]))
+    out = tmp_path / "export.json"
+    run(live, "export", env, str(out))
+    target = f"c{uuid.uuid4().hex[:8]}"
+    run(live, "envs", "create", target)
+    assert "imported 2 flags and 1 segments" in run(live, "import", target, str(out)).stdout
+
+    def strip(docs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        return [{k: v for k, v in d.items() if k not in ("created_at", "updated_at")}
+                for d in docs]
+
+    for plural in ("flags", "segments"):
+        src = api.get(f"/environments/{env}/{plural}").json()[plural]
+        dst = api.get(f"/environments/{target}/{plural}").json()[plural]
+        assert strip(dst) == strip(src)
+    # Importing again replaces (new versions), never fails on existing documents.
+    run(live, "import", target, str(out))
+    assert api.get(f"/environments/{target}/flags/a").json()["version"] == 2
+
+
+def test_watch_follows_changes(live: Live, env: str) -> None:
+    api = live.api
+    proc = subprocess.Popen(
+        [str(VENV_BIN / "flagwire"), "watch", env, "--count", "2"],
+        env={**os.environ, "FLAGWIRE_URL": live.url, "FLAGWIRE_ADMIN_KEY": live.admin_key},
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        first = proc.stdout.readline()
+        assert f"connected to {env}" in first, first + (proc.stderr.read() if proc.stderr else "")
+        time.sleep(0.1)
+        api.post(f"/environments/{env}/flags", json=flag("w", on=False))
+        api.patch(f"/environments/{env}/flags/w", json={"on": True})
+        out, err = proc.communicate(timeout=15)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, err
+    lines = [first, *out.splitlines()]
+    assert any("flag w off" in line for line in lines), lines
+    assert any("flag w on" in line and "by test admin" in line for line in lines), lines
+    refused = run(live, "watch", env, ok=False, key="fw_sdk_wrong")
+    assert refused.returncode == 1
+    assert refused.stderr.startswith("error: the stream refused")
