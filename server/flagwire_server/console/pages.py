@@ -1,9 +1,335 @@
-"""Console pages (placeholder until the views land)."""
+"""Console pages: server-rendered Jinja2 views over the store, plus sign-in and sign-out.
+
+Reads come straight from the store (the pages are the admin API's peers, not
+its clients); every change goes through the admin API from the browser, so it
+is validated, audited and acknowledged exactly like a CLI change, and the
+"applied by N of M" figures come from the same ``?wait`` response.
+"""
 
 from __future__ import annotations
 
-from starlette.routing import BaseRoute
+import json
+import secrets
+from pathlib import Path
+from typing import Any, Final
+from urllib.parse import quote
+
+import jinja2
+from markupsafe import Markup
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, RedirectResponse, Response
+from starlette.routing import BaseRoute, Mount, Route
+from starlette.staticfiles import StaticFiles
+
+from flagwire._operators import OPERATORS
+
+from ..ratelimit import RateLimiter
+from ..store import NotFound, Store
+from . import present
+from .session import (
+    LOGIN_COOKIE,
+    Session,
+    create_session,
+    delete_session,
+    read_session,
+    same_origin,
+)
+
+__all__ = ["build_routes"]
+
+_HERE: Final = Path(__file__).parent
+_ENV: Final = jinja2.Environment(
+    loader=jinja2.FileSystemLoader(_HERE / "templates"),
+    autoescape=True,
+    trim_blocks=True,
+    lstrip_blocks=True,
+    undefined=jinja2.StrictUndefined,
+)
+_ENV.filters["serving"] = present.serving
+_ENV.filters["label"] = present.label
+_ENV.filters["when"] = present.when
+_ENV.globals["diff"] = present.diff
+_PROTECTED_ENV: Final = "production"
+
+
+def _json_script(value: Any) -> Markup:
+    """JSON safe inside ``<script type="application/json">`` (no ``</script>`` breakout)."""
+    text = json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+    text = text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
+    return Markup(text)  # escaped above for the script context
+
+
+_ENV.filters["json_script"] = _json_script
+
+
+def _csp(request: Request) -> str:
+    host = request.headers.get("host", "")
+    return (
+        "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+        f"connect-src 'self' ws://{host} wss://{host}; form-action 'self'; "
+        "frame-ancestors 'none'; base-uri 'none'"
+    )
+
+
+def _headers(request: Request) -> dict[str, str]:
+    return {
+        "Content-Security-Policy": _csp(request),
+        "X-Content-Type-Options": "nosniff",
+        "X-Frame-Options": "DENY",
+        "Referrer-Policy": "same-origin",
+        "Cache-Control": "no-store",
+    }
+
+
+def _render(request: Request, name: str, status: int = 200, **context: Any) -> HTMLResponse:
+    html = _ENV.get_template(name).render(request=request, **context)
+    return HTMLResponse(html, status_code=status, headers=_headers(request))
+
+
+def _store(request: Request) -> Store:
+    state = request.app.state
+    store = getattr(state, "store", None)
+    if isinstance(store, Store):
+        return store
+    settings = getattr(state, "settings", None)
+    made = Store(state.redis, getattr(settings, "redis_prefix", "fw") or "fw")
+    state.store = made
+    return made
+
+
+def _to_signin(request: Request) -> RedirectResponse:
+    target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
+    return RedirectResponse(f"/signin?next={quote(target, safe='')}", status_code=303)
+
+
+async def _layout(request: Request, session: Session, env: str | None, page: str) -> dict[str, Any]:
+    store = _store(request)
+    envs = await store.list_envs()
+    info: dict[str, Any] | None = None
+    if env is not None:
+        info = await store.get_env(env)  # NotFound -> 404 page
+    return {
+        "session": session, "envs": envs, "env": env, "env_info": info, "page": page,
+        "protected": env == _PROTECTED_ENV, "static": _static_version(),
+    }
+
+
+_STATIC_VERSION: list[str] = []
+
+
+def _static_version() -> str:
+    """A cache-busting token: changes whenever a static file changes."""
+    if not _STATIC_VERSION:
+        stamp = max((p.stat().st_mtime_ns for p in (_HERE / "static").iterdir()), default=0)
+        _STATIC_VERSION.append(format(stamp, "x")[-8:])
+    return _STATIC_VERSION[0]
+
+
+def _guarded(handler: Any) -> Any:
+    """Wrap a page: redirect to sign-in without a session, 404 page on NotFound."""
+
+    async def page(request: Request) -> Response:
+        session = await read_session(request)
+        if session is None:
+            return _to_signin(request)
+        try:
+            response: Response = await handler(request, session)
+        except NotFound as exc:
+            envs = await _store(request).list_envs()
+            return _render(request, "error.html", 404, session=session, envs=envs, env=None,
+                           env_info=None, page="", protected=False, static=_static_version(),
+                           title="Not found", message=str(exc))
+        return response
+
+    page.__name__ = handler.__name__
+    return page
+
+
+# --- sign-in ----------------------------------------------------------------
+
+
+def _safe_next(value: str | None) -> str:
+    if value and value.startswith("/") and not value.startswith("//") and "\\" not in value:
+        return value
+    return "/"
+
+
+def _signin_form(request: Request, error: str | None = None, status: int = 200) -> Response:
+    token = secrets.token_urlsafe(24)
+    response = _render(request, "signin.html", status, error=error, login_csrf=token,
+                       next=_safe_next(request.query_params.get("next")),
+                       static=_static_version())
+    response.set_cookie(LOGIN_COOKIE, token, max_age=3600, path="/signin", httponly=True,
+                        samesite="strict", secure=request.url.scheme == "https")
+    return response
+
+
+async def signin_page(request: Request) -> Response:
+    if await read_session(request) is not None:
+        return RedirectResponse(_safe_next(request.query_params.get("next")), status_code=303)
+    return _signin_form(request)
+
+
+def _limiter(request: Request) -> RateLimiter:
+    limiter: RateLimiter | None = getattr(request.app.state, "console_signin_limiter", None)
+    if limiter is None:
+        limiter = RateLimiter.per_minute(20)
+        request.app.state.console_signin_limiter = limiter
+    return limiter
+
+
+async def signin_post(request: Request) -> Response:
+    form = await request.form()
+    token = str(form.get("csrf", ""))
+    cookie = request.cookies.get(LOGIN_COOKIE, "")
+    if not same_origin(request) or not token or not secrets.compare_digest(token, cookie):
+        return _signin_form(request, "The sign-in form expired or came from another site; "
+                                     "try again.", 403)
+    ip = request.client.host if request.client else "unknown"
+    limiter = _limiter(request)
+    if limiter.blocked(ip):
+        return _signin_form(request, "Too many failed attempts; wait a minute.", 429)
+    secret = str(form.get("key", "")).strip()
+    record = request.app.state.keys.authenticate(secret)
+    if record is None or record.kind != "admin":
+        limiter.take(ip)
+        why = "That is an SDK key; the console needs an admin key." if record else \
+              "Unknown or revoked admin key."
+        return _signin_form(request, why, 401)
+    response = RedirectResponse(_safe_next(str(form.get("next", "/"))), status_code=303)
+    await create_session(request, response, record.id, record.name)
+    response.delete_cookie(LOGIN_COOKIE, path="/signin")
+    return response
+
+
+async def signout(request: Request) -> Response:
+    session = await read_session(request)
+    form = await request.form()
+    token = str(form.get("csrf", ""))
+    if session is not None and not (same_origin(request) and session.csrf_ok(token)):
+        return Response("missing or wrong CSRF token", status_code=403)
+    response = RedirectResponse("/signin", status_code=303)
+    await delete_session(request, response)
+    return response
+
+
+# --- pages ------------------------------------------------------------------
+
+
+async def home(request: Request) -> Response:
+    session = await read_session(request)
+    if session is None:
+        return _to_signin(request)
+    envs = await _store(request).list_envs()
+    keys = [str(e.get("key")) for e in envs]
+    env = _PROTECTED_ENV if _PROTECTED_ENV in keys or not keys else keys[0]
+    return RedirectResponse(f"/envs/{env}/flags", status_code=303)
+
+
+_PAGES: Final = {"flags": "flags", "segments": "segments", "audit": "audit"}
+
+
+async def switch(request: Request) -> Response:
+    env = request.query_params.get("env", "")
+    page = _PAGES.get(request.query_params.get("page", ""), "flags")
+    if not env or not all(c.isalnum() or c in "_-" for c in env):
+        return RedirectResponse("/", status_code=303)
+    return RedirectResponse(f"/envs/{env}/{page}", status_code=303)
+
+
+async def _flags(request: Request, session: Session) -> Response:
+    env = request.path_params["env"]
+    ctx = await _layout(request, session, env, "flags")
+    flags = await _store(request).list_docs(env, "flag")
+    tags = sorted({t for f in flags for t in f.get("tags") or []})
+    return _render(request, "flags.html", flags=flags, tags=tags, **ctx)
+
+
+def _catalog(flags: list[dict[str, Any]], segments: list[dict[str, Any]]) -> dict[str, Any]:
+    return {
+        "flags": {f["key"]: [present.label(v) for v in f.get("variations") or []] for f in flags},
+        "segments": [s["key"] for s in segments],
+        "operators": list(OPERATORS),
+    }
+
+
+async def _flag(request: Request, session: Session) -> Response:
+    env, key = request.path_params["env"], request.path_params["key"]
+    ctx = await _layout(request, session, env, "flags")
+    store = _store(request)
+    doc = await store.get_doc(env, "flag", key)
+    flags = await store.list_docs(env, "flag")
+    segments = await store.list_docs(env, "segment")
+    others = [f for f in flags if f.get("key") != key]
+    return _render(request, "flag.html", flag=doc, catalog=_catalog(others, segments), **ctx)
+
+
+async def _history(request: Request, session: Session) -> Response:
+    env, key = request.path_params["env"], request.path_params["key"]
+    ctx = await _layout(request, session, env, "flags")
+    store = _store(request)
+    current = await store.get_doc(env, "flag", key)
+    older = await store.history(env, "flag", key)
+    versions = [current, *older]
+    rows = [
+        {"doc": doc, "current": i == 0,
+         "changes": present.diff(versions[i + 1] if i + 1 < len(versions) else None, doc)}
+        for i, doc in enumerate(versions)
+    ]
+    return _render(request, "history.html", flag=current, rows=rows, **ctx)
+
+
+async def _segments(request: Request, session: Session) -> Response:
+    env = request.path_params["env"]
+    ctx = await _layout(request, session, env, "segments")
+    segments = await _store(request).list_docs(env, "segment")
+    return _render(request, "segments.html", segments=segments, **ctx)
+
+
+async def _segment(request: Request, session: Session) -> Response:
+    env, key = request.path_params["env"], request.path_params["key"]
+    ctx = await _layout(request, session, env, "segments")
+    store = _store(request)
+    doc = await store.get_doc(env, "segment", key)
+    segments = await store.list_docs(env, "segment")
+    catalog = _catalog([], [s for s in segments if s.get("key") != key])
+    return _render(request, "segment.html", segment=doc, catalog=catalog, **ctx)
+
+
+async def _audit(request: Request, session: Session) -> Response:
+    env = request.path_params["env"]
+    ctx = await _layout(request, session, env, "audit")
+    before = request.query_params.get("before") or None
+    if before is not None and not all(c.isdigit() or c == "-" for c in before):
+        before = None
+    entries, cursor = await _store(request).audit(env, limit=50, before=before)
+    return _render(request, "audit.html", entries=[e.to_json() for e in entries], cursor=cursor,
+                   **ctx)
+
+
+async def _keys(request: Request, session: Session) -> Response:
+    env = request.query_params.get("env") or None
+    ctx = await _layout(request, session, None, "keys")
+    if env and env in {str(e.get("key")) for e in ctx["envs"]}:
+        ctx["env"] = env
+    keys = await request.app.state.keys.list_keys()
+    return _render(request, "keys.html", keys=keys, **ctx)
 
 
 def build_routes() -> list[BaseRoute]:
-    return []
+    """Every console route; ``app.py`` mounts them at ``/`` after the API."""
+    return [
+        Route("/", home, name="console-home"),
+        Route("/signin", signin_page, methods=["GET"], name="console-signin"),
+        Route("/signin", signin_post, methods=["POST"]),
+        Route("/signout", signout, methods=["POST"], name="console-signout"),
+        Route("/switch", switch),
+        Route("/keys", _guarded(_keys), name="console-keys"),
+        Route("/envs/{env}/flags", _guarded(_flags), name="console-flags"),
+        Route("/envs/{env}/flags/{key}", _guarded(_flag), name="console-flag"),
+        Route("/envs/{env}/flags/{key}/history", _guarded(_history), name="console-history"),
+        Route("/envs/{env}/segments", _guarded(_segments), name="console-segments"),
+        Route("/envs/{env}/segments/{key}", _guarded(_segment), name="console-segment"),
+        Route("/envs/{env}/audit", _guarded(_audit), name="console-audit"),
+        Mount("/static", app=StaticFiles(directory=_HERE / "static"), name="console-static"),
+    ]

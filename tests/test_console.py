@@ -1,0 +1,454 @@
+"""The web console in a real Chromium against a real ``flagwire serve``.
+
+One server and one browser per module; every test gets a fresh browser context
+(its own cookies) and fails on any JavaScript error or console error, except
+the HTTP error responses a test provokes on purpose (``page_errors.allow``).
+Screenshots go to ``test-artifacts/screenshots/``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import secrets
+import shutil
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.support.server import ServerProcess
+
+pytestmark = [pytest.mark.browser, pytest.mark.timeout(120)]
+
+playwright_sync = pytest.importorskip("playwright.sync_api")
+Browser = playwright_sync.Browser
+Page = playwright_sync.Page
+expect = playwright_sync.expect
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+SHOTS = Path(__file__).resolve().parents[1] / "test-artifacts" / "screenshots"
+ARGS = ["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+        "--disable-background-networking", "--disable-component-update", "--no-first-run",
+        "--disable-sync"]
+LAPTOP = {"width": 1280, "height": 860}
+PHONE = {"width": 390, "height": 844}
+
+if CHROMIUM is None and not os.environ.get("CI"):
+    pytest.skip("chromium is not on PATH (apt-get install chromium); set CI=1 to make this fail",
+                allow_module_level=True)
+
+
+# --- fixtures ----------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def console_server(redis_url: str) -> Iterator[ServerProcess]:
+    proc = ServerProcess(redis_url, prefix=f"fwc{uuid.uuid4().hex[:10]}")
+    proc.start()
+    try:
+        yield proc
+    finally:
+        proc.kill()
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    assert CHROMIUM is not None, "chromium is not on PATH but CI is set"
+    with playwright_sync.sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        try:
+            yield b
+        finally:
+            b.close()
+
+
+class PageErrors:
+    """JavaScript errors and console errors of one page; ``allow`` expected HTTP errors."""
+
+    def __init__(self) -> None:
+        self.errors: list[str] = []
+        self.allowed: list[re.Pattern[str]] = []
+
+    def allow(self, pattern: str) -> None:
+        self.allowed.append(re.compile(pattern))
+
+    def unexpected(self) -> list[str]:
+        return [e for e in self.errors if not any(p.search(e) for p in self.allowed)]
+
+
+@pytest.fixture
+def page_errors() -> PageErrors:
+    return PageErrors()
+
+
+def _watch(page: Any, errors: PageErrors) -> None:
+    page.on("console", lambda m: errors.errors.append(f"console.{m.type}: {m.text}")
+            if m.type == "error" else None)
+    page.on("pageerror", lambda e: errors.errors.append(f"pageerror: {e}"))
+
+
+@pytest.fixture
+def page(browser: Any, page_errors: PageErrors) -> Iterator[Any]:
+    context = browser.new_context(viewport=LAPTOP)
+    pg = context.new_page()
+    pg.set_default_timeout(10_000)
+    _watch(pg, page_errors)
+    yield pg
+    context.close()
+    assert not page_errors.unexpected(), "\n".join(page_errors.unexpected())
+
+
+def shot(page: Any, name: str, *, full: bool = True) -> None:
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    page.wait_for_timeout(150)
+    page.screenshot(path=str(SHOTS / f"{name}.png"), full_page=full)
+
+
+def sign_in(page: Any, server: ServerProcess, next_path: str = "/") -> None:
+    page.goto(server.url + next_path)
+    expect(page).to_have_url(re.compile(r"/signin"))
+    page.get_by_label("Admin key").fill(server.admin_key)
+    page.get_by_role("button", name="Sign in").click()
+    expect(page.get_by_role("button", name="Sign out")).to_be_visible()
+
+
+def bool_flag(key: str, *, on: bool = True, **extra: Any) -> dict[str, Any]:
+    return {"key": key, "on": on, "variations": [True, False], "off_variation": 1,
+            "fallthrough": {"variation": 0}, **extra}
+
+
+def new_key() -> str:
+    return f"t-{secrets.token_hex(3)}"
+
+
+class ThreadedClient:
+    """A real ``flagwire.FlagClient`` running on an event loop in a thread of its own."""
+
+    def __init__(self, url: str, sdk_key: str) -> None:
+        from flagwire import FlagClient
+
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+        self.client = FlagClient(url, sdk_key, start_timeout=10.0)
+        self._call(self.client.start())
+
+    def _call(self, coro: Any) -> Any:
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(15)
+
+    def value(self, key: str, default: Any = None) -> Any:
+        async def get() -> Any:
+            return self.client.variation(key, {"key": "user-1"}, default)
+
+        return self._call(get())
+
+    def has(self, key: str) -> bool:
+        async def get() -> bool:
+            snap = self.client.snapshot
+            return snap is not None and key in snap.flags
+
+        return bool(self._call(get()))
+
+    def close(self) -> None:
+        self._call(self.client.close())
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(5)
+        self.loop.close()
+
+
+def wait_until(check: Callable[[], Any], timeout: float = 5.0, what: str = "condition") -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.02)
+
+
+@pytest.fixture(scope="module")
+def sdk_client(console_server: ServerProcess) -> Iterator[ThreadedClient]:
+    created = console_server.api("POST", "/keys", {"name": "console-test-sdk", "kind": "sdk",
+                                                   "env": "production"})
+    client = ThreadedClient(console_server.url, created["secret"])
+    try:
+        yield client
+    finally:
+        client.close()
+
+
+# --- scenarios ---------------------------------------------------------------------
+
+
+def test_sign_in_create_flag_client_sees_it_and_kill_switch(
+    page: Any, console_server: ServerProcess, sdk_client: ThreadedClient
+) -> None:
+    sign_in(page, console_server)
+    expect(page).to_have_url(re.compile(r"/envs/production/flags$"))
+    # The admin key is not kept anywhere the page's scripts can read.
+    storage = page.evaluate("() => JSON.stringify(localStorage) + JSON.stringify(sessionStorage)"
+                            " + document.cookie")
+    assert console_server.admin_key not in storage and "fw_session" not in storage
+
+    key = new_key()
+    page.get_by_text("New flag", exact=True).click()
+    page.get_by_label("Key", exact=True).fill(key)
+    page.get_by_label("Tags").fill("checkout, web")
+    page.get_by_role("button", name="Create flag").click()
+    expect(page).to_have_url(re.compile(rf"/envs/production/flags/{key}$"))
+    expect(page.get_by_role("heading", name=key)).to_be_visible()
+
+    wait_until(lambda: sdk_client.has(key), what="the FlagClient to see the new flag")
+    assert sdk_client.value(key, "default") is False  # created off: serves the off variation
+
+    # Kill switch in production: asks first; cancelling changes nothing.
+    switch = page.get_by_role("switch", name=f"{key} on")
+    switch.click()
+    dialog = page.get_by_role("dialog")
+    expect(dialog).to_contain_text("production")
+    dialog.get_by_role("button", name="Cancel").click()
+    expect(switch).to_have_attribute("aria-checked", "false")
+
+    switch.click()
+    page.get_by_role("dialog").get_by_role("button", name="Turn on").click()
+    expect(page.locator("#status")).to_contain_text(re.compile(
+        r"Applied by \d+ of \d+ connected clients? in \d+ ms"))
+    expect(switch).to_have_attribute("aria-checked", "true")
+    wait_until(lambda: sdk_client.value(key) is True, what="the client to see the flag on")
+
+    switch.click()
+    page.get_by_role("dialog").get_by_role("button", name="Turn off").click()
+    status = page.locator("#status")
+    expect(status).to_contain_text(re.compile(r"turned off.*Applied by (\d+) of \1 connected"))
+    assert sdk_client.value(key) is False  # acknowledged before the confirmation showed
+    shot(page, "flag-page-kill-switch", full=False)
+
+    page.goto(console_server.url + "/envs/production/flags")
+    expect(page.locator(f'tr[data-key="{key}"] .serving')).to_have_text("off → false")
+    expect(page.locator(f'tr[data-key="{key}"]')).to_contain_text("admin (FLAGWIRE_ADMIN_KEY)")
+
+
+def test_thirty_percent_rollout_is_validated_and_saved(
+    page: Any, console_server: ServerProcess
+) -> None:
+    key = new_key()
+    console_server.api("POST", "/environments/production/flags",
+                       bool_flag(key, name="Rollout test", tags=["checkout"]))
+    sign_in(page, console_server, f"/envs/production/flags/{key}")
+    default = page.locator("fieldset", has_text="Default rule")
+    default.get_by_label("Serve").select_option("rollout")
+    default.get_by_label("#0 true %").fill("30")
+    default.get_by_label("#1 false %").fill("60")
+    expect(default).to_contain_text("Total: 90% — must be 100%")
+    page.get_by_role("button", name="Save changes").click()
+    error = default.locator(".field-error")
+    expect(error).to_contain_text("must add up to 100%")
+    assert console_server.api("GET", f"/environments/production/flags/{key}")[
+        "fallthrough"] == {"variation": 0}
+
+    default.get_by_label("#1 false %").fill("70")
+    expect(default).to_contain_text("Total: 100%")
+    page.get_by_role("button", name="Save changes").click()
+    expect(page.locator("#status")).to_contain_text("Saved version 2")
+    expect(page.locator("#status")).to_contain_text(re.compile(r"Applied by|No clients"))
+    doc = console_server.api("GET", f"/environments/production/flags/{key}")
+    assert doc["fallthrough"]["rollout"]["variations"] == [
+        {"variation": 0, "weight": 30000}, {"variation": 1, "weight": 70000}]
+    page.reload()
+    expect(page.locator("#flag-serving")).to_have_text("30% true")
+    expect(page.get_by_label("#0 true %").first).to_have_value("30")
+    shot(page, "flag-page")
+
+
+def test_invalid_regex_is_shown_next_to_its_field(
+    page: Any, page_errors: PageErrors, console_server: ServerProcess
+) -> None:
+    page_errors.allow(r"status of 422")
+    key = new_key()
+    console_server.api("POST", "/environments/production/flags", bool_flag(key))
+    sign_in(page, console_server, f"/envs/production/flags/{key}")
+    page.get_by_role("button", name="Add rule").click()
+    rule = page.locator("li.rule").first
+    rule.get_by_label("Attribute").fill("email")
+    rule.get_by_label("Operator").select_option("matches")
+    rule.get_by_label("Values").fill("([a-z]+@example\\.com")
+    page.get_by_role("button", name="Save changes").click()
+    values = rule.locator('textarea[data-path="rules[0].clauses[0].values"]')
+    field = rule.locator(".field", has=page.locator('[data-path="rules[0].clauses[0].values"]'))
+    expect(field.locator(".field-error")).to_contain_text("invalid regular expression")
+    expect(values).to_have_attribute("aria-invalid", "true")
+    expect(page.locator("#status")).to_contain_text("Not saved")
+    assert console_server.api("GET", f"/environments/production/flags/{key}")[
+        "rules"] == []
+    shot(page, "flag-page-validation-error", full=False)
+
+    values.fill("^[a-z]+@example\\.com$")
+    page.get_by_role("button", name="Save changes").click()
+    expect(page.locator("#status")).to_contain_text("Saved version 2")
+    expect(page.locator(".field-error")).to_have_count(0)
+
+
+def test_change_through_the_api_appears_live_without_reload(
+    page: Any, console_server: ServerProcess
+) -> None:
+    for i in range(3):
+        console_server.api("POST", "/environments/production/flags",
+                           bool_flag(f"live-{i}-{secrets.token_hex(2)}", tags=["live"]))
+    sign_in(page, console_server)
+    page.evaluate("() => { window.__sameDocument = true; }")
+    expect(page.locator("#live-dot")).to_have_class(re.compile(r"\bon\b"))
+    version_before = int(page.locator("#env-version").inner_text())
+
+    key = new_key()
+    console_server.api("POST", "/environments/production/flags",
+                       bool_flag(key, name="Made by the API", tags=["api"]))
+    started = time.monotonic()
+    row = page.locator(f'tr[data-key="{key}"]')
+    expect(row).to_be_visible(timeout=2000)
+    appeared = time.monotonic() - started
+    expect(row).to_have_class(re.compile(r"\bflash\b"))
+    assert appeared < 1.5, f"took {appeared:.2f}s"
+    shot(page, "flags-list", full=False)
+
+    console_server.api("PATCH", f"/environments/production/flags/{key}", {"on": False})
+    expect(row.get_by_role("switch")).to_have_attribute("aria-checked", "false", timeout=2000)
+    expect(row.locator(".serving")).to_have_text("off → false")
+    assert int(page.locator("#env-version").inner_text()) >= version_before + 2
+    assert page.evaluate("() => window.__sameDocument") is True
+
+    # Search and tag filter.
+    page.get_by_label("Search").fill(key)
+    expect(page.locator("#flag-rows tr:visible")).to_have_count(1)
+    page.get_by_label("Search").fill("")
+    page.get_by_label("Tag", exact=True).select_option("live")
+    expect(page.locator("#flag-rows tr:visible")).to_have_count(3)
+    expect(page.locator("#env-connected")).to_have_text(re.compile(r"^\d+$"))
+
+
+def test_history_diff_and_restore(page: Any, console_server: ServerProcess) -> None:
+    key = new_key()
+    base = f"/environments/production/flags/{key}"
+    console_server.api("POST", "/environments/production/flags", bool_flag(key, on=False))
+    console_server.api("PATCH", base, {"on": True, "description": "launch"})
+    console_server.api("PATCH", base, {"fallthrough": {"variation": None, "rollout": {"variations": [
+        {"variation": 0, "weight": 10000}, {"variation": 1, "weight": 90000}]}}})
+    sign_in(page, console_server, f"/envs/production/flags/{key}/history")
+    versions = page.locator("li.version")
+    expect(versions).to_have_count(3)
+    newest = versions.nth(0)
+    expect(newest).to_contain_text("current")
+    expect(newest.locator(".diff")).to_contain_text("fallthrough.rollout.variations[0].weight")
+    expect(versions.nth(1).locator(".diff")).to_contain_text("description")
+    shot(page, "history")
+
+    versions.nth(1).get_by_role("button", name="Restore this version").click()
+    page.get_by_role("dialog").get_by_role("button", name="Restore").click()
+    expect(page.locator("#status")).to_contain_text("Version 2 restored as version 4")
+    doc = console_server.api("GET", base)
+    assert doc["version"] == 4 and doc["fallthrough"] == {"variation": 0} and doc["on"] is True
+    expect(versions).to_have_count(4)  # the page follows the change live
+
+
+def test_keys_create_copy_and_revoke(page: Any, console_server: ServerProcess) -> None:
+    sign_in(page, console_server, "/keys")
+    name = f"browser-{secrets.token_hex(2)}"
+    page.get_by_label("Name").fill(name)
+    page.get_by_label("Kind").select_option("sdk")
+    page.get_by_role("button", name="Create key").click()
+    secret_box = page.locator("#secret-value")
+    expect(secret_box).to_have_value(re.compile(r"^fw_sdk_"))
+    secret = secret_box.input_value()
+    expect(page.get_by_role("button", name="Copy")).to_be_visible()
+    row = page.locator("#key-rows tr", has_text=name)
+    expect(row).to_be_visible()
+    status, _ = console_server.request("POST", "/api/v1/environments/production/evaluate",
+                                       {"context": {"key": "u"}}, key=secret)
+    assert status == 200
+    shot(page, "keys", full=False)
+
+    row.get_by_role("button", name="Revoke").click()
+    page.get_by_role("dialog").get_by_role("button", name="Revoke").click()
+    expect(row).to_contain_text("revoked")
+    wait_until(lambda: console_server.request(
+        "POST", "/api/v1/environments/production/evaluate", {"context": {"key": "u"}},
+        key=secret)[0] == 401, what="the revoked key to be refused")
+    keys = console_server.api("GET", "/keys")
+    listed = keys["keys"] if isinstance(keys, dict) else keys
+    assert any(k["name"] == name and k["revoked_at"] for k in listed)
+
+
+def test_sign_out_ends_the_session(page: Any, console_server: ServerProcess) -> None:
+    sign_in(page, console_server)
+    cookie = next(c for c in page.context.cookies() if c["name"] == "fw_session")
+    assert cookie["httpOnly"] and cookie["sameSite"] == "Strict"
+    jar = {"fw_session": cookie["value"]}
+    assert httpx.get(console_server.url + "/api/v1/environments", cookies=jar).status_code == 200
+    page.get_by_role("button", name="Sign out").click()
+    expect(page).to_have_url(re.compile(r"/signin$"))
+    # The copied cookie is dead: the session is gone from the server, not just the browser.
+    assert httpx.get(console_server.url + "/api/v1/environments", cookies=jar).status_code == 401
+    page_resp = httpx.get(console_server.url + "/envs/production/flags", cookies=jar)
+    assert page_resp.status_code == 303 and "/signin" in page_resp.headers["location"]
+    page.goto(console_server.url + "/keys")
+    expect(page).to_have_url(re.compile(r"/signin\?next="))
+
+
+def test_sign_in_refuses_bad_keys_and_foreign_posts(
+    page: Any, page_errors: PageErrors, console_server: ServerProcess
+) -> None:
+    page_errors.allow(r"status of 401")
+    page.goto(console_server.url + "/signin")
+    page.get_by_label("Admin key").fill("fw_admin_not-a-real-key")
+    page.get_by_role("button", name="Sign in").click()
+    expect(page.get_by_role("alert")).to_contain_text("Unknown or revoked admin key")
+    # A cross-site form post (no double-submit token, foreign Origin) is refused.
+    resp = httpx.post(console_server.url + "/signin", data={"key": console_server.admin_key},
+                      headers={"Origin": "https://evil.example"})
+    assert resp.status_code == 403 and "fw_session" not in resp.headers.get("set-cookie", "")
+    # Pages carry a strict CSP.
+    csp = httpx.get(console_server.url + "/signin").headers["content-security-policy"]
+    assert "script-src 'self'" in csp and "unsafe-inline" not in csp
+
+
+def test_segments_audit_and_phone_layout(
+    browser: Any, page_errors: PageErrors, console_server: ServerProcess
+) -> None:
+    context = browser.new_context(viewport=PHONE, device_scale_factor=2, is_mobile=True,
+                                  has_touch=True)
+    page = context.new_page()
+    page.set_default_timeout(10_000)
+    _watch(page, page_errors)
+    try:
+        key = new_key()
+        console_server.api("POST", "/environments/production/flags",
+                           bool_flag(key, tags=["mobile"], description="seen on a phone"))
+        sign_in(page, console_server)
+        expect(page.locator(f'tr[data-key="{key}"]')).to_be_visible()
+        shot(page, "flags-list-phone", full=False)
+
+        page.goto(console_server.url + "/envs/production/segments")
+        page.get_by_text("New segment", exact=True).click()
+        seg = f"beta-{secrets.token_hex(2)}"
+        page.get_by_label("Key").fill(seg)
+        page.get_by_role("button", name="Create segment").click()
+        expect(page).to_have_url(re.compile(rf"/segments/{seg}$"))
+        page.get_by_label("Included keys").fill("alice\nbob")
+        page.get_by_role("button", name="Save changes").click()
+        expect(page.locator("#status")).to_contain_text("Saved version 2")
+        doc = console_server.api("GET", f"/environments/production/segments/{seg}")
+        assert doc["included"] == ["alice", "bob"]
+
+        page.goto(console_server.url + "/envs/production/audit")
+        expect(page.locator("ol.audit li").first).to_contain_text(seg)
+        shot(page, "audit-phone", full=False)
+    finally:
+        context.close()
+    assert not page_errors.unexpected(), "\n".join(page_errors.unexpected())
