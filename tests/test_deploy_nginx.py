@@ -1,0 +1,201 @@
+"""deploy/nginx/nginx.conf for real: nginx in front of two `flagwire serve` processes.
+
+The config is deploy's own, with only what a test must change rewritten: the
+upstream servers become two real servers on free ports, the listen address a
+free loopback port, logs and temporary files go to a temporary directory.
+The servers run the image's command (ENTRYPOINT + CMD of deploy/Dockerfile)
+configured, like the image, by environment variables only.  A stream opened
+through nginx is upgraded, gets hello and snapshot, and receives a change made
+through nginx's admin API.
+
+Needs an nginx binary (`apt-get install -y nginx`); skipped without one unless
+``CI`` is set, where a missing balancer is a failure.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import orjson
+import pytest
+import websockets
+
+from tests.support.redisproc import free_port
+from tests.support.server import ServerProcess, _cleanup_prefix
+from tests.test_deploy import DEPLOY, image_command
+
+NGINX = shutil.which("nginx") or next(
+    (p for p in ("/usr/sbin/nginx", "/usr/local/sbin/nginx") if os.path.exists(p)), None
+)
+
+pytestmark = pytest.mark.skipif(
+    NGINX is None and not os.environ.get("CI"),
+    reason="no nginx binary (apt-get install -y nginx); required when CI is set",
+)
+
+
+class ImageServer(ServerProcess):
+    """`flagwire serve` exactly as the image runs it: the Dockerfile's argv, env-only config."""
+
+    def command(self) -> list[str]:
+        argv = image_command()
+        exe = Path(sys.executable).with_name(argv[0])
+        assert exe.exists(), f"{argv[0]} console script not installed beside {sys.executable}"
+        # the image binds 0.0.0.0 inside its container; a test binds loopback only
+        args = ["127.0.0.1" if a == "0.0.0.0" else a for a in argv[1:]]
+        return [str(exe), *args]
+
+    def environment(self) -> dict[str, str]:
+        env = super().environment()
+        env["FLAGWIRE_PORT"] = str(self.port)
+        env["FLAGWIRE_DATA_DIR"] = str(self.data_dir)
+        if self.redis_url:
+            env["FLAGWIRE_REDIS_URL"] = self.redis_url
+        return env
+
+
+def test_image_server_command_uses_only_the_dockerfile_arguments() -> None:
+    cmd = ImageServer(None).command()
+    assert cmd[1:] == ["serve", "--host", "127.0.0.1"]
+
+
+def render_config(upstreams: list[int], port: int, tmp: Path) -> str:
+    """deploy's nginx.conf with upstreams, listen port, logs and temp paths rewritten."""
+    conf = (DEPLOY / "nginx" / "nginx.conf").read_text()
+    servers = "\n".join(f"        server 127.0.0.1:{p} max_fails=1;" for p in upstreams)
+    conf, n = re.subn(r"(?m)^\s*server flagwire-\d+:8080[^;]*;\n", "", conf)
+    assert n == 3, "expected three upstream servers in deploy/nginx/nginx.conf"
+    conf = conf.replace("        least_conn;\n", f"        least_conn;\n{servers}\n", 1)
+    conf, n = re.subn(r"listen 8080;", f"listen 127.0.0.1:{port};", conf)
+    assert n == 1
+    conf = conf.replace("worker_processes auto;", "worker_processes 1;")
+    conf = conf.replace("access_log /dev/stdout;", f"access_log {tmp}/access.log;")
+    conf = conf.replace("error_log /dev/stderr warn;", f"error_log {tmp}/error.log warn;")
+    temp = "\n".join(
+        f"    {name}_temp_path {tmp}/{name};"
+        for name in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
+    )
+    return conf.replace("http {\n", f"http {{\n{temp}\n", 1)
+
+
+@contextlib.contextmanager
+def nginx(upstreams: list[int]) -> Iterator[str]:
+    assert NGINX is not None, "CI is set but no nginx binary: apt-get install -y nginx"
+    tmp = Path(tempfile.mkdtemp(prefix="fw-nginx-"))
+    tmp.chmod(0o755)
+    port = free_port()
+    (tmp / "nginx.conf").write_text(render_config(upstreams, port, tmp))
+    argv = [NGINX, "-p", str(tmp), "-c", str(tmp / "nginx.conf"),
+            "-g", f"daemon off; pid {tmp}/nginx.pid; error_log {tmp}/error.log warn;"]
+    check = subprocess.run([*argv, "-t"], capture_output=True, text=True, timeout=30)
+    assert check.returncode == 0, check.stderr
+    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 10
+        while True:
+            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
+                break
+            assert proc.poll() is None, (tmp / "error.log").read_text(errors="replace")
+            assert time.monotonic() < deadline, "nginx did not listen"
+            time.sleep(0.05)
+        yield f"127.0.0.1:{port}"
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+@pytest.fixture
+def two_servers(redis_url: str, redis_prefix: str, admin_key: str) -> Iterator[list[ImageServer]]:
+    servers = [ImageServer(redis_url, prefix=redis_prefix, admin_key=admin_key) for _ in range(2)]
+    try:
+        for s in servers:
+            s.start()
+        yield servers
+    finally:
+        for s in servers:
+            s.kill()
+        _cleanup_prefix(redis_url, redis_prefix)
+
+
+async def _recv(ws: Any, kind: str, within: float = 10.0) -> dict[str, Any]:
+    deadline = time.monotonic() + within
+    while True:
+        msg = orjson.loads(await asyncio.wait_for(ws.recv(), max(0.1, deadline - time.monotonic())))
+        if msg["type"] == kind:
+            return dict(msg)
+
+
+@pytest.mark.timeout(120)
+async def test_stream_through_nginx_is_upgraded_and_receives_changes(
+    two_servers: list[ImageServer], admin_key: str
+) -> None:
+    with nginx([s.port for s in two_servers]) as addr:
+        async with httpx.AsyncClient(base_url=f"http://{addr}/api/v1", timeout=10,
+                                     headers={"Authorization": f"Bearer {admin_key}"}) as http:
+            r = await http.post("/environments", json={"key": "lbtest", "name": "LB test"})
+            assert r.status_code in (200, 201), r.text
+            r = await http.post("/keys", json={"name": "lb", "kind": "sdk", "env": "lbtest"})
+            assert r.status_code == 201, r.text
+            sdk = r.json()["secret"]
+            r = await http.put("/environments/lbtest/flags/lb-flag",
+                               json={"key": "lb-flag", "on": False, "variations": [True, False],
+                                     "off_variation": 1, "fallthrough": {"variation": 0}})
+            assert r.status_code in (200, 201), r.text
+            await asyncio.sleep(0.6)  # every instance polls the key ring about every 250 ms
+
+            streams = []
+            try:
+                for _ in range(4):
+                    ws = await websockets.connect(
+                        f"ws://{addr}/api/v1/stream", compression=None, open_timeout=10,
+                        additional_headers={"Authorization": f"Bearer {sdk}"},
+                    )
+                    streams.append(ws)
+                    hello = await _recv(ws, "hello")
+                    assert hello["env"] == "lbtest"
+                    snap = await _recv(ws, "snapshot")
+                    assert snap["flags"]["lb-flag"]["on"] is False
+                # least_conn spreads the four streams over both instances
+                async with httpx.AsyncClient(timeout=5) as plain:
+                    pages = [(await plain.get(f"{s.url}/metrics")).text for s in two_servers]
+                connected = [_connected(page) for page in pages]
+                assert connected == [2, 2], connected
+
+                r = await http.patch("/environments/lbtest/flags/lb-flag", json={"on": True})
+                assert r.status_code == 200, r.text
+                version = r.json()["env_version"]
+                for ws in streams:
+                    patch = await _recv(ws, "patch")
+                    assert patch["key"] == "lb-flag"
+                    assert patch["data"]["on"] is True
+                    assert patch["version"] == version
+            finally:
+                for ws in streams:
+                    await ws.close()
+
+
+def _connected(metrics: str) -> int:
+    """``flagwire_connected_clients`` summed over environments (Prometheus text)."""
+    total = 0.0
+    for line in metrics.splitlines():
+        if line.startswith("flagwire_connected_clients"):
+            total += float(line.rsplit(" ", 1)[1])
+    return int(total)
