@@ -196,7 +196,8 @@ def test_sign_in_create_flag_client_sees_it_and_kill_switch(
     # The admin key is not kept anywhere the page's scripts can read.
     storage = page.evaluate("() => JSON.stringify(localStorage) + JSON.stringify(sessionStorage)"
                             " + document.cookie")
-    assert console_server.admin_key not in storage and "fw_session" not in storage
+    assert console_server.admin_key not in storage
+    assert "fw_session" not in storage
 
     key = new_key()
     page.get_by_text("New flag", exact=True).click()
@@ -240,8 +241,13 @@ def test_thirty_percent_rollout_is_validated_and_saved(
     page: Any, console_server: ServerProcess
 ) -> None:
     key = new_key()
-    console_server.api("POST", "/environments/production/flags",
-                       bool_flag(key, name="Rollout test", tags=["checkout"]))
+    rule = {"description": "Staff see it first", "variation": 0, "clauses": [
+        {"attribute": "email", "op": "ends_with", "values": ["@example.com"]},
+        {"attribute": "country", "op": "in", "values": ["NL", "DE"], "negate": True}]}
+    console_server.api("POST", "/environments/production/flags", bool_flag(
+        key, name="New checkout", tags=["checkout"], rules=[rule],
+        description="The redesigned checkout flow", targets=[{"variation": 1,
+                                                              "values": ["qa-bot"]}]))
     sign_in(page, console_server, f"/envs/production/flags/{key}")
     default = page.locator("fieldset", has_text="Default rule")
     default.get_by_label("Serve").select_option("rollout")
@@ -263,9 +269,11 @@ def test_thirty_percent_rollout_is_validated_and_saved(
     assert doc["fallthrough"]["rollout"]["variations"] == [
         {"variation": 0, "weight": 30000}, {"variation": 1, "weight": 70000}]
     page.reload()
-    expect(page.locator("#flag-serving")).to_have_text("30% true")
-    expect(page.get_by_label("#0 true %").first).to_have_value("30")
-    shot(page, "flag-page")
+    expect(page.locator("#flag-serving")).to_have_text("30% true · 1 rule · 1 target")
+    expect(default.get_by_label("#0 true %")).to_have_value("30")
+    page.set_viewport_size({"width": 1280, "height": 1760})
+    page.evaluate("() => window.scrollTo(0, 0)")
+    shot(page, "flag-page", full=False)
 
 
 def test_invalid_regex_is_shown_next_to_its_field(
@@ -338,8 +346,9 @@ def test_history_diff_and_restore(page: Any, console_server: ServerProcess) -> N
     base = f"/environments/production/flags/{key}"
     console_server.api("POST", "/environments/production/flags", bool_flag(key, on=False))
     console_server.api("PATCH", base, {"on": True, "description": "launch"})
-    console_server.api("PATCH", base, {"fallthrough": {"variation": None, "rollout": {"variations": [
-        {"variation": 0, "weight": 10000}, {"variation": 1, "weight": 90000}]}}})
+    rollout = {"variations": [{"variation": 0, "weight": 10000},
+                              {"variation": 1, "weight": 90000}]}
+    console_server.api("PATCH", base, {"fallthrough": {"variation": None, "rollout": rollout}})
     sign_in(page, console_server, f"/envs/production/flags/{key}/history")
     versions = page.locator("li.version")
     expect(versions).to_have_count(3)
@@ -353,7 +362,9 @@ def test_history_diff_and_restore(page: Any, console_server: ServerProcess) -> N
     page.get_by_role("dialog").get_by_role("button", name="Restore").click()
     expect(page.locator("#status")).to_contain_text("Version 2 restored as version 4")
     doc = console_server.api("GET", base)
-    assert doc["version"] == 4 and doc["fallthrough"] == {"variation": 0} and doc["on"] is True
+    assert doc["version"] == 4
+    assert doc["fallthrough"] == {"variation": 0}
+    assert doc["on"] is True
     expect(versions).to_have_count(4)  # the page follows the change live
 
 
@@ -388,7 +399,8 @@ def test_keys_create_copy_and_revoke(page: Any, console_server: ServerProcess) -
 def test_sign_out_ends_the_session(page: Any, console_server: ServerProcess) -> None:
     sign_in(page, console_server)
     cookie = next(c for c in page.context.cookies() if c["name"] == "fw_session")
-    assert cookie["httpOnly"] and cookie["sameSite"] == "Strict"
+    assert cookie["httpOnly"]
+    assert cookie["sameSite"] == "Strict"
     jar = {"fw_session": cookie["value"]}
     assert httpx.get(console_server.url + "/api/v1/environments", cookies=jar).status_code == 200
     page.get_by_role("button", name="Sign out").click()
@@ -396,7 +408,8 @@ def test_sign_out_ends_the_session(page: Any, console_server: ServerProcess) -> 
     # The copied cookie is dead: the session is gone from the server, not just the browser.
     assert httpx.get(console_server.url + "/api/v1/environments", cookies=jar).status_code == 401
     page_resp = httpx.get(console_server.url + "/envs/production/flags", cookies=jar)
-    assert page_resp.status_code == 303 and "/signin" in page_resp.headers["location"]
+    assert page_resp.status_code == 303
+    assert "/signin" in page_resp.headers["location"]
     page.goto(console_server.url + "/keys")
     expect(page).to_have_url(re.compile(r"/signin\?next="))
 
@@ -412,10 +425,12 @@ def test_sign_in_refuses_bad_keys_and_foreign_posts(
     # A cross-site form post (no double-submit token, foreign Origin) is refused.
     resp = httpx.post(console_server.url + "/signin", data={"key": console_server.admin_key},
                       headers={"Origin": "https://evil.example"})
-    assert resp.status_code == 403 and "fw_session" not in resp.headers.get("set-cookie", "")
+    assert resp.status_code == 403
+    assert "fw_session" not in resp.headers.get("set-cookie", "")
     # Pages carry a strict CSP.
     csp = httpx.get(console_server.url + "/signin").headers["content-security-policy"]
-    assert "script-src 'self'" in csp and "unsafe-inline" not in csp
+    assert "script-src 'self'" in csp
+    assert "unsafe-inline" not in csp
 
 
 def test_segments_audit_and_phone_layout(

@@ -24,7 +24,7 @@ from starlette.staticfiles import StaticFiles
 from flagwire._operators import OPERATORS
 
 from ..ratelimit import RateLimiter
-from ..store import NotFound, Store
+from ..store import NotFound, Store, StoreUnavailable
 from . import present
 from .session import (
     LOGIN_COOKIE,
@@ -139,6 +139,10 @@ def _guarded(handler: Any) -> Any:
             return _render(request, "error.html", 404, session=session, envs=envs, env=None,
                            env_info=None, page="", protected=False, static=_static_version(),
                            title="Not found", message=str(exc))
+        except StoreUnavailable as exc:
+            return _render(request, "error.html", 503, session=session, envs=[], env=None,
+                           env_info=None, page="", protected=False, static=_static_version(),
+                           title="Store unavailable", message=f"{exc}. Try again shortly.")
         return response
 
     page.__name__ = handler.__name__
@@ -198,7 +202,7 @@ async def signin_post(request: Request) -> Response:
         return _signin_form(request, why, 401)
     response = RedirectResponse(_safe_next(str(form.get("next", "/"))), status_code=303)
     await create_session(request, response, record.id, record.name)
-    response.delete_cookie(LOGIN_COOKIE, path="/signin")
+    response.delete_cookie(LOGIN_COOKIE, path="/signin", httponly=True, samesite="strict")
     return response
 
 
@@ -271,9 +275,10 @@ async def _history(request: Request, session: Session) -> Response:
     current = await store.get_doc(env, "flag", key)
     older = await store.history(env, "flag", key)
     versions = [current, *older]
+    # The oldest version kept has nothing to compare with: it is shown as created.
     rows = [
         {"doc": doc, "current": i == 0,
-         "changes": present.diff(versions[i + 1] if i + 1 < len(versions) else None, doc)}
+         "changes": present.diff(versions[i + 1], doc) if i + 1 < len(versions) else None}
         for i, doc in enumerate(versions)
     ]
     return _render(request, "history.html", flag=current, rows=rows, **ctx)
@@ -310,7 +315,10 @@ async def _audit(request: Request, session: Session) -> Response:
 async def _keys(request: Request, session: Session) -> Response:
     env = request.query_params.get("env") or None
     ctx = await _layout(request, session, None, "keys")
-    if env and env in {str(e.get("key")) for e in ctx["envs"]}:
+    names = [str(e.get("key")) for e in ctx["envs"]]
+    if not env and names:
+        env = _PROTECTED_ENV if _PROTECTED_ENV in names else names[0]
+    if env in names:
         ctx["env"] = env
     keys = await request.app.state.keys.list_keys()
     return _render(request, "keys.html", keys=keys, **ctx)

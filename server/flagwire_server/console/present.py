@@ -58,8 +58,12 @@ def serving(doc: dict[str, Any]) -> str:
         off = doc.get("off_variation")
         return f"off → {_variation(doc, off) if off is not None else 'default'}"
     text = _serve(doc, doc.get("fallthrough"))
-    extra = len(doc.get("rules") or []) + len(doc.get("targets") or [])
-    return f"{text} (+{extra} rule{'s' if extra != 1 else ''}/targets)" if extra else text
+    rules, targets = len(doc.get("rules") or []), len(doc.get("targets") or [])
+    if rules:
+        text += f" · {rules} rule{'s' if rules != 1 else ''}"
+    if targets:
+        text += f" · {targets} target{'s' if targets != 1 else ''}"
+    return text
 
 
 def when(value: Any) -> str:

@@ -190,6 +190,12 @@
       if (dot) { dot.className = "dot off"; dot.title = "reconnecting"; }
       if (leaving) return;
       retry = Math.min(retry + 1, 6);
+      if (retry >= 2) {
+        // Refused twice: if the session ended (signed out elsewhere, key revoked), say so.
+        api("GET", envPath("")).then(function (res) {
+          if (res.status === 401) location.href = "/signin?next=" + encodeURIComponent(location.pathname);
+        });
+      }
       setTimeout(connectLive, Math.min(10000, 300 * Math.pow(2, retry)));
     };
   }
@@ -213,18 +219,19 @@
           $$("[data-live][id]").forEach(function (region) {
             var next = fresh.getElementById(region.id);
             if (!next) return;
-            var active = document.activeElement;
-            var activeKey = active && active.closest && active.closest("[data-key]") ?
-              active.closest("[data-key]").getAttribute("data-key") : null;
+            // Keep keyboard focus on "the same" control after the swap.
+            var active = region.contains(document.activeElement) ? document.activeElement : null;
+            var toggleKey = active && active.getAttribute("data-toggle");
+            var activeId = active && active.id;
             region.innerHTML = next.innerHTML;
             changes.forEach(function (m) {
               $$('[data-key="' + CSS.escape(m.key) + '"]', region).forEach(flash);
               if (region.id === "flag-head" || region.id === "segment-head") flash(region);
+              if (region.hasAttribute("data-flash-first")) flash(region.firstElementChild);
             });
-            if (activeKey) {
-              var again = $('[data-key="' + CSS.escape(activeKey) + '"] [data-toggle]', region);
-              if (again) again.focus();
-            }
+            var again = toggleKey ? $('[data-toggle="' + CSS.escape(toggleKey) + '"]', region)
+              : activeId ? document.getElementById(activeId) : null;
+            if (again) again.focus();
           });
           document.dispatchEvent(new CustomEvent("flagwire:refreshed"));
         })

@@ -90,14 +90,14 @@
   }
 
   /* ---- sections ---- */
-  function section(title, hint) {
-    var s = h("fieldset", { "class": "section card" }, h("legend", { text: title }));
+  function section(title, hint, half) {
+    var s = h("fieldset", { "class": "section card" + (half ? " half" : "") }, h("legend", { text: title }));
     if (hint) s.appendChild(h("p", { "class": "muted small", text: hint }));
     return s;
   }
 
   function basics() {
-    var s = section("About");
+    var s = section("About", null, true);
     s.appendChild(field("Name", h("input", { value: doc.name || "", "data-path": "name",
       oninput: function (e) { doc.name = e.target.value; changed(); } })));
     s.appendChild(field("Description", h("textarea", { rows: "2", "data-path": "description", value: doc.description || "",
@@ -108,10 +108,16 @@
   }
 
   function variations() {
-    var s = section("Variations", "The values this flag can serve. Rules, targets and rollouts refer to them by number.");
+    var s = section("Variations", "The values this flag can serve. Rules, targets and rollouts refer to them by number.", true);
     var kind = vkind();
     var list = h("ol", { "class": "items", start: "0" });
-    (doc.variations || []).forEach(function (v, i) {
+    if (kind === "bool") {
+      s.appendChild(h("p", { "class": "boolvars", "data-path": "variations" },
+        h("span", { "class": "tag", text: "#0 " + JSON.stringify(doc.variations[0]) }), " ",
+        h("span", { "class": "tag", text: "#1 " + JSON.stringify(doc.variations[1]) }), " boolean"));
+      list = null;
+    }
+    if (list) (doc.variations || []).forEach(function (v, i) {
       var path = "variations[" + i + "]";
       var input;
       if (kind === "bool") {
@@ -132,7 +138,7 @@
           doc.variations.splice(i, 1); changed(); render();
         }, "link danger", "Remove variation #" + i) : null));
     });
-    s.appendChild(list);
+    if (list) s.appendChild(list);
     if (kind !== "bool") {
       s.appendChild(button("Add variation", function () {
         var d = { number: 0, string: "", json: {} }[kind];
@@ -145,7 +151,7 @@
   }
 
   function prerequisites() {
-    var s = section("Prerequisites", "This flag serves its off variation unless each of these flags serves the given variation.");
+    var s = section("Prerequisites", "This flag serves its off variation unless each of these flags serves the given variation.", true);
     var list = h("ul", { "class": "items" });
     var flagKeys = Object.keys(catalog.flags || {}).sort();
     (doc.prerequisites = doc.prerequisites || []).forEach(function (pre, i) {
@@ -179,7 +185,7 @@
   }
 
   function targets() {
-    var s = section("Individual targets", "Context keys that always get a given variation (one per line).");
+    var s = section("Individual targets", "Context keys that always get a given variation (one per line).", true);
     var list = h("ul", { "class": "items" });
     (doc.targets = doc.targets || []).forEach(function (t, i) {
       var path = "targets[" + i + "]";
@@ -328,7 +334,7 @@
   }
 
   function segmentKeys() {
-    var s = section("Members", "Context keys, one per line. Excluded wins over included and rules.");
+    var s = section("Members", "Context keys, one per line. Excluded wins over included and rules.", true);
     ["included", "excluded"].forEach(function (name) {
       s.appendChild(field(name === "included" ? "Included keys" : "Excluded keys",
         h("textarea", { rows: "4", value: (doc[name] || []).join("\n"), "data-path": name, "class": "mono",
