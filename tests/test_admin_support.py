@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from collections.abc import Iterator
@@ -54,12 +55,15 @@ def start_server(
     else:  # until the CLI lands
         cmd = [str(VENV_BIN / "uvicorn"), "--factory", "flagwire_server.app:create_app_from_env",
                "--port", str(port), "--log-level", "warning"]
-    proc = subprocess.Popen(cmd, env=environ, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    # Logs go to a file: an unread pipe would fill up and block the server.
+    log = tempfile.TemporaryFile()  # noqa: SIM115  (lives as long as the server)
+    proc = subprocess.Popen(cmd, env=environ, stdout=subprocess.DEVNULL, stderr=log)
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise RuntimeError(f"server exited: {proc.stderr.read().decode()[-2000:]}")  # type: ignore[union-attr]
+            log.seek(0)
+            raise RuntimeError(f"server exited: {log.read().decode()[-2000:]}")
         try:
             if httpx.get(f"{url}/readyz", timeout=0.5).status_code == 200:
                 return proc, url, environ["FLAGWIRE_ADMIN_KEY"]

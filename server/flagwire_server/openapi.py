@@ -146,8 +146,10 @@ SCHEMAS: Final[dict[str, _S]] = {
 }
 
 _PATH_PARAMS: Final[dict[str, _S]] = {
-    "env": {"type": "string"}, "key": {"type": "string"}, "id": {"type": "string"},
-    "version": {"type": "integer"},
+    "env": {"type": "string", "examples": ["production"]},
+    "key": {"type": "string", "examples": ["checkout"]},
+    "id": {"type": "string", "examples": ["key_0123456789ab"]},
+    "version": {"type": "integer", "examples": [1]},
 }
 _PROBLEM: Final[_S] = {"application/problem+json": {"schema": _ref("Problem")}}
 _WHY: Final[dict[int, str]] = {
@@ -163,7 +165,8 @@ _WHY: Final[dict[int, str]] = {
 
 def _operation(op: ApiRoute) -> _S:
     params: list[_S] = [
-        {"name": name, "in": "path", "required": True, "schema": _PATH_PARAMS[name]}
+        {"name": name, "in": "path", "required": True, "schema": _PATH_PARAMS[name],
+         "example": _PATH_PARAMS[name]["examples"][0]}
         for name in re.findall(r"{(\w+)}", op.path)
     ]
     params += [{"name": p.name, "in": "query", "required": False, "schema": p.schema,
