@@ -257,12 +257,14 @@
       ? confirmAction("Turn " + key + " " + (next ? "ON" : "OFF") + " in production? Every connected client applies it immediately.",
                       next ? "Turn on" : "Turn off")
       : Promise.resolve(true);
+    if (btn.getAttribute("aria-busy") === "true") return;
     ask.then(function (ok) {
       if (!ok) return;
-      btn.disabled = true;
+      // aria-busy, not disabled: disabling the focused button would drop keyboard focus.
+      btn.setAttribute("aria-busy", "true");
       say("Turning " + key + " " + (next ? "on" : "off") + "…", "busy");
       api("PATCH", envPath("/flags/" + encodeURIComponent(key) + "?wait=2"), { on: next }).then(function (res) {
-        btn.disabled = false;
+        btn.removeAttribute("aria-busy");
         if (res.ok) {
           btn.setAttribute("aria-checked", next ? "true" : "false");
           say(propagationText(res, key + " turned " + (next ? "on" : "off")), "ok");
@@ -346,11 +348,11 @@
     var key = btn.getAttribute("data-key"), version = Number(btn.getAttribute("data-restore"));
     confirmAction("Restore version " + version + " of " + key + " in " + ENV + "? It becomes a new version.", "Restore")
       .then(function (ok) {
-        if (!ok) return;
-        btn.disabled = true;
+        if (!ok || btn.getAttribute("aria-busy") === "true") return;
+        btn.setAttribute("aria-busy", "true");
         api("POST", envPath("/flags/" + encodeURIComponent(key) + "/restore?wait=2"), { version: version })
           .then(function (res) {
-            btn.disabled = false;
+            btn.removeAttribute("aria-busy");
             if (res.ok) say(propagationText(res, "Version " + version + " restored as version " + res.data.version), "ok");
             else say("Not restored: " + problemText(res), "error");
           });

@@ -16,6 +16,7 @@
   var doc = clone(base);
   var latest = null; // a newer server version seen while the form was dirty
   var dirty = false;
+  var saving = false;
   var seq = 0;
 
   var SERVER = ["version", "created_at", "updated_at", "updated_by"];
@@ -356,7 +357,9 @@
   }
 
   function render() {
-    var active = document.activeElement && form.contains(document.activeElement) ? document.activeElement.getAttribute("data-path") : null;
+    var focused = document.activeElement && form.contains(document.activeElement) ? document.activeElement : null;
+    var active = focused ? focused.getAttribute("data-path") : null;
+    var activeId = focused ? focused.id : null;
     form.textContent = "";
     form.appendChild(h("div", { "class": "form-errors", "data-path": "" }));
     form.appendChild(basics());
@@ -372,10 +375,9 @@
     }
     form.appendChild(saveBar());
     if (dirty) document.getElementById("save-bar").classList.add("dirty");
-    if (active) {
-      var again = form.querySelector('[data-path="' + CSS.escape(active) + '"]');
-      if (again) again.focus();
-    }
+    var again = active ? form.querySelector('[data-path="' + CSS.escape(active) + '"]')
+      : activeId ? document.getElementById(activeId) : null;
+    if (again) again.focus();
   }
 
   /* ---- save ---- */
@@ -415,12 +417,12 @@
       return;
     }
     var send = function () {
-      var btn = document.getElementById("save");
-      btn.disabled = true;
+      if (saving) return;
+      saving = true;
       fw.say("Saving…", "busy");
       var path = fw.envPath("/" + KIND + "s/" + encodeURIComponent(KEY) + "?wait=2");
       fw.api("PUT", path, out, { "If-Match": '"' + base.version + '"' }).then(function (res) {
-        btn.disabled = false;
+        saving = false;
         if (res.ok) {
           base = res.data[KIND] || res.data.flag || res.data.segment || out;
           doc = clone(base); latest = null; dirty = false;
