@@ -87,6 +87,10 @@ OPERATOR_CASES: list[tuple[str, list[Any], Any, bool]] = [
     ("gte", [10], 10, True),
     ("gte", [10], 9.99, False),
     ("gte", [10], [1, 20], True),
+    ("gt", [10], float("inf"), True),
+    ("lt", [10], float("-inf"), True),
+    ("semver_lt", ["2.0.0"], ["3.0.0", "1.0.0"], True),
+    ("before", ["2024-01-01T00:00:00Z"], ["garbage", "2020-01-01T00:00:00Z"], True),
     ("before", ["2024-01-01T00:00:00Z"], "2023-12-31T23:59:59Z", True),
     ("before", ["2024-01-01T00:00:00Z"], "2024-01-01T00:00:00Z", False),
     ("before", ["2024-01-01T00:00:00Z"], 1704067199999, True),
@@ -544,7 +548,7 @@ contexts = st.integers(0, 9).flatmap(
 )
 
 
-@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(main=valid_flags(), p1=valid_flags("p1"), p2=valid_flags("p2"), ctx=contexts,
        kind=st.sampled_from([None, bool, str, float, dict, list]))
 def test_evaluation_never_raises(main: dict[str, Any], p1: dict[str, Any], p2: dict[str, Any],
@@ -565,3 +569,25 @@ def test_evaluation_never_raises(main: dict[str, Any], p1: dict[str, Any], p2: d
             doc = snap.flags[key]
             assert detail.value == doc["variations"][detail.variation_index]
     assert set(snap.evaluate_all(ctx)) == {"f", "p1", "p2"}
+
+
+# --- property: inlined fast paths agree with the general clause code -----------
+
+
+@settings(max_examples=200, deadline=None)
+@given(c=clauses(), value=attr_values, present=st.booleans())
+def test_fast_paths_agree_with_general_clauses(c: dict[str, Any], value: Any,
+                                               present: bool) -> None:
+    """A clause gives one answer whether inlined in a flag, a closure or the slow path."""
+    from flagwire._clauses import _TESTS, _lift, compile_clause
+
+    if c["op"] == "segment_match" or (c["attribute"] == "key" and not isinstance(value, str)):
+        return  # (a non-string key is an invalid context, tested elsewhere)
+    ctx: dict[str, Any] = {"key": "k1"}
+    if present:
+        ctx[c["attribute"]] = value
+    snap = Snapshot({"f": flag("f", rules=[rule(c)], fallthrough=1)}, SEGMENTS)
+    in_flag = snap.evaluate("f", ctx, None).reason == Reason.RULE_MATCH
+    closure = compile_clause(c)(ctx, snap)
+    general = _lift(c["attribute"], _TESTS[c["op"]](c["values"]), c["negate"])(ctx, snap)
+    assert in_flag == closure == general

@@ -337,7 +337,7 @@ field_names = st.sampled_from(["key", "on", "variations", "off_variation", "targ
                                "excluded", "clauses", "values", "op", "rollout", "variation"])
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=150, deadline=None)
 @given(doc=st.dictionaries(field_names, json_values, max_size=8) | json_values,
        base=st.sampled_from([REFERENCE, segment("s"), {}]))
 def test_validation_raises_only_validation_error(doc: Any, base: dict[str, Any]) -> None:

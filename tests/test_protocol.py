@@ -188,13 +188,13 @@ messages: st.SearchStrategy[Message] = st.one_of(
 )
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=150, deadline=None)
 @given(message=messages)
 def test_round_trip(message: Message) -> None:
     assert decode(encode(message)) == message
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=100, deadline=None)
 @given(message=patches())
 def test_patch_template_splices_the_version(message: Patch) -> None:
     prefix, suffix = patch_template(message.kind, message.key, message.data)
@@ -216,7 +216,7 @@ fields = st.sampled_from(["type", "version", "kind", "key", "data", "env", "epoc
 type_names = st.sampled_from(["hello", "snapshot", "patch", "delete", "error", "ack", "resync"])
 
 
-@settings(max_examples=500, deadline=None)
+@settings(max_examples=250, deadline=None)
 @given(obj=st.dictionaries(fields, json_value | type_names | keys | versions, max_size=8)
        | json_value)
 def test_decode_arbitrary_json_raises_only_protocol_error(obj: Any) -> None:

@@ -14,6 +14,7 @@ for ``starts_with``, a string for ``lt``) simply does not match.
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, Final, Protocol
@@ -27,6 +28,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "FAST_EXPRS",
+    "FAST_GLOBALS",
     "Clause",
     "CompiledSegment",
     "Env",
@@ -74,53 +76,75 @@ def _lift(attr: str, test: Test, negate: bool) -> Clause:
     return clause
 
 
-# The common case, a plain string attribute, is inlined into one closure per
-# operator so a clause costs one call.  The factories are generated from the
-# fixed templates below (no document data ever reaches exec): writing out
-# ten near-identical closures by hand would be worse to read and to review.
+# The common cases — a string attribute for the string, semver and date
+# operators, a number for the numeric ones — are inlined so a clause costs one
+# call (and none at all inside a generated flag function, see ``_compile``).
+# The factories are generated from the fixed templates below; no document
+# data ever reaches exec.  Writing out two dozen near-identical closures by
+# hand would be worse to read and to review.
+_STR: Final = "{v}.__class__ is str"
+_NUM: Final = "({v}.__class__ is int or v.__class__ is float)"
+
+#: ``op: (guard, expression)`` for an attribute value ``v`` and prepared value
+#: ``arg``; ``{v}`` in the guard is the first use of the attribute.
+FAST_EXPRS: Final = {
+    "in": (_STR, "v in arg"),
+    "starts_with": (_STR, "v.startswith(arg)"),
+    "ends_with": (_STR, "v.endswith(arg)"),
+    "contains": (_STR, "arg in v"),  # single value
+    "matches": (_STR, "arg(v) is not None"),  # single value; arg is pattern.search
+    "lt": (_NUM, "v < arg"),  # arg: the largest value
+    "lte": (_NUM, "v <= arg"),
+    "gt": (_NUM, "v > arg"),  # arg: the smallest value
+    "gte": (_NUM, "v >= arg"),
+    "before": (_STR, "(k := stamp(v)) is not None and k < arg"),
+    "after": (_STR, "(k := stamp(v)) is not None and k > arg"),
+    "semver_eq": (_STR, "semver(v) in arg"),
+    "semver_lt": (_STR, "(k := semver(v)) is not None and k < arg"),
+    "semver_gt": (_STR, "(k := semver(v)) is not None and k > arg"),
+}
+
+# Attribute values are parsed per call; app versions and timestamps repeat a
+# lot, so the parse of a string is cached (bounded; a hit allocates nothing).
+#: Names the fast expressions use besides ``v``, ``k`` and ``arg``.
+FAST_GLOBALS: Final[dict[str, Any]] = {
+    "semver": functools.lru_cache(maxsize=4096)(parse_semver),
+    "stamp": functools.lru_cache(maxsize=4096)(parse_timestamp),
+}
+
 _FAST_TEMPLATE: Final = """
 def factory(attr, arg, slow):
     def clause(ctx, env):
         v = ctx.get(attr)
-        if v.__class__ is str:
+        if {guard}:
             return {expr}
         return slow(ctx, env)
     return clause
 """
-#: Inline expressions for a string attribute ``v`` and prepared value ``arg``.
-FAST_EXPRS: Final = {
-    "in": "v in arg",
-    "starts_with": "v.startswith(arg)",
-    "ends_with": "v.endswith(arg)",
-    "contains": "arg in v",  # single value
-    "matches": "arg(v) is not None",  # single value; arg is pattern.search
-}
 
 
-def _make_fast(expr: str) -> Callable[[str, Any, Clause], Clause]:
-    namespace: dict[str, Any] = {}
-    exec(_FAST_TEMPLATE.format(expr=expr), namespace)
+def _make_fast(guard: str, expr: str) -> Callable[[str, Any, Clause], Clause]:
+    namespace: dict[str, Any] = dict(FAST_GLOBALS)
+    exec(_FAST_TEMPLATE.format(guard=guard.format(v="v"), expr=expr), namespace)
     factory: Callable[[str, Any, Clause], Clause] = namespace["factory"]
     return factory
 
 
 _FAST: Final = {
-    (op, negate): _make_fast(f"not ({expr})" if negate else expr)
-    for op, expr in FAST_EXPRS.items()
+    (op, negate): _make_fast(guard, f"not ({expr})" if negate else expr)
+    for op, (guard, expr) in FAST_EXPRS.items()
     for negate in (False, True)
 }
 
 
 def fast_parts(c: dict[str, Any]) -> tuple[str, Any, Clause] | None:
-    """``(attribute, arg, slow)`` when clause ``c`` has an inline string fast path.
+    """``(attribute, arg, slow)`` when clause ``c`` has an inline fast path.
 
     ``arg`` is the prepared value used by ``FAST_EXPRS[op]``; ``slow`` is the
-    full clause, to call when the attribute is not a plain string.
+    full clause, to call when the attribute's type is not the common one.
     """
     op: str = c["op"]
     values: list[Any] = c["values"]
-    if op == "segment_match":
-        return None
     arg: Any
     if op == "in":
         arg = frozenset(v for v in values if isinstance(v, str))
@@ -130,6 +154,18 @@ def fast_parts(c: dict[str, Any]) -> tuple[str, Any, Clause] | None:
         arg = values[0]
     elif op == "matches" and len(values) == 1:
         arg = re.compile(values[0]).search
+    elif op in ("lt", "lte"):
+        arg = max(values)
+    elif op in ("gt", "gte"):
+        arg = min(values)
+    elif op in ("before", "after"):
+        stamps = [parse_timestamp(v) for v in values]
+        arg = max(stamps) if op == "before" else min(stamps)  # type: ignore[type-var]
+    elif op == "semver_eq":
+        arg = frozenset(parse_semver(v) for v in values)
+    elif op in ("semver_lt", "semver_gt"):
+        versions = [parse_semver(v) for v in values]
+        arg = max(versions) if op == "semver_lt" else min(versions)  # type: ignore[type-var]
     else:
         return None
     return c["attribute"], arg, _lift(c["attribute"], _TESTS[op](values), c["negate"])
@@ -230,7 +266,9 @@ def _ordered(parse: Callable[[Any], Any], op: str, values: list[Any]) -> Test:
 
 
 def _number(x: Any) -> Any:
-    return x if is_number(x) else None
+    # Any int or float but bool; NaN then compares false, infinities compare
+    # as usual (only clause *values* must be finite).
+    return x if x.__class__ is int or x.__class__ is float else None
 
 
 def _semver_eq(values: list[Any]) -> Test:

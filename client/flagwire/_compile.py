@@ -32,7 +32,7 @@ from collections.abc import Callable, Mapping
 from typing import Any, Final
 
 from ._bucketing import BUCKETS, bucket_text
-from ._clauses import FAST_EXPRS, Env, MalformedError, compile_clause, fast_parts
+from ._clauses import FAST_EXPRS, FAST_GLOBALS, Env, MalformedError, compile_clause, fast_parts
 from ._detail import EvaluationDetail, Reason
 from ._errors import ValidationError
 from ._model import validate_flag
@@ -202,10 +202,12 @@ class _Generator:
         if fast is None:
             return f"{self.bind(compile_clause(c))}(ctx, env)"
         attr, arg, slow = (self.bind(x) for x in fast)
-        expr = FAST_EXPRS[c["op"]].replace("arg", arg)
+        guard, expr = FAST_EXPRS[c["op"]]
+        expr = expr.replace("arg", arg)
         if c["negate"]:
             expr = f"not ({expr})"
-        return f"(({expr}) if (v := ctx.get({attr})).__class__ is str else {slow}(ctx, env))"
+        guard = guard.format(v=f"(v := ctx.get({attr}))")
+        return f"(({expr}) if {guard} else {slow}(ctx, env))"
 
     def serve(self, obj: dict[str, Any], salt: str, variations: list[Any], reason: Reason,
               index: int | None, rule_id: str | None, *, indent: int) -> None:
@@ -251,7 +253,8 @@ class _Generator:
 @functools.lru_cache(maxsize=512)
 def _factory(source: str) -> Callable[..., Runner]:
     """Compile the source of one flag shape; shared by every flag of that shape."""
-    namespace: dict[str, Any] = {"bisect_right": bisect_right, "Q": _Q, "BUCKETS": BUCKETS}
+    namespace: dict[str, Any] = {"bisect_right": bisect_right, "Q": _Q, "BUCKETS": BUCKETS,
+                                 **FAST_GLOBALS}
     exec(compile(source, "<flagwire flag>", "exec"), namespace)
     factory: Callable[..., Runner] = namespace["factory"]
     return factory

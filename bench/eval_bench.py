@@ -1,0 +1,243 @@
+"""Evaluation speed: median and p90 nanoseconds per call, beside a plain dict lookup.
+
+Run ``python bench/eval_bench.py``.  Every case evaluates one flag through
+``Snapshot.evaluate(...).value`` (and the reference flag also through an
+offline ``FlagClient.bool_variation``), with contexts that miss every
+target and rule so each case pays for all of its checks.  Each figure is the
+median (and 90th percentile) over many timed batches; a dict ``get`` timed
+the same way in the same run shows what "free" costs on this machine.
+
+Writes ``bench/results/eval.json`` (machine, Python, figures, targets and
+PASS/MISS) and ``bench/results/eval.png`` (a bar chart).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+import timeit
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "bench" / "results"
+for path in (ROOT, ROOT / "client"):
+    if str(path) not in sys.path:
+        sys.path.insert(0, str(path))
+
+from tests.support.builders import (  # noqa: E402
+    clause,
+    flag,
+    prerequisite,
+    rollout,
+    rule,
+    segment,
+    segment_clause,
+    target,
+)
+
+from flagwire import Snapshot  # noqa: E402
+
+#: Median targets (ns) from the design brief, CPython 3.11 on a 2-core machine.
+TARGETS = {"reference flag": 1500, "5 rules, mixed operators": 3000}
+
+TARGETED = [f"user-{i}" for i in range(10)]
+
+
+def flags() -> tuple[dict[str, dict[str, Any]], dict[str, dict[str, Any]]]:
+    docs = {
+        "simple-on": flag("simple-on"),
+        "simple-off": flag("simple-off", on=False),
+        "targets-10": flag("targets-10", targets=[target(0, *TARGETED)]),
+        "rules-5": flag("rules-5", rules=[
+            rule(clause("email", "ends_with", "@example.com"), id="staff"),
+            rule(clause("country", "in", "NL", "DE", "BE", "FR"), id="eu"),
+            rule(clause("plan", "starts_with", "enterprise"), id="enterprise"),
+            rule(clause("age", "gte", 65), id="seniors"),
+            rule(clause("app_version", "semver_lt", "2.0.0"), id="old-app"),
+        ], fallthrough=1),
+        "reference": flag("reference", targets=[target(0, *TARGETED)], rules=[
+            rule(clause("email", "ends_with", "@example.com"), id="staff"),
+            rule(clause("country", "in", "NL", "DE"), id="eu"),
+        ], fallthrough=rollout(25, 75)),
+        "rollout": flag("rollout", fallthrough=rollout(50, 50)),
+        "segment": flag("segment", rules=[rule(segment_clause("beta"), id="beta")], fallthrough=1),
+        "prereq-a": flag("prereq-a", prerequisites=[prerequisite("prereq-b")]),
+        "prereq-b": flag("prereq-b", prerequisites=[prerequisite("prereq-c")]),
+        "prereq-c": flag("prereq-c"),
+    }
+    segments = {"beta": segment("beta", included=[f"beta-{i}" for i in range(100)],
+                                rules=[rule(clause("plan", "in", "pro"))])}
+    return docs, segments
+
+
+CONTEXT = {"key": "user-abc", "email": "someone@elsewhere.org", "country": "US",
+           "plan": "pro", "age": 30, "app_version": "2.3.1"}
+
+CASES = [  # (label, flag key, what it exercises)
+    ("simple on", "simple-on", "on, no targets or rules: fallthrough variation"),
+    ("simple off", "simple-off", "off: off variation"),
+    ("10 targets", "targets-10", "context not among 10 targets: fallthrough"),
+    ("5 rules, mixed operators", "rules-5",
+     "ends_with, in, starts_with, gte, semver_lt; none match: fallthrough"),
+    ("reference flag", "reference",
+     "10 targets, ends_with rule, in rule, 25% rollout fallthrough; lands in the rollout"),
+    ("rollout 50/50", "rollout", "fallthrough rollout only: one SHA-1 per call"),
+    ("segment match", "segment", "segment_match: not included, matched by the segment's rule"),
+    ("prerequisite chain", "prereq-a", "a requires b requires c, all satisfied"),
+]
+
+
+def measure(stmt: Callable[[], object], *, number: int, repeat: int,
+            clock: Callable[[], float] = time.thread_time) -> tuple[float, float]:
+    """(median, p90) nanoseconds per call over ``repeat`` batches of ``number`` calls.
+
+    The default clock is this thread's CPU time, so that other processes on
+    a shared machine (a test suite on the other core) inflate the figures as
+    little as possible; ``--wall`` uses ``time.perf_counter`` instead.
+    """
+    timer = timeit.Timer(stmt, timer=clock)
+    timer.timeit(number)  # warm up
+    per_call = sorted(t / number * 1e9 for t in timer.repeat(repeat=repeat, number=number))
+    return statistics.median(per_call), per_call[min(len(per_call) - 1, int(len(per_call) * 0.9))]
+
+
+def machine() -> dict[str, Any]:
+    model = ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {
+        "platform": platform.platform(),
+        "machine": platform.machine(),
+        "cpu": model or platform.processor(),
+        "cpus": os.cpu_count(),
+        "python": sys.version.split()[0],
+        "implementation": platform.python_implementation(),
+    }
+
+
+async def client_case(docs: dict[str, Any], segments: dict[str, Any], number: int,
+                      repeat: int, clock: Callable[[], float]) -> tuple[float, float] | None:
+    """The reference flag through ``FlagClient.bool_variation`` of an offline client."""
+    try:
+        from flagwire import FlagClient
+    except ImportError:  # pragma: no cover - the client is not there yet
+        return None
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "flags.json"
+        path.write_text(json.dumps({"flags": docs, "segments": segments}))
+        async with FlagClient(offline_path=path) as client:
+            ctx = CONTEXT
+            detail = client.variation_detail("reference", ctx, None)
+            assert detail.reason == "FALLTHROUGH", detail
+            return measure(lambda: client.bool_variation("reference", ctx, False),
+                           number=number, repeat=repeat, clock=clock)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--number", type=int, default=2_000, help="calls per timed batch")
+    parser.add_argument("--repeat", type=int, default=301, help="timed batches per case")
+    parser.add_argument("--wall", action="store_true", help="wall clock instead of CPU time")
+    parser.add_argument("--no-chart", action="store_true")
+    args = parser.parse_args()
+    clock = time.perf_counter if args.wall else time.thread_time
+
+    docs, segments = flags()
+    snap = Snapshot(docs, segments, version=1)
+    evaluate = snap.evaluate
+    ctx = CONTEXT
+    for _, key, _ in CASES:  # every case must evaluate without error
+        detail = evaluate(key, ctx, None)
+        assert detail.reason != "ERROR", (key, detail)
+    table = {key: True for key in docs}
+
+    rows: list[dict[str, Any]] = []
+
+    def record(label: str, stmt: Callable[[], object], note: str) -> None:
+        median, p90 = measure(stmt, number=args.number, repeat=args.repeat, clock=clock)
+        target = TARGETS.get(label)
+        rows.append({"case": label, "median_ns": round(median, 1), "p90_ns": round(p90, 1),
+                     "target_ns": target,
+                     "result": None if target is None else ("PASS" if median < target else "MISS"),
+                     "note": note})
+        print(f"  {label:<28}{median:>9.0f}{p90:>9.0f}"
+              f"{'' if target is None else f'{target:>9}  ' + rows[-1]['result']}", flush=True)
+
+    print(f"flagwire evaluation benchmark: Python {sys.version.split()[0]}, "
+          f"{args.repeat} batches x {args.number} calls, ns per call "
+          f"({'wall clock' if args.wall else 'thread CPU time'})")
+    print(f"  {'case':<28}{'median':>9}{'p90':>9}{'target':>9}")
+    record("dict lookup (baseline)", lambda: table.get("reference"),
+           "dict.get of a flag key: the floor")
+    for label, key, note in CASES:
+        record(label, lambda key=key: evaluate(key, ctx, False).value, note)  # type: ignore[misc]
+    via_client = asyncio.run(client_case(docs, segments, args.number, args.repeat, clock))
+    if via_client is not None:
+        median, p90 = via_client
+        rows.append({"case": "reference flag via FlagClient.bool_variation",
+                     "median_ns": round(median, 1), "p90_ns": round(p90, 1), "target_ns": None,
+                     "result": None, "note": "offline client: Snapshot.evaluate + kind check"})
+        print(f"  {'reference via bool_variation':<28}{median:>9.0f}{p90:>9.0f}")
+
+    result = {
+        "benchmark": "evaluation",
+        "machine": machine(),
+        "method": {"number": args.number, "repeat": args.repeat, "statistic": "median, p90",
+                   "clock": "wall (perf_counter)" if args.wall else "thread CPU time",
+                   "measured": "Snapshot.evaluate(key, context, default).value",
+                   "context": CONTEXT},
+        "targets_ns": TARGETS,
+        "results": rows,
+        "passed": all(r["result"] != "MISS" for r in rows),
+    }
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "eval.json").write_text(json.dumps(result, indent=2) + "\n")
+    if not args.no_chart:
+        chart(rows, RESULTS / "eval.png")
+    print(f"wrote {RESULTS / 'eval.json'}" + ("" if args.no_chart else " and eval.png"))
+    return 0 if result["passed"] else 1
+
+
+def chart(rows: list[dict[str, Any]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    labels = [r["case"].replace(" via FlagClient.bool_variation", "\nvia bool_variation")
+              for r in rows]
+    medians = [r["median_ns"] for r in rows]
+    spreads = [max(0.0, r["p90_ns"] - r["median_ns"]) for r in rows]
+    colours = ["#888888" if "baseline" in r["case"] else
+               {"PASS": "#2a9d8f", "MISS": "#e76f51"}.get(r["result"] or "", "#457b9d")
+               for r in rows]
+    fig, ax = plt.subplots(figsize=(10, 5.5))
+    ax.barh(labels, medians, xerr=[[0] * len(spreads), spreads], color=colours, capsize=3)
+    for i, r in enumerate(rows):
+        ax.text(r["median_ns"], i, f"  {r['median_ns']:.0f}", va="center", fontsize=8)
+        if r["target_ns"]:
+            ax.plot([r["target_ns"]] * 2, [i - 0.4, i + 0.4], color="black", linestyle="--")
+    ax.invert_yaxis()
+    ax.set_xlabel("ns per call (bar: median, whisker: p90; dashed: target)")
+    ax.set_title(f"flagwire evaluation, Python {sys.version.split()[0]}")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
