@@ -365,8 +365,10 @@ def bench_flag(key: str, *, pad: int = 0) -> dict[str, Any]:
             }
         },
     }
-    if pad:
-        doc["description"] = "x" * pad
+    if pad:  # ~pad bytes more, as individual targets (a description is capped at 4 KiB)
+        doc["targets"].append(
+            {"variation": 1, "values": [f"pad-{i:08d}" for i in range(pad // 15)]}
+        )
     return doc
 
 

@@ -240,6 +240,7 @@ def run_stalled(n: int, flips: int, a: argparse.Namespace) -> dict[str, Any]:
                     "rss_after": server.rss(),
                 }
             st = swarm.stats()
+            phases["server_closes"] = _closes(server.url)
             phases["stalled_clients"] = n_stalled
             phases["frame_bytes"] = st["frame_bytes"]
             phases["readers_gaps"] = st["gaps"]
@@ -247,6 +248,18 @@ def run_stalled(n: int, flips: int, a: argparse.Namespace) -> dict[str, Any]:
             phases["bytes_per_stalled_client"] = st["frame_bytes"] * flips
         admin.close()
     return {"run": "stalled", "clients": n, **phases}
+
+
+def _closes(url: str) -> dict[str, float]:
+    """``flagwire_stream_closes_total`` by close code, from ``/metrics``."""
+    import httpx
+
+    out: dict[str, float] = {}
+    for line in httpx.get(url + "/metrics", timeout=5).text.splitlines():
+        if line.startswith("flagwire_stream_closes_total{"):
+            code = line.split('code="', 1)[1].split('"', 1)[0]
+            out[code] = out.get(code, 0.0) + float(line.rsplit(" ", 1)[1])
+    return out
 
 
 def _start_profile(pid: int, out: Path) -> subprocess.Popen[bytes] | None:
@@ -352,7 +365,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--client-cpus", default="1")
     ap.add_argument("--floor-mode", choices=("write", "broadcast"), default="write")
     ap.add_argument(
-        "--stall-pad", type=int, default=8000, help="bytes of padding in the stalled run's flag"
+        "--stall-pad", type=int, default=30000, help="bytes of padding in the stalled run's flag"
     )
     ap.add_argument("--profile", action="store_true", help="py-spy the server at the largest N")
     ap.add_argument("--name", default="propagation")
@@ -415,6 +428,7 @@ def main(argv: list[str] | None = None) -> int:
     for r in rows:
         if r["run"] == "stalled" and "all_reading" in r:
             print(
+                f"\nserver closed streams (by code): {r['server_closes']}"
                 f"\n1% stalled ({r['stalled_clients']} of {r['clients']} never read, "
                 f"{r['frame_bytes']} B frames):"
             )
