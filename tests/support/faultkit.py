@@ -90,8 +90,10 @@ class Writer:
         self.n = itertools.count()
         self.mine: list[Write] = []
         self._task: asyncio.Task[None] | None = None
+        self._stopping = False
 
     def start(self) -> Writer:
+        self.admin.background.append(self)
         self._task = asyncio.create_task(self._run(), name="writer")
         return self
 
@@ -111,12 +113,16 @@ class Writer:
         return w
 
     async def _run(self) -> None:
-        while True:
+        while not self._stopping:
             await self.one()
             await asyncio.sleep(self.interval)
 
     async def stop(self) -> None:
+        """Stop after the write in flight has been answered (or cancel it after 10 s)."""
+        self._stopping = True
         if self._task is not None:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(self._task), 10)
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task

@@ -167,6 +167,7 @@ class Admin:
         self.http = httpx.AsyncClient(timeout=timeout,
                                       headers={"Authorization": f"Bearer {admin_key}"})
         self.writes: list[Write] = []
+        self.background: list[Any] = []  # writers using this API; stopped by aclose()
         self._next = 0
 
     def _url(self, url: str | None) -> str:
@@ -194,6 +195,11 @@ class Admin:
             resp = await self.request(method, path, body, url=url, http_timeout=http_timeout)
         except httpx.HTTPError as exc:
             w.error = f"{type(exc).__name__}: {exc}"
+        except asyncio.CancelledError:
+            w.error = "cancelled"  # it may have landed: recorded as an unanswered write
+            w.seconds = time.monotonic() - started
+            self.writes.append(w)
+            raise
         else:
             w.status = resp.status_code
             try:
@@ -239,6 +245,8 @@ class Admin:
         assert resp.status_code in (200, 201), resp.text[:300]
 
     async def aclose(self) -> None:
+        for writer in self.background:
+            await writer.stop()
         await self.http.aclose()
 
 
@@ -354,16 +362,21 @@ class RawSubscriber(Watched):
     Args:
         ws_url: the stream endpoint.
         key: the SDK key.
-        timeout: seconds without any frame (pings included) before the
-            connection is considered dead (also the READY-while-behind bound).
+        timeout: with ``keepalive``, a connection whose ping is not answered
+            within it is considered dead (pings every ``timeout / 3``, as the
+            FlagClient does); also the READY-while-behind bound.
+        keepalive: False sends no pings (thousands of lean clients); the
+            server's pings are still answered.
         backoff: ceiling of the first reconnect delay (full jitter), doubling to 2 s.
         read: False makes a client that never reads (a slow consumer).
     """
 
     def __init__(self, ws_url: str, key: str, name: str = "raw", *, env: str = "production",
-                 timeout: float = 5.0, backoff: float = 0.5, reconnect: bool = True,
-                 ack: bool = True, query: dict[str, str] | None = None) -> None:
+                 timeout: float = 5.0, keepalive: bool = True, backoff: float = 0.5,
+                 reconnect: bool = True, ack: bool = True,
+                 query: dict[str, str] | None = None) -> None:
         super().__init__(name, env, timeout)
+        self.keepalive = keepalive
         self.ws_url, self.key = ws_url, key
         self.backoff, self.reconnect, self.ack = backoff, reconnect, ack
         self.query = dict(query or {})
@@ -411,7 +424,8 @@ class RawSubscriber(Watched):
                 async with websockets.connect(
                     self._url(), additional_headers={"Authorization": f"Bearer {self.key}"},
                     compression=None, max_size=MAX_SERVER_FRAME, open_timeout=10,
-                    ping_interval=None, close_timeout=2,
+                    ping_interval=self.timeout / 3 if self.keepalive else None,
+                    ping_timeout=self.timeout / 3, close_timeout=2,
                 ) as ws:
                     self.ws = ws
                     self.connects.append(time.monotonic())
@@ -441,14 +455,7 @@ class RawSubscriber(Watched):
     async def _serve(self, ws: Any) -> None:
         self.hello = None
         while True:
-            try:
-                raw = await asyncio.wait_for(ws.recv(decode=False), self.timeout)
-            except TimeoutError:
-                # Nothing (not even a ping) within the timeout: dead; drop it.
-                self.closes.append((time.monotonic(), None, "timeout"))
-                ws.transport.abort()
-                return
-            msg = decode(raw)
+            msg = decode(await ws.recv(decode=False))
             now = time.monotonic()
             if isinstance(msg, Hello):
                 self.hello = msg
@@ -516,7 +523,7 @@ class ReadyMonitor:
         self.interval, self.slack = interval, slack
         self.behind_since: dict[int, float] = {}
         self.worst: dict[str, float] = {}
-        self.violations: list[str] = []
+        self.breaches: dict[str, str] = {}
         self.samples = 0
         self._task: asyncio.Task[None] | None = None
 
@@ -539,14 +546,18 @@ class ReadyMonitor:
                 if w.ready and v is not None and v < versions[w.env]:
                     since = self.behind_since.setdefault(id(w), now)
                     lag = now - since
+                    if lag > w.timeout + self.slack and lag > self.worst.get(w.name, 0.0):
+                        self.breaches[w.name] = (
+                            f"{w.name} READY at version {v} while Redis had {versions[w.env]}: "
+                            f"behind and READY for {lag:.1f}s (timeout {w.timeout}s)")
                     self.worst[w.name] = max(self.worst.get(w.name, 0.0), lag)
-                    if lag > w.timeout + self.slack:
-                        msg = (f"{w.name} READY at version {v} while Redis has "
-                               f"{versions[w.env]}, for {lag:.1f}s (timeout {w.timeout}s)")
-                        if not any(x.startswith(w.name + " ") for x in self.violations):
-                            self.violations.append(msg)
                 else:
                     self.behind_since.pop(id(w), None)
+
+    @property
+    def violations(self) -> list[str]:
+        """One line per client that was READY and behind for longer than its timeout."""
+        return list(self.breaches.values())
 
     async def stop(self) -> None:
         if self._task is not None:
