@@ -377,7 +377,11 @@ def test_keys_create_copy_and_revoke(page: Any, console_server: ServerProcess) -
     secret_box = page.locator("#secret-value")
     expect(secret_box).to_have_value(re.compile(r"^fw_sdk_"))
     secret = secret_box.input_value()
-    expect(page.get_by_role("button", name="Copy")).to_be_visible()
+    page.context.grant_permissions(["clipboard-read", "clipboard-write"],
+                                   origin=console_server.url)
+    page.get_by_role("button", name="Copy").click()
+    expect(page.locator("#status")).to_contain_text("Secret copied")
+    assert page.evaluate("() => navigator.clipboard.readText()") == secret
     row = page.locator("#key-rows tr", has_text=name)
     expect(row).to_be_visible()
     status, _ = console_server.request("POST", "/api/v1/environments/production/evaluate",
@@ -403,6 +407,13 @@ def test_sign_out_ends_the_session(page: Any, console_server: ServerProcess) -> 
     assert cookie["sameSite"] == "Strict"
     jar = {"fw_session": cookie["value"]}
     assert httpx.get(console_server.url + "/api/v1/environments", cookies=jar).status_code == 200
+    forged = {"fw_session": cookie["value"][:-2] + ("AA" if cookie["value"][-2:] != "AA" else "BB")}
+    assert httpx.get(console_server.url + "/api/v1/environments",
+                     cookies=forged).status_code == 401
+    # A session write without the CSRF token is refused.
+    no_csrf = httpx.post(console_server.url + "/api/v1/environments/production/flags",
+                         json=bool_flag(new_key()), cookies=jar)
+    assert no_csrf.status_code == 403
     page.get_by_role("button", name="Sign out").click()
     expect(page).to_have_url(re.compile(r"/signin$"))
     # The copied cookie is dead: the session is gone from the server, not just the browser.

@@ -153,7 +153,9 @@ def _guarded(handler: Any) -> Any:
 
 
 def _safe_next(value: str | None) -> str:
-    if value and value.startswith("/") and not value.startswith("//") and "\\" not in value:
+    # Browsers drop tabs and newlines from URLs ("/\t/evil" becomes "//evil"): refuse them.
+    if (value and value.startswith("/") and not value.startswith("//") and "\\" not in value
+            and value.isprintable() and not any(c.isspace() for c in value)):
         return value
     return "/"
 

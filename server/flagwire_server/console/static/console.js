@@ -224,10 +224,15 @@
             var toggleKey = active && active.getAttribute("data-toggle");
             var activeId = active && active.id;
             region.innerHTML = next.innerHTML;
+            // Regions about one document (data-watch-key) flash when it changes;
+            // lists flash the rows ([data-key]) that changed.
+            var watch = region.getAttribute("data-watch-key");
             changes.forEach(function (m) {
-              $$('[data-key="' + CSS.escape(m.key) + '"]', region).forEach(flash);
-              if (region.id === "flag-head" || region.id === "segment-head") flash(region);
-              if (region.hasAttribute("data-flash-first")) flash(region.firstElementChild);
+              if (watch !== null) {
+                if (m.key === watch) flash(region.hasAttribute("data-flash-first") ? region.firstElementChild : region);
+              } else {
+                $$('[data-key="' + CSS.escape(m.key) + '"]', region).forEach(flash);
+              }
             });
             var again = toggleKey ? $('[data-toggle="' + CSS.escape(toggleKey) + '"]', region)
               : activeId ? document.getElementById(activeId) : null;
@@ -412,13 +417,20 @@
 
   function copySecret() {
     var input = $("#secret-value");
-    var done = function () { say("Secret copied to the clipboard.", "ok"); };
-    if (navigator.clipboard && window.isSecureContext) {
-      navigator.clipboard.writeText(input.value).then(done, function () { input.select(); document.execCommand("copy"); done(); });
-    } else {
+    var fallback = function () {
+      input.focus();
       input.select();
-      document.execCommand("copy");
-      done();
+      var ok = false;
+      try { ok = document.execCommand("copy"); } catch (e) { ok = false; }
+      if (ok) say("Secret copied to the clipboard.", "ok");
+      else say("The browser refused to copy: the secret is selected, press Ctrl+C (⌘C).", "error");
+    };
+    if (navigator.clipboard && window.isSecureContext) {
+      navigator.clipboard.writeText(input.value).then(function () {
+        say("Secret copied to the clipboard.", "ok");
+      }, fallback);
+    } else {
+      fallback();
     }
   }
 
