@@ -252,3 +252,43 @@ def _value(r: redis.Redis, k: Any) -> Any:
     if t == b"zset":
         return r.zrange(k, 0, -1)
     return r.get(k)
+
+
+async def test_wait_reports_acknowledgements(live: Live, env: str) -> None:
+    """A write with ?wait= answers once the connected client acknowledged it."""
+    import asyncio
+
+    import websockets
+
+    from flagwire._protocol import Ack, Hello, Patch, decode, encode
+
+    api = live.api
+    api.post(f"/environments/{env}/flags", json=flag("kill", on=True))
+    secret = api.post("/keys", json={"name": "w", "kind": "sdk", "env": env}).json()["secret"]
+    ws_url = live.url.replace("http://", "ws://") + "/api/v1/stream"
+    async with websockets.connect(ws_url, additional_headers={
+            "Authorization": f"Bearer {secret}"}) as ws:
+        assert isinstance(decode(await ws.recv()), Hello)
+        await ws.recv()  # the snapshot
+
+        async def ack_patches() -> Patch:
+            while True:
+                msg = decode(await ws.recv())
+                if isinstance(msg, Patch):
+                    await ws.send(encode(Ack(msg.version)).decode())
+                    return msg
+
+        acker = asyncio.create_task(ack_patches())
+        await asyncio.sleep(0.3)  # the connection is counted across instances (~heartbeat)
+        async with httpx.AsyncClient(base_url=live.base, headers=dict(api.headers)) as client:
+            r = await client.patch(f"/environments/{env}/flags/kill", json={"on": False},
+                                   params={"wait": "5"})
+        patch = await acker
+    assert r.status_code == 200
+    assert patch.data["on"] is False
+    assert patch.version == r.json()["env_version"]
+    prop = r.json()["propagation"]
+    assert prop["version"] == r.json()["env_version"]
+    assert (prop["connected"], prop["acknowledged"], prop["complete"]) == (1, 1, True)
+    figures = api.get(f"/environments/{env}/changes/{patch.version}").json()
+    assert figures["acknowledged"] == 1

@@ -127,12 +127,12 @@ def test_unknown_api_path_is_a_problem(live: Live) -> None:
 @pytest.fixture
 def strict(redis_url: str) -> Iterator[tuple[str, str]]:
     prefix = f"fwt{uuid.uuid4().hex[:10]}"
-    proc, url, key = start_server(redis_url, prefix, FLAGWIRE_RATE_LIMIT="5",
-                                  FLAGWIRE_AUTH_FAIL_LIMIT="3")
+    server = start_server(redis_url, prefix, FLAGWIRE_RATE_LIMIT="5",
+                          FLAGWIRE_AUTH_FAIL_LIMIT="3")
     try:
-        yield url, key
+        yield server.url, server.admin_key
     finally:
-        stop_server(proc)
+        stop_server(server)
 
 
 def test_rate_limits(strict: tuple[str, str]) -> None:
@@ -152,7 +152,8 @@ def test_rate_limits(strict: tuple[str, str]) -> None:
 
 
 def test_store_unavailable_is_503(private_redis: RedisProcess) -> None:
-    proc, url, key = start_server(private_redis.url, "fw")
+    server = start_server(private_redis.url, "fw")
+    url, key = server.url, server.admin_key
     try:
         api = httpx.Client(base_url=url + "/api/v1", headers={"Authorization": f"Bearer {key}"},
                            timeout=30)
@@ -173,4 +174,4 @@ def test_store_unavailable_is_503(private_redis: RedisProcess) -> None:
         assert r.json()["version"] == 1  # the refused write left nothing behind
         assert r.json()["on"] is True
     finally:
-        stop_server(proc)
+        stop_server(server)

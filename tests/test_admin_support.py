@@ -8,11 +8,7 @@ with an admin key named "test admin" created through the API itself.
 
 from __future__ import annotations
 
-import os
-import subprocess
 import sys
-import tempfile
-import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -22,7 +18,7 @@ from typing import Any
 import httpx
 import redis
 
-from tests.support.redisproc import free_port
+from tests.support.server import ServerProcess
 
 VENV_BIN = Path(sys.executable).parent
 
@@ -36,57 +32,23 @@ class Live:
     prefix: str
     redis: redis.Redis
     api: httpx.Client
-    proc: subprocess.Popen[bytes]
+    server: ServerProcess
 
 
-def start_server(
-    redis_url: str, prefix: str, **env: str
-) -> tuple[subprocess.Popen[bytes], str, str]:
-    port = free_port()
-    environ = {
-        **os.environ, "FLAGWIRE_REDIS_URL": redis_url, "FLAGWIRE_REDIS_PREFIX": prefix,
-        "FLAGWIRE_ADMIN_KEY": env.pop("admin_key", "fw_admin_test_" + uuid.uuid4().hex),
-        "FLAGWIRE_PORT": str(port), "FLAGWIRE_LOG_FORMAT": "json", **env,
-    }
-    import flagwire_server
-
-    if (Path(flagwire_server.__file__).parent / "cli.py").exists():
-        cmd = [str(VENV_BIN / "flagwire"), "serve", "--port", str(port), "--redis-url", redis_url]
-    else:  # until the CLI lands
-        cmd = [str(VENV_BIN / "uvicorn"), "--factory", "flagwire_server.app:create_app_from_env",
-               "--port", str(port), "--log-level", "warning"]
-    # Logs go to a file: an unread pipe would fill up and block the server.
-    log = tempfile.TemporaryFile()  # noqa: SIM115  (lives as long as the server)
-    proc = subprocess.Popen(cmd, env=environ, stdout=subprocess.DEVNULL, stderr=log)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            log.seek(0)
-            raise RuntimeError(f"server exited: {log.read().decode()[-2000:]}")
-        try:
-            if httpx.get(f"{url}/readyz", timeout=0.5).status_code == 200:
-                return proc, url, environ["FLAGWIRE_ADMIN_KEY"]
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.05)
-    proc.kill()
-    raise RuntimeError("server did not become ready")
+def start_server(redis_url: str, prefix: str, **env: str) -> ServerProcess:
+    """A real ``flagwire serve`` (the shared ``ServerProcess`` helper) with extra settings."""
+    return ServerProcess(redis_url, prefix=prefix, env=env).start()
 
 
-def stop_server(proc: subprocess.Popen[bytes]) -> None:
-    proc.terminate()
-    try:
-        proc.wait(10)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
+def stop_server(server: ServerProcess) -> None:
+    server.stop()
 
 
 def live_server(redis_url: str) -> Iterator[Live]:
     """Body of each test module's ``live`` fixture (module-scoped there)."""
     prefix = f"fwt{uuid.uuid4().hex[:10]}"
-    proc, url, env_key = start_server(redis_url, prefix)
+    server = start_server(redis_url, prefix)
+    url, env_key = server.url, server.admin_key
     boot = httpx.Client(base_url=url + "/api/v1", headers={"Authorization": f"Bearer {env_key}"})
     made = boot.post("/keys", json={"name": "test admin", "kind": "admin"})
     assert made.status_code == 201, made.text
@@ -95,11 +57,11 @@ def live_server(redis_url: str) -> Iterator[Live]:
                        timeout=30)
     r = redis.Redis.from_url(redis_url)
     try:
-        yield Live(url, url + "/api/v1", env_key, secret, prefix, r, api, proc)
+        yield Live(url, url + "/api/v1", env_key, secret, prefix, r, api, server)
     finally:
         api.close()
         boot.close()
-        stop_server(proc)
+        stop_server(server)
         for k in r.scan_iter(match=f"{prefix}:*", count=1000):
             r.delete(k)
         r.close()

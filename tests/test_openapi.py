@@ -56,11 +56,11 @@ def test_schemas_are_valid_json_schema() -> None:
 @pytest.fixture
 def server(redis_url: str) -> Iterator[tuple[str, str]]:
     prefix = f"fwt{uuid.uuid4().hex[:10]}"
-    proc, url, key = start_server(redis_url, prefix, FLAGWIRE_RATE_LIMIT="1000000")
+    server = start_server(redis_url, prefix, FLAGWIRE_RATE_LIMIT="1000000")
     try:
-        yield url, key
+        yield server.url, server.admin_key
     finally:
-        stop_server(proc)
+        stop_server(server)
         import redis
 
         r = redis.Redis.from_url(redis_url)

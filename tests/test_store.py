@@ -211,7 +211,11 @@ async def test_script_error_leaves_nothing_half_written(store: Store) -> None:
 
 
 async def test_unavailable_is_translated() -> None:
-    client = aioredis.Redis(host="127.0.0.1", port=1, socket_connect_timeout=0.2)
+    from redis.asyncio.retry import Retry
+    from redis.backoff import NoBackoff
+
+    client = aioredis.Redis(host="127.0.0.1", port=1, socket_connect_timeout=0.2,
+                            retry=Retry(NoBackoff(), 0))
     with pytest.raises(StoreUnavailable):
         await Store(client, "x").load_env("production")
     await client.aclose()
