@@ -115,7 +115,8 @@ def routes() -> list[BaseRoute]:
 
     One route per path dispatches on the method itself so that a method the
     path lacks gets a 405 problem (with ``Allow``) rather than Starlette's
-    plain-text one.  Mount these in the app before any catch-all.
+    plain-text one; a final catch-all answers unknown ``/api/v1`` paths with a
+    404 problem.  Add these after every other ``/api/v1`` HTTP route.
     """
     by_path: dict[str, dict[str, ApiRoute]] = {}
     for op in table():
@@ -123,7 +124,14 @@ def routes() -> list[BaseRoute]:
     out: list[BaseRoute] = []
     for path, ops in by_path.items():
         out.append(Route(API_PREFIX + path, _endpoint(ops), methods=_ALL_METHODS))
+    # Last: any other HTTP path under /api/v1 is a 404 problem, not Starlette's plain text.
+    # (HTTP only: the stream's WebSocket route is never shadowed.)
+    out.append(Route(API_PREFIX + "/{rest:path}", _unknown, methods=_ALL_METHODS))
     return out
+
+
+async def _unknown(request: Request) -> Response:
+    return problem_response(Problem(404, f"no such resource: {request.url.path}"))
 
 
 def _endpoint(ops: dict[str, ApiRoute]) -> Callable[[Request], Awaitable[Response]]:
