@@ -265,6 +265,9 @@ def test_thirty_percent_rollout_is_validated_and_saved(
     page.get_by_role("button", name="Save changes").click()
     expect(page.locator("#status")).to_contain_text("Saved version 2")
     expect(page.locator("#status")).to_contain_text(re.compile(r"Applied by|No clients"))
+    # Our own change comes back over the live stream too; it is not "changed elsewhere".
+    page.wait_for_timeout(200)
+    expect(page.locator("#stale")).to_be_hidden()
     doc = console_server.api("GET", f"/environments/production/flags/{key}")
     assert doc["fallthrough"]["rollout"]["variations"] == [
         {"variation": 0, "weight": 30000}, {"variation": 1, "weight": 70000}]

@@ -89,6 +89,17 @@
     return best;
   }
 
+  /* How an error's path differs from its field's: "line 2: " inside a one-per-line list. */
+  function where(path, field) {
+    if (!path) return "";
+    var fp = field ? field.getAttribute("data-path") : "";
+    if (fp && path === fp) return "";
+    var rest = fp && path.indexOf(fp) === 0 ? path.slice(fp.length) : path;
+    var line = /^\[(\d+)\]$/.exec(rest);
+    if (line && field.tagName === "TEXTAREA") return "line " + (Number(line[1]) + 1) + ": ";
+    return rest.replace(/^\./, "") + ": ";
+  }
+
   var errSeq = 0;
   function showErrors(root, errors, fallback) {
     clearErrors(root);
@@ -99,7 +110,7 @@
       msg.className = "field-error";
       msg.id = "err-" + (++errSeq);
       msg.setAttribute("data-error-path", err.path || "");
-      msg.textContent = (err.path && (!field || field.getAttribute("data-path") !== err.path) ? err.path + ": " : "") + err.message;
+      msg.textContent = where(err.path || "", field) + err.message;
       if (field) {
         field.setAttribute("aria-invalid", "true");
         var d = field.getAttribute("aria-describedby");

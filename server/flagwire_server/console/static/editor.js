@@ -17,6 +17,7 @@
   var latest = null; // a newer server version seen while the form was dirty
   var dirty = false;
   var saving = false;
+  var inflight = null; // a change of this document seen while our save was in flight
   var seq = 0;
 
   var SERVER = ["version", "created_at", "updated_at", "updated_by"];
@@ -423,6 +424,9 @@
       var path = fw.envPath("/" + KIND + "s/" + encodeURIComponent(KEY) + "?wait=2");
       fw.api("PUT", path, out, { "If-Match": '"' + base.version + '"' }).then(function (res) {
         saving = false;
+        var seen = inflight;
+        inflight = null;
+        if (seen) setTimeout(function () { external(seen); }, 0);
         if (res.ok) {
           base = res.data[KIND] || res.data.flag || res.data.segment || out;
           doc = clone(base); latest = null; dirty = false;
@@ -471,8 +475,14 @@
       fw.say("This " + KIND + " was deleted elsewhere.", "error");
       return;
     }
-    var fresh = msg.data;
-    if (fresh.version === base.version) return; // our own save
+    // Our own save's change arrives before its response (the response waits for
+    // acknowledgements, ours included): hold it until the response says which it was.
+    if (saving) { inflight = msg.data; return; }
+    external(msg.data);
+  });
+
+  function external(fresh) {
+    if (fresh.version <= base.version) return; // ours, or older than what we have
     if (!dirty) {
       base = fresh; doc = clone(base); render(); fw.flash(form);
     } else if (onlyToggle(base, fresh)) {
@@ -481,7 +491,7 @@
       latest = fresh;
       document.getElementById("stale").hidden = false;
     }
-  });
+  }
 
   document.addEventListener("DOMContentLoaded", function () {
     render();
