@@ -591,3 +591,16 @@ def test_fast_paths_agree_with_general_clauses(c: dict[str, Any], value: Any,
     closure = compile_clause(c)(ctx, snap)
     general = _lift(c["attribute"], _TESTS[c["op"]](c["values"]), c["negate"])(ctx, snap)
     assert in_flag == closure == general
+
+
+def test_huge_flags_run_their_rules_as_a_loop() -> None:
+    """Past the inlining threshold rules are closures; the answers must not change."""
+    rules = [rule(clause("n", "gt", i), clause("s", "in", f"p{i}"), variation=i % 2,
+                  id=f"r{i}") for i in range(LIMITS.max_rules)]
+    snap = Snapshot({"huge": flag("huge", rules=rules, fallthrough=rollout(50, 50)),
+                     "small": flag("small", rules=rules[:3], fallthrough=rollout(50, 50))})
+    hit = snap.evaluate("huge", {"key": "k", "n": 150.5, "s": "p150"}, None)
+    assert hit == EvaluationDetail(False, 1, Reason.RULE_MATCH, rule_index=150, rule_id="r150")
+    for i in range(30):
+        ctx = {"key": f"user-{i}", "n": 1}
+        assert snap.evaluate("huge", ctx, None).value == snap.evaluate("small", ctx, None).value

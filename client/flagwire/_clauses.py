@@ -118,7 +118,7 @@ def factory(attr, arg, slow):
         v = ctx.get(attr)
         if {guard}:
             return {expr}
-        return slow(ctx, env)
+        return v is not None and slow(ctx, env)
     return clause
 """
 

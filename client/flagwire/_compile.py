@@ -32,7 +32,15 @@ from collections.abc import Callable, Mapping
 from typing import Any, Final
 
 from ._bucketing import BUCKETS, bucket_text
-from ._clauses import FAST_EXPRS, FAST_GLOBALS, Env, MalformedError, compile_clause, fast_parts
+from ._clauses import (
+    FAST_EXPRS,
+    FAST_GLOBALS,
+    Env,
+    MalformedError,
+    compile_clause,
+    fast_parts,
+    match_all,
+)
 from ._detail import EvaluationDetail, Reason
 from ._errors import ValidationError
 from ._model import validate_flag
@@ -153,10 +161,22 @@ def _compile_valid_flag(d: dict[str, Any]) -> CompiledFlag:
     if targets:
         gen.line(f"hit = {gen.bind(targets.get)}(ckey)")
         gen.line("if hit is not None: return hit")
-    for i, r in enumerate(d["rules"]):
-        condition = " and ".join(gen.clause(c) for c in r["clauses"])
-        gen.line(f"if {condition}:")
-        gen.serve(r, d["salt"], variations, Reason.RULE_MATCH, i, r.get("id"), indent=1)
+    if sum(len(r["clauses"]) for r in d["rules"]) <= _INLINE_CLAUSES:
+        for i, r in enumerate(d["rules"]):
+            condition = " and ".join(gen.clause(c) for c in r["clauses"])
+            gen.line(f"if {condition}:")
+            gen.serve(r, d["salt"], variations, Reason.RULE_MATCH, i, r.get("id"), indent=1)
+    else:
+        # A huge flag: compiling thousands of inlined clauses would take longer
+        # than it could ever save, so its rules run as a loop over closures.
+        table = tuple(
+            (match_all(tuple(compile_clause(c) for c in r["clauses"])),
+             *_serve_parts(r, d["salt"], variations, Reason.RULE_MATCH, i, r.get("id")))
+            for i, r in enumerate(d["rules"])
+        )
+        gen.line(f"for match, fixed, pick in {gen.bind(table)}:")
+        gen.line("if match(ctx, env):", 1)
+        gen.line("return fixed if pick is None else pick(ctx, ckey)", 2)
     gen.serve(d["fallthrough"], d["salt"], variations, Reason.FALLTHROUGH, None, None, indent=0)
     return CompiledFlag(key, accepts, True, gen.build())
 
@@ -179,6 +199,49 @@ def _prerequisite_check(
 
 
 _Q: Final = struct.Struct(">Q").unpack_from
+
+#: Flags with more clauses than this run their rules as a loop (see above).
+_INLINE_CLAUSES: Final = 128
+
+
+def _serve_parts(
+    obj: dict[str, Any], salt: str, variations: list[Any], reason: Reason,
+    index: int | None, rule_id: str | None,
+) -> tuple[EvaluationDetail, Picker | None]:
+    """What a rule or the fallthrough serves: a prebuilt detail, or a rollout picker.
+
+    For a rollout the detail is just its first slot's, so the pair has one shape.
+    """
+    if "variation" in obj:
+        v = obj["variation"]
+        return _detail(variations, v, reason, index, rule_id), None
+    base, cum, details = _rollout_parts(obj["rollout"], salt, variations, reason, index, rule_id)
+    return details[0], _picker(base, obj["rollout"]["bucket_by"], cum, details)
+
+
+def _detail(variations: list[Any], v: int, reason: Reason, index: int | None,
+            rule_id: str | None) -> EvaluationDetail:
+    if index is None:
+        return EvaluationDetail(variations[v], v, reason)
+    return EvaluationDetail(variations[v], v, reason, rule_index=index, rule_id=rule_id)
+
+
+def _rollout_parts(
+    roll: dict[str, Any], salt: str, variations: list[Any], reason: Reason,
+    index: int | None, rule_id: str | None,
+) -> tuple[Any, tuple[int, ...], tuple[EvaluationDetail, ...]]:
+    """The salted hash state, the running totals of the weights and a detail per slot.
+
+    A bucket below ``cum[i]`` (and not below ``cum[i-1]``) gets slot ``i``.
+    """
+    base = hashlib.sha1(f"{salt}.".encode("utf-8", "surrogatepass"), usedforsecurity=False)
+    cumulative, total = [], 0
+    for slot in roll["variations"]:
+        total += slot["weight"]
+        cumulative.append(total)
+    details = tuple(_detail(variations, slot["variation"], reason, index, rule_id)
+                    for slot in roll["variations"])
+    return base, tuple(cumulative), details
 
 
 class _Generator:
@@ -207,33 +270,22 @@ class _Generator:
         if c["negate"]:
             expr = f"not ({expr})"
         guard = guard.format(v=f"(v := ctx.get({attr}))")
-        return f"(({expr}) if {guard} else {slow}(ctx, env))"
+        # (a missing attribute never matches: skip the call to the general code)
+        return f"(({expr}) if {guard} else (v is not None and {slow}(ctx, env)))"
 
     def serve(self, obj: dict[str, Any], salt: str, variations: list[Any], reason: Reason,
               index: int | None, rule_id: str | None, *, indent: int) -> None:
-        extra: dict[str, Any] = {} if index is None else {"rule_index": index, "rule_id": rule_id}
-        if "variation" in obj:
-            v = obj["variation"]
-            detail = EvaluationDetail(variations[v], v, reason, **extra)
-            self.line(f"return {self.bind(detail)}", indent)
-            return
-        roll = obj["rollout"]
-        slots = roll["variations"]
-        details = tuple(
-            EvaluationDetail(variations[s["variation"]], s["variation"], reason, **extra)
-            for s in slots
-        )
-        cumulative, total = [], 0
-        for s in slots:
-            total += s["weight"]
-            cumulative.append(total)
-        base = hashlib.sha1(f"{salt}.".encode("utf-8", "surrogatepass"), usedforsecurity=False)
-        if roll["bucket_by"] != "key":
-            pick = self.bind(_picker(base, roll["bucket_by"], tuple(cumulative), details))
-            self.line(f"return {pick}(ctx, ckey)", indent)
+        if "variation" in obj or obj["rollout"]["bucket_by"] != "key":
+            fixed, pick = _serve_parts(obj, salt, variations, reason, index, rule_id)
+            if pick is None:
+                self.line(f"return {self.bind(fixed)}", indent)
+            else:
+                self.line(f"return {self.bind(pick)}(ctx, ckey)", indent)
             return
         # Bucketing by the context key (the usual case) is inlined: see _bucketing.
-        copy, cum, dets = self.bind(base.copy), self.bind(tuple(cumulative)), self.bind(details)
+        base, cumulative, details = _rollout_parts(obj["rollout"], salt, variations, reason,
+                                                   index, rule_id)
+        copy, cum, dets = self.bind(base.copy), self.bind(cumulative), self.bind(details)
         self.line(f"h = {copy}()", indent)
         self.line("try: h.update(ckey.encode())", indent)
         self.line("except UnicodeEncodeError: h.update(ckey.encode('utf-8', 'surrogatepass'))",
@@ -262,12 +314,12 @@ def _factory(source: str) -> Callable[..., Runner]:
 
 def _picker(base: Any, by: str, cum: tuple[int, ...],
             details: tuple[EvaluationDetail, ...]) -> Picker:
-    """A rollout bucketing by attribute ``by`` (falls back to the context key)."""
+    """A rollout bucketing by attribute ``by``; an unusable value falls back to the key."""
     copy = base.copy
+    attr = None if by == "key" else by
 
     def pick(ctx: Mapping[str, Any], ckey: str) -> EvaluationDetail:
-        found = bucket_text(ctx.get(by))
-        # an unbucketable or missing attribute falls back to the context key
+        found = None if attr is None else bucket_text(ctx.get(attr))
         text = ckey if found is None else found
         h = copy()
         h.update(text.encode("utf-8", "surrogatepass"))
