@@ -173,3 +173,31 @@ def test_store_unavailable_is_503(private_redis: RedisProcess) -> None:
         assert r.json()["on"] is True
     finally:
         stop_server(server)
+
+
+def test_console_session_needs_csrf_for_writes(live: Live) -> None:
+    import re
+
+    browser = httpx.Client(base_url=live.url, headers={"Origin": live.url})
+    form = browser.get("/signin")
+    if form.status_code == 404:
+        pytest.skip("console not installed")
+    login = re.search(r'name="csrf" value="([^"]+)"', form.text)
+    assert login is not None
+    r = browser.post("/signin", data={"csrf": login.group(1), "key": live.admin_key, "next": "/"})
+    assert r.status_code == 303, r.text[:300]
+    meta = re.search(r'name="csrf-token" content="([^"]+)"',
+                     browser.get("/", follow_redirects=True).text)
+    assert meta is not None
+    assert browser.get("/api/v1/environments").status_code == 200  # reads need no token
+    name = f"s{uuid.uuid4().hex[:8]}"
+    problem(browser.post("/api/v1/environments", json={"key": name}), 403)
+    problem(browser.post("/api/v1/environments", json={"key": name},
+                         headers={"X-CSRF-Token": "forged"}), 403)
+    assert live.api.get(f"/environments/{name}").status_code == 404  # nothing stored
+    ok = browser.post("/api/v1/environments", json={"key": name},
+                      headers={"X-CSRF-Token": meta.group(1)})
+    assert ok.status_code == 201
+    audit_actor = browser.post(f"/api/v1/environments/{name}/flags", json=flag("f"),
+                               headers={"X-CSRF-Token": meta.group(1)}).json()["flag"]
+    assert audit_actor["updated_by"] == "test admin"  # the session's key name
