@@ -600,7 +600,7 @@ def test_huge_flags_run_their_rules_as_a_loop() -> None:
     snap = Snapshot({"huge": flag("huge", rules=rules, fallthrough=rollout(50, 50)),
                      "small": flag("small", rules=rules[:3], fallthrough=rollout(50, 50))})
     hit = snap.evaluate("huge", {"key": "k", "n": 150.5, "s": "p150"}, None)
-    assert hit == EvaluationDetail(False, 1, Reason.RULE_MATCH, rule_index=150, rule_id="r150")
+    assert hit == EvaluationDetail(True, 0, Reason.RULE_MATCH, rule_index=150, rule_id="r150")
     for i in range(30):
         ctx = {"key": f"user-{i}", "n": 1}
         assert snap.evaluate("huge", ctx, None).value == snap.evaluate("small", ctx, None).value
