@@ -597,8 +597,9 @@ def test_huge_flags_run_their_rules_as_a_loop() -> None:
     """Past the inlining threshold rules are closures; the answers must not change."""
     rules = [rule(clause("n", "gt", i), clause("s", "in", f"p{i}"), variation=i % 2,
                   id=f"r{i}") for i in range(LIMITS.max_rules)]
-    snap = Snapshot({"huge": flag("huge", rules=rules, fallthrough=rollout(50, 50), salt="s"),
-                     "small": flag("small", rules=rules[:3], fallthrough=rollout(50, 50), salt="s")})
+    split = rollout(50, 50)
+    snap = Snapshot({"huge": flag("huge", rules=rules, fallthrough=split, salt="s"),
+                     "small": flag("small", rules=rules[:3], fallthrough=split, salt="s")})
     hit = snap.evaluate("huge", {"key": "k", "n": 150.5, "s": "p150"}, None)
     assert hit == EvaluationDetail(True, 0, Reason.RULE_MATCH, rule_index=150, rule_id="r150")
     for i in range(30):
