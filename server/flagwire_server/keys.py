@@ -104,6 +104,9 @@ class KeyRing:
         self._version: bytes | str | None = None
         self._callbacks: list[RevokeCallback] = []
         self._task: asyncio.Task[None] | None = None
+        # Held while the in-memory copy is replaced or a local write lands, so that
+        # a reload that started before a create cannot drop the new key.
+        self._lock = asyncio.Lock()
         self._admin_record = KeyRecord(
             id=ENV_ADMIN_ID, name="admin (FLAGWIRE_ADMIN_KEY)", kind="admin", env=None,
             prefix="fw_admin_env", created_at="",
@@ -150,6 +153,12 @@ class KeyRing:
 
     async def refresh(self) -> None:
         """Reload every record from Redis and fire callbacks for newly revoked keys."""
+        async with self._lock:
+            gone = await self._reload()
+        for key_id in gone:
+            await self._fire(key_id)
+
+    async def _reload(self) -> list[str]:
         version = await self.redis.get(self._k("version"))
         raw = await self.redis.hgetall(self._k("records"))
         records: dict[str, KeyRecord] = {}
@@ -167,9 +176,8 @@ class KeyRing:
         ]
         self._records, self._hashes, self._version = records, hashes, version
         self._revoked.update(k for k, r in records.items() if r.revoked_at is not None)
-        for key_id in gone:
-            self._revoked.add(key_id)
-            await self._fire(key_id)
+        self._revoked.update(gone)
+        return gone
 
     async def _fire(self, key_id: str) -> None:
         for cb in list(self._callbacks):
@@ -235,15 +243,15 @@ class KeyRing:
         digest = hash_secret(secret)
         data = orjson.dumps({**rec.to_json(), "hash": digest})
         try:
-            async with self.redis.pipeline(transaction=True) as pipe:
+            async with self._lock, self.redis.pipeline(transaction=True) as pipe:
                 pipe.hset(self._k("records"), rec.id, data)
                 pipe.hset(self._k("byhash"), digest, rec.id)
                 pipe.incr(self._k("version"))
                 await pipe.execute()
+                self._records[rec.id] = rec
+                self._hashes[digest] = rec.id
         except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
             raise StoreUnavailable(f"store unavailable: {exc}") from None
-        self._records[rec.id] = rec
-        self._hashes[digest] = rec.id
         return rec, secret
 
     async def list_keys(self) -> list[KeyRecord]:
@@ -265,19 +273,20 @@ class KeyRing:
             if data.get("revoked_at"):
                 return None
             data["revoked_at"] = _now()
-            async with self.redis.pipeline(transaction=True) as pipe:
+            rec = _record(data)
+            async with self._lock, self.redis.pipeline(transaction=True) as pipe:
                 pipe.hset(self._k("records"), key_id, orjson.dumps(data))
                 if isinstance(data.get("hash"), str):
                     pipe.hdel(self._k("byhash"), data["hash"])
                 pipe.incr(self._k("version"))
                 await pipe.execute()
+                self._records[key_id] = rec
+                self._hashes = {h: k for h, k in self._hashes.items() if k != key_id}
+                fire = key_id not in self._revoked
+                self._revoked.add(key_id)
         except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
             raise StoreUnavailable(f"store unavailable: {exc}") from None
-        rec = _record(data)
-        self._records[key_id] = rec
-        self._hashes = {h: k for h, k in self._hashes.items() if k != key_id}
-        if key_id not in self._revoked:
-            self._revoked.add(key_id)
+        if fire:
             await self._fire(key_id)
         return rec
 
