@@ -295,7 +295,7 @@ class _Worker:
                 conn.gaps += 1
                 self.gaps += 1
                 self.resyncs += 1
-                if conn.transport is not None:
+                if conn.transport is not None and not conn.transport.is_closing():
                     conn.transport.write(_client_frame(1, b'{"type":"resync"}'))
                 return
             if kind == "patch":
@@ -325,7 +325,7 @@ class _Worker:
             h = self.hits[v] = _Hits(0, now, now)
         h.count += 1
         h.max_t = now
-        if conn.transport is not None and self.ack:
+        if conn.transport is not None and self.ack and not conn.transport.is_closing():
             conn.transport.write(_client_frame(1, b'{"type":"ack","version":%d}' % v))
 
     # -- commands ------------------------------------------------------------
@@ -349,7 +349,10 @@ class _Worker:
         return {"ok": sum(results), "failed": n - sum(results), "t0": t0, "t1": t1, **self.stats()}
 
     async def wait(
-        self, version: int, timeout: float, expect: int | None  # noqa: ASYNC109
+        self,
+        version: int,
+        timeout: float,  # noqa: ASYNC109
+        expect: int | None,
     ) -> dict[str, Any]:
         """Until every counted connection is at ``version`` or later (or ``timeout``)."""
         loop = asyncio.get_running_loop()
