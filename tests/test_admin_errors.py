@@ -201,3 +201,20 @@ def test_console_session_needs_csrf_for_writes(live: Live) -> None:
     audit_actor = browser.post(f"/api/v1/environments/{name}/flags", json=flag("f"),
                                headers={"X-CSRF-Token": meta.group(1)}).json()["flag"]
     assert audit_actor["updated_by"] == "test admin"  # the session's key name
+
+
+def test_failed_script_leaves_nothing_half_written(live: Live, env: str) -> None:
+    """A write the Lua script refuses (a damaged key) changes nothing at all."""
+    audit_key = f"{live.prefix}:{{{env}}}:audit"
+    saved = live.redis.xrange(audit_key)
+    live.redis.delete(audit_key)
+    live.redis.set(audit_key, "damaged")
+    before = redis_dump(live, env)
+    body = problem(live.api.patch(f"/environments/{env}/flags/f", json={"on": False}), 500)
+    assert "nothing was written" in body["detail"]
+    assert redis_dump(live, env) == before
+    live.redis.delete(audit_key)
+    for _id, fields in saved:
+        live.redis.xadd(audit_key, fields)
+    r = live.api.patch(f"/environments/{env}/flags/f", json={"on": False})
+    assert (r.json()["version"], r.json()["env_version"]) == (2, 2)
