@@ -290,7 +290,7 @@ class _Generator:
         self.line("try: h.update(ckey.encode())", indent)
         self.line("except UnicodeEncodeError: h.update(ckey.encode('utf-8', 'surrogatepass'))",
                   indent)
-        self.line(f"return {dets}[bisect_right({cum}, Q(h.digest())[0] % BUCKETS)]", indent)
+        self.line(f"return {dets}[bisect_right({cum}, Q(h.digest())[0] % {BUCKETS})]", indent)
 
     def build(self) -> Runner:
         names = ", ".join(f"_{i}" for i in range(len(self.values)))
@@ -305,8 +305,7 @@ class _Generator:
 @functools.lru_cache(maxsize=512)
 def _factory(source: str) -> Callable[..., Runner]:
     """Compile the source of one flag shape; shared by every flag of that shape."""
-    namespace: dict[str, Any] = {"bisect_right": bisect_right, "Q": _Q, "BUCKETS": BUCKETS,
-                                 **FAST_GLOBALS}
+    namespace: dict[str, Any] = {"bisect_right": bisect_right, "Q": _Q, **FAST_GLOBALS}
     exec(compile(source, "<flagwire flag>", "exec"), namespace)
     factory: Callable[..., Runner] = namespace["factory"]
     return factory
