@@ -82,6 +82,10 @@ def test_error_message_format() -> None:
     )
 
 
+def test_non_string_tag_is_not_a_duplicate() -> None:
+    assert ("tags", "duplicate tags") not in problems(flag("f", tags=["a", 1]))
+
+
 def test_all_problems_are_collected() -> None:
     doc = {**flag("f"), "onn": True, "off_variation": 5, "salt": ""}
     assert [path for path, _ in problems(doc)] == ["onn", "off_variation", "salt"]
@@ -240,6 +244,9 @@ FLAG_CASES: list[tuple[str, Any, str, str]] = [
     ("too many tags", flag("f", tags=big(LIMITS.max_tags + 1)), "tags", "too many items"),
     ("duplicate tags", flag("f", tags=["a", "a"]), "tags", "duplicate tags"),
     ("empty tag", flag("f", tags=[""]), "tags[0]", "must not be empty"),
+    ("tag not a string", flag("f", tags=["a", 1]), "tags[1]", "expected a string"),
+    ("index without variations", {"key": "f", "fallthrough": {"variation": "0"}},
+     "fallthrough.variation", "expected a variation index"),
     ("long tag", flag("f", tags=["t" * (LIMITS.max_tag_length + 1)]), "tags[0]", "too long"),
     ("negative version", flag("f", version=-1), "version", "non-negative integer"),
     ("updated_at object", flag("f", updated_at={}), "updated_at", "string or a number"),

@@ -223,7 +223,8 @@ def _common(check: _Checker, d: dict[str, Any], what: str) -> None:
     if check.array(tags, "tags", LIMITS.max_tags):
         for i, tag in enumerate(tags):
             check.text(tag, f"tags[{i}]", LIMITS.max_tag_length, empty=False)
-        if len(set(t for t in tags if isinstance(t, str))) != len(tags):
+        texts = [t for t in tags if isinstance(t, str)]
+        if len(set(texts)) != len(texts):
             check.err("tags", "duplicate tags")
     if "version" in d and (d["version"].__class__ is not int or d["version"] < 0):
         check.err("version", f"expected a non-negative integer, got {_show(d['version'])}")
@@ -268,7 +269,7 @@ def validate_flag(doc: object) -> dict[str, Any]:
                     check.err(f"variations[{i}]", f"is a {kind} but variations[0] is a "
                                                   f"{kinds[0]}; all variations must be one kind")
     in_range: Callable[[Any, str], bool] = (
-        (lambda v, p: check.index(v, p, count)) if count else (lambda v, p: v.__class__ is int)
+        (lambda v, p: check.index(v, p, count)) if count else (lambda v, p: _is_index(check, v, p))
     )
 
     d.setdefault("off_variation", None)
@@ -329,6 +330,14 @@ def validate_flag(doc: object) -> dict[str, Any]:
     check.text(d["salt"], "salt", LIMITS.max_name_length, empty=False)
     check.raise_if_any()
     return d
+
+
+def _is_index(check: _Checker, value: Any, path: str) -> bool:
+    """Without valid variations only the type of an index can be checked."""
+    if value.__class__ is int and value >= 0:
+        return True
+    check.err(path, f"expected a variation index (integer), got {_show(value)}")
+    return False
 
 
 def validate_segment(doc: object) -> dict[str, Any]:
