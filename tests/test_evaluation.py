@@ -312,7 +312,8 @@ def test_prerequisite_cycle() -> None:
 
 
 def test_prerequisite_chain_too_deep() -> None:
-    depth = LIMITS.max_prerequisite_depth
+    """f0 -> f1 -> ... -> f17: 17 hops from f0 is one too many, 16 from f1 is fine."""
+    depth = LIMITS.max_prerequisite_depth + 1
     flags = {f"f{i}": flag(f"f{i}", prerequisites=[prerequisite(f"f{i + 1}")])
              for i in range(depth)}
     flags[f"f{depth}"] = flag(f"f{depth}")

@@ -222,7 +222,7 @@ class Snapshot:
         Raises:
             CycleError: ``key`` is already in ``chain`` or the chain is too deep.
         """
-        if key in chain or len(chain) >= LIMITS.max_prerequisite_depth:
+        if key in chain or len(chain) > LIMITS.max_prerequisite_depth:
             raise CycleError(" -> ".join((*chain, key)))
         flag = self._compiled.get(key)
         if flag is None or not flag.on:

@@ -55,7 +55,7 @@ class Limits:
     max_clause_values: int = 1_000  #: values per clause
     max_regex_length: int = 256  #: characters in a ``matches`` pattern
     max_prerequisites: int = 20  #: prerequisites per flag
-    max_prerequisite_depth: int = 16  #: longer chains evaluate as PREREQUISITE_CYCLE
+    max_prerequisite_depth: int = 16  #: prerequisite hops below a flag; more is a CYCLE error
     max_segment_values: int = 50_000  #: keys in a segment's included or excluded list
     max_tags: int = 20
     max_tag_length: int = 64
