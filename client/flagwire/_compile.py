@@ -10,9 +10,12 @@ that evaluation parses nothing and allocates nothing:
 - clause values are prepared by ``_clauses`` (sets, tuples, regexes, parsed
   versions and timestamps);
 - the flag's decision procedure is generated as the source of one function
-  with the rules unrolled and the common clause shapes (a string attribute
-  tested with ``in``, ``starts_with``, ``ends_with``, ``contains``,
-  ``matches``) inlined, which saves a Python call per clause and per rule.
+  with the rules unrolled and the common clause shapes inlined (a string
+  attribute for the string, date and version operators, a number for the
+  numeric ones; see ``_clauses.FAST_EXPRS``), which saves a Python call per
+  clause and per rule.  Flags with more than ``_INLINE_CLAUSES`` clauses run
+  their rules as a loop over closures instead: compiling thousands of inlined
+  clauses would cost more than it could save.
 
 Safety of the generated code: the source depends only on the *shape* of the
 flag (how many rules, which operators, rollout or not); every value from the
