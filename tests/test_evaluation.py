@@ -342,6 +342,8 @@ class ExplodingMapping(Mapping[str, Any]):
     ("key", "ctx", "kind", "expected_kind"),
     [
         ("nope", {"key": "k"}, None, ErrorKind.FLAG_NOT_FOUND),
+        (["unhashable"], {"key": "k"}, None, ErrorKind.FLAG_NOT_FOUND),
+        ("main", {"key": "k"}, [bool], ErrorKind.WRONG_TYPE),
         ("main", {"key": "k"}, str, ErrorKind.WRONG_TYPE),
         ("main", {"key": "k"}, float, ErrorKind.WRONG_TYPE),
         ("main", {"key": "k"}, dict, ErrorKind.WRONG_TYPE),
@@ -357,7 +359,7 @@ class ExplodingMapping(Mapping[str, Any]):
         ("misfiled", {"key": "k"}, None, ErrorKind.MALFORMED_FLAG),
     ],
 )
-def test_errors(key: str, ctx: Any, kind: type | None, expected_kind: ErrorKind) -> None:
+def test_errors(key: Any, ctx: Any, kind: Any, expected_kind: ErrorKind) -> None:
     flags = {
         "main": flag("main", rules=[rule(clause("x", "in", "y"))]),
         "bad": {"key": "bad", "onn": True, "variations": [True], "fallthrough": {"variation": 0}},

@@ -175,10 +175,13 @@ class Snapshot:
         Returns:
             The value, its variation index and the reason.
         """
-        flag = self._compiled.get(key)
+        try:
+            flag = self._compiled.get(key)
+        except TypeError:  # an unhashable "key" cannot name a flag
+            flag = None
         if flag is None:
             return _error(default, ErrorKind.FLAG_NOT_FOUND)
-        if kind is not None and kind not in flag.accepts:
+        if kind is not None and not _accepts(flag, kind):
             return _error(default, ErrorKind.WRONG_TYPE)
         try:
             ckey = context.get("key")
@@ -234,6 +237,13 @@ class Snapshot:
         if detail.reason is _PREREQUISITE_FAILED:
             return None
         return detail
+
+
+def _accepts(flag: CompiledFlag, kind: Any) -> bool:
+    try:
+        return kind in flag.accepts
+    except TypeError:  # an unhashable "kind" is no kind at all
+        return False
 
 
 def _doc_key(doc: Any) -> str:
