@@ -627,9 +627,15 @@ async def check_invariants(
     allow_rewind: bool = False,
 ) -> None:
     """Assert the five invariants of the module docstring (AssertionError lists every breach)."""
-    await wait_converged(view, watched, converge_timeout)
-    if monitor is not None:
-        await monitor.stop()
+    try:
+        await wait_converged(view, watched, converge_timeout)
+    except AssertionError as exc:
+        extra = monitor.violations if monitor is not None else []
+        raise AssertionError("invariants broken:\n  " + "\n  ".join([str(exc), *extra])
+                             ) from None
+    finally:
+        if monitor is not None:
+            await monitor.stop()
     problems: list[str] = []
     envs = sorted({w.env for w in watched} | {w.env for w in writes})
     state = {env: await view.state(env) for env in envs}
