@@ -181,8 +181,13 @@ class Snapshot:
             flag = None
         if flag is None:
             return _error(default, ErrorKind.FLAG_NOT_FOUND)
-        if kind is not None and not _accepts(flag, kind):
-            return _error(default, ErrorKind.WRONG_TYPE)
+        if kind is not None:
+            try:
+                accepted = kind in flag.accepts
+            except TypeError:  # an unhashable "kind" is no kind at all
+                accepted = False
+            if not accepted:
+                return _error(default, ErrorKind.WRONG_TYPE)
         try:
             ckey = context.get("key")
             if ckey.__class__ is not str:
@@ -237,13 +242,6 @@ class Snapshot:
         if detail.reason is _PREREQUISITE_FAILED:
             return None
         return detail
-
-
-def _accepts(flag: CompiledFlag, kind: Any) -> bool:
-    try:
-        return kind in flag.accepts
-    except TypeError:  # an unhashable "kind" is no kind at all
-        return False
 
 
 def _doc_key(doc: Any) -> str:
