@@ -189,9 +189,11 @@ def _prerequisite_check(
 ) -> Callable[[Mapping[str, Any], str, Env, tuple[str, ...]], EvaluationDetail | None]:
     """The first failing prerequisite's detail, or None when all are satisfied."""
 
+    alone = (key,)  # the chain when this flag is the one being evaluated: no allocation
+
     def failed(ctx: Mapping[str, Any], ckey: str, env: Env,
                chain: tuple[str, ...]) -> EvaluationDetail | None:
-        chain = (*chain, key)
+        chain = (*chain, key) if chain else alone
         for pkey, pvar, fail in prereqs:
             got = env.prerequisite(pkey, ctx, ckey, chain)
             if got is None or got.variation_index != pvar:
