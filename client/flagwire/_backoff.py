@@ -77,8 +77,19 @@ class Backoff:
         return delay
 
     def going_away_delay(self) -> float:
-        """The delay after a close 1001: short, jittered, and it does not grow the schedule."""
-        return self._rng() * self.settings.going_away
+        """The delay after a close 1001: uniform in ``[0, going_away]``.
+
+        It also lifts the schedule to about that window (the largest ceiling
+        not above it): if the server is restarting, not just handing us over
+        to another instance, the retries that fail while it is down must stay
+        spread over a comparable window, or its whole fleet of clients would
+        crowd back in the first instant it listens again.
+        """
+        s = self.settings
+        while (self.failures < 64 and self.ceiling() * s.factor <= min(s.going_away, s.cap)
+               and s.factor > 1):
+            self.failures += 1
+        return self._rng() * s.going_away
 
     def connected_for(self, seconds: float) -> None:
         """Report how long the last connection stayed up; a healthy one resets the schedule."""

@@ -245,6 +245,18 @@ class FlagClient:
         """How many times the client has tried to connect."""
         return self._subscription.attempts if self._subscription else 0
 
+    @property
+    def stats(self) -> dict[str, int]:
+        """Counters for monitoring: connection attempts and connections, snapshots and
+        changes received, resyncs asked for, malformed messages, store rewinds."""
+        sub = self._subscription
+        if sub is None:
+            return {"attempts": 0, "connections": 0, "snapshots": 0, "changes": 0,
+                    "resyncs": 0, "malformed": 0, "rewinds": self.rewinds}
+        return {"attempts": sub.attempts, "connections": sub.connections,
+                "snapshots": sub.snapshots, "changes": sub.changes, "resyncs": sub.resyncs,
+                "malformed": sub.malformed, "rewinds": self.rewinds}
+
     def on_status(self, callback: StatusCallback) -> Callable[[], None]:
         """Call ``callback(status)`` on every status change (on the client's event loop).
 

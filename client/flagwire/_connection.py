@@ -107,6 +107,11 @@ class Subscription:
         self.user_agent = user_agent
         self.attempts = 0  #: connection attempts so far
         self.connections = 0  #: connections that completed the handshake
+        self.snapshots = 0  #: snapshots received
+        self.changes = 0  #: patches and deletes received
+        self.resyncs = 0  #: resyncs asked for (gaps)
+        self.malformed = 0  #: malformed messages received
+        self.attempt_started = 0.0  #: ``time.monotonic()`` when the last attempt began
         self.last_error: str | None = None
         self._ws: ClientConnection | None = None
         self._was_open = False
@@ -138,6 +143,7 @@ class Subscription:
 
     async def _attempt(self) -> BaseException | Closed | Refused:
         self.attempts += 1
+        self.attempt_started = time.monotonic()
         uri = stream_url(self.url, self.state.resume_query())
         hb = self.heartbeat_timeout
         try:
@@ -181,8 +187,14 @@ class Subscription:
             while True:
                 raw = await ws.recv(decode=False)
                 try:
-                    out = state.receive(proto.decode(raw, max_size=proto.MAX_SERVER_FRAME))
+                    msg = proto.decode(raw, max_size=proto.MAX_SERVER_FRAME)
+                    if isinstance(msg, proto.Snapshot):
+                        self.snapshots += 1
+                    elif isinstance(msg, proto.Patch | proto.Delete):
+                        self.changes += 1
+                    out = state.receive(msg)
                 except ProtocolError as exc:
+                    self.malformed += 1
                     self.logger.error("flagwire: malformed message from the server: %s; "
                                       "reconnecting for a fresh snapshot", exc)
                     await ws.close(proto.CloseCode.BAD_MESSAGE, "bad message")
@@ -197,6 +209,7 @@ class Subscription:
                     self.logger.warning("flagwire: %s", out.rewound)
                 self.listener.outcome(out)
                 if out.resync:
+                    self.resyncs += 1
                     await ws.send(proto.encode(proto.Resync()), text=True)
                 if out.ack is not None:
                     await ws.send(proto.encode(proto.Ack(out.ack)), text=True)

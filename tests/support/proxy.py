@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 
 __all__ = ["FaultProxy"]
 
@@ -44,6 +45,7 @@ class _Link:
             self.c_writer.transport.abort()
             return
         self.u_writer = u_writer
+        self.proxy.connect_times.append(time.monotonic())
         self.tasks = [
             asyncio.create_task(self._pump(self.c_reader, u_writer, "up")),
             asyncio.create_task(self._pump(u_reader, self.c_writer, "down")),
@@ -107,6 +109,9 @@ class FaultProxy:
         self.drop = False
         self.refuse = False
         self.accepted = 0  #: connections accepted so far
+        #: ``time.monotonic()`` of each connection forwarded to the target (its
+        #: connection rate as the server saw it)
+        self.connect_times: list[float] = []
         self.bytes = {"up": 0, "down": 0}
         self._flowing = asyncio.Event()
         self._flowing.set()
