@@ -153,6 +153,7 @@ def run_flagwire(
             cpus=cpus(a.client_cpus),
             headers={"Authorization": f"Bearer {sdk}"},
             lean=True,
+            ack=not a.no_ack,
         ) as swarm:
             conn = swarm.connect()
             if conn["failed"]:
@@ -287,6 +288,38 @@ def _start_profile(pid: int, out: Path) -> subprocess.Popen[bytes] | None:
     )
 
 
+def summarize_profile(path: Path, top: int = 25) -> str:
+    """Self and inclusive time of the hottest frames in a py-spy speedscope file."""
+    import collections
+    import json
+
+    d = json.loads(path.read_text())
+    frames = d["shared"]["frames"]
+    self_t: collections.Counter[int] = collections.Counter()
+    incl: collections.Counter[int] = collections.Counter()
+    total = 0.0
+    for prof in d["profiles"]:
+        for stack, w in zip(prof["samples"], prof["weights"], strict=True):
+            total += w
+            if stack:
+                self_t[stack[-1]] += w
+            for f in set(stack):
+                incl[f] += w
+
+    def name(i: int) -> str:
+        f = frames[i]
+        where = str(f.get("file", "")).split("site-packages/")[-1].split("/work/main/")[-1]
+        return f"{f['name']} ({where}:{f.get('line', '')})"
+
+    lines = [f"py-spy samples: {total:.1f} s of server time", "", "self time:"]
+    lines += [f"  {w / total:6.1%}  {name(i)}" for i, w in self_t.most_common(top)]
+    lines += ["", "inclusive time (frames under the event loop):"]
+    lines += [
+        f"  {w / total:6.1%}  {name(i)}" for i, w in incl.most_common(top + 20) if w / total < 0.9
+    ]
+    return "\n".join(lines) + "\n"
+
+
 def _stop_profile(proc: subprocess.Popen[bytes] | None) -> None:
     if proc is None:
         return
@@ -358,7 +391,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--clients", default="100,1000", help="comma list of N (default 100,1000)")
     ap.add_argument("--flips", type=int, default=50)
     ap.add_argument("--warmup", type=int, default=5)
-    ap.add_argument("--pause", type=float, default=0.02, help="seconds between flips")
+    ap.add_argument("--pause", type=float, default=0.25, help="seconds between flips (acks settle)")
     ap.add_argument("--runs", default="floor,flagwire,flagwire-w2,stalled")
     ap.add_argument("--server-cpus", default="0")
     ap.add_argument("--server-cpus-multi", default="0,1", help="CPUs for --workers 2")
@@ -366,6 +399,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--floor-mode", choices=("write", "broadcast"), default="write")
     ap.add_argument(
         "--stall-pad", type=int, default=30000, help="bytes of padding in the stalled run's flag"
+    )
+    ap.add_argument(
+        "--no-ack",
+        action="store_true",
+        help="clients do not acknowledge (diagnostic: the broadcast without ack traffic)",
     )
     ap.add_argument("--profile", action="store_true", help="py-spy the server at the largest N")
     ap.add_argument("--name", default="propagation")
@@ -390,6 +428,8 @@ def main(argv: list[str] | None = None) -> int:
                         else None
                     )
                     r = run_flagwire(n, a.flips, a, profile=prof)
+                    if prof is not None and prof.exists():
+                        prof.with_suffix("").with_suffix(".txt").write_text(summarize_profile(prof))
                 elif run.startswith("flagwire-w"):
                     r = run_flagwire(n, a.flips, a, workers=int(run.removeprefix("flagwire-w")))
                 elif run == "stalled":
