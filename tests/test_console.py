@@ -27,7 +27,10 @@ from tests.support.server import ServerProcess
 
 pytestmark = [pytest.mark.browser, pytest.mark.timeout(120)]
 
-playwright_sync = pytest.importorskip("playwright.sync_api")
+if os.environ.get("CI"):
+    import playwright.sync_api as playwright_sync
+else:
+    playwright_sync = pytest.importorskip("playwright.sync_api")
 Browser = playwright_sync.Browser
 Page = playwright_sync.Page
 expect = playwright_sync.expect
@@ -109,6 +112,12 @@ def shot(page: Any, name: str, *, full: bool = True) -> None:
     SHOTS.mkdir(parents=True, exist_ok=True)
     page.wait_for_timeout(150)
     page.screenshot(path=str(SHOTS / f"{name}.png"), full_page=full)
+
+
+def assert_no_sideways_scroll(page: Any) -> None:
+    width, inner = page.evaluate(
+        "() => [document.documentElement.scrollWidth, window.innerWidth]")
+    assert width <= inner, f"page is {width}px wide in a {inner}px viewport"
 
 
 def sign_in(page: Any, server: ServerProcess, next_path: str = "/") -> None:
@@ -461,7 +470,12 @@ def test_segments_audit_and_phone_layout(
                            bool_flag(key, tags=["mobile"], description="seen on a phone"))
         sign_in(page, console_server)
         expect(page.locator(f'tr[data-key="{key}"]')).to_be_visible()
+        assert_no_sideways_scroll(page)
         shot(page, "flags-list-phone", full=False)
+        page.goto(console_server.url + f"/envs/production/flags/{key}")
+        expect(page.get_by_role("button", name="Save changes")).to_be_visible()
+        assert_no_sideways_scroll(page)
+        shot(page, "flag-page-phone", full=False)
 
         page.goto(console_server.url + "/envs/production/segments")
         page.get_by_text("New segment", exact=True).click()
@@ -469,6 +483,7 @@ def test_segments_audit_and_phone_layout(
         page.get_by_label("Key").fill(seg)
         page.get_by_role("button", name="Create segment").click()
         expect(page).to_have_url(re.compile(rf"/segments/{seg}$"))
+        assert_no_sideways_scroll(page)
         page.get_by_label("Included keys").fill("alice\nbob")
         page.get_by_role("button", name="Save changes").click()
         expect(page.locator("#status")).to_contain_text("Saved version 2")
@@ -477,7 +492,16 @@ def test_segments_audit_and_phone_layout(
 
         page.goto(console_server.url + "/envs/production/audit")
         expect(page.locator("ol.audit li").first).to_contain_text(seg)
+        assert_no_sideways_scroll(page)
         shot(page, "audit-phone", full=False)
+
+        console_server.api("PATCH", f"/environments/production/flags/{key}",
+                           {"description": "a much longer description " * 6, "tags": ["x" * 60]})
+        for path in (f"/envs/production/flags/{key}/history", "/keys"):
+            page.goto(console_server.url + path)
+            expect(page.get_by_role("heading", level=1)).to_be_visible()
+            assert_no_sideways_scroll(page)
+        shot(page, "keys-phone", full=False)
     finally:
         context.close()
     assert not page_errors.unexpected(), "\n".join(page_errors.unexpected())
