@@ -239,6 +239,8 @@ def test_keys_and_evaluate(live: Live, env: str) -> None:
                          headers={"Authorization": f"Bearer {admin['secret']}"})
     assert other.get("/environments").status_code == 200
     api.delete(f"/keys/{admin['key']['id']}")
+    sdk.close()
+    other.close()
 
 
 def _value(r: redis.Redis, k: Any) -> Any:

@@ -114,6 +114,8 @@ def test_refusals_store_nothing(live: Live, env: str) -> None:
 
     assert redis_dump(live) == before
     assert api.get(f"{base}/f").json()["version"] == 1
+    anon.close()
+    sdk.close()
 
 
 def test_unknown_api_path_is_a_problem(live: Live) -> None:
@@ -147,6 +149,8 @@ def test_rate_limits(strict: tuple[str, str]) -> None:
              for i in range(5)]
     assert codes[:3] == [401] * 3
     assert codes[-1] == 429
+    api.close()
+    bad.close()
 
 
 def test_store_unavailable_is_503(private_redis: RedisProcess) -> None:
@@ -171,6 +175,7 @@ def test_store_unavailable_is_503(private_redis: RedisProcess) -> None:
             time.sleep(0.2)
         assert r.json()["version"] == 1  # the refused write left nothing behind
         assert r.json()["on"] is True
+        api.close()
     finally:
         stop_server(server)
 
@@ -201,6 +206,7 @@ def test_console_session_needs_csrf_for_writes(live: Live) -> None:
     audit_actor = browser.post(f"/api/v1/environments/{name}/flags", json=flag("f"),
                                headers={"X-CSRF-Token": meta.group(1)}).json()["flag"]
     assert audit_actor["updated_by"] == "test admin"  # the session's key name
+    browser.close()
 
 
 def test_failed_script_leaves_nothing_half_written(live: Live, env: str) -> None:

@@ -78,6 +78,7 @@ def test_served_document_and_schemathesis(server: tuple[str, str], tmp_path: Pat
     api = httpx.Client(base_url=url + "/api/v1", headers={"Authorization": f"Bearer {key}"})
     api.post("/environments/production/flags", json=flag("checkout"))
     api.post("/environments/production/segments", json={"key": "checkout"})
+    api.close()
     proc = subprocess.run(
         [str(VENV_BIN / "schemathesis"), "run", f"{url}/api/v1/openapi.json",
          "-H", f"Authorization: Bearer {key}", "--max-time", "45", "-n", "25",
