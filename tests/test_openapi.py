@@ -85,6 +85,6 @@ def test_served_document_and_schemathesis(server: tuple[str, str], tmp_path: Pat
          "--checks", "not_a_server_error,status_code_conformance,content_type_conformance,"
                      "response_schema_conformance,response_headers_conformance",
          "--no-color", "--seed", "20261129", "--report-dir", str(tmp_path)],
-        capture_output=True, text=True, timeout=120,
+        capture_output=True, text=True, timeout=120, cwd=tmp_path,  # its example cache
     )
     assert proc.returncode == 0, proc.stdout[-6000:] + proc.stderr[-2000:]
