@@ -511,14 +511,25 @@ def test_editor_sections_env_switcher_and_keyboard(
     page: Any, console_server: ServerProcess
 ) -> None:
     env = f"staging-{secrets.token_hex(2)}"
-    console_server.api("POST", "/environments", {"key": env})
+    sign_in(page, console_server, "/envs")
+    page.get_by_text("New environment", exact=True).click()
+    page.get_by_label("Key").fill(env)
+    page.get_by_role("button", name="Create environment").click()
+    expect(page).to_have_url(re.compile(rf"/envs/{env}/flags$"))
     console_server.api("POST", f"/environments/{env}/segments",
                        {"key": "beta", "included": ["u1"]})
     console_server.api("POST", f"/environments/{env}/flags", bool_flag("base", on=False))
     console_server.api("POST", f"/environments/{env}/flags", {
         "key": "color", "on": True, "variations": ["red", "blue"],
         "fallthrough": {"variation": 0}})
-    sign_in(page, console_server)
+    page.get_by_role("link", name="Environments").click()
+    row = page.locator(f'#env-rows tr[data-env="{env}"]')
+    expect(row.locator(".env-v")).to_have_text("3")
+    expect(page.locator('#env-rows tr[data-env="production"] .env-c')).to_have_text(
+        re.compile(r"^\d+$"))
+    shot(page, "environments", full=False)
+    page.get_by_label("Environment").select_option("production")
+    expect(page).to_have_url(re.compile(r"/envs/production/flags$"))
     page.get_by_label("Environment").select_option(env)
     expect(page).to_have_url(re.compile(rf"/envs/{env}/flags$"))
 

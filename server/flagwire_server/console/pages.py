@@ -314,6 +314,18 @@ async def _audit(request: Request, session: Session) -> Response:
                    **ctx)
 
 
+async def _envs(request: Request, session: Session) -> Response:
+    ctx = await _layout(request, session, None, "envs")
+    store = _store(request)
+    envs = []
+    for e in ctx["envs"]:
+        try:
+            envs.append(await store.get_env(str(e.get("key"))))
+        except NotFound:  # deleted since it was listed
+            continue
+    return _render(request, "envs.html", environments=envs, **ctx)
+
+
 async def _keys(request: Request, session: Session) -> Response:
     env = request.query_params.get("env") or None
     ctx = await _layout(request, session, None, "keys")
@@ -335,6 +347,7 @@ def build_routes() -> list[BaseRoute]:
         Route("/signout", signout, methods=["POST"], name="console-signout"),
         Route("/switch", switch),
         Route("/keys", _guarded(_keys), name="console-keys"),
+        Route("/envs", _guarded(_envs), name="console-envs"),
         Route("/envs/{env}/flags", _guarded(_flags), name="console-flags"),
         Route("/envs/{env}/flags/{key}", _guarded(_flag), name="console-flag"),
         Route("/envs/{env}/flags/{key}/history", _guarded(_history), name="console-history"),

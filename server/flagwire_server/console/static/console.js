@@ -358,6 +358,34 @@
     });
   }
 
+  /* ---- environments -------------------------------------------------------- */
+
+  function newEnv(form) {
+    var f = form.elements;
+    var body = { key: f.key.value.trim(), name: f.name.value.trim() };
+    clearErrors(form);
+    api("POST", "/environments", body).then(function (res) {
+      if (res.ok) {
+        location.href = "/envs/" + encodeURIComponent(body.key) + "/flags";
+      } else {
+        showErrors(form, res.data.errors || [{ path: "key", message: problemText(res) }]);
+        say("Not created: " + problemText(res), "error");
+      }
+    });
+  }
+
+  function refreshEnvRows() {
+    $$("#env-rows tr[data-env]").forEach(function (tr) {
+      var name = tr.getAttribute("data-env");
+      api("GET", "/environments/" + encodeURIComponent(name)).then(function (res) {
+        if (!res.ok) return;
+        var v = $(".env-v", tr), c = $(".env-c", tr);
+        if (v.textContent !== String(res.data.version)) { v.textContent = String(res.data.version); flash(tr); }
+        c.textContent = typeof res.data.connected === "number" ? String(res.data.connected) : "?";
+      });
+    });
+  }
+
   /* ---- history ------------------------------------------------------------ */
 
   function restore(btn) {
@@ -457,6 +485,9 @@
     if (nf) nf.addEventListener("submit", function (ev) { ev.preventDefault(); newFlag(nf); });
     var ns = $("#new-segment-form");
     if (ns) ns.addEventListener("submit", function (ev) { ev.preventDefault(); newSegment(ns); });
+    var ne = $("#new-env-form");
+    if (ne) ne.addEventListener("submit", function (ev) { ev.preventDefault(); newEnv(ne); });
+    if ($("#env-rows")) { refreshEnvRows(); setInterval(refreshEnvRows, 3000); }
     var nk = $("#new-key-form");
     if (nk) nk.addEventListener("submit", function (ev) { ev.preventDefault(); newKey(nk); });
     var kind = $("#nk-kind");
