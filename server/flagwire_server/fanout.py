@@ -715,8 +715,23 @@ class Fanout:
         for feed in self.feeds.values():
             feed.close_all(code, reason)
 
-    def revoke(self, key_id: str) -> None:
-        """A key was revoked: close its streams with 4001 (do not retry)."""
+    async def revoke(self, key_id: str) -> None:
+        """A key was revoked: close its streams with 4001 (do not retry).
+
+        Keys also "disappear" when Redis comes back empty; closing every stream
+        with "do not retry" then would turn a store reset into an outage, so a
+        revocation is only honoured while the store's identity is intact.
+        """
+        with contextlib.suppress(*_REDIS_ERRORS):
+            raw = await self.redis.hget(self.keyspace.store, "epoch")
+            if raw is None or _s(raw) != self.store_epoch:
+                log.error("ignoring the revocation of key %s: the store lost its identity "
+                          "(reset?)", key_id)
+                return
+        self.close_key(key_id)
+
+    def close_key(self, key_id: str) -> None:
+        """Close every stream of ``key_id`` with 4001."""
         for feed in list(self.feeds.values()):
             for conn in [c for c in feed.conns if c.key_id == key_id]:
                 conn.close(CloseCode.UNAUTHORIZED, "key revoked")

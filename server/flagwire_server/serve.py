@@ -25,7 +25,9 @@ import logging
 import math
 import os
 import shutil
+import signal
 import tempfile
+from collections.abc import Iterator
 from typing import Any
 
 import uvicorn
@@ -63,6 +65,16 @@ def uvicorn_options(settings: Settings) -> dict[str, Any]:
     }
 
 
+@contextlib.contextmanager
+def _signals_return() -> Iterator[None]:
+    previous = {sig: signal.signal(sig, lambda *_: None) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
 def serve(settings: Settings) -> None:
     """Run the server until SIGINT/SIGTERM (blocking)."""
     logs.configure(settings)
@@ -88,7 +100,12 @@ def serve(settings: Settings) -> None:
             from .app import create_app
 
             server = uvicorn.Server(uvicorn.Config(create_app(settings), **options))
-            server.run()
+            # uvicorn re-raises the signal that stopped it once it has shut down,
+            # with the handler it found installed: the default one would kill this
+            # process before the embedded store is stopped, so install one that
+            # just lets run() return.
+            with _signals_return():
+                server.run()
     finally:
         if embedded is not None:
             embedded.stop()

@@ -162,13 +162,14 @@ class ServerProcess:
             except subprocess.TimeoutExpired:
                 self._killpg()
                 code = self.proc.wait()
+        self._killpg()  # stragglers (an embedded store left by a server that crashed)
         self._reap()
         return code
 
     def kill(self) -> None:
-        """SIGKILL the server (and its workers): what a crash looks like."""
-        if self.proc is not None and self.proc.poll() is None:
-            self._killpg()
+        """SIGKILL the server, its workers and its embedded store: what a crash looks like."""
+        if self.proc is not None:
+            self._killpg()  # also when the server is gone: its children may not be
             self.proc.wait()
         self._reap()
 

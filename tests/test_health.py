@@ -1,0 +1,53 @@
+"""/healthz, /readyz, /metrics and what the logs hold."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from tests.support.server import ServerProcess
+from tests.support.streamclient import StreamClient, connect_raw
+
+pytestmark = pytest.mark.timeout(60)
+
+
+async def test_health_ready_and_metrics(server: ServerProcess) -> None:
+    status, text = server.get("/healthz")
+    assert status == 200
+    assert json.loads(text)["status"] == "ok"
+    status, text = server.get("/readyz")
+    assert status == 200
+    assert json.loads(text)["ready"] is True
+
+    c = await StreamClient(server.ws_url, server.admin_key, env="production").connect()
+    try:
+        await c.wait_version(0)
+        assert server.request("GET", "/api/v1/environments/production")[0] == 200
+        assert server.request("GET", "/api/v1/environments/nope")[0] == 404
+        _status, metrics = server.get("/metrics")
+        for name in ("flagwire_connected_clients", "flagwire_messages_sent_total",
+                     "flagwire_changes_applied_total", "flagwire_propagation_seconds_bucket",
+                     "flagwire_redis_errors_total", "flagwire_api_requests_total"):
+            assert name in metrics, name
+        assert 'flagwire_connected_clients{env="production"} 1.0' in metrics
+        # Requests are counted by route template, not by raw path.
+        assert 'route="/api/v1/environments/{env}"' in metrics
+        assert 'status="404"' in metrics
+        assert "/environments/nope" not in metrics
+    finally:
+        await c.close()
+
+
+async def test_keys_never_reach_the_logs(server: ServerProcess) -> None:
+    for key in ("fw_sdk_leakcheck123", server.admin_key):
+        try:
+            ws = await connect_raw(server.ws_url, key)
+            await ws.close()
+        except Exception:
+            pass
+        server.request("GET", "/api/v1/environments", key=key)
+    server.request("GET", "/api/v1/keys", key="fw_admin_leakcheck456")
+    out = server.output()
+    for secret in ("fw_sdk_leakcheck123", "fw_admin_leakcheck456", server.admin_key):
+        assert secret not in out
