@@ -185,6 +185,7 @@ class ChangeHub:
     def __init__(self, logger: logging.Logger) -> None:
         self._logger = logger
         self._callbacks: list[tuple[str | None, ChangeCallback]] = []
+        self._batch_callbacks: list[Callable[[list[FlagChange]], object]] = []
         # Weak: an iterator the application dropped (``break``) unsubscribes itself.
         self._streams: weakref.WeakSet[ChangeStream | ValueWatch] = weakref.WeakSet()
         self._closed = False
@@ -198,6 +199,10 @@ class ChangeHub:
                 self._callbacks.remove(entry)
 
         return remove
+
+    def add_batch_callback(self, callback: Callable[[list[FlagChange]], object]) -> None:
+        """Call ``callback(changes)`` once per message with all the changes it made."""
+        self._batch_callbacks.append(callback)
 
     def add_stream(self, stream: ChangeStream | ValueWatch) -> None:
         if self._closed:
@@ -218,6 +223,11 @@ class ChangeHub:
                         callback(change)
                     except Exception:
                         self._logger.exception("flagwire: on_change callback %r failed", callback)
+        for batch_callback in list(self._batch_callbacks):
+            try:
+                batch_callback(changes)
+            except Exception:
+                self._logger.exception("flagwire: change callback %r failed", batch_callback)
 
     def close(self) -> None:
         self._closed = True
@@ -225,3 +235,4 @@ class ChangeHub:
             stream.close()
         self._streams.clear()
         self._callbacks.clear()
+        self._batch_callbacks.clear()

@@ -16,6 +16,7 @@ from collections.abc import Mapping
 from typing import Protocol
 from urllib.parse import urlencode, urlsplit, urlunsplit
 
+import orjson
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus, WebSocketException
 
@@ -45,6 +46,19 @@ def stream_url(base: str, query: Mapping[str, str] | None = None) -> str:
     if not path.endswith(STREAM_PATH):
         path += STREAM_PATH
     return urlunsplit((scheme, parts.netloc, path, urlencode(dict(query or {})), ""))
+
+
+def _problem_detail(body: bytes) -> str:
+    """The ``detail`` of an RFC 9457 problem body, else the start of the body."""
+    try:
+        problem = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        problem = None
+    if isinstance(problem, dict):
+        detail = problem.get("detail") or problem.get("title")
+        if isinstance(detail, str) and detail:
+            return detail[:300]
+    return body[:300].decode("utf-8", "replace")
 
 
 class Listener(Protocol):
@@ -131,7 +145,9 @@ class Subscription:
             if self._was_open:
                 self.listener.connection_lost(why)
             if action is Action.GIVE_UP:
-                self.logger.error("flagwire: %s; the SDK key was refused, not retrying", why)
+                why = f"the server refused the SDK key ({why}); not retrying"
+                self.last_error = why
+                self.logger.error("flagwire: %s", why)
                 self.listener.refused(why)
                 return
             if action is Action.RESYNC:
@@ -174,7 +190,7 @@ class Subscription:
             status = exc.response.status_code
             body = exc.response.body or b""
             if status in (401, 403) and body:
-                self._refusal = body[:300].decode("utf-8", "replace")
+                self._refusal = _problem_detail(body)
             return Refused(status)
         except (OSError, TimeoutError, WebSocketException, ProtocolError) as exc:
             return exc
