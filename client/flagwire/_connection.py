@@ -48,7 +48,7 @@ def stream_url(base: str, query: Mapping[str, str] | None = None) -> str:
     return urlunsplit((scheme, parts.netloc, path, urlencode(dict(query or {})), ""))
 
 
-def _problem_detail(body: bytes) -> str:
+def _problem_detail(body: bytes | bytearray) -> str:
     """The ``detail`` of an RFC 9457 problem body, else the start of the body."""
     try:
         problem = orjson.loads(body)
