@@ -229,3 +229,20 @@ def test_merge_patch_rfc7386_examples() -> None:
     assert merge_patch({"e": None}, {"a": 1}) == {"e": None, "a": 1}
     assert merge_patch({"a": {"b": "c"}}, {"a": {"b": "d", "c": None}}) == {"a": {"b": "d"}}
     assert orjson.dumps(merge_patch([1], {"a": {"b": None}})) == b'{"a":{}}'
+
+
+async def test_interrupted_delete_then_create_starts_empty(store: Store) -> None:
+    await store.create_env("staging")
+    await store.put("staging", "flag", flag(), actor="a")
+    # A delete that stopped right after removing the meta (a crash) ...
+    await store.redis.unlink(store.key("staging", "meta"))
+    with pytest.raises(NotFound):
+        await store.get_env("staging")
+    # ... leaves nothing a new environment of the same name would inherit.
+    fresh = await store.create_env("staging")
+    assert fresh["version"] == 0
+    state = await store.load_env("staging")
+    assert (state.version, state.flags) == (0, {})
+    assert await store.redis.xlen(store.key("staging", "changes")) == 0
+    await store.delete_env("staging")
+    assert "staging" not in [e["key"] for e in await store.list_envs()]

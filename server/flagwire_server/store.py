@@ -161,7 +161,8 @@ class Store:
         created_at = _now()
         listing = orjson.dumps({"key": key, "name": name or key, "created_at": created_at})
         made = await self._create_env(
-            keys=[self.key(key, "meta")], args=[secrets.token_hex(8), created_at]
+            keys=[self.key(key, k) for k in ("meta", "flags", "segments", "changes", "audit")],
+            args=[secrets.token_hex(8), created_at],
         )
         envs_key = f"{self._prefix}:envs"
         if not int(made):
@@ -183,10 +184,10 @@ class Store:
     @_translated
     async def delete_env(self, env: str) -> None:
         """Delete an environment and every key it owns; raises :class:`NotFound`."""
-        meta = self.key(env, "meta")
+        # The meta goes first: from here on the environment does not exist for writers,
+        # and a create of the same name starts from empty keys (see create_env.lua).
+        gone = await self.redis.unlink(self.key(env, "meta"))
         removed = await self.redis.hdel(f"{self._prefix}:envs", env)
-        # The meta goes first: from here on the environment does not exist for writers.
-        gone = await self.redis.unlink(meta)
         if not removed and not gone:
             raise NotFound(f"environment {env!r} does not exist")
         batch: list[Any] = []
