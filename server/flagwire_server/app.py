@@ -76,9 +76,12 @@ def create_app(settings: Settings | None = None) -> Starlette:
     else:
         routes.extend(console.routes())
 
+    from .problems import exception_handlers
+
     app = Starlette(
         routes=routes,
         middleware=[Middleware(RequestMetricsMiddleware, metrics=metrics)],
+        exception_handlers=exception_handlers(),
         lifespan=_lifespan,
     )
     app.state.settings = settings
