@@ -96,18 +96,29 @@ CASES = [  # (label, flag key, what it exercises)
 ]
 
 
-def measure(stmt: Callable[[], object], *, number: int, repeat: int,
-            clock: Callable[[], float] = time.thread_time) -> tuple[float, float]:
-    """(median, p90) nanoseconds per call over ``repeat`` batches of ``number`` calls.
+def measure(stmts: list[Callable[[], object]], *, number: int, repeat: int,
+            clock: Callable[[], float] = time.thread_time) -> list[tuple[float, float]]:
+    """(median, p90) nanoseconds per call of each statement.
 
-    The default clock is this thread's CPU time, so that other processes on
-    a shared machine (a test suite on the other core) inflate the figures as
-    little as possible; ``--wall`` uses ``time.perf_counter`` instead.
+    The statements are timed in interleaved rounds — one batch of ``number``
+    calls of each, ``repeat`` times — so that load from other processes on a
+    shared machine falls on every case alike instead of on whichever ran at a
+    bad moment.  The default clock is this thread's CPU time, which excludes
+    the time the process spends descheduled; ``--wall`` uses perf_counter.
     """
-    timer = timeit.Timer(stmt, timer=clock)
-    timer.timeit(number)  # warm up
-    per_call = sorted(t / number * 1e9 for t in timer.repeat(repeat=repeat, number=number))
-    return statistics.median(per_call), per_call[min(len(per_call) - 1, int(len(per_call) * 0.9))]
+    timers = [timeit.Timer(stmt, timer=clock) for stmt in stmts]
+    for timer in timers:
+        timer.timeit(number)  # warm up
+    samples: list[list[float]] = [[] for _ in timers]
+    for _ in range(repeat):
+        for timer, sample in zip(timers, samples, strict=True):
+            sample.append(timer.timeit(number) / number * 1e9)
+    figures = []
+    for sample in samples:
+        sample.sort()
+        figures.append((statistics.median(sample), sample[min(len(sample) - 1,
+                                                              int(len(sample) * 0.9))]))
+    return figures
 
 
 def machine() -> dict[str, Any]:
@@ -126,31 +137,31 @@ def machine() -> dict[str, Any]:
         "cpus": os.cpu_count(),
         "python": sys.version.split()[0],
         "implementation": platform.python_implementation(),
+        # Other work on the machine inflates the figures; this says how much there was.
+        "load_average_1m_5m_15m": [round(x, 2) for x in os.getloadavg()],
     }
 
 
-async def client_case(docs: dict[str, Any], segments: dict[str, Any], number: int,
-                      repeat: int, clock: Callable[[], float]) -> tuple[float, float] | None:
-    """The reference flag through ``FlagClient.bool_variation`` of an offline client."""
+async def with_client(docs: dict[str, Any], segments: dict[str, Any],
+                      then: Callable[[Any], list[dict[str, Any]]]) -> list[dict[str, Any]]:
+    """Run ``then(client)`` with an offline FlagClient on the same flags (None if absent)."""
     try:
         from flagwire import FlagClient
     except ImportError:  # pragma: no cover - the client is not there yet
-        return None
+        return then(None)
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "flags.json"
         path.write_text(json.dumps({"flags": docs, "segments": segments}))
         async with FlagClient(offline_path=path) as client:
-            ctx = CONTEXT
-            detail = client.variation_detail("reference", ctx, None)
+            detail = client.variation_detail("reference", CONTEXT, None)
             assert detail.reason == "FALLTHROUGH", detail
-            return measure(lambda: client.bool_variation("reference", ctx, False),
-                           number=number, repeat=repeat, clock=clock)
+            return then(client)
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--number", type=int, default=2_000, help="calls per timed batch")
-    parser.add_argument("--repeat", type=int, default=301, help="timed batches per case")
+    parser.add_argument("--repeat", type=int, default=201, help="rounds (batches per case)")
     parser.add_argument("--wall", action="store_true", help="wall clock instead of CPU time")
     parser.add_argument("--no-chart", action="store_true")
     args = parser.parse_args()
@@ -165,38 +176,43 @@ def main() -> int:
         assert detail.reason != "ERROR", (key, detail)
     table = {key: True for key in docs}
 
-    rows: list[dict[str, Any]] = []
+    cases: list[tuple[str, Callable[[], object], str]] = [
+        ("dict lookup (baseline)", lambda: table.get("reference"),
+         "dict.get of a flag key: the floor"),
+    ]
+    for label, key, note in CASES:
+        cases.append((label, lambda key=key: evaluate(key, ctx, False).value, note))
 
-    def record(label: str, stmt: Callable[[], object], note: str) -> None:
-        median, p90 = measure(stmt, number=args.number, repeat=args.repeat, clock=clock)
-        target = TARGETS.get(label)
-        rows.append({"case": label, "median_ns": round(median, 1), "p90_ns": round(p90, 1),
-                     "target_ns": target,
-                     "result": None if target is None else ("PASS" if median < target else "MISS"),
-                     "note": note})
-        print(f"  {label:<28}{median:>9.0f}{p90:>9.0f}"
-              f"{'' if target is None else f'{target:>9}  ' + rows[-1]['result']}", flush=True)
+    def run(client: Any) -> list[dict[str, Any]]:
+        todo = list(cases)
+        if client is not None:
+            todo.append(("reference flag via FlagClient.bool_variation",
+                         lambda: client.bool_variation("reference", ctx, False),
+                         "offline FlagClient: Snapshot.evaluate plus the kind check"))
+        figures = measure([stmt for _, stmt, _ in todo], number=args.number,
+                          repeat=args.repeat, clock=clock)
+        rows = []
+        for (label, _, note), (median, p90) in zip(todo, figures, strict=True):
+            target = TARGETS.get(label)
+            result = None if target is None else ("PASS" if median < target else "MISS")
+            rows.append({"case": label, "median_ns": round(median, 1), "p90_ns": round(p90, 1),
+                         "target_ns": target, "result": result, "note": note})
+            shown = label.replace("reference flag via FlagClient.", "reference via ")
+            print(f"  {shown:<30}{median:>8.0f}{p90:>8.0f}"
+                  f"{'' if target is None else f'{target:>8}  {result}'}")
+        return rows
 
     print(f"flagwire evaluation benchmark: Python {sys.version.split()[0]}, "
-          f"{args.repeat} batches x {args.number} calls, ns per call "
+          f"{args.repeat} rounds x {args.number} calls per case, ns per call "
           f"({'wall clock' if args.wall else 'thread CPU time'})")
-    print(f"  {'case':<28}{'median':>9}{'p90':>9}{'target':>9}")
-    record("dict lookup (baseline)", lambda: table.get("reference"),
-           "dict.get of a flag key: the floor")
-    for label, key, note in CASES:
-        record(label, lambda key=key: evaluate(key, ctx, False).value, note)  # type: ignore[misc]
-    via_client = asyncio.run(client_case(docs, segments, args.number, args.repeat, clock))
-    if via_client is not None:
-        median, p90 = via_client
-        rows.append({"case": "reference flag via FlagClient.bool_variation",
-                     "median_ns": round(median, 1), "p90_ns": round(p90, 1), "target_ns": None,
-                     "result": None, "note": "offline client: Snapshot.evaluate + kind check"})
-        print(f"  {'reference via bool_variation':<28}{median:>9.0f}{p90:>9.0f}")
+    print(f"  {'case':<30}{'median':>8}{'p90':>8}{'target':>8}")
+    rows = asyncio.run(with_client(docs, segments, run))
 
     result = {
         "benchmark": "evaluation",
         "machine": machine(),
-        "method": {"number": args.number, "repeat": args.repeat, "statistic": "median, p90",
+        "method": {"number": args.number, "rounds": args.repeat, "statistic": "median, p90",
+                   "schedule": "interleaved: each round times one batch of every case",
                    "clock": "wall (perf_counter)" if args.wall else "thread CPU time",
                    "measured": "Snapshot.evaluate(key, context, default).value",
                    "context": CONTEXT},

@@ -141,3 +141,24 @@ def test_zero_weight_slots_are_never_served() -> None:
     doc = flag("z", variations=["a", "b", "c"], fallthrough=rollout(0, 100, 0))
     snap = Snapshot({"z": doc})
     assert {snap.evaluate("z", {"key": f"k{i}"}, None).value for i in range(300)} == {"b"}
+
+
+@pytest.mark.parametrize("weights", [(100,), (0, 100), (30, 0, 70), (10, 20, 30, 40),
+                                     (5, 10, 15, 20, 25, 25), (0, 50, 0, 0, 50, 0)])
+@pytest.mark.parametrize("by", [None, "org"])
+def test_slot_walk_matches_the_documented_algorithm(weights: tuple[int, ...],
+                                                    by: str | None) -> None:
+    """Every slot count (inlined comparisons or bisect), by key or by attribute."""
+    variations = [f"v{i}" for i in range(len(weights))]
+    doc = flag("walk", variations=variations, fallthrough=rollout(*weights, bucket_by=by))
+    snap = Snapshot({"walk": doc})
+    for i in range(300):
+        ctx = {"key": f"user-{i}", "org": f"org-{i % 37}"}
+        b = bucket("walk", ctx["org"] if by else ctx["key"])
+        total, expected = 0, None
+        for index, weight in enumerate(weights):
+            total += weight * 1000
+            if b < total:
+                expected = index
+                break
+        assert snap.evaluate("walk", ctx, None).variation_index == expected

@@ -290,12 +290,20 @@ class _Generator:
         # Bucketing by the context key (the usual case) is inlined: see _bucketing.
         base, cumulative, details = _rollout_parts(obj["rollout"], salt, variations, reason,
                                                    index, rule_id)
-        copy, cum, dets = self.bind(base.copy), self.bind(cumulative), self.bind(details)
-        self.line(f"h = {copy}()", indent)
+        self.line(f"h = {self.bind(base.copy)}()", indent)
         self.line("try: h.update(ckey.encode())", indent)
         self.line("except UnicodeEncodeError: h.update(ckey.encode('utf-8', 'surrogatepass'))",
                   indent)
-        self.line(f"return {dets}[bisect_right({cum}, Q(h.digest())[0] % {BUCKETS})]", indent)
+        if len(details) > 4:
+            cum, dets = self.bind(cumulative), self.bind(details)
+            self.line(f"return {dets}[bisect_right({cum}, Q(h.digest())[0] % {BUCKETS})]", indent)
+            return
+        # A few slots: comparisons in a row beat a call to bisect (same answer:
+        # the first slot whose running total exceeds the bucket).
+        self.line(f"b = Q(h.digest())[0] % {BUCKETS}", indent)
+        for total, detail in zip(cumulative[:-1], details[:-1], strict=True):
+            self.line(f"if b < {self.bind(total)}: return {self.bind(detail)}", indent)
+        self.line(f"return {self.bind(details[-1])}", indent)
 
     def build(self) -> Runner:
         names = ", ".join(f"_{i}" for i in range(len(self.values)))
