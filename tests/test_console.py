@@ -133,8 +133,8 @@ def bool_flag(key: str, *, on: bool = True, **extra: Any) -> dict[str, Any]:
             "fallthrough": {"variation": 0}, **extra}
 
 
-def new_key() -> str:
-    return f"t-{secrets.token_hex(3)}"
+def new_key(prefix: str = "t") -> str:
+    return f"{prefix}-{secrets.token_hex(2)}"
 
 
 class ThreadedClient:
@@ -208,7 +208,7 @@ def test_sign_in_create_flag_client_sees_it_and_kill_switch(
     assert console_server.admin_key not in storage
     assert "fw_session" not in storage
 
-    key = new_key()
+    key = new_key("new-checkout")
     page.get_by_text("New flag", exact=True).click()
     page.get_by_label("Key", exact=True).fill(key)
     page.get_by_label("Tags").fill("checkout, web")
@@ -249,7 +249,7 @@ def test_sign_in_create_flag_client_sees_it_and_kill_switch(
 def test_thirty_percent_rollout_is_validated_and_saved(
     page: Any, console_server: ServerProcess
 ) -> None:
-    key = new_key()
+    key = new_key("checkout-redesign")
     rule = {"description": "Staff see it first", "variation": 0, "clauses": [
         {"attribute": "email", "op": "ends_with", "values": ["@example.com"]},
         {"attribute": "country", "op": "in", "values": ["NL", "DE"], "negate": True}]}
@@ -292,7 +292,7 @@ def test_invalid_regex_is_shown_next_to_its_field(
     page: Any, page_errors: PageErrors, console_server: ServerProcess
 ) -> None:
     page_errors.allow(r"status of 422")
-    key = new_key()
+    key = new_key("staff-banner")
     console_server.api("POST", "/environments/production/flags", bool_flag(key))
     sign_in(page, console_server, f"/envs/production/flags/{key}")
     page.get_by_role("button", name="Add rule").click()
@@ -319,15 +319,15 @@ def test_invalid_regex_is_shown_next_to_its_field(
 def test_change_through_the_api_appears_live_without_reload(
     page: Any, console_server: ServerProcess
 ) -> None:
-    for i in range(3):
+    for name in ("dark-mode", "search-v2", "pricing-page"):
         console_server.api("POST", "/environments/production/flags",
-                           bool_flag(f"live-{i}-{secrets.token_hex(2)}", tags=["live"]))
+                           bool_flag(new_key(name), tags=["live"]))
     sign_in(page, console_server)
     page.evaluate("() => { window.__sameDocument = true; }")
     expect(page.locator("#live-dot")).to_have_class(re.compile(r"\bon\b"))
     version_before = int(page.locator("#env-version").inner_text())
 
-    key = new_key()
+    key = new_key("recommendations")
     console_server.api("POST", "/environments/production/flags",
                        bool_flag(key, name="Made by the API", tags=["api"]))
     started = time.monotonic()
@@ -345,16 +345,16 @@ def test_change_through_the_api_appears_live_without_reload(
     assert page.evaluate("() => window.__sameDocument") is True
 
     # Search and tag filter.
-    page.get_by_label("Search").fill(key)
+    page.get_by_role("searchbox", name="Search").fill(key)
     expect(page.locator("#flag-rows tr:visible")).to_have_count(1)
-    page.get_by_label("Search").fill("")
+    page.get_by_role("searchbox", name="Search").fill("")
     page.get_by_label("Tag", exact=True).select_option("live")
     expect(page.locator("#flag-rows tr:visible")).to_have_count(3)
     expect(page.locator("#env-connected")).to_have_text(re.compile(r"^\d+$"))
 
 
 def test_history_diff_and_restore(page: Any, console_server: ServerProcess) -> None:
-    key = new_key()
+    key = new_key("onboarding-tour")
     base = f"/environments/production/flags/{key}"
     console_server.api("POST", "/environments/production/flags", bool_flag(key, on=False))
     console_server.api("PATCH", base, {"on": True, "description": "launch"})
@@ -465,7 +465,7 @@ def test_segments_audit_and_phone_layout(
     page.set_default_timeout(10_000)
     _watch(page, page_errors)
     try:
-        key = new_key()
+        key = new_key("mobile-nav")
         console_server.api("POST", "/environments/production/flags",
                            bool_flag(key, tags=["mobile"], description="seen on a phone"))
         sign_in(page, console_server)
