@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 import redis.asyncio as aioredis
 
-from flagwire import BackoffSettings, ClientStatus, FlagClient
+from flagwire import AuthenticationError, BackoffSettings, ClientStatus, FlagClient
 from flagwire_server.store import Store
 from tests.support.builders import flag
 from tests.support.proxy import FaultProxy
@@ -154,10 +154,8 @@ async def test_bad_sdk_key_is_unauthorized_without_a_reconnect_storm(world: Worl
 
 
 async def test_fail_on_timeout_raises_for_a_refused_key(world: World) -> None:
-    from flagwire import InitializationError
-
     flags = FlagClient(world.server.url, "fw_sdk_nope", fail_on_timeout=True, start_timeout=3)
-    with pytest.raises(InitializationError, match="401"):
+    with pytest.raises(AuthenticationError, match="401"):
         await flags.start()
     assert flags.status is ClientStatus.CLOSED
 

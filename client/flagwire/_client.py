@@ -25,7 +25,13 @@ from ._backoff import Backoff, BackoffSettings
 from ._changes import ChangeHub, ChangeStream, FlagChange, ValueWatch, diff
 from ._connection import Subscription
 from ._detail import ErrorKind, EvaluationDetail, Reason
-from ._errors import ClientClosedError, ClientError, InitializationError, ProtocolError
+from ._errors import (
+    AuthenticationError,
+    ClientClosedError,
+    ClientError,
+    InitializationError,
+    ProtocolError,
+)
 from ._evaluation import Snapshot
 from ._offline import load_offline, snapshot_from_values
 from ._state import Outcome, StreamState
@@ -377,6 +383,8 @@ class FlagClient:
             ClientClosedError: the client was closed.
             InitializationError: no current data in time and ``fail_on_timeout``
                 is set (the client is closed).
+            AuthenticationError: the server refused the SDK key and
+                ``fail_on_timeout`` is set (the client is closed).
             ClientError: the offline file cannot be read.
         """
         if self._closed:
@@ -425,7 +433,7 @@ class FlagClient:
         elif status is ClientStatus.UNAUTHORIZED and self.fail_on_timeout:
             message = self._status_message
             await self.close()
-            raise InitializationError(message)
+            raise AuthenticationError(message)
         self.start_status = self._status
         return self._status
 

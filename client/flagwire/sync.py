@@ -64,6 +64,7 @@ class SyncFlagClient:
 
     Raises:
         InitializationError: no data in time and ``fail_on_timeout=True``.
+        AuthenticationError: the key was refused and ``fail_on_timeout=True``.
         ClientError: bad arguments (see :class:`~flagwire.FlagClient`).
     """
 
