@@ -81,7 +81,7 @@ def test_served_document_and_schemathesis(server: tuple[str, str], tmp_path: Pat
     api.close()
     proc = subprocess.run(
         [str(VENV_BIN / "schemathesis"), "run", f"{url}/api/v1/openapi.json",
-         "-H", f"Authorization: Bearer {key}", "--max-time", "45", "-n", "25",
+         "-H", f"Authorization: Bearer {key}", "--max-time", "40", "-n", "25",
          "--checks", "not_a_server_error,status_code_conformance,content_type_conformance,"
                      "response_schema_conformance,response_headers_conformance",
          "--no-color", "--seed", "20261129", "--report-dir", str(tmp_path)],
