@@ -103,7 +103,7 @@ async def test_200_clients_get_a_toggle_and_wait_reports_all_acks(
         await asyncio.gather(*(c.wait_version(1) for c in clients))
         status, text = await asyncio.to_thread(
             server.request, "PATCH",
-            "/api/v1/environments/production/flags/kill-switch?wait=10", {"on": False})
+            "/api/v1/environments/production/flags/kill-switch?wait=15", {"on": False})
         assert status == 200, text
         body = json.loads(text)
         v = body["env_version"]
@@ -138,7 +138,7 @@ async def test_a_change_through_one_process_reaches_clients_of_another(
     on_b = await connect_many(b.ws_url, key, 5)
     try:
         status, text = await asyncio.to_thread(
-            a.request, "PATCH", "/api/v1/environments/production/flags/f?wait=10", {"on": False})
+            a.request, "PATCH", "/api/v1/environments/production/flags/f?wait=15", {"on": False})
         assert status == 200, text
         body = json.loads(text)
         for c in on_a + on_b:

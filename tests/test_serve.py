@@ -62,7 +62,7 @@ async def test_workers_each_serve_and_each_receive_every_change(
     try:
         await asyncio.gather(*(c.wait_version(1) for c in clients))
         status, text = await asyncio.to_thread(
-            srv.request, "PATCH", "/api/v1/environments/production/flags/f?wait=10",
+            srv.request, "PATCH", "/api/v1/environments/production/flags/f?wait=15",
             {"on": False})
         assert status == 200, text
         body = json.loads(text)

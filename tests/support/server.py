@@ -217,7 +217,7 @@ class ServerProcess:
         return self.request("GET", path, timeout=timeout)
 
     def request(self, method: str, path: str, body: Any = None, *, key: str | None = None,
-                timeout: float = 10.0) -> tuple[int, str]:
+                timeout: float = 30.0) -> tuple[int, str]:
         """A plain HTTP request (admin key by default); returns ``(status, text)``."""
         data = json.dumps(body).encode() if body is not None else None
         req = urllib.request.Request(self.url + path, data=data, method=method)
