@@ -295,3 +295,22 @@ async def test_redis_restarted_empty_is_a_store_reset_not_an_empty_world(
         await c.close()
     finally:
         await admin.close()
+
+
+async def test_new_environment_streams_at_once_and_deletion_closes_its_streams(
+    server: ServerProcess, admin: Admin
+) -> None:
+    await admin.store.create_env("staging")
+    key = await admin.sdk(server, env="staging")
+    c = await StreamClient(server.ws_url, key).connect()
+    try:
+        await c.wait_version(0)
+        assert c.hello is not None
+        assert c.hello.env == "staging"
+        res = await admin.store.put("staging", "flag", flag("s"), actor="test")
+        await c.wait_version(res.env_version)
+        await admin.store.delete_env("staging")
+        assert await c.wait_closed(5) == 4000
+        assert "deleted" in c.close_reason
+    finally:
+        await c.close()
