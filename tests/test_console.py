@@ -568,3 +568,9 @@ def test_editor_sections_env_switcher_and_keyboard(
     assert doc["rules"][0]["clauses"][0]["values"] == ["beta"]
     assert doc["rules"][0]["variation"] == 2
     expect(page.locator("#flag-serving")).to_contain_text("red · 1 rule · 1 target")
+
+    page.get_by_role("button", name="Delete flag").click()
+    page.get_by_role("dialog").get_by_role("button", name="Delete").click()
+    expect(page).to_have_url(re.compile(rf"/envs/{env}/flags$"))
+    expect(page.locator('tr[data-key="color"]')).to_have_count(0)
+    assert console_server.request("GET", f"/api/v1/environments/{env}/flags/color")[0] == 404

@@ -226,7 +226,12 @@ async def home(request: Request) -> Response:
     session = await read_session(request)
     if session is None:
         return _to_signin(request)
-    envs = await _store(request).list_envs()
+    try:
+        envs = await _store(request).list_envs()
+    except StoreUnavailable as exc:
+        return _render(request, "error.html", 503, session=session, envs=[], env=None,
+                       env_info=None, page="", protected=False, static=_static_version(),
+                       title="Store unavailable", message=f"{exc}. Try again shortly.")
     keys = [str(e.get("key")) for e in envs]
     env = _PROTECTED_ENV if _PROTECTED_ENV in keys or not keys else keys[0]
     return RedirectResponse(f"/envs/{env}/flags", status_code=303)
