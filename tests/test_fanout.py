@@ -314,3 +314,34 @@ async def test_new_environment_streams_at_once_and_deletion_closes_its_streams(
         assert "deleted" in c.close_reason
     finally:
         await c.close()
+
+
+async def test_a_gap_the_log_does_not_cover_reloads_and_resnapshots(
+    server: ServerProcess, admin: Admin, redis_prefix: str
+) -> None:
+    """Simulate a trimmed log: the next entry is not version + 1."""
+    import orjson
+
+    from flagwire._protocol import patch_template
+
+    v = await admin.put("a")
+    key = await admin.sdk(server)
+    c = await StreamClient(server.ws_url, key).connect()
+    try:
+        await c.wait_version(v)
+        jump = v + 10
+        doc = {**flag("b"), "version": 1}
+        prefix, suffix = patch_template("flag", "b", doc)
+        meta, flags = f"{redis_prefix}:{{production}}:meta", f"{redis_prefix}:{{production}}:flags"
+        pipe = admin.redis.pipeline(transaction=True)
+        pipe.hset(meta, "version", jump)
+        pipe.hset(flags, "b", orjson.dumps(doc))
+        pipe.xadd(f"{redis_prefix}:{{production}}:changes",
+                  {"m": prefix + str(jump).encode() + suffix, "t": "0"}, id=f"{jump}-0")
+        await pipe.execute()
+        await c.wait_version(jump, 5)
+        assert c.types().count("snapshot") == 2  # the reload sent a fresh snapshot
+        assert set(c.flags) == {"a", "b"}
+        assert c.close_code is None
+    finally:
+        await c.close()
