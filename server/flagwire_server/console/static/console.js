@@ -122,7 +122,10 @@
         (fallback || root).insertAdjacentElement("afterbegin", msg);
       }
     });
-    if (first && first.focus) first.focus();
+    if (first && first.focus) {
+      first.focus({ preventScroll: true });
+      first.scrollIntoView({ block: "center" }); // not under the sticky save bar
+    }
   }
 
   /* ---- confirmation dialog ---------------------------------------------- */

@@ -484,7 +484,10 @@
   function external(fresh) {
     if (fresh.version <= base.version) return; // ours, or older than what we have
     if (!dirty) {
-      base = fresh; doc = clone(base); render(); fw.flash(form);
+      // The header already shows on/off changes; flash the form only when its content changed.
+      var contentChanged = !onlyToggle(base, fresh);
+      base = fresh; doc = clone(base); render();
+      if (contentChanged) fw.flash(form);
     } else if (onlyToggle(base, fresh)) {
       SERVER.concat(["on"]).forEach(function (k) { base[k] = fresh[k]; doc[k] = fresh[k]; });
     } else {
