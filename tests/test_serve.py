@@ -76,3 +76,17 @@ async def test_workers_each_serve_and_each_receive_every_change(
         assert 'flagwire_connected_clients{env="production"} 30.0' in metrics
     finally:
         await asyncio.gather(*(c.close() for c in clients))
+
+
+async def test_sigterm_with_workers_closes_every_stream_with_1001(
+    make_server: Callable[..., ServerProcess],
+) -> None:
+    srv = make_server(workers=2, redis_url=None)  # embedded store started by the parent
+    clients = [StreamClient(srv.ws_url, srv.admin_key, env="production") for _ in range(8)]
+    await asyncio.gather(*(c.connect() for c in clients))
+    started = time.monotonic()
+    code = await asyncio.to_thread(srv.stop)
+    assert code == 0
+    assert time.monotonic() - started < 15
+    for c in clients:
+        assert await c.wait_closed(5) == 1001
