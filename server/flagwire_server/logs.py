@@ -22,7 +22,9 @@ import orjson
 
 from .config import Settings
 
-__all__ = ["ConsoleFormatter", "JsonFormatter", "configure", "log_config", "redact"]
+__all__ = [
+    "ConsoleFormatter", "JsonFormatter", "QuietStreamsFilter", "configure", "log_config", "redact",
+]
 
 _SECRET_RE: Final = re.compile(r"(?i)\b(bearer\s+)[^\s,;\"']+|\bfw_(?:sdk|admin)_[A-Za-z0-9_\-]+")
 _STANDARD: Final = frozenset(
@@ -83,6 +85,20 @@ class ConsoleFormatter(logging.Formatter):
         return line
 
 
+class QuietStreamsFilter(logging.Filter):
+    """Drop uvicorn's per-WebSocket "[accepted]" lines (thousands in a reconnect storm).
+
+    Refused handshakes (their status line) are kept; at debug level everything is.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno > logging.INFO or logging.getLogger("flagwire").isEnabledFor(
+                logging.DEBUG):
+            return True
+        msg = record.msg
+        return not (isinstance(msg, str) and msg.endswith('"WebSocket %s" [accepted]'))
+
+
 def log_config(settings: Settings) -> dict[str, Any]:
     """A ``logging.config.dictConfig`` dict (also given to uvicorn for its workers)."""
     formatter = "json" if settings.json_logs else "console"
@@ -94,9 +110,10 @@ def log_config(settings: Settings) -> dict[str, Any]:
             "json": {"()": "flagwire_server.logs.JsonFormatter"},
             "console": {"()": "flagwire_server.logs.ConsoleFormatter"},
         },
+        "filters": {"quiet_streams": {"()": "flagwire_server.logs.QuietStreamsFilter"}},
         "handlers": {
             "stderr": {"class": "logging.StreamHandler", "formatter": formatter,
-                       "stream": "ext://sys.stderr"},
+                       "stream": "ext://sys.stderr", "filters": ["quiet_streams"]},
         },
         "loggers": {
             "flagwire": {"level": level, "handlers": ["stderr"], "propagate": False},
