@@ -142,7 +142,8 @@ class Conn:
         self.closed = False
         self.tokens = 0.0
         self.stamp = 0.0
-        self.out: deque[bytes] = deque()
+        # Only the fallback path queues; the fast path never allocates a queue.
+        self.out: deque[bytes] | None = None
         self.out_bytes = 0
         self.out_task: asyncio.Task[None] | None = None
 
@@ -168,6 +169,8 @@ class Conn:
         # Fallback path (transport not reachable): a bounded queue drained by one task.
         if limit is not None and self.out_bytes > limit:
             return False
+        if self.out is None:
+            self.out = deque()
         self.out.append(frame)
         self.out_bytes += len(frame)
         if self.out_task is None:
@@ -181,7 +184,7 @@ class Conn:
                 self.out_bytes -= len(frame)
                 await self.ws.send_text(payload_of(frame).decode())
         except Exception:  # the peer went away; the endpoint notices and detaches
-            self.out.clear()
+            self.out = None
             self.out_bytes = 0
         finally:
             self.out_task = None
@@ -198,7 +201,7 @@ class Conn:
         if self.proto is not None:
             close_now(self.proto, code, reason)
         elif self.ws is not None:
-            self.out.clear()
+            self.out = None
             self.out_bytes = 0
             ws = self.ws
             task = asyncio.get_running_loop().create_task(ws.close(code, reason))
