@@ -493,10 +493,13 @@ class RawSubscriber(Watched):
             if self.ack:
                 await ws.send(encode(Ack(self._version)))
 
-    async def close(self) -> None:
+    async def close(self, *, graceful: bool = True) -> None:
+        """Stop; ``graceful=False`` drops the TCP connection without a closing handshake."""
         self._closing = True
         ws = self.ws
-        if ws is not None:
+        if ws is not None and not graceful:
+            ws.transport.abort()
+        elif ws is not None:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(ws.close(), 3)
         if self._task is not None:
