@@ -235,3 +235,25 @@ async def test_dead_connection_detected_through_a_paused_proxy() -> None:
             proxy.resume()
             await flags.wait_for_status(ClientStatus.READY, timeout=5)
             assert len(server.connections) >= 2
+
+
+async def test_acks_are_coalesced_in_a_burst() -> None:
+    """600 changes in a burst: one ack per interval, the last one for the last version."""
+    async def script(conn: ScriptedConn) -> None:
+        await serve_v1(conn)
+        for v in range(2, 602):
+            await conn.patch(flag("a", on=v % 2 == 0, version=v), v)
+
+    async with ScriptedServer(script) as server, client(server.url) as flags:
+        async with asyncio.timeout(5):
+            while flags.version != 601:
+                await asyncio.sleep(0.01)
+        conn = server.connections[0]
+        async with asyncio.timeout(2):
+            while not conn.received or conn.received[-1].get("version") != 601:
+                await asyncio.sleep(0.01)
+        acks = [m["version"] for m in conn.received if m["type"] == "ack"]
+        assert acks == sorted(acks)
+        assert len(acks) < 60  # far below the server's 50 messages/s with a burst of 250
+        await asyncio.sleep(0.2)
+        assert [m["version"] for m in conn.received if m["type"] == "ack"] == acks

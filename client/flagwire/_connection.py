@@ -10,6 +10,7 @@ inputs at the boundary.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Mapping
@@ -28,6 +29,8 @@ from ._state import Outcome, StreamState
 __all__ = ["Listener", "Subscription", "stream_url"]
 
 STREAM_PATH = "/api/v1/stream"
+#: At most one ack per this many seconds (the server allows 50 client messages/s).
+ACK_INTERVAL = 0.05
 
 
 def stream_url(base: str, query: Mapping[str, str] | None = None) -> str:
@@ -130,6 +133,9 @@ class Subscription:
         self._ws: ClientConnection | None = None
         self._was_open = False
         self._refusal = ""
+        self._ack_version = 0
+        self._ack_last = 0.0  # time.monotonic() of the last ack sent on this connection
+        self._ack_task: asyncio.Task[None] | None = None
 
     async def run(self) -> None:
         """Connect, serve, back off, repeat; returns only when the key is refused."""
@@ -196,9 +202,20 @@ class Subscription:
             return exc
 
     async def _serve(self, ws: ClientConnection) -> Closed | ProtocolError:
-        state = self.state
-        state.connection_opened()
+        self.state.connection_opened()
         self.listener.connection_opened()
+        self._ack_last = 0.0
+        try:
+            return await self._read(ws)
+        finally:
+            task, self._ack_task = self._ack_task, None
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+
+    async def _read(self, ws: ClientConnection) -> Closed | ProtocolError:
+        state = self.state
         try:
             while True:
                 raw = await ws.recv(decode=False)
@@ -228,13 +245,37 @@ class Subscription:
                     self.resyncs += 1
                     await ws.send(proto.encode(proto.Resync()), text=True)
                 if out.ack is not None:
-                    await ws.send(proto.encode(proto.Ack(out.ack)), text=True)
+                    await self._ack(ws, out.ack)
         except ConnectionClosed as exc:
             rcvd = exc.rcvd
             if rcvd is None:
                 sent = exc.sent
                 return Closed(None, sent.reason if sent is not None else "")
             return Closed(rcvd.code, rcvd.reason)
+
+    async def _ack(self, ws: ClientConnection, version: int) -> None:
+        """Acknowledge ``version``: at once, or coalesced with the next ones in a burst.
+
+        An ack covers every version up to it, so during a replay of hundreds
+        of changes one ack per ``ACK_INTERVAL`` says what one per change would,
+        and stays well inside the server's per-client message rate.
+        """
+        self._ack_version = version
+        if self._ack_task is not None:
+            return  # the scheduled ack will carry this version
+        wait = self._ack_last + ACK_INTERVAL - time.monotonic()
+        if wait <= 0:
+            self._ack_last = time.monotonic()
+            await ws.send(proto.encode(proto.Ack(version)), text=True)
+        else:
+            self._ack_task = asyncio.create_task(self._ack_later(ws, wait), name="flagwire-ack")
+
+    async def _ack_later(self, ws: ClientConnection, wait: float) -> None:
+        await asyncio.sleep(wait)
+        self._ack_task = None
+        self._ack_last = time.monotonic()
+        with contextlib.suppress(ConnectionClosed):
+            await ws.send(proto.encode(proto.Ack(self._ack_version)), text=True)
 
     async def close(self) -> None:
         """Close the current connection politely, if there is one."""
