@@ -56,7 +56,7 @@ class ScriptedConn:
         await self.send({"type": "patch", "kind": kind, "key": data["key"], "data": data,
                          "version": version})
 
-    async def expect(self, type_: str, timeout: float = 5.0) -> dict[str, Any]:
+    async def expect(self, type_: str, timeout: float = 5.0) -> dict[str, Any]:  # noqa: ASYNC109
         """The next message the client sends of ``type_`` (others are skipped)."""
         async with asyncio.timeout(timeout):
             while True:
@@ -133,8 +133,9 @@ class ScriptedServer:
         self._server.close()
         await self._server.wait_closed()
 
-    async def wait_connections(self, n: int, timeout: float = 10.0) -> ScriptedConn:
-        async with asyncio.timeout(timeout):
-            while len(self.connections) < n:
+    async def wait_connections(self, n: int, within: float = 10.0) -> ScriptedConn:
+        """The ``n``-th connection, once it has been made."""
+        async with asyncio.timeout(within):
+            while len(self.connections) < n:  # noqa: ASYNC110 - polling a plain list
                 await asyncio.sleep(0.01)
         return self.connections[n - 1]
