@@ -190,6 +190,8 @@ def test_compose_runs_three_instances_on_persistent_redis_behind_one_port() -> N
     example = (DEPLOY / ".env.example").read_text()
     assert "FLAGWIRE_ADMIN_KEY=" in example
     assert "FLAGWIRE_SESSION_SECRET=" in example
+    # behind nginx, uvicorn must trust its X-Forwarded-For (per-IP auth limits)
+    assert all(svc["environment"].get("FORWARDED_ALLOW_IPS") for svc in instances.values())
     ids = {svc["environment"]["FLAGWIRE_INSTANCE_ID"] for svc in instances.values()}
     assert len(ids) == 3
     redis = services["redis"]
@@ -260,7 +262,8 @@ def test_deployment_probes_grace_and_resources() -> None:
     secret = objs["Secret/flagwire-secrets"]["stringData"]
     assert {"FLAGWIRE_ADMIN_KEY", "FLAGWIRE_SESSION_SECRET"} <= set(secret)
     set_vars = set(config) | set(secret) | {e["name"] for e in ctr.get("env", [])}
-    assert set_vars <= _env_vars()
+    assert {v for v in set_vars if v.startswith("FLAGWIRE_")} <= _env_vars()
+    assert set_vars - _env_vars() == {"FORWARDED_ALLOW_IPS"}, "only uvicorn's own variable"
 
 
 def test_ingress_pdb_hpa_and_redis() -> None:
