@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import random
 
 import pytest
@@ -15,7 +16,7 @@ def test_first_retry_is_fast_and_ceiling_grows_to_the_cap() -> None:
     delays = [b.next_delay() for _ in range(12)]
     assert delays[0] <= 0.2
     assert delays[1] == pytest.approx(0.4, rel=1e-3)
-    assert all(a <= b for a, b in zip(delays, delays[1:], strict=False))
+    assert all(a <= b for a, b in itertools.pairwise(delays))
     assert max(delays) == pytest.approx(30, rel=1e-3)
 
 

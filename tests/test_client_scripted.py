@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -20,6 +21,15 @@ from tests.support.scripted import ScriptedConn, ScriptedServer
 
 CTX = {"key": "u1"}
 FAST = BackoffSettings(initial=0.05, cap=0.2, going_away=0.1)
+
+
+async def until(predicate: Callable[[], object], within: float = 5.0) -> None:
+    """Poll ``predicate`` until it is true (AssertionError after ``within`` seconds)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + within
+    while not predicate():
+        assert loop.time() < deadline, "timed out"
+        await asyncio.sleep(0.01)
 
 
 def client(url: str, **kw: Any) -> FlagClient:
@@ -89,9 +99,7 @@ async def test_gap_sends_resync_and_takes_the_snapshot() -> None:
         await conn.snapshot(3, {"a": flag("a", on=False, version=3)})
 
     async with ScriptedServer(script) as server, client(server.url) as flags:
-        async with asyncio.timeout(5):
-            while flags.version != 3:
-                await asyncio.sleep(0.01)
+        await until(lambda: flags.version == 3, 5)
         assert flags.bool_variation("a", CTX, True) is False
         assert any(m["type"] == "resync" for m in server.connections[0].received)
 
@@ -124,9 +132,7 @@ async def test_malformed_message_reconnects_for_a_snapshot(
     async with ScriptedServer(script) as server, client(server.url) as flags:
         second = await server.wait_connections(2)
         assert second.query == {}  # no since: a fresh snapshot, not a resume
-        async with asyncio.timeout(5):
-            while flags.version != 2:
-                await asyncio.sleep(0.01)
+        await until(lambda: flags.version == 2, 5)
         assert flags.bool_variation("a", CTX, True) is False
         assert flags.status is ClientStatus.READY
         assert server.connections[0].ws.close_code == 4002
@@ -147,9 +153,7 @@ async def test_reconnect_resumes_with_since_and_epoch() -> None:
         second = await server.wait_connections(2)
         assert second.query == {"since": "1", "epoch": "e1"}
         await flags.wait_for_status(ClientStatus.READY, timeout=5)
-        async with asyncio.timeout(5):
-            while flags.version != 2:
-                await asyncio.sleep(0.01)
+        await until(lambda: flags.version == 2, 5)
 
 
 async def test_close_4000_reconnects_without_since() -> None:
@@ -181,9 +185,7 @@ async def test_rewound_store_is_accepted_and_counted() -> None:
         assert flags.version == 5
         second = await server.wait_connections(2)
         assert second.query == {"since": "5", "epoch": "e1"}
-        async with asyncio.timeout(5):
-            while flags.rewinds == 0:
-                await asyncio.sleep(0.01)
+        await until(lambda: flags.rewinds != 0, 5)
         assert flags.version == 1
         assert flags.snapshot is not None
         assert flags.snapshot.epoch == "e2"
@@ -245,13 +247,9 @@ async def test_acks_are_coalesced_in_a_burst() -> None:
             await conn.patch(flag("a", on=v % 2 == 0, version=v), v)
 
     async with ScriptedServer(script) as server, client(server.url) as flags:
-        async with asyncio.timeout(5):
-            while flags.version != 601:
-                await asyncio.sleep(0.01)
+        await until(lambda: flags.version == 601, 5)
         conn = server.connections[0]
-        async with asyncio.timeout(2):
-            while not conn.received or conn.received[-1].get("version") != 601:
-                await asyncio.sleep(0.01)
+        await until(lambda: bool(conn.received) and conn.received[-1].get("version") == 601, 2)
         acks = [m["version"] for m in conn.received if m["type"] == "ack"]
         assert acks == sorted(acks)
         assert len(acks) < 60  # far below the server's 50 messages/s with a burst of 250

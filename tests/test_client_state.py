@@ -20,11 +20,13 @@ def hello(version: int, epoch: str = "e1") -> proto.Hello:
 
 
 def snapshot(version: int, epoch: str = "e1", **flags: dict[str, Any]) -> proto.Snapshot:
-    return proto.Snapshot(env="prod", epoch=epoch, version=version, flags=dict(flags), segments={})
+    return proto.Snapshot(env="prod", epoch=epoch, version=version, flags=dict(flags),
+                          segments={})
 
 
 def patch(key: str, version: int, on: bool = True) -> proto.Patch:
-    return proto.Patch(kind="flag", key=key, data=flag(key, on=on, version=version), version=version)
+    return proto.Patch(kind="flag", key=key, data=flag(key, on=on, version=version),
+                       version=version)
 
 
 def value(state: StreamState, key: str) -> Any:
