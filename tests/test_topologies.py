@@ -338,3 +338,33 @@ def test_sentinel_failover_mid_stream(sentinels: SentinelSet) -> None:
             swarm.close()
     finally:
         site.close()
+
+
+# --- URL parsing (no servers) -------------------------------------------------------
+
+
+@pytest.mark.skipif(not _supports("redis+sentinel"), reason="redisurl has no redis+sentinel yet")
+def test_sentinel_url_names_sentinels_service_and_db() -> None:
+    from flagwire_server.redisurl import connect
+
+    r = connect("redis+sentinel://user:secret@s1:26380,s2/mymaster/2")
+    pool: Any = r.connection_pool
+    assert pool.service_name == "mymaster"
+    assert pool.connection_kwargs["db"] == 2
+    assert pool.connection_kwargs["password"] == "secret"
+    kwargs = [s.connection_pool.connection_kwargs for s in pool.sentinel_manager.sentinels]
+    hosts = [(k["host"], k["port"]) for k in kwargs]
+    assert hosts == [("s1", 26380), ("s2", 26379)]
+    with pytest.raises(ValueError, match="service name"):
+        connect("redis+sentinel://s1:26379")
+
+
+@pytest.mark.skipif(not _supports("redis+cluster"), reason="redisurl has no redis+cluster yet")
+def test_cluster_url_names_startup_nodes() -> None:
+    from flagwire_server.redisurl import connect
+
+    r: Any = connect("redis+cluster://:pw@n1:7000,n2:7001")
+    nodes = [(n.host, n.port) for n in r.startup_nodes]
+    assert sorted(nodes) == [("n1", 7000), ("n2", 7001)]
+    with pytest.raises(ValueError, match="scheme"):
+        connect("redis+nonsense://n1:7000")
