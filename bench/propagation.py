@@ -438,7 +438,7 @@ def main(argv: list[str] | None = None) -> int:
                     r = run_stalled(n, a.flips, a)
                 else:
                     raise SystemExit(f"unknown run {run}")
-            except RuntimeError as exc:
+            except (RuntimeError, TimeoutError, OSError, KeyError) as exc:
                 print(f"{run} N={n}: FAILED: {exc}", file=sys.stderr)
                 r = {"run": run, "clients": n, "error": str(exc)}
             r["seconds"] = round(time.monotonic() - t, 1)
