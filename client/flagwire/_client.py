@@ -427,6 +427,12 @@ class FlagClient:
                 self._fresh_at = saved_at
                 self._set_status(ClientStatus.STALE, f"{why}; serving the persisted snapshot "
                                  f"(version {snap.version}); still trying")
+            elif self._snapshot is not None:
+                # A connection began catching up from the persisted version and did
+                # not finish: what it applied is newer than the file, still not current.
+                self._fresh_at = persisted[1] if persisted is not None else time.time()
+                self._set_status(ClientStatus.STALE, f"{why}; serving the persisted snapshot "
+                                 f"updated to version {self._snapshot.version}; still trying")
             else:
                 self.logger.warning("flagwire: %s; serving defaults while still trying", why)
                 self._status_message = f"{why}; serving defaults while still trying"
