@@ -115,8 +115,8 @@
     var list = h("ol", { "class": "items", start: "0" });
     if (kind === "bool") {
       s.appendChild(h("p", { "class": "boolvars", "data-path": "variations" },
-        h("span", { "class": "tag", text: "#0 " + JSON.stringify(doc.variations[0]) }), " ",
-        h("span", { "class": "tag", text: "#1 " + JSON.stringify(doc.variations[1]) }), " boolean"));
+        doc.variations.map(function (v, i) { return h("span", { "class": "tag", text: "#" + i + " " + JSON.stringify(v) }); }),
+        " boolean"));
       list = null;
     }
     if (list) (doc.variations || []).forEach(function (v, i) {
