@@ -230,7 +230,10 @@ async def test_a_client_that_never_reads_is_closed_and_others_are_unaffected(
 async def test_redis_stopped_and_restarted_mid_stream(
     make_server: Callable[..., ServerProcess], private_redis: RedisProcess, redis_prefix: str
 ) -> None:
-    srv = make_server(redis_url=private_redis.url)
+    """Cached state is kept; past FLAGWIRE_STALE_AFTER (the heartbeat) the streams of a process
+    that cannot read the change log are closed with 1013 and new ones refused (it cannot tell
+    whether it is behind); when Redis is back, clients resume and converge."""
+    srv = make_server(redis_url=private_redis.url, env={"FLAGWIRE_HEARTBEAT": "1"})
     admin = Admin(private_redis.url, redis_prefix)
     try:
         await admin.put("a")
@@ -240,11 +243,11 @@ async def test_redis_stopped_and_restarted_mid_stream(
 
         await asyncio.to_thread(private_redis.stop)
         await wait_until(lambda: srv.get("/readyz")[0] == 503, 10, 0.1, "not ready")
-        # Still serving: a new client gets the cached snapshot.
-        late = await StreamClient(srv.ws_url, key).connect()
-        await late.wait_version(1, 5)
-        assert late.flags.keys() == {"a"}
-        clients.append(late)
+        for c in clients:
+            assert await c.wait_closed(6) == 1013
+            assert c.flags.keys() == {"a"}  # what the client had, it keeps
+        status, _body = await refused_status(srv.ws_url, key)
+        assert status == 503
 
         await asyncio.to_thread(private_redis.start)
         await wait_until(lambda: srv.get("/readyz")[0] == 200, 15, 0.1, "ready again")
@@ -253,12 +256,26 @@ async def test_redis_stopped_and_restarted_mid_stream(
         state = await admin.store.load_env("production")
         assert state.version == v
         for c in clients:
+            await c.resume()
             await c.wait_version(v, 10)
             assert c.flags == state.flags
-            assert c.close_code is None
+            assert c.gaps == []
         await close_all(clients)
     finally:
         await admin.close()
+
+
+async def refused_status(url: str, key: str) -> tuple[int, bytes]:
+    import websockets
+
+    from tests.support.streamclient import connect_raw
+
+    try:
+        ws = await connect_raw(url, key)
+    except websockets.InvalidStatus as exc:
+        return exc.response.status_code, exc.response.body or b""
+    await ws.close()
+    return 101, b""
 
 
 async def test_redis_restarted_empty_is_a_store_reset_not_an_empty_world(

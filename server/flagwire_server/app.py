@@ -132,7 +132,7 @@ async def _lifespan(app: Starlette) -> AsyncIterator[None]:
     fanout = Fanout(
         settings, redis, store, app.state.metrics, app.state.instance_id,
         # Each reader blocks in XREAD on a connection of its own.
-        reader_factory=lambda: connect(url, socket_timeout=READ_BLOCK_MS / 1000 + 5,
+        reader_factory=lambda: connect(url, socket_timeout=READ_BLOCK_MS / 1000 + 1,
                                        health_check_interval=0),
     )
     app.state.redis, app.state.store, app.state.keys, app.state.fanout = (

@@ -236,6 +236,9 @@ class EnvFeed:
         self.limit = fanout.settings.max_buffer
         self.last_id = "0-0"
         self.reset_reason: str | None = None
+        #: When the reader last heard from Redis (monotonic); see Fanout._watchdog.
+        self.last_ok = time.monotonic()
+        self.stale = False
         self.reader_error: str | None = None
         self.task: asyncio.Task[None] | None = None
         self._frames_cache: tuple[int, bytes, bytes] | None = None
@@ -423,6 +426,7 @@ class EnvFeed:
                         if await self._check(r) == "gone":
                             return
                         next_check = time.monotonic() + CHECK_EVERY_S
+                        self.last_ok = time.monotonic()
                     if self.reset_reason:
                         await asyncio.sleep(CHECK_EVERY_S)
                         continue
@@ -432,6 +436,7 @@ class EnvFeed:
                     if self.reader_error is not None:
                         log.warning("change reader recovered", extra={"env": self.env})
                         self.reader_error = None
+                    self.last_ok = time.monotonic()
                     backoff.reset()
                     for stream in resp or ():
                         await self._entries(stream[1])
@@ -576,6 +581,10 @@ class Fanout:
         self._loading: dict[str, asyncio.Future[EnvFeed]] = {}
         self._held: set[asyncio.Task[Any]] = set()
         self._discover: asyncio.Task[None] | None = None
+        self._watch: asyncio.Task[None] | None = None
+        heartbeat = settings.heartbeat
+        #: A feed that has not heard from Redis for this long cannot vouch for its data.
+        self.stale_after = (settings.stale_after or heartbeat) + READ_BLOCK_MS / 1000
         self.reporter = AckReporter(
             redis, self.keyspace, instance_id,
             books=lambda: [f.book for f in self.feeds.values()],
@@ -604,15 +613,17 @@ class Fanout:
                 await self.ensure(env)
         await self.reporter.start()
         self._discover = asyncio.create_task(self._discover_loop(), name="flagwire-discover")
+        self._watch = asyncio.create_task(self._watchdog(), name="flagwire-watchdog")
         self.started = True
 
     async def stop(self, code: int = CloseCode.GOING_AWAY, reason: str = "server shutting down"
                    ) -> None:
         self.close_all(code, reason)
-        if self._discover is not None:
-            self._discover.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._discover
+        for task in (self._discover, self._watch):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
         for feed in list(self.feeds.values()):
             await feed.stop()
         await self.reporter.stop()
@@ -621,6 +632,35 @@ class Fanout:
     async def _env_names(self) -> list[str]:
         envs = await self.store.list_envs()
         return [str(e["key"]) if isinstance(e, dict) else str(e) for e in envs]
+
+    async def _watchdog(self) -> None:
+        """Close the streams of feeds cut off from Redis for longer than ``stale_after``.
+
+        A process that cannot read the change log cannot tell whether it is
+        behind (writes may go through other processes), and a client must never
+        believe it is current while it is behind for longer than its timeout.
+        So past ``FLAGWIRE_STALE_AFTER`` (default: the heartbeat) its streams are
+        closed with 1013 "try again later" and new ones are refused with 503
+        until the reader is back; clients keep evaluating their last flags and
+        resume with ``since``.  A store reset is different: the process knows
+        what it has is the last truth, and keeps serving it.
+        """
+        while True:
+            await asyncio.sleep(0.25)
+            now = time.monotonic()
+            for feed in list(self.feeds.values()):
+                stale = feed.reset_reason is None and now - feed.last_ok > self.stale_after
+                if stale and not feed.stale:
+                    log.warning("cut off from Redis for %.1fs: closing streams (1013) until "
+                                "the change log can be read again", now - feed.last_ok,
+                                extra={"env": feed.env, "streams": len(feed.conns)})
+                elif feed.stale and not stale:
+                    log.warning("change log readable again; accepting streams",
+                                extra={"env": feed.env})
+                feed.stale = stale
+                if stale and feed.conns:
+                    feed.close_all(CloseCode.TRY_AGAIN_LATER,
+                                   "flag store unreachable; try again later")
 
     async def _discover_loop(self) -> None:
         while True:
@@ -706,6 +746,9 @@ class Fanout:
         for env, feed in sorted(self.feeds.items()):
             if feed.reset_reason:
                 reasons.append({"reason": "store_reset", "env": env, "detail": feed.reset_reason})
+            elif feed.stale:
+                reasons.append({"reason": "stale", "env": env,
+                                "detail": f"change log unread for over {self.stale_after:.0f}s"})
             elif not feed.running:
                 reasons.append({"reason": "reader_stopped", "env": env, "detail": "no reader"})
             elif feed.reader_error:

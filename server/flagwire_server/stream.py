@@ -190,6 +190,10 @@ async def stream_endpoint(ws: WebSocket) -> None:
         log.warning("stream refused: store unavailable", extra={"env": env, "error": str(exc)})
         return await _deny(ws, 503, "unavailable", "the flag store is unavailable; retry")
 
+    if feed.stale:
+        return await _deny(ws, 503, "unavailable",
+                           "this server cannot reach the flag store; retry (elsewhere)")
+
     await ws.accept()
     proto = protocol_of(ws.scope, ws._send)
     # Fallback when the transport is not reachable (not flagwire's uvicorn protocol):
