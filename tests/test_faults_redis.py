@@ -129,6 +129,7 @@ async def test_redis_killed_and_restarted_mid_stream(rig: Rig) -> None:
     slow = max(w.seconds for w in refused)
     assert slow < 5.0, f"a write took {slow:.1f}s to fail while Redis was down"
     for w in refused[:3]:
+        assert w.content_type.startswith("application/problem+json"), w.content_type
         assert isinstance(w.body, dict)
         assert w.body.get("status") == 503
         assert w.body.get("detail")

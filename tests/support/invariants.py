@@ -152,6 +152,7 @@ class Write:
     body: Any = None
     error: str = ""
     seconds: float = 0.0
+    content_type: str = ""
 
     @property
     def acked(self) -> bool:
@@ -202,6 +203,7 @@ class Admin:
             raise
         else:
             w.status = resp.status_code
+            w.content_type = resp.headers.get("content-type", "")
             try:
                 w.body = resp.json()
             except ValueError:
