@@ -219,6 +219,11 @@
   /* Re-fetch this page and swap every [data-live] region (by id), then flash
      what changed.  One renderer (the server's templates) for first paint and updates. */
   function refreshLive(msg) {
+    if (msg && msg.type === "delete" && $('[data-watch-key="' + CSS.escape(msg.key) + '"]')) {
+      // This page's own document is gone: there is nothing to fetch (it would be a 404).
+      say("“" + msg.key + "” was deleted.", "error");
+      return;
+    }
     if (msg) pending.push(msg);
     if (refreshTimer) return;
     refreshTimer = setTimeout(function () {

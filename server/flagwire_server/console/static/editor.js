@@ -471,10 +471,7 @@
   document.addEventListener("flagwire:change", function (ev) {
     var msg = ev.detail;
     if (msg.kind !== KIND || msg.key !== KEY) return;
-    if (msg.type === "delete") {
-      fw.say("This " + KIND + " was deleted elsewhere.", "error");
-      return;
-    }
+    if (msg.type === "delete") return; // console.js reports it
     // Our own save's change arrives before its response (the response waits for
     // acknowledgements, ours included): hold it until the response says which it was.
     if (saving) { inflight = msg.data; return; }
