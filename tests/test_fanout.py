@@ -230,7 +230,7 @@ async def test_a_client_that_never_reads_is_closed_and_others_are_unaffected(
 async def test_redis_stopped_and_restarted_mid_stream(
     make_server: Callable[..., ServerProcess], private_redis: RedisProcess, redis_prefix: str
 ) -> None:
-    """Cached state is kept; past FLAGWIRE_STALE_AFTER (the heartbeat) the streams of a process
+    """Cached state is kept; past the heartbeat + 1 s the streams of a process
     that cannot read the change log are closed with 1013 and new ones refused (it cannot tell
     whether it is behind); when Redis is back, clients resume and converge."""
     srv = make_server(redis_url=private_redis.url, env={"FLAGWIRE_HEARTBEAT": "1"})

@@ -47,13 +47,11 @@ class Settings:
     #: ``json`` or ``console``; ``None`` picks console on a TTY and json otherwise.
     log_format: str | None = None
     log_level: str = "info"
-    #: Seconds between keep-alive pings (also announced in ``hello``).
+    #: Seconds between keep-alive pings (also announced in ``hello``); also how long a process
+    #: may be unable to read the change log before it closes its streams with 1013.
     heartbeat: float = 15.0
     #: Seconds without a pong before a connection is dropped.
     ping_timeout: float = 15.0
-    #: Seconds a process may be unable to read the change log before it closes its
-    #: streams with 1013 and refuses new ones (None: the heartbeat).
-    stale_after: float | None = None
     #: Outbound bytes a connection may have queued before it is closed with 4000.
     max_buffer: int = MiB
     #: Admin API requests per minute per key (the admin engineer's rate limiter).
@@ -168,7 +166,6 @@ ENV_VARS: Final[dict[str, tuple[str, Any]]] = {
     "FLAGWIRE_LOG_LEVEL": ("log_level", str),
     "FLAGWIRE_HEARTBEAT": ("heartbeat", float),
     "FLAGWIRE_PING_TIMEOUT": ("ping_timeout", float),
-    "FLAGWIRE_STALE_AFTER": ("stale_after", float),
     "FLAGWIRE_MAX_BUFFER": ("max_buffer", int),
     "FLAGWIRE_RATE_LIMIT": ("rate_limit", int),
     "FLAGWIRE_AUTH_FAIL_LIMIT": ("auth_fail_limit", int),

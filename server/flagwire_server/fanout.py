@@ -582,9 +582,8 @@ class Fanout:
         self._held: set[asyncio.Task[Any]] = set()
         self._discover: asyncio.Task[None] | None = None
         self._watch: asyncio.Task[None] | None = None
-        heartbeat = settings.heartbeat
         #: A feed that has not heard from Redis for this long cannot vouch for its data.
-        self.stale_after = (settings.stale_after or heartbeat) + READ_BLOCK_MS / 1000
+        self.stale_after = settings.heartbeat + READ_BLOCK_MS / 1000
         self.reporter = AckReporter(
             redis, self.keyspace, instance_id,
             books=lambda: [f.book for f in self.feeds.values()],
@@ -639,7 +638,7 @@ class Fanout:
         A process that cannot read the change log cannot tell whether it is
         behind (writes may go through other processes), and a client must never
         believe it is current while it is behind for longer than its timeout.
-        So past ``FLAGWIRE_STALE_AFTER`` (default: the heartbeat) its streams are
+        So past the heartbeat (``FLAGWIRE_HEARTBEAT``) plus the read block its streams are
         closed with 1013 "try again later" and new ones are refused with 503
         until the reader is back; clients keep evaluating their last flags and
         resume with ``since``.  A store reset is different: the process knows
