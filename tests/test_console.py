@@ -373,6 +373,7 @@ def test_history_diff_and_restore(page: Any, console_server: ServerProcess) -> N
     newest = versions.nth(0)
     expect(newest).to_contain_text("current")
     expect(newest.locator(".diff")).to_contain_text("fallthrough.rollout.variations[0].weight")
+    expect(newest.locator(".served")).to_have_text("Serving: true → 10% true")
     expect(versions.nth(1).locator(".diff")).to_contain_text("description")
     shot(page, "history")
 

@@ -285,7 +285,8 @@ async def _history(request: Request, session: Session) -> Response:
     # The oldest version kept has nothing to compare with: it is shown as created.
     rows = [
         {"doc": doc, "current": i == 0,
-         "changes": present.diff(versions[i + 1], doc) if i + 1 < len(versions) else None}
+         "changes": present.diff(versions[i + 1], doc) if i + 1 < len(versions) else None,
+         "served_before": present.serving(versions[i + 1]) if i + 1 < len(versions) else None}
         for i, doc in enumerate(versions)
     ]
     return _render(request, "history.html", flag=current, rows=rows, **ctx)
