@@ -362,3 +362,25 @@ async def test_a_gap_the_log_does_not_cover_reloads_and_resnapshots(
         assert c.close_code is None
     finally:
         await c.close()
+
+
+async def test_propagation_of_a_change_made_before_a_process_started(
+    make_server: Callable[..., ServerProcess], admin: Admin
+) -> None:
+    a = make_server()
+    key = await admin.sdk(a)
+    c = await StreamClient(a.ws_url, key).connect()
+    try:
+        status, text = await asyncio.to_thread(
+            a.request, "PUT", "/api/v1/environments/production/flags/f?wait=10", flag("f"))
+        assert status in (200, 201), text
+        v = json.loads(text)["env_version"]
+        make_server()  # a second process, started after version v
+        status, text = await asyncio.to_thread(
+            a.request, "GET", f"/api/v1/environments/production/changes/{v}")
+        assert status == 200, text
+        prop = json.loads(text)
+        assert prop["complete"] is True
+        assert prop["acknowledged"] == 1
+    finally:
+        await c.close()

@@ -56,3 +56,12 @@ def test_frames_round_trip_for_every_length_class() -> None:
         frame = frame_of(payload)
         assert frame[0] == 0x81  # FIN + text
         assert payload_of(frame) == payload
+
+
+def test_instances_that_loaded_the_env_later_are_not_waited_for() -> None:
+    reports = {"a": {"sent": 1, "acked": 1, "lost": 0, "lat_us": [500]}}
+    # "b" is live but loaded the environment at or after this version: not required.
+    result = merge_reports(7, reports, live={"a", "b"}, required={"a"})
+    assert result["complete"] is True
+    # Nobody had the environment loaded before this version: trivially complete.
+    assert merge_reports(7, {}, live={"a"}, required=set())["complete"] is True

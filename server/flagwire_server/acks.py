@@ -11,9 +11,12 @@ acknowledged.
 Every process publishes its tallies to ``P:{env}:acks:<V>`` (HASH, field =
 instance id, JSON ``{sent, acked, lost, lat_us, t}``, 1 h expiry), batched
 every few milliseconds while something changed, and heartbeats in
-``P:instances`` (ZSET, score = ms).  :meth:`AckReporter.propagation` merges
-the reports of every instance: a change is *complete* when every live
-instance reported it and, in each report, ``acked + lost == sent``.  A report
+``P:instances`` (ZSET, score = ms).  When it loads an environment it records
+the version it loaded at in ``P:{env}:floors`` (instance id → version): it
+fans out, and must report, only later versions.  :meth:`AckReporter.propagation`
+merges the reports of every instance: a change is *complete* when every live
+instance whose floor is below it reported it and, in each report,
+``acked + lost == sent``.  A report
 of an instance that died counts its unresolved clients as lost.
 """
 
@@ -114,12 +117,19 @@ def _pct(sorted_values: list[int], q: float) -> float | None:
 
 
 def merge_reports(
-    version: int, reports: dict[str, dict[str, Any]], live: set[str]
+    version: int, reports: dict[str, dict[str, Any]], live: set[str],
+    required: set[str] | None = None,
 ) -> dict[str, Any]:
-    """Combine per-instance reports into the propagation figures of one version."""
+    """Combine per-instance reports into the propagation figures of one version.
+
+    ``required``: the live instances that must report (by default all live
+    ones); an instance that loaded the environment at or after ``version``
+    never fans it out and has no client that missed it.
+    """
     connected = acked = lost = 0
     lats: list[int] = []
-    complete = all(inst in reports for inst in live)
+    must = live if required is None else required
+    complete = all(inst in reports for inst in must)
     for inst, rep in reports.items():
         sent, a, lo = int(rep.get("sent", 0)), int(rep.get("acked", 0)), int(rep.get("lost", 0))
         if inst not in live:
@@ -136,12 +146,16 @@ def merge_reports(
         "connected": connected,
         "acknowledged": acked,
         "lost": lost,
-        "complete": complete and bool(reports),
+        "complete": complete and (bool(reports) or not must),
         "p50_ms": _pct(lats, 0.5),
         "p99_ms": _pct(lats, 0.99),
         "max_ms": round(lats[-1] / 1000, 3) if lats else None,
         "instances": len(reports),
     }
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 class AckReporter:
@@ -185,6 +199,7 @@ class AckReporter:
             pipe.zrem(self.ks.instances, self.instance_id)
             for env in self._connected():
                 pipe.hdel(self.ks.env(env, "conns"), self.instance_id)
+                pipe.hdel(self.ks.env(env, "floors"), self.instance_id)
             await pipe.execute()
 
     def poke(self) -> None:
@@ -255,12 +270,17 @@ class AckReporter:
         """Figures for ``version`` of ``env`` merged over every instance (see module doc)."""
         await self.flush()
         live = await self.live_instances()
-        raw = await self.redis.hgetall(self.ks.acks(env, version))
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.hgetall(self.ks.acks(env, version))
+        pipe.hgetall(self.ks.env(env, "floors"))
+        raw, floors = await pipe.execute()
         reports: dict[str, dict[str, Any]] = {}
         for k, v in raw.items():
             with contextlib.suppress(orjson.JSONDecodeError):
-                reports[k.decode() if isinstance(k, bytes) else str(k)] = orjson.loads(v)
-        return merge_reports(version, reports, live)
+                reports[_text(k)] = orjson.loads(v)
+        required = {i for i, f in ((_text(k), v) for k, v in floors.items())
+                    if i in live and int(f) < version}
+        return merge_reports(version, reports, live, required)
 
     async def wait_for(self, env: str, version: int, seconds: float) -> dict[str, Any]:
         """Poll :meth:`propagation` every ~5 ms until complete or ``seconds`` passed."""

@@ -698,6 +698,11 @@ class Fanout:
                 raise EnvNotFound(env) from None
             feed = EnvFeed(self, env)
             feed.load(state)
+            # Published before any client can attach: this process fans out, and
+            # reports acknowledgements of, versions above this one only.
+            with contextlib.suppress(*_REDIS_ERRORS):
+                await self.redis.hset(self.keyspace.env(env, "floors"), self.instance_id,
+                                      feed.version)
             self.feeds[env] = feed
             feed.start()
             fut.set_result(feed)
