@@ -10,7 +10,7 @@ or with no server at all, from a file of flag values::
     FLAGWIRE_OFFLINE=examples/checkout/flags.json uvicorn examples.checkout.app:app
 
 Open http://127.0.0.1:8000/?user=alice and flip ``new-checkout`` in the
-console (or with ``flagwire flags toggle``): the open page changes within
+console (or ``flagwire flags off new-checkout``): the open page changes within
 milliseconds, no reload.  The page is rendered with the flag's value, and
 ``/events`` streams each new value for that user (Server-Sent Events) from
 ``flags.watch()``.
