@@ -61,6 +61,7 @@ def test_sync_client_follows_changes_from_other_threads(server: ServerProcess) -
         assert len(results) == 4000
         assert flags.wait_for_status(timeout=1) is ClientStatus.READY
     assert flags.status is ClientStatus.CLOSED
+    assert not flags._thread.is_alive()
     assert flags.bool_variation("a", CTX, True) is False  # last data still answers
 
 

@@ -106,3 +106,17 @@ def test_full_documents() -> None:
                     "fallthrough": {"variation": 1}})
     assert flags.client().string_variation("x", {"key": "u"}, "") == "b"
     assert flags.snapshot().flags["x"]["version"] == 1
+
+
+async def test_change_streams_are_bounded_and_drop_the_oldest() -> None:
+    flags, client = make_client({"a": 0})
+    stream = client.changes(maxsize=3)
+    watch = client.watch("a", {"key": "u"})
+    for i in range(1, 11):
+        flags.set("a", i)
+    assert stream.dropped == 7
+    assert [(await anext(stream)).new_version for _ in range(3)] == [9, 10, 11]
+    assert await anext(watch) == 10  # coalesced: only the latest value
+    await client.close()
+    assert [c async for c in stream] == []
+    assert [v async for v in watch] == []
