@@ -158,6 +158,18 @@ class Write:
     def acked(self) -> bool:
         return 200 <= self.status < 300 and self.env_version is not None
 
+    def answered(self, resp: httpx.Response) -> None:
+        self.status = resp.status_code
+        self.content_type = resp.headers.get("content-type", "")
+        try:
+            self.body = resp.json()
+        except ValueError:
+            self.body = resp.text
+        if 200 <= resp.status_code < 300 and isinstance(self.body, dict):
+            self.env_version = self.body.get("env_version")
+            self.flag_version = self.body.get("version")
+            self.doc = self.body.get("flag")
+
 
 class Admin:
     """The admin REST API of one or more servers (round-robin over ``urls``)."""
@@ -202,19 +214,30 @@ class Admin:
             self.writes.append(w)
             raise
         else:
-            w.status = resp.status_code
-            w.content_type = resp.headers.get("content-type", "")
-            try:
-                w.body = resp.json()
-            except ValueError:
-                w.body = resp.text
-            if 200 <= resp.status_code < 300 and isinstance(w.body, dict):
-                w.env_version = w.body.get("env_version")
-                w.flag_version = w.body.get("version")
-                w.doc = w.body.get("flag")
+            w.answered(resp)
         w.seconds = time.monotonic() - started
         self.writes.append(w)
         return w
+
+    def put_flags_blocking(self, env: str, docs: list[dict[str, Any]]) -> list[Write]:
+        """PUT flags one after the other with a blocking client (run it in a thread when this
+        event loop is too busy to be responsive); the writes are recorded like the others."""
+        out = []
+        with httpx.Client(timeout=10, headers={"Authorization": f"Bearer {self.key}"}) as http:
+            for doc in docs:
+                w = Write(env, doc["key"], "put", 0)
+                started = time.monotonic()
+                try:
+                    resp = http.put(f"{self._url(None)}/api/v1/environments/{env}/flags/"
+                                    f"{doc['key']}", json=doc)
+                except httpx.HTTPError as exc:
+                    w.error = f"{type(exc).__name__}: {exc}"
+                else:
+                    w.answered(resp)
+                w.seconds = time.monotonic() - started
+                out.append(w)
+        self.writes.extend(out)
+        return out
 
     async def put_flag(self, env: str, doc: dict[str, Any], *, url: str | None = None,
                        http_timeout: float | None = None) -> Write:
