@@ -200,3 +200,12 @@ async def test_redis_restarted_empty_is_reported_not_streamed(rig: Rig) -> None:
     assert ClientStatus.UNAUTHORIZED not in statuses.values(), (
         f"after Redis came back empty the clients were refused as unauthorized: {statuses}")
     assert not any(closes.values()), f"streams closed with 4001 (key revoked): {closes}"
+    # A client connecting now is not handed the empty world either: it is refused,
+    # or it gets the last known flags.
+    late = RawSubscriber(rig.server.ws_url, rig.sdk, "late", timeout=3, reconnect=False).start()
+    await poll(lambda: late.events or late.errors or late.closes, 10, "the late client's answer")
+    await asyncio.sleep(0.3)
+    await late.close()
+    got = [e for e in late.events if e.type == "snapshot"]
+    assert all(e.held == top and e.flags == frozenset(before[0][0]) for e in got), (
+        f"a client connecting after the reset got {[(e.held, sorted(e.flags)) for e in got]}")
