@@ -75,7 +75,7 @@ def test_image_server_command_uses_only_the_dockerfile_arguments() -> None:
 def render_config(upstreams: list[int], port: int, tmp: Path) -> str:
     """deploy's nginx.conf with upstreams, listen port, logs and temp paths rewritten."""
     conf = (DEPLOY / "nginx" / "nginx.conf").read_text()
-    servers = "\n".join(f"        server 127.0.0.1:{p} max_fails=1;" for p in upstreams)
+    servers = "\n".join(f"        server 127.0.0.1:{p} max_fails=0;" for p in upstreams)
     conf, n = re.subn(r"(?m)^\s*server flagwire-\d+:8080[^;]*;\n", "", conf)
     assert n == 3, "expected three upstream servers in deploy/nginx/nginx.conf"
     conf = conf.replace("        least_conn;\n", f"        least_conn;\n{servers}\n", 1)

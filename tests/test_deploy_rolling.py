@@ -99,9 +99,7 @@ def test_rolling_restart_loses_nothing_and_rebalances(
                 for _ in range(40):  # changes while its clients spread back
                     change()
                     time.sleep(0.05)
-                # nginx keeps a server that failed out of rotation for fail_timeout (2 s):
-                # an operator (or Kubernetes readiness) waits for it before the next step
-                time.sleep(2.5)
+                time.sleep(1.0)  # an operator waits for /readyz and a moment of traffic
             assert len(acked) == len(flags)
 
             body = http.get(f"/environments/{ENV}/flags").json()
@@ -126,7 +124,7 @@ def test_rolling_restart_loses_nothing_and_rebalances(
             # least_conn sends each stopped server's clients to the emptiest one, so nothing
             # piles onto the last one standing; the server rolled last starts empty and
             # fills on churn (no server-side rebalancing yet)
-            assert max(per_server) <= CLIENTS * 0.55, per_server
+            assert max(per_server) <= CLIENTS * 0.55, (per_server, stats)
             assert sorted(per_server)[1] >= CLIENTS * 0.3, per_server
         finally:
             swarm.close()
