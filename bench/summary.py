@@ -25,19 +25,38 @@ def _f(x: Any, digits: int = 1) -> str:
     return f"{x:,.{digits}f}" if isinstance(x, int | float) else str(x)
 
 
+def _propagation() -> dict[str, Any] | None:
+    """``propagation.json`` with the rows of ``propagation-large.json`` (5k/10k) added."""
+    prop = _load("propagation")
+    large = _load("propagation-large")
+    if prop and large:
+        prop = {**prop, "rows": prop["rows"] + large["rows"],
+                "verdicts": prop.get("verdicts", []) + large.get("verdicts", []),
+                "command": f"{prop['command']}` and `{large['command']}"}
+    return prop or large
+
+
 def figures() -> dict[str, Any]:
     """The numbers docs/scaling.md uses, from the result files."""
     out: dict[str, Any] = {}
-    prop = _load("propagation")
+    prop = _propagation()
     if prop:
         rows = {(r["run"], r["clients"]): r for r in prop["rows"] if "p50_ms" in r}
-        big = max((n for (run, n) in rows if run == "flagwire"), default=0)
-        if big:
-            fw, fl = rows[("flagwire", big)], rows.get(("floor", big))
-            out["s_fw_us"] = fw["p50_ms"] * 1000 / big
-            out["s_floor_us"] = fl["p50_ms"] * 1000 / big if fl else None
-            out["frame_bytes"] = fw["frame_bytes"]
-            out["at_clients"] = big
+        ns = sorted(n for (run, n) in rows if run == "flagwire" and ("floor", n) in rows)
+        if ns:
+            big = ns[-1]
+            small = ns[-2] if len(ns) > 1 else 0
+
+            def slope(run: str) -> float:
+                # cost per added client: the fixed part (HTTP write, Redis hop) cancels out
+                hi = rows[(run, big)]["p50_ms"]
+                lo = rows[(run, small)]["p50_ms"] if small else 0.0
+                return (hi - lo) * 1000 / (big - small)
+
+            out["s_fw_us"] = slope("flagwire")
+            out["s_floor_us"] = slope("floor")
+            out["frame_bytes"] = rows[("flagwire", big)]["frame_bytes"]
+            out["per_client_between"] = [small, big]
     cap = _load("capacity")
     if cap:
         out["idle_kib"] = cap["idle_bytes_per_conn"] / 1024
@@ -53,7 +72,7 @@ def figures() -> dict[str, Any]:
 def main() -> int:
     lines = ["# Benchmark results", ""]
     machine = None
-    prop = _load("propagation")
+    prop = _propagation()
     if prop:
         machine = prop["machine"]
         lines += [
