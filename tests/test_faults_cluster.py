@@ -18,7 +18,7 @@ import pytest
 from flagwire import ClientStatus
 from tests.support.balancer import Balancer
 from tests.support.builders import flag
-from tests.support.faultkit import FAST_ENV, Writer, fast_client
+from tests.support.faultkit import FAST_ENV, Writer, fast_client, no_secrets_logged
 from tests.support.invariants import (
     Admin,
     RawSubscriber,
@@ -100,6 +100,7 @@ async def test_one_of_three_servers_sigkilled(
         await writer.stop()
         await check_invariants(view, watched, admin.writes, monitor)
         assert all(s.running for s in servers[:2])
+        no_secrets_logged(servers, [sdk, servers[0].admin_key])
     finally:
         for w in watched:
             await w.close()

@@ -38,6 +38,7 @@ from tests.support.faultkit import (
     Writer,
     fast_client,
     metric_value,
+    no_secrets_logged,
     readyz,
 )
 from tests.support.invariants import (
@@ -328,6 +329,7 @@ async def test_abusive_clients_are_closed_and_nobody_else_notices(
         assert all(c.client.status is ClientStatus.READY for c in clients)
         assert (await readyz(server.url))[0] == 200
         assert server.running
+        no_secrets_logged([server], [sdk, server.admin_key])
     finally:
         for w in watched:
             await w.close()

@@ -24,6 +24,7 @@ from tests.support.faultkit import (
     Writer,
     fast_client,
     metric_value,
+    no_secrets_logged,
     readyz,
 )
 from tests.support.invariants import (
@@ -163,6 +164,7 @@ async def test_redis_killed_and_restarted_mid_stream(rig: Rig) -> None:
                for w in writer2.acked()[:3])
     leaked = sorted(m for m in markers if traced(m))
     assert not leaked, f"writes refused with 503 left a trace (doc, log, audit): {leaked[:5]}"
+    no_secrets_logged([rig.server], [rig.sdk, rig.server.admin_key])
 
 
 async def _is_ready(url: str) -> bool:

@@ -26,6 +26,7 @@ __all__ = [
     "Writer",
     "fast_client",
     "metric_value",
+    "no_secrets_logged",
     "readyz",
 ]
 
@@ -130,3 +131,17 @@ class Writer:
 
     def acked(self) -> list[Write]:
         return [w for w in self.mine if w.acked]
+
+
+def no_secrets_logged(servers: list[Any], secrets: list[str]) -> None:
+    """Assert that no server's output (stdout and stderr so far) holds any of ``secrets``
+    (whole, or the random part after ``fw_<kind>_``)."""
+    leaks = []
+    for server in servers:
+        output = server.output()
+        for secret in secrets:
+            for needle in {secret, secret.split("_", 2)[-1]}:
+                if len(needle) >= 12 and needle in output:
+                    line = next(ln for ln in output.splitlines() if needle in ln)
+                    leaks.append(f"{secret[:10]}... in {server.url}: {line[:200]}")
+    assert not leaks, "keys found in server logs:\n" + "\n".join(leaks)
