@@ -599,7 +599,7 @@ class Swarm:
                         cc[code] = cc.get(code, 0) + cnt
                 elif k == "min_version":
                     total[k] = min(total.get(k, v), v)
-                elif k == "max_version":
+                elif k in ("max_version", "frame_bytes"):
                     total[k] = max(total.get(k, v), v)
                 elif isinstance(v, int | float) and not isinstance(v, bool):
                     total[k] = total.get(k, 0) + v
