@@ -36,7 +36,7 @@ from flagwire._errors import ProtocolError
 from flagwire._protocol import MAX_CLIENT_FRAME, Ack, CloseCode, Resync, decode
 
 from .fanout import Conn, EnvNotFound
-from .wsproto import protocol_of
+from .wsproto import FlagwireWebSocketProtocol, protocol_of
 
 __all__ = ["FailureLimiter", "origin_allowed", "routes", "stream_endpoint"]
 
@@ -204,44 +204,58 @@ async def stream_endpoint(ws: WebSocket) -> None:
         await ws.close(CloseCode.RESYNC, "environment deleted")
         return
     feed.attach(conn, since, epoch)
+    burst = max(1.0, settings.client_msg_rate * 5)
+    conn.tokens, conn.stamp = burst, time.monotonic()
+    if isinstance(proto, FlagwireWebSocketProtocol):
+        # Fast path: the protocol hands each client frame to on_message as it is
+        # parsed, skipping the ASGI queue, the task wake-up and pause/resume of
+        # reading per message; acks from every client after a change are the
+        # server's largest cost after the fan-out itself (bench/results).
+        rate = settings.client_msg_rate
+        proto.on_message = lambda data: _handle(conn, data, rate, burst)
     try:
-        await _read_loop(ws, conn, settings.client_msg_rate)
+        await _read_loop(ws, conn, settings.client_msg_rate, burst)
     finally:
+        if isinstance(proto, FlagwireWebSocketProtocol):
+            proto.on_message = None
         feed.detach(conn)
         conn.closed = True
 
 
-async def _read_loop(ws: WebSocket, conn: Conn, rate: float) -> None:
-    burst = max(1.0, rate * 5)
-    conn.tokens, conn.stamp = burst, time.monotonic()
-    feed = conn.feed
+def _handle(conn: Conn, data: str | bytes, rate: float, burst: float) -> None:
+    """Act on one client frame: rate limit, decode, ack / resync / close."""
+    if conn.closed:
+        return
+    now = time.monotonic()
+    conn.tokens = min(burst, conn.tokens + (now - conn.stamp) * rate)
+    conn.stamp = now
+    if conn.tokens < 1.0:
+        conn.close(CloseCode.RATE_LIMITED, "too many messages")
+        return
+    conn.tokens -= 1.0
+    try:
+        msg = decode(data, max_size=MAX_CLIENT_FRAME)
+    except ProtocolError as exc:
+        conn.close(CloseCode.BAD_MESSAGE, _reason(str(exc)))
+        return
+    if isinstance(msg, Ack):
+        conn.ack(msg.version)
+    elif isinstance(msg, Resync):
+        conn.feed.resnapshot(conn, "client")
+    else:
+        conn.close(CloseCode.BAD_MESSAGE, _reason(f"a client may not send {msg.type}"))
+
+
+async def _read_loop(ws: WebSocket, conn: Conn, rate: float, burst: float) -> None:
+    # With the fast path installed only the disconnect arrives here.
     while True:
         message = await ws.receive()
         if message["type"] == "websocket.disconnect":
             return
-        if conn.closed:
-            continue
-        now = time.monotonic()
-        conn.tokens = min(burst, conn.tokens + (now - conn.stamp) * rate)
-        conn.stamp = now
-        if conn.tokens < 1.0:
-            conn.close(CloseCode.RATE_LIMITED, "too many messages")
-            continue
-        conn.tokens -= 1.0
         data = message.get("text")
         if data is None:
             data = message.get("bytes") or b""
-        try:
-            msg = decode(data, max_size=MAX_CLIENT_FRAME)
-        except ProtocolError as exc:
-            conn.close(CloseCode.BAD_MESSAGE, _reason(str(exc)))
-            continue
-        if isinstance(msg, Ack):
-            conn.ack(msg.version)
-        elif isinstance(msg, Resync):
-            feed.resnapshot(conn, "client")
-        else:
-            conn.close(CloseCode.BAD_MESSAGE, _reason(f"a client may not send {msg.type}"))
+        _handle(conn, data, rate, burst)
 
 
 def routes() -> list[WebSocketRoute]:

@@ -4,7 +4,11 @@
    so the fan-out can write pre-built frames straight to the connection's
    transport — one ``transport.write`` per client and change, the measured
    floor (issue 6) — and can see how much is buffered for a slow client.
-2. On server shutdown, streams are closed with 1001 "going away" (clients
+2. Client frames can be handed to ``on_message`` synchronously as they are
+   parsed instead of through the ASGI receive queue: the stream endpoint
+   installs it after accept, so an ack costs a decode and a counter, not a
+   queue, a task wake-up and a pause/resume of reading.
+3. On server shutdown, streams are closed with 1001 "going away" (clients
    reconnect elsewhere and resume) instead of uvicorn's 1012.
 
 Server frames are unmasked and uncompressed (``ws_per_message_deflate`` is
@@ -18,6 +22,7 @@ Select it with ``uvicorn.Config(ws="flagwire_server.wsproto:FlagwireWebSocketPro
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from typing import Any, Final
 
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
@@ -32,6 +37,20 @@ CLOSE_GRACE: Final = 2.0
 
 class FlagwireWebSocketProtocol(WebSocketsSansIOProtocol):
     """See the module docstring."""
+
+    #: Receives each complete client message (text or binary) instead of the app.
+    on_message: Callable[[str | bytes], None] | None = None
+
+    def send_receive_event_to_app(self) -> None:
+        hook = self.on_message
+        if hook is None or self.close_sent:
+            super().send_receive_event_to_app()
+            return
+        frames = self.frames
+        self.frames = []
+        data = frames[0] if len(frames) == 1 else b"".join(frames)
+        # Text frames stay bytes: the decoder takes UTF-8 bytes and refuses invalid ones.
+        hook(bytes(data))
 
     def handle_connect(self, event: Request) -> None:
         super().handle_connect(event)
