@@ -156,7 +156,12 @@ def encode(message: Message) -> bytes:
             "version": message.version,
         }
     elif isinstance(message, Delete):
-        obj = {"type": "delete", "kind": message.kind, "key": message.key, "version": message.version}
+        obj = {
+            "type": "delete",
+            "kind": message.kind,
+            "key": message.key,
+            "version": message.version,
+        }
     elif isinstance(message, Ack):
         obj = {"type": "ack", "version": message.version}
     elif isinstance(message, Snapshot):
@@ -220,7 +225,9 @@ def _int(obj: dict[str, Any], name: str, where: str) -> int:
 def _str(obj: dict[str, Any], name: str, where: str, *, empty: bool = True) -> str:
     value = obj.get(name)
     if not isinstance(value, str) or (not empty and not value):
-        raise _fail(f"{where}.{name}: expected a {'' if empty else 'non-empty '}string, got {_show(value)}")
+        raise _fail(
+            f"{where}.{name}: expected a {'' if empty else 'non-empty '}string, got {_show(value)}"
+        )
     return value
 
 
@@ -298,7 +305,11 @@ def decode(data: bytes | str, *, max_size: int | None = None) -> Message:
                 version=_int(obj, "version", "patch"),
             )
         if kind == "delete":
-            return Delete(kind=_kind(obj, "delete"), key=_key(obj, "delete"), version=_int(obj, "version", "delete"))
+            return Delete(
+                kind=_kind(obj, "delete"),
+                key=_key(obj, "delete"),
+                version=_int(obj, "version", "delete"),
+            )
         if kind == "ack":
             return Ack(version=_int(obj, "version", "ack"))
         if kind == "snapshot":
@@ -312,10 +323,13 @@ def decode(data: bytes | str, *, max_size: int | None = None) -> Message:
         if kind == "hello":
             protocol = obj.get("protocol")
             if protocol != PROTOCOL_VERSION or type(protocol) is not int:
-                raise _fail(f"hello.protocol: unsupported protocol version {_show(protocol)}; expected 1")
+                raise _fail(
+                    f"hello.protocol: unsupported protocol version {_show(protocol)}; expected 1"
+                )
             heartbeat = obj.get("heartbeat", 15.0)
             if type(heartbeat) not in (int, float) or not 0 < heartbeat < 86400:
-                raise _fail(f"hello.heartbeat: expected a positive number of seconds, got {_show(heartbeat)}")
+                got = _show(heartbeat)
+                raise _fail(f"hello.heartbeat: expected a positive number of seconds, got {got}")
             return Hello(
                 env=_str(obj, "env", "hello", empty=False),
                 epoch=_str(obj, "epoch", "hello"),
@@ -332,5 +346,7 @@ def decode(data: bytes | str, *, max_size: int | None = None) -> Message:
         raise _fail(f"unknown message type {_show(kind)}")
     except ProtocolError:
         raise
-    except Exception as exc:  # pragma: no cover - defence in depth: decode raises only ProtocolError
+    except (
+        Exception
+    ) as exc:  # pragma: no cover - defence in depth: decode raises only ProtocolError
         raise _fail(f"undecodable frame: {type(exc).__name__}: {exc}") from None
