@@ -9,6 +9,7 @@ import time
 from collections.abc import Callable
 
 import pytest
+import redis
 
 from tests.support.builders import flag
 from tests.support.server import ServerProcess
@@ -29,7 +30,7 @@ async def test_embedded_store_first_start_keys_and_flags_survive_restart(
     srv.admin_key = keys["admin_key"]
     srv.api("PUT", "/environments/production/flags/survivor", flag("survivor", on=False))
 
-    assert srv.stop() == 0
+    assert srv.stop(timeout=40) == 0  # Valkey's own shutdown is included
     first_output = srv.output()
     srv.start()
     assert srv.output()[len(first_output):].count(keys["admin_key"]) == 0  # not printed again
@@ -53,9 +54,20 @@ async def test_sigterm_closes_streams_with_1001_and_exits(server: ServerProcess)
 
 
 async def test_workers_each_serve_and_each_receive_every_change(
-    make_server: Callable[..., ServerProcess],
+    make_server: Callable[..., ServerProcess], redis_url: str, redis_prefix: str
 ) -> None:
     srv = make_server(workers=2)
+    # A worker that started before the first-start bootstrap created `production`
+    # loads it on its next discovery pass (every 2 s); wait until both have it,
+    # since the assertion below is that both workers read the change log.
+    r = redis.Redis.from_url(redis_url)
+    try:
+        deadline = time.monotonic() + 15
+        while r.hlen(f"{redis_prefix}:{{production}}:floors") < 2:
+            assert time.monotonic() < deadline, "second worker never loaded production"
+            await asyncio.sleep(0.1)
+    finally:
+        r.close()
     srv.api("PUT", "/environments/production/flags/f", flag("f"))
     clients = [StreamClient(srv.ws_url, srv.admin_key, env="production") for _ in range(30)]
     await asyncio.gather(*(c.connect() for c in clients))
