@@ -147,9 +147,18 @@ async def _lifespan(app: Starlette) -> AsyncIterator[None]:
         yield
     finally:
         fanout.close_all(1001, "server shutting down")
-        await fanout.stop()
-        await keys.stop()
-        await redis.aclose()
+
+        async def cleanup() -> None:
+            await fanout.stop()
+            await keys.stop()
+            await redis.aclose()
+
+        # A Redis that stopped answering must not hold the exit past the drain time.
+        try:
+            await asyncio.wait_for(cleanup(), timeout=max(1.0, settings.shutdown_timeout))
+        except TimeoutError:
+            log.warning("shutdown clean-up timed out; exiting without it",
+                        extra={"seconds": settings.shutdown_timeout})
 
 
 async def bootstrap(settings: Settings, redis: aioredis.Redis, store: Any, keys: Any) -> bool:
