@@ -20,6 +20,7 @@ import time
 from typing import Any
 
 from websockets.asyncio.server import ServerConnection, broadcast, serve
+from websockets.exceptions import ConnectionClosed
 
 
 def server_frame(payload: bytes) -> bytes:
@@ -37,7 +38,10 @@ async def main(port: int, control_port: int, mode: str) -> None:
     async def handler(ws: ServerConnection) -> None:
         conns.add(ws)
         try:
-            await ws.wait_closed()
+            async for _ack in ws:  # read and drop the clients' acks (with --floor-ack)
+                pass
+        except ConnectionClosed:
+            pass
         finally:
             conns.discard(ws)
 

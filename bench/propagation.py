@@ -72,7 +72,8 @@ def run_floor(n: int, flips: int, a: argparse.Namespace, frame_bytes: int = 0) -
     with (
         FloorServer(mode=a.floor_mode, cpu_set=cpus(a.server_cpus)) as floor,
         Swarm(
-            floor.url, n, processes=_procs(n), cpus=cpus(a.client_cpus), ack=False, lean=True
+            floor.url, n, processes=_procs(n), cpus=cpus(a.client_cpus), ack=a.floor_ack,
+            lean=True,
         ) as swarm,
     ):
         conn = swarm.connect()
@@ -398,6 +399,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--client-cpus", default="1")
     ap.add_argument("--floor-mode", choices=("write", "broadcast"), default="write")
     ap.add_argument(
+        "--floor-ack", action=argparse.BooleanOptionalAction, default=True,
+        help="floor clients acknowledge each message like flagwire's (same client work; "
+        "the bare server reads and drops the acks)",
+    )
+    ap.add_argument(
         "--stall-pad", type=int, default=30000, help="bytes of padding in the stalled run's flag"
     )
     ap.add_argument(
@@ -508,6 +514,7 @@ def main(argv: list[str] | None = None) -> int:
             "server_cpus": a.server_cpus,
             "client_cpus": a.client_cpus,
             "floor_mode": a.floor_mode,
+            "floor_clients_ack": a.floor_ack,
             "rows": rows,
             "verdicts": notes,
             "chart": png.name,
