@@ -1,7 +1,7 @@
 """A rolling restart behind deploy's nginx while clients are connected and flags change.
 
 Three servers (the image's command, env-only configuration) behind
-deploy/nginx/nginx.conf; 300 protocol clients (``bench/_swarm.py``, reconnecting
+deploy/nginx/nginx.conf; 1,000 protocol clients (``bench/_swarm.py``, reconnecting
 with jitter and resuming from their version) connect through nginx; a flag
 changes every 50 ms through nginx's admin API while each server in turn is
 stopped with SIGTERM (streams close with 1001) and started again.  Afterwards:
@@ -30,7 +30,7 @@ pytestmark = [
     pytest.mark.skipif(NGINX is None, reason="no nginx binary (apt-get install -y nginx)"),
 ]
 
-CLIENTS = 300
+CLIENTS = 1000
 ENV = "rolling"
 
 
