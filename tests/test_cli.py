@@ -66,6 +66,14 @@ def test_envs_and_keys(live: Live, env: str) -> None:
     assert env not in run(live, "envs", "list").stdout
 
 
+def test_yaml_on_field_is_the_flag_switch(live: Live, env: str, tmp_path: Path) -> None:
+    # YAML 1.1 would read the key `on` as the boolean True.
+    f = tmp_path / "g.yaml"
+    f.write_text("key: gate\non: true\nvariations: [true, false]\nfallthrough: {variation: 0}\n")
+    run(live, "flags", "create", str(f), "-e", env)
+    assert run_json(live, "flags", "get", "gate", "-e", env)["on"] is True
+
+
 def test_flags_commands(live: Live, env: str, tmp_path: Path) -> None:
     f = tmp_path / "f.yaml"
     f.write_text("key: checkout\nvariations: [true, false]\nfallthrough: {variation: 1}\n"

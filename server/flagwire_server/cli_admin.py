@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import re
 import sys
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -52,7 +53,10 @@ class Api:
 
     def call(self, method: str, path: str, *, body: Any = None, params: dict[str, Any] | None =
              None, headers: dict[str, str] | None = None) -> Any:
-        content = orjson.dumps(body) if body is not None else None
+        try:
+            content = orjson.dumps(body) if body is not None else None
+        except TypeError as exc:  # e.g. a YAML mapping with a non-string key
+            fail(f"the document cannot be sent as JSON: {exc}")
         hdrs = {"Content-Type": "application/json", **(headers or {})} if content else headers
         try:
             resp = self.client.request(method, path, content=content, headers=hdrs,
@@ -118,10 +122,32 @@ def _write_summary(data: dict[str, Any], kind: str, as_json: bool) -> None:
     line = f"{kind} {doc.get('key') if doc else ''} {state}: version {data['version']}, " \
            f"environment version {data['env_version']}"
     prop = data.get("propagation")
-    if prop:
+    if prop and not prop.get("connected"):
+        line += "; no clients connected"
+    elif prop:
         line += (f"; {prop.get('acknowledged')}/{prop.get('connected')} clients acknowledged"
                  f" (p99 {prop.get('p99_ms')} ms{'' if prop.get('complete') else ', incomplete'})")
     typer.echo(line.replace(f"{kind}  ", f"{kind} "))
+
+
+def _yaml12_loader(yaml: Any) -> Any:
+    """PyYAML's SafeLoader with YAML 1.2 booleans: only true/false.
+
+    YAML 1.1 reads ``on``, ``off``, ``yes`` and ``no`` as booleans, so the flag
+    field ``on: true`` would load as ``{True: True}``.
+    """
+    bool_tag = "tag:yaml.org,2002:bool"
+
+    class Loader(yaml.SafeLoader):  # type: ignore[misc]
+        pass
+
+    Loader.yaml_implicit_resolvers = {
+        first: [r for r in resolvers if r[0] != bool_tag]
+        for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+    }
+    Loader.add_implicit_resolver(
+        bool_tag, re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF"))
+    return Loader
 
 
 def load_file(path: Path) -> Any:
@@ -133,7 +159,7 @@ def load_file(path: Path) -> Any:
         import yaml
 
         try:
-            return yaml.safe_load(text)
+            return yaml.load(text, Loader=_yaml12_loader(yaml))  # a SafeLoader
         except yaml.YAMLError as exc:
             fail(f"{path} is not valid YAML: {str(exc).splitlines()[0]}")
     try:
