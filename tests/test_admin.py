@@ -294,3 +294,34 @@ async def test_wait_reports_acknowledgements(live: Live, env: str) -> None:
     assert (prop["connected"], prop["acknowledged"], prop["complete"]) == (1, 1, True)
     figures = api.get(f"/environments/{env}/changes/{patch.version}").json()
     assert figures["acknowledged"] == 1
+
+
+def test_evaluate_reads_its_own_writes(live: Live, env: str) -> None:
+    # Each evaluation follows the write answered just before it: through the
+    # cached snapshot's incremental refresh, a delete, a segment and a re-create.
+    api = live.api
+
+    def value(key: str, context: dict[str, Any]) -> Any:
+        r = api.post(f"/environments/{env}/evaluate", json={"context": context, "flag": key})
+        assert r.status_code == 200, r.text
+        return r.json()["value"], r.json()["reason"]
+
+    api.post(f"/environments/{env}/flags", json=flag("g", on=False))
+    api.post(f"/environments/{env}/flags", json=flag("h"))
+    for i in range(10):
+        on = i % 2 == 0
+        assert api.patch(f"/environments/{env}/flags/g", json={"on": on}).status_code == 200
+        assert value("g", {"key": "u"}) == ((True, "FALLTHROUGH") if on else (False, "OFF"))
+    api.put(f"/environments/{env}/segments/staff",
+            json={"key": "staff", "included": ["ann"]})
+    api.put(f"/environments/{env}/flags/h", json=flag(
+        "h", fallthrough=1,
+        rules=[{"id": "s", "variation": 0,
+                "clauses": [{"attribute": "key", "op": "segment_match", "values": ["staff"]}]}]))
+    assert value("h", {"key": "ann"}) == (True, "RULE_MATCH")
+    assert value("h", {"key": "bob"}) == (False, "FALLTHROUGH")
+    api.delete(f"/environments/{env}/flags/g")
+    r = api.post(f"/environments/{env}/evaluate", json={"context": {"key": "u"}, "flag": "g"})
+    assert r.json()["error_kind"] == "FLAG_NOT_FOUND"
+    api.post(f"/environments/{env}/flags", json=flag("g"))
+    assert value("g", {"key": "u"}) == (True, "FALLTHROUGH")
