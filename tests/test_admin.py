@@ -262,7 +262,7 @@ async def test_wait_reports_acknowledgements(live: Live, env: str) -> None:
 
     import websockets
 
-    from flagwire._protocol import Ack, Hello, Patch, decode, encode
+    from flagwire.core.protocol import Ack, Hello, Patch, decode, encode
 
     api = live.api
     api.post(f"/environments/{env}/flags", json=flag("kill", on=True))

@@ -11,8 +11,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from flagwire._bucketing import BUCKETS, bucket, bucket_text
-from flagwire._evaluation import Snapshot
+from flagwire.core.bucketing import BUCKETS, bucket, bucket_text
+from flagwire.core.evaluation import Snapshot
 from tests.support.builders import clause, flag, rollout, rule
 
 VECTORS = json.loads((Path(__file__).parent / "vectors" / "bucketing.json").read_text("utf-8"))

@@ -8,7 +8,7 @@ import random
 import pytest
 
 from flagwire._backoff import Action, Backoff, BackoffSettings, Closed, Refused, classify
-from flagwire._errors import AuthenticationError, ProtocolError
+from flagwire.core.errors import AuthenticationError, ProtocolError
 
 
 def test_first_retry_is_fast_and_ceiling_grows_to_the_cap() -> None:

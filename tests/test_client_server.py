@@ -21,7 +21,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from flagwire import AuthenticationError, BackoffSettings, ClientStatus, FlagClient
-from flagwire_server.store import Store
+from flagwire_server.store.documents import Store
 from tests.support.builders import flag
 from tests.support.proxy import FaultProxy
 from tests.support.server import ServerProcess

@@ -6,9 +6,9 @@ from typing import Any
 
 import pytest
 
-from flagwire import _protocol as proto
-from flagwire._errors import ProtocolError
-from flagwire._evaluation import Snapshot
+from flagwire.core import protocol as proto
+from flagwire.core.errors import ProtocolError
+from flagwire.core.evaluation import Snapshot
 from flagwire._state import StreamState
 from tests.support.builders import flag
 

@@ -10,10 +10,10 @@ import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from flagwire._errors import ValidationError
-from flagwire._evaluation import ErrorKind, EvaluationDetail, Reason, Snapshot
-from flagwire._model import LIMITS, validate_flag
-from flagwire._operators import OPERATORS
+from flagwire.core.errors import ValidationError
+from flagwire.core.evaluation import ErrorKind, EvaluationDetail, Reason, Snapshot
+from flagwire.core.model import LIMITS, validate_flag
+from flagwire.core.operators import OPERATORS
 from tests.support.builders import (
     clause,
     flag,
@@ -582,7 +582,7 @@ def test_evaluation_never_raises(main: dict[str, Any], p1: dict[str, Any], p2: d
 def test_fast_paths_agree_with_general_clauses(c: dict[str, Any], value: Any,
                                                present: bool) -> None:
     """A clause gives one answer whether inlined in a flag, a closure or the slow path."""
-    from flagwire._clauses import _TESTS, _lift, compile_clause
+    from flagwire.core._clauses import _TESTS, _lift, compile_clause
 
     if c["op"] == "segment_match" or (c["attribute"] == "key" and not isinstance(value, str)):
         return  # (a non-string key is an invalid context, tested elsewhere)

@@ -12,8 +12,8 @@ from typing import Any
 import pytest
 import redis.asyncio as aioredis
 
-from flagwire_server.keys import KeyRing
-from flagwire_server.store import Store, StoreUnavailable
+from flagwire_server.store.apikeys import KeyRing
+from flagwire_server.store.documents import Store, StoreUnavailable
 from tests.support.builders import flag
 from tests.support.redisproc import RedisProcess
 from tests.support.server import ServerProcess
@@ -339,7 +339,7 @@ async def test_a_gap_the_log_does_not_cover_reloads_and_resnapshots(
     """Simulate a trimmed log: the next entry is not version + 1."""
     import orjson
 
-    from flagwire._protocol import patch_template
+    from flagwire.core.protocol import patch_template
 
     v = await admin.put("a")
     key = await admin.sdk(server)

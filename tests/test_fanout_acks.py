@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from flagwire_server.acks import AckBook, merge_reports
-from flagwire_server.fanout import frame_of, payload_of
+from flagwire_server.store.acks import AckBook, merge_reports
+from flagwire_server.stream.fanout import frame_of, payload_of
 
 
 def test_book_counts_acks_latency_and_losses() -> None:

@@ -30,7 +30,7 @@ import pytest
 import websockets
 
 from flagwire import ClientStatus
-from flagwire._protocol import CloseCode
+from flagwire.core.protocol import CloseCode
 from tests.support.builders import flag
 from tests.support.faultkit import (
     CLIENT_TIMEOUT,

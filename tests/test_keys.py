@@ -8,8 +8,8 @@ from collections.abc import AsyncIterator
 import pytest
 import redis.asyncio as aioredis
 
-from flagwire._errors import ValidationError
-from flagwire_server.keys import KeyRing, hash_secret
+from flagwire.core.errors import ValidationError
+from flagwire_server.store.apikeys import KeyRing, hash_secret
 
 
 @pytest.fixture

@@ -10,8 +10,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from flagwire._errors import ValidationError
-from flagwire._model import KEY_RE, LIMITS, validate_flag, validate_segment
+from flagwire.core.errors import ValidationError
+from flagwire.core.model import KEY_RE, LIMITS, validate_flag, validate_segment
 from tests.support.builders import clause, flag, prerequisite, rollout, rule, segment, target
 from tests.test_evaluation import valid_flags
 

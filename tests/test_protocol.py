@@ -10,8 +10,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from flagwire._errors import ProtocolError
-from flagwire._protocol import (
+from flagwire.core.errors import ProtocolError
+from flagwire.core.protocol import (
     MAX_CLIENT_FRAME,
     PROTOCOL_VERSION,
     Ack,

@@ -32,7 +32,7 @@ import redis.asyncio as aioredis
 import websockets
 
 from flagwire import ClientStatus, FlagClient
-from flagwire._protocol import MAX_CLIENT_FRAME, CloseCode
+from flagwire.core.protocol import MAX_CLIENT_FRAME, CloseCode
 from tests.support.builders import flag
 from tests.support.invariants import Admin, RawSubscriber, poll, wait_key_known
 from tests.support.server import ServerProcess

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from flagwire_server.config import ENV_VARS, Settings
-from flagwire_server.logs import ConsoleFormatter, JsonFormatter, redact
+from flagwire_server.observability.logs import ConsoleFormatter, JsonFormatter, redact
 
 
 def test_defaults_and_overrides() -> None:

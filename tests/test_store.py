@@ -10,9 +10,9 @@ import orjson
 import pytest
 import redis.asyncio as aioredis
 
-from flagwire._errors import ValidationError
-from flagwire._protocol import Delete, Patch, decode, encode
-from flagwire_server.store import (
+from flagwire.core.errors import ValidationError
+from flagwire.core.protocol import Delete, Patch, decode, encode
+from flagwire_server.store.documents import (
     AlreadyExists,
     Conflict,
     NotFound,

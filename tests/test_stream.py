@@ -11,9 +11,9 @@ import pytest
 import redis.asyncio as aioredis
 import websockets
 
-from flagwire._protocol import Delete, Hello, Patch, Snapshot, decode
-from flagwire_server.keys import KeyRing
-from flagwire_server.store import Store
+from flagwire.core.protocol import Delete, Hello, Patch, Snapshot, decode
+from flagwire_server.store.apikeys import KeyRing
+from flagwire_server.store.documents import Store
 from tests.support.builders import flag
 from tests.support.server import ServerProcess
 from tests.support.streamclient import StreamClient, connect_raw, wait_until

@@ -2,7 +2,7 @@
 
 Each example opens a stream on a real ``flagwire serve`` with a valid SDK
 key and sends one frame.  What the server must do is decided by the
-protocol's own decoder (``flagwire._protocol.decode``):
+protocol's own decoder (``flagwire.core.protocol.decode``):
 
 * a frame over ``MAX_CLIENT_FRAME`` bytes: close 1009 with a reason;
 * a frame that is not a valid message, or a message only servers send: close
@@ -25,8 +25,8 @@ import websockets
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from flagwire._errors import ProtocolError
-from flagwire._protocol import MAX_CLIENT_FRAME, Ack, CloseCode, Resync, decode
+from flagwire.core.errors import ProtocolError
+from flagwire.core.protocol import MAX_CLIENT_FRAME, Ack, CloseCode, Resync, decode
 from tests.support.builders import flag
 from tests.support.invariants import Admin, RawSubscriber, poll, wait_key_known
 from tests.support.server import ServerProcess

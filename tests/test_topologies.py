@@ -39,7 +39,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(120)]
 
 
 def _supports(scheme: str) -> bool:
-    from flagwire_server.redisurl import SCHEMES
+    from flagwire_server.store.redisurl import SCHEMES
 
     return scheme in SCHEMES
 
@@ -345,7 +345,7 @@ def test_sentinel_failover_mid_stream(sentinels: SentinelSet) -> None:
 
 @pytest.mark.skipif(not _supports("redis+sentinel"), reason="redisurl has no redis+sentinel yet")
 def test_sentinel_url_names_sentinels_service_and_db() -> None:
-    from flagwire_server.redisurl import connect
+    from flagwire_server.store.redisurl import connect
 
     r = connect("redis+sentinel://user:secret@s1:26380,s2/mymaster/2")
     pool: Any = r.connection_pool
@@ -361,7 +361,7 @@ def test_sentinel_url_names_sentinels_service_and_db() -> None:
 
 @pytest.mark.skipif(not _supports("redis+cluster"), reason="redisurl has no redis+cluster yet")
 def test_cluster_url_names_startup_nodes() -> None:
-    from flagwire_server.redisurl import connect
+    from flagwire_server.store.redisurl import connect
 
     r: Any = connect("redis+cluster://:pw@n1:7000,n2:7001")
     nodes = [(n.host, n.port) for n in r.startup_nodes]

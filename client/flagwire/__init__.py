@@ -13,11 +13,11 @@ Public modules: :mod:`flagwire.testing` (flags set in code for your tests),
 :mod:`flagwire.openfeature` (an OpenFeature provider, extra ``[openfeature]``).
 """
 
-from ._backoff import BackoffSettings
-from ._changes import ChangeStream, FlagChange, ValueWatch
-from ._client import ClientStatus, FlagClient
-from ._detail import ErrorKind, EvaluationDetail, Reason
-from ._errors import (
+from flagwire._backoff import BackoffSettings
+from flagwire._changes import ChangeStream, FlagChange, ValueWatch
+from flagwire._client import ClientStatus, FlagClient
+from flagwire.core.detail import ErrorKind, EvaluationDetail, Reason
+from flagwire.core.errors import (
     AuthenticationError,
     ClientClosedError,
     ClientError,
@@ -26,8 +26,8 @@ from ._errors import (
     ProtocolError,
     ValidationError,
 )
-from ._evaluation import Snapshot
-from ._version import __version__
+from flagwire.core.evaluation import Snapshot
+from flagwire._version import __version__
 
 __all__ = [
     "AuthenticationError",

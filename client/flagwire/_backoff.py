@@ -18,8 +18,8 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import Final
 
-from ._errors import AuthenticationError, ProtocolError
-from ._protocol import CloseCode
+from flagwire.core.errors import AuthenticationError, ProtocolError
+from flagwire.core.protocol import CloseCode
 
 __all__ = ["Action", "Backoff", "BackoffSettings", "Closed", "Refused", "classify"]
 

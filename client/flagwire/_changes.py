@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from ._evaluation import Snapshot
+from flagwire.core.evaluation import Snapshot
 
 __all__ = ["ChangeHub", "ChangeStream", "FlagChange", "ValueWatch", "diff"]
 

@@ -1,7 +1,7 @@
 """``FlagClient``: a live subscription plus local, lock-free evaluation.
 
 The client holds one attribute, ``_snapshot``, pointing at an immutable
-:class:`~flagwire._evaluation.Snapshot`.  Evaluation reads it once and calls
+:class:`~flagwire.core.evaluation.Snapshot`.  Evaluation reads it once and calls
 ``snapshot.evaluate``; the subscription replaces it with a new snapshot for
 each change.  Replacing an attribute is atomic in Python, so evaluations on
 any thread see either the old snapshot or the new one, never a mix, and need
@@ -20,22 +20,22 @@ from enum import StrEnum
 from types import TracebackType
 from typing import Any, Final
 
-from . import _persistence
-from ._backoff import Backoff, BackoffSettings
-from ._changes import ChangeHub, ChangeStream, FlagChange, ValueWatch, diff
-from ._connection import Subscription
-from ._detail import ErrorKind, EvaluationDetail, Reason
-from ._errors import (
+from flagwire import _persistence
+from flagwire._backoff import Backoff, BackoffSettings
+from flagwire._changes import ChangeHub, ChangeStream, FlagChange, ValueWatch, diff
+from flagwire._connection import Subscription
+from flagwire.core.detail import ErrorKind, EvaluationDetail, Reason
+from flagwire.core.errors import (
     AuthenticationError,
     ClientClosedError,
     ClientError,
     InitializationError,
     ProtocolError,
 )
-from ._evaluation import Snapshot
-from ._offline import load_offline, snapshot_from_values
-from ._state import Outcome, StreamState
-from ._version import __version__
+from flagwire.core.evaluation import Snapshot
+from flagwire._offline import load_offline, snapshot_from_values
+from flagwire._state import Outcome, StreamState
+from flagwire._version import __version__
 
 __all__ = ["ClientStatus", "FlagClient"]
 

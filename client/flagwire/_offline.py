@@ -18,8 +18,8 @@ from typing import Any
 
 import orjson
 
-from ._errors import ClientError
-from ._evaluation import Snapshot
+from flagwire.core.errors import ClientError
+from flagwire.core.evaluation import Snapshot
 
 __all__ = ["constant_flag", "load_offline", "snapshot_from_values"]
 

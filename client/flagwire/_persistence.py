@@ -1,7 +1,7 @@
 """Saving the latest snapshot to a local file, atomically, and loading it back.
 
 The file is the protocol's snapshot message plus ``saved_at`` (Unix time), so
-it is readable by eye and by :func:`flagwire._protocol.decode`.  A write goes
+it is readable by eye and by :func:`flagwire.core.protocol.decode`.  A write goes
 to a temporary file in the same directory, is fsynced, renamed over the old
 file, and the directory is fsynced: a crash leaves the old file or the new
 one, never half of one.
@@ -18,9 +18,9 @@ from typing import Any
 
 import orjson
 
-from . import _protocol as proto
-from ._errors import ProtocolError
-from ._evaluation import Snapshot
+from flagwire.core import protocol as proto
+from flagwire.core.errors import ProtocolError
+from flagwire.core.evaluation import Snapshot
 
 __all__ = ["load_snapshot", "save_snapshot", "snapshot_from_document"]
 

@@ -1,7 +1,7 @@
 """The client's subscription state machine, sans-I/O.
 
 :class:`StreamState` takes decoded server messages and says what they mean:
-the new :class:`~flagwire._evaluation.Snapshot` to install, the changes to
+the new :class:`~flagwire.core.evaluation.Snapshot` to install, the changes to
 announce, the version to acknowledge, whether to ask for a resync.  It never
 touches a socket, so every ordering rule below is unit-tested directly.
 
@@ -24,10 +24,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from . import _protocol as proto
-from ._changes import FlagChange, change_of, diff
-from ._errors import ProtocolError
-from ._evaluation import Snapshot
+from flagwire.core import protocol as proto
+from flagwire._changes import FlagChange, change_of, diff
+from flagwire.core.errors import ProtocolError
+from flagwire.core.evaluation import Snapshot
 
 __all__ = ["Outcome", "StreamState"]
 

@@ -42,10 +42,10 @@ from openfeature.flag_evaluation import FlagResolutionDetails
 from openfeature.flag_evaluation import Reason as OFReason
 from openfeature.provider import AbstractProvider, Metadata
 
-from ._changes import FlagChange
-from ._client import ClientStatus
-from ._detail import ErrorKind, EvaluationDetail, Reason
-from ._evaluation import Snapshot
+from flagwire._changes import FlagChange
+from flagwire._client import ClientStatus
+from flagwire.core.detail import ErrorKind, EvaluationDetail, Reason
+from flagwire.core.evaluation import Snapshot
 
 __all__ = ["FlagwireProvider"]
 

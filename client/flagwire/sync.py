@@ -27,11 +27,11 @@ from collections.abc import Callable, Coroutine, Mapping
 from concurrent.futures import Future
 from typing import Any, TypeVar
 
-from ._changes import FlagChange
-from ._client import ClientStatus, FlagClient
-from ._detail import ErrorKind, EvaluationDetail, Reason
-from ._errors import ClientClosedError
-from ._evaluation import Snapshot
+from flagwire._changes import FlagChange
+from flagwire._client import ClientStatus, FlagClient
+from flagwire.core.detail import ErrorKind, EvaluationDetail, Reason
+from flagwire.core.errors import ClientClosedError
+from flagwire.core.evaluation import Snapshot
 
 __all__ = ["SyncFlagClient"]
 

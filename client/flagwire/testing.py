@@ -28,9 +28,9 @@ import weakref
 from collections.abc import Mapping
 from typing import Any
 
-from ._changes import diff
-from ._client import ClientStatus, FlagClient
-from ._evaluation import Snapshot
+from flagwire._changes import diff
+from flagwire._client import ClientStatus, FlagClient
+from flagwire.core.evaluation import Snapshot
 
 __all__ = ["TestFlags", "make_client"]
 

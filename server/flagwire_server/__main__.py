@@ -1,5 +1,5 @@
 """``python -m flagwire_server``: the ``flagwire`` command."""
 
-from .cli import main
+from flagwire_server.cli.main import main
 
 main()

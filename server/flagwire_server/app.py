@@ -32,13 +32,14 @@ from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.routing import BaseRoute
 
-from . import health, stream
-from .config import Settings
-from .fanout import READ_BLOCK_MS, Fanout
-from .keyspace import Keyspace
-from .metrics import Metrics, RequestMetricsMiddleware
-from .process import freeze_gc, raise_nofile
-from .redisurl import connect
+from flagwire_server.observability import health
+from flagwire_server.stream import endpoint as stream
+from flagwire_server.config import Settings
+from flagwire_server.stream.fanout import READ_BLOCK_MS, Fanout
+from flagwire_server.store.keyspace import Keyspace
+from flagwire_server.observability.metrics import Metrics, RequestMetricsMiddleware
+from flagwire_server.process import freeze_gc, raise_nofile
+from flagwire_server.store.redisurl import connect
 
 __all__ = ["bootstrap", "create_app", "create_app_from_env"]
 
@@ -62,7 +63,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
     )
     metrics = Metrics()
 
-    from . import admin
+    from flagwire_server.api import routing as admin
 
     routes: list[BaseRoute] = [
         *health.routes(settings.metrics),
@@ -70,13 +71,13 @@ def create_app(settings: Settings | None = None) -> Starlette:
         *admin.routes(),
     ]
     try:
-        from . import console
+        from flagwire_server import console
     except ImportError:
         log.info("console not installed; serving the API only")
     else:
         routes.extend(console.routes())
 
-    from .problems import exception_handlers
+    from flagwire_server.api.problems import exception_handlers
 
     app = Starlette(
         routes=routes,
@@ -121,8 +122,8 @@ async def _lifespan(app: Starlette) -> AsyncIterator[None]:
     settings: Settings = app.state.settings
     url = settings.redis_url
     assert url is not None
-    from .keys import KeyRing
-    from .store import Store
+    from flagwire_server.store.apikeys import KeyRing
+    from flagwire_server.store.documents import Store
 
     raise_nofile()
     redis = await _connect(url)

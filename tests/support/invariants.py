@@ -46,7 +46,7 @@ import redis.asyncio as aioredis
 import websockets
 
 from flagwire import ClientStatus, FlagClient
-from flagwire._protocol import (
+from flagwire.core.protocol import (
     MAX_SERVER_FRAME,
     Ack,
     Delete,

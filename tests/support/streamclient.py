@@ -16,7 +16,7 @@ from urllib.parse import urlencode
 import websockets
 from websockets.asyncio.client import ClientConnection
 
-from flagwire._protocol import (
+from flagwire.core.protocol import (
     MAX_SERVER_FRAME,
     Ack,
     Delete,

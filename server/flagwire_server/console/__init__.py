@@ -13,6 +13,6 @@ __all__ = ["routes"]
 
 def routes() -> list[BaseRoute]:
     """The console's pages, sign-in/out and static assets (paths outside ``/api/v1``)."""
-    from .pages import build_routes
+    from flagwire_server.console.pages import build_routes
 
     return build_routes()

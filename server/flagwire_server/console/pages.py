@@ -21,12 +21,12 @@ from starlette.responses import HTMLResponse, RedirectResponse, Response
 from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
 
-from flagwire._operators import OPERATORS
+from flagwire.core.operators import OPERATORS
 
-from ..ratelimit import RateLimiter
-from ..store import NotFound, Store, StoreUnavailable
-from . import present
-from .session import (
+from flagwire_server.api.ratelimit import RateLimiter
+from flagwire_server.store.documents import NotFound, Store, StoreUnavailable
+from flagwire_server.console import present
+from flagwire_server.console.session import (
     LOGIN_COOKIE,
     Session,
     create_session,

@@ -34,11 +34,11 @@ from typing import Any, Final, Literal
 import orjson
 import redis.asyncio as aioredis
 
-from flagwire._errors import ValidationError
-from flagwire._model import KEY_RE
-from flagwire._protocol import patch_template
+from flagwire.core.errors import ValidationError
+from flagwire.core.model import KEY_RE
+from flagwire.core.protocol import patch_template
 
-from .store_types import (
+from flagwire_server.store.types import (
     ENV_RE,
     SERVER_FIELDS,
     AlreadyExists,

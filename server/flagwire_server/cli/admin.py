@@ -254,7 +254,7 @@ def register(app: typer.Typer) -> None:
             data = Api(url, admin_key).call("DELETE", f"/keys/{key_id}")
             emit(data, True) if as_json else typer.echo(f"key {key_id} revoked")
 
-    from .cli_flags import register_flags
+    from flagwire_server.cli.flags import register_flags
 
     register_flags(flags)
 
@@ -324,10 +324,10 @@ async def _watch(url: str, env: str, key: str, count: int, as_json: bool) -> Non
     import websockets
     from websockets.exceptions import ConnectionClosed, InvalidStatus
 
-    from flagwire._errors import ProtocolError
-    from flagwire._protocol import MAX_SERVER_FRAME, Ack, Delete, Hello, Patch, Snapshot
-    from flagwire._protocol import decode as decode_msg
-    from flagwire._protocol import encode as encode_msg
+    from flagwire.core.errors import ProtocolError
+    from flagwire.core.protocol import MAX_SERVER_FRAME, Ack, Delete, Hello, Patch, Snapshot
+    from flagwire.core.protocol import decode as decode_msg
+    from flagwire.core.protocol import encode as encode_msg
 
     ws_url = url.rstrip("/").replace("http://", "ws://", 1).replace("https://", "wss://", 1)
     seen = 0

@@ -2,7 +2,7 @@
 
 uvicorn settings that matter here (issue 6):
 
-* ``ws=flagwire_server.wsproto:FlagwireWebSocketProtocol`` — uvicorn's
+* ``ws=flagwire_server.stream.uvicorn_fence:FlagwireWebSocketProtocol`` — uvicorn's
   sans-I/O WebSocket implementation (the fastest measured) with the transport
   exposed to the fan-out and 1001 on shutdown;
 * ``ws_per_message_deflate=False`` — compression doubles fan-out time and
@@ -32,18 +32,18 @@ from typing import Any
 
 import uvicorn
 
-from flagwire._protocol import MAX_CLIENT_FRAME
+from flagwire.core.protocol import MAX_CLIENT_FRAME
 
-from . import logs
-from .config import Settings
-from .embedded import EmbeddedStore
-from .process import raise_nofile
+from flagwire_server.observability import logs
+from flagwire_server.config import Settings
+from flagwire_server.store.embedded import EmbeddedStore
+from flagwire_server.process import raise_nofile
 
 __all__ = ["WS_PROTOCOL", "serve", "uvicorn_options"]
 
 log = logging.getLogger("flagwire.serve")
 
-WS_PROTOCOL = "flagwire_server.wsproto:FlagwireWebSocketProtocol"
+WS_PROTOCOL = "flagwire_server.stream.uvicorn_fence:FlagwireWebSocketProtocol"
 
 
 def uvicorn_options(settings: Settings) -> dict[str, Any]:
@@ -97,7 +97,7 @@ def serve(settings: Settings) -> None:
             uvicorn.run("flagwire_server.app:create_app_from_env", factory=True,
                         workers=settings.workers, **options)
         else:
-            from .app import create_app
+            from flagwire_server.app import create_app
 
             server = uvicorn.Server(uvicorn.Config(create_app(settings), **options))
             # uvicorn re-raises the signal that stopped it once it has shut down,

@@ -19,11 +19,11 @@ from collections.abc import Mapping
 from types import MappingProxyType
 from typing import Any, Final
 
-from ._clauses import CompiledSegment, MalformedError, compile_segment
-from ._compile import USE_DEFAULT, CompiledFlag, CycleError, compile_flag, malformed_flag
-from ._detail import ErrorKind, EvaluationDetail, Reason
-from ._errors import ValidationError
-from ._model import KEY_RE, LIMITS
+from flagwire.core._clauses import CompiledSegment, MalformedError, compile_segment
+from flagwire.core._compile import USE_DEFAULT, CompiledFlag, CycleError, compile_flag, malformed_flag
+from flagwire.core.detail import ErrorKind, EvaluationDetail, Reason
+from flagwire.core.errors import ValidationError
+from flagwire.core.model import KEY_RE, LIMITS
 
 __all__ = ["ErrorKind", "EvaluationDetail", "Reason", "Snapshot"]
 

@@ -20,7 +20,7 @@ from typing import Any, Final, Literal, TypeAlias
 
 import orjson
 
-from ._errors import ProtocolError
+from flagwire.core.errors import ProtocolError
 
 __all__ = [
     "MAX_CLIENT_FRAME",

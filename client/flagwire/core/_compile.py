@@ -34,8 +34,8 @@ from bisect import bisect_right
 from collections.abc import Callable, Mapping
 from typing import Any, Final
 
-from ._bucketing import BUCKETS, bucket_text
-from ._clauses import (
+from flagwire.core.bucketing import BUCKETS, bucket_text
+from flagwire.core._clauses import (
     FAST_EXPRS,
     FAST_GLOBALS,
     Env,
@@ -44,10 +44,10 @@ from ._clauses import (
     fast_parts,
     match_all,
 )
-from ._detail import EvaluationDetail, Reason
-from ._errors import ValidationError
-from ._model import validate_flag
-from ._operators import is_number
+from flagwire.core.detail import EvaluationDetail, Reason
+from flagwire.core.errors import ValidationError
+from flagwire.core.model import validate_flag
+from flagwire.core.operators import is_number
 
 __all__ = [
     "USE_DEFAULT",

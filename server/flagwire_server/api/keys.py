@@ -1,7 +1,7 @@
 """Admin routes for API keys: create (secret shown once), list, revoke.
 
 Why the environment check lives here: an SDK key is useless for an
-environment that does not exist, and :class:`~flagwire_server.keys.KeyRing`
+environment that does not exist, and :class:`~flagwire_server.store.apikeys.KeyRing`
 deliberately knows nothing of the flag store.
 """
 
@@ -10,10 +10,10 @@ from __future__ import annotations
 from starlette.requests import Request
 from starlette.responses import Response
 
-from .admin import api, json_response, read_json, store
-from .auth import Principal
-from .keys import KeyRing
-from .problems import Problem
+from flagwire_server.api.routing import api, json_response, read_json, store
+from flagwire_server.api.auth import Principal
+from flagwire_server.store.apikeys import KeyRing
+from flagwire_server.api.problems import Problem
 
 
 def _ring(request: Request) -> KeyRing:

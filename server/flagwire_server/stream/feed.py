@@ -3,7 +3,7 @@
 The hot path lives here: :meth:`EnvFeed.broadcast` writes one pre-built frame
 to every stream in a synchronous loop, and :meth:`EnvFeed.attach` registers a
 stream in the same synchronous step that sends it ``hello`` and its snapshot.
-See :mod:`flagwire_server.fanout` for the design and the reasons.
+See :mod:`flagwire_server.stream.fanout` for the design and the reasons.
 """
 
 from __future__ import annotations
@@ -22,17 +22,17 @@ import redis.asyncio as aioredis
 import redis.exceptions
 from websockets.frames import Frame, Opcode
 
-from flagwire._errors import ProtocolError
-from flagwire._protocol import CloseCode, Delete, Hello, Patch, Snapshot, decode, encode
+from flagwire.core.errors import ProtocolError
+from flagwire.core.protocol import CloseCode, Delete, Hello, Patch, Snapshot, decode, encode
 
-from .acks import AckBook
-from .store import StoreUnavailable
-from .wsproto import close_now
+from flagwire_server.store.acks import AckBook
+from flagwire_server.store.documents import StoreUnavailable
+from flagwire_server.stream.uvicorn_fence import close_now
 
 if TYPE_CHECKING:
     from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 
-    from .fanout import Fanout
+    from flagwire_server.stream.fanout import Fanout
 
 __all__ = ["READ_BLOCK_MS", "Backoff", "Conn", "EnvFeed", "EnvNotFound", "frame_of", "payload_of"]
 

@@ -26,11 +26,11 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
-from flagwire._errors import ValidationError
+from flagwire.core.errors import ValidationError
 
-from .auth import Principal, authenticate
-from .problems import Problem, problem_response
-from .store import (
+from flagwire_server.api.auth import Principal, authenticate
+from flagwire_server.api.problems import Problem, problem_response
+from flagwire_server.store.documents import (
     ENV_RE,
     AlreadyExists,
     Conflict,
@@ -105,7 +105,7 @@ def api(
 
 def table() -> list[ApiRoute]:
     """Every registered operation (importing the handler modules first)."""
-    from . import admin_docs, admin_envs, admin_keys, openapi  # noqa: F401  (they register)
+    from flagwire_server.api import documents, environments, keys, openapi  # noqa: F401  (they register)
 
     return list(_TABLE)
 

@@ -18,12 +18,12 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import Response
 
-from flagwire._evaluation import Snapshot
+from flagwire.core.evaluation import Snapshot
 
-from .admin import Param, api, env_param, int_param, json_response, read_json, store
-from .auth import Principal
-from .fanout import EnvNotFound
-from .problems import Problem
+from flagwire_server.api.routing import Param, api, env_param, int_param, json_response, read_json, store
+from flagwire_server.api.auth import Principal
+from flagwire_server.stream.fanout import EnvNotFound
+from flagwire_server.api.problems import Problem
 
 _SNAPSHOTS_MAX = 64
 #: Seconds an evaluation waits for this process's mirror to catch up with a write.

@@ -7,7 +7,7 @@ Per process and environment an :class:`EnvFeed` keeps
   frames;
 * a ring of the last ``ring_size`` changes as ready-to-write WebSocket frames,
   so a client resuming with ``since`` gets only what it missed;
-* the set of its open streams (:class:`~flagwire_server.feed.Conn`);
+* the set of its open streams (:class:`~flagwire_server.stream.feed.Conn`);
 * a reader task doing a blocking ``XREAD`` on ``P:{env}:changes`` from the last
   id it applied, on a Redis connection of its own.
 
@@ -45,10 +45,10 @@ from typing import TYPE_CHECKING, Any, Final
 
 import redis.asyncio as aioredis
 
-from flagwire._protocol import CloseCode
+from flagwire.core.protocol import CloseCode
 
-from .acks import AckReporter
-from .feed import (
+from flagwire_server.store.acks import AckReporter
+from flagwire_server.stream.feed import (
     READ_BLOCK_MS,
     REDIS_ERRORS,
     Conn,
@@ -58,12 +58,12 @@ from .feed import (
     frame_of,
     payload_of,
 )
-from .keyspace import Keyspace
-from .store import NotFound
+from flagwire_server.store.keyspace import Keyspace
+from flagwire_server.store.documents import NotFound
 
 if TYPE_CHECKING:
-    from .config import Settings
-    from .metrics import Metrics
+    from flagwire_server.config import Settings
+    from flagwire_server.observability.metrics import Metrics
 
 __all__ = ["READ_BLOCK_MS", "Conn", "EnvFeed", "EnvNotFound", "Fanout", "frame_of", "payload_of"]
 

@@ -33,9 +33,9 @@ import orjson
 import redis.asyncio as aioredis
 import redis.exceptions
 
-from flagwire._errors import ValidationError
+from flagwire.core.errors import ValidationError
 
-from .store import StoreUnavailable
+from flagwire_server.store.documents import StoreUnavailable
 
 __all__ = ["ENV_ADMIN_ID", "KeyRecord", "KeyRing"]
 

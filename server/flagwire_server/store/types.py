@@ -1,7 +1,7 @@
 """The store's vocabulary: errors, results and pure helpers (no Redis I/O here).
 
 Split from ``store.py`` so that the write path there reads as one piece;
-everything public is re-exported by ``flagwire_server.store``.
+everything public is re-exported by ``flagwire_server.store.documents``.
 
 Errors (all :class:`StoreError`, itself a ``FlagwireError``)::
 
@@ -26,8 +26,8 @@ from typing import Any, Final, Literal, ParamSpec, TypeVar
 import orjson
 import redis.exceptions
 
-from flagwire._errors import FlagwireError, ValidationError
-from flagwire._model import validate_flag, validate_segment
+from flagwire.core.errors import FlagwireError, ValidationError
+from flagwire.core.model import validate_flag, validate_segment
 
 Kind = Literal["flag", "segment"]
 
@@ -168,7 +168,7 @@ def _pairs(flat: list[Any]) -> dict[str, dict[str, Any]]:
 
 
 def _script(name: str) -> str:
-    return (resources.files("flagwire_server") / "scripts" / f"{name}.lua").read_text()
+    return (resources.files("flagwire_server.store") / "scripts" / f"{name}.lua").read_text()
 
 
 def _version_of(doc: dict[str, Any] | None) -> int:

@@ -4,7 +4,7 @@ Why here and not in each handler: every admin route must refuse the same way
 (401 no or unknown key, 403 an SDK key where an admin key is needed, 403 a
 session write without its CSRF token, 429 too many requests or too many bad
 keys from one address) before it touches the store.  Keys are checked by
-:class:`~flagwire_server.keys.KeyRing` from memory; the console's session
+:class:`~flagwire_server.store.apikeys.KeyRing` from memory; the console's session
 reader is imported lazily so the API works without the console package.
 """
 
@@ -19,9 +19,9 @@ from typing import Any
 
 from starlette.requests import HTTPConnection, Request
 
-from .keys import KeyRing
-from .problems import Problem
-from .ratelimit import RateLimiter
+from flagwire_server.store.apikeys import KeyRing
+from flagwire_server.api.problems import Problem
+from flagwire_server.api.ratelimit import RateLimiter
 
 __all__ = ["Principal", "authenticate", "client_ip"]
 
@@ -80,7 +80,7 @@ def _bearer(conn: HTTPConnection) -> str | None:
 
 async def _session(conn: HTTPConnection) -> Any:
     try:
-        from .console.session import read_session  # type: ignore[import-not-found,unused-ignore]
+        from flagwire_server.console.session import read_session  # type: ignore[import-not-found,unused-ignore]
     except ImportError:
         return None
     session: Any = read_session(conn)

@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from .config import Settings
+from flagwire_server.config import Settings
 
 __all__ = ["app", "main"]
 
@@ -48,7 +48,7 @@ def serve(
     except ValueError as exc:
         typer.echo(f"flagwire serve: {exc}", err=True)
         raise typer.Exit(2) from None
-    from .serve import serve as run
+    from flagwire_server.cli.serve import serve as run
 
     try:
         run(settings)
@@ -65,7 +65,7 @@ def main() -> None:
 
 
 try:
-    from .cli_admin import register
+    from flagwire_server.cli.admin import register
 except ImportError:  # the admin subcommands are optional
     pass
 else:

@@ -14,7 +14,7 @@ problem body, never an accepted-then-closed socket):
 
 Then ``hello`` and the snapshot (or only the missed changes) are written and
 the stream is registered with the environment's feed in one synchronous step
-(:meth:`flagwire_server.fanout.EnvFeed.attach`), and the endpoint only reads:
+(:meth:`flagwire_server.stream.fanout.EnvFeed.attach`), and the endpoint only reads:
 ``ack`` and ``resync`` messages; anything else closes the stream (see
 ``docs/protocol.md`` for codes).
 """
@@ -32,11 +32,11 @@ from starlette.responses import JSONResponse
 from starlette.routing import WebSocketRoute
 from starlette.websockets import WebSocket
 
-from flagwire._errors import ProtocolError
-from flagwire._protocol import MAX_CLIENT_FRAME, Ack, CloseCode, Resync, decode
+from flagwire.core.errors import ProtocolError
+from flagwire.core.protocol import MAX_CLIENT_FRAME, Ack, CloseCode, Resync, decode
 
-from .fanout import Conn, EnvNotFound
-from .wsproto import FlagwireWebSocketProtocol, protocol_of
+from flagwire_server.stream.fanout import Conn, EnvNotFound
+from flagwire_server.stream.uvicorn_fence import FlagwireWebSocketProtocol, protocol_of
 
 __all__ = ["FailureLimiter", "origin_allowed", "routes", "stream_endpoint"]
 
@@ -113,7 +113,7 @@ async def _maybe(value: Any) -> Any:
 
 async def _read_session(ws: WebSocket) -> Any:
     try:
-        from .console.session import read_session
+        from flagwire_server.console.session import read_session
     except ImportError:
         return None
     return await _maybe(read_session(ws))

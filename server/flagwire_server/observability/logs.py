@@ -20,7 +20,7 @@ from typing import Any, Final
 
 import orjson
 
-from .config import Settings
+from flagwire_server.config import Settings
 
 __all__ = [
     "ConsoleFormatter", "JsonFormatter", "QuietStreamsFilter", "configure", "log_config", "redact",
@@ -107,10 +107,10 @@ def log_config(settings: Settings) -> dict[str, Any]:
         "version": 1,
         "disable_existing_loggers": False,
         "formatters": {
-            "json": {"()": "flagwire_server.logs.JsonFormatter"},
-            "console": {"()": "flagwire_server.logs.ConsoleFormatter"},
+            "json": {"()": "flagwire_server.observability.logs.JsonFormatter"},
+            "console": {"()": "flagwire_server.observability.logs.ConsoleFormatter"},
         },
-        "filters": {"quiet_streams": {"()": "flagwire_server.logs.QuietStreamsFilter"}},
+        "filters": {"quiet_streams": {"()": "flagwire_server.observability.logs.QuietStreamsFilter"}},
         "handlers": {
             "stderr": {"class": "logging.StreamHandler", "formatter": formatter,
                        "stream": "ext://sys.stderr", "filters": ["quiet_streams"]},

@@ -19,12 +19,12 @@ import re
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, Final, Protocol
 
-from ._errors import ValidationError
-from ._model import validate_segment
-from ._operators import is_number, parse_semver, parse_timestamp
+from flagwire.core.errors import ValidationError
+from flagwire.core.model import validate_segment
+from flagwire.core.operators import is_number, parse_semver, parse_timestamp
 
 if TYPE_CHECKING:
-    from ._detail import EvaluationDetail
+    from flagwire.core.detail import EvaluationDetail
 
 __all__ = [
     "FAST_EXPRS",

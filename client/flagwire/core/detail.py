@@ -1,7 +1,7 @@
 """The result of an evaluation: :class:`EvaluationDetail`, :class:`Reason`, :class:`ErrorKind`.
 
 Kept apart from ``_evaluation`` only so the compiler can build every detail
-object ahead of time without importing the snapshot; ``flagwire._evaluation``
+object ahead of time without importing the snapshot; ``flagwire.core.evaluation``
 re-exports all three names.
 """
 

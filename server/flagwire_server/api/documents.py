@@ -15,9 +15,9 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import Response
 
-from flagwire._model import KEY_RE
+from flagwire.core.model import KEY_RE
 
-from .admin import (
+from flagwire_server.api.routing import (
     Param,
     api,
     env_param,
@@ -28,9 +28,9 @@ from .admin import (
     wait_param,
     write_response,
 )
-from .auth import Principal
-from .problems import Problem
-from .store import Kind
+from flagwire_server.api.auth import Principal
+from flagwire_server.api.problems import Problem
+from flagwire_server.store.documents import Kind
 
 _WRITE_ERRORS = (400, 404, 409, 413, 415, 422)
 

@@ -33,7 +33,7 @@ import orjson
 import redis.asyncio as aioredis
 import redis.exceptions
 
-from .keyspace import Keyspace
+from flagwire_server.store.keyspace import Keyspace
 
 __all__ = ["AckBook", "AckReporter", "Tally", "merge_reports"]
 

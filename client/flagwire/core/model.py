@@ -20,8 +20,8 @@ from typing import Any, Final
 
 import orjson
 
-from ._errors import ValidationError
-from ._operators import (
+from flagwire.core.errors import ValidationError
+from flagwire.core.operators import (
     DATE_OPS,
     NUMBER_OPS,
     OPERATORS,

@@ -13,7 +13,7 @@ from typing import Annotated, Any
 
 import typer
 
-from .cli_admin import (
+from flagwire_server.cli.admin import (
     DEFAULT_URL,
     Api,
     Env,

@@ -15,7 +15,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from .metrics import metrics_endpoint
+from flagwire_server.observability.metrics import metrics_endpoint
 
 __all__ = ["readiness", "routes"]
 
