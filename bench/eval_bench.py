@@ -57,47 +57,78 @@ def flags() -> tuple[dict[str, dict[str, Any]], dict[str, dict[str, Any]]]:
         "simple-on": flag("simple-on"),
         "simple-off": flag("simple-off", on=False),
         "targets-10": flag("targets-10", targets=[target(0, *TARGETED)]),
-        "rules-5": flag("rules-5", rules=[
-            rule(clause("email", "ends_with", "@example.com"), id="staff"),
-            rule(clause("country", "in", "NL", "DE", "BE", "FR"), id="eu"),
-            rule(clause("plan", "starts_with", "enterprise"), id="enterprise"),
-            rule(clause("age", "gte", 65), id="seniors"),
-            rule(clause("app_version", "semver_lt", "2.0.0"), id="old-app"),
-        ], fallthrough=1),
-        "reference": flag("reference", targets=[target(0, *TARGETED)], rules=[
-            rule(clause("email", "ends_with", "@example.com"), id="staff"),
-            rule(clause("country", "in", "NL", "DE"), id="eu"),
-        ], fallthrough=rollout(25, 75)),
+        "rules-5": flag(
+            "rules-5",
+            rules=[
+                rule(clause("email", "ends_with", "@example.com"), id="staff"),
+                rule(clause("country", "in", "NL", "DE", "BE", "FR"), id="eu"),
+                rule(clause("plan", "starts_with", "enterprise"), id="enterprise"),
+                rule(clause("age", "gte", 65), id="seniors"),
+                rule(clause("app_version", "semver_lt", "2.0.0"), id="old-app"),
+            ],
+            fallthrough=1,
+        ),
+        "reference": flag(
+            "reference",
+            targets=[target(0, *TARGETED)],
+            rules=[
+                rule(clause("email", "ends_with", "@example.com"), id="staff"),
+                rule(clause("country", "in", "NL", "DE"), id="eu"),
+            ],
+            fallthrough=rollout(25, 75),
+        ),
         "rollout": flag("rollout", fallthrough=rollout(50, 50)),
         "segment": flag("segment", rules=[rule(segment_clause("beta"), id="beta")], fallthrough=1),
         "prereq-a": flag("prereq-a", prerequisites=[prerequisite("prereq-b")]),
         "prereq-b": flag("prereq-b", prerequisites=[prerequisite("prereq-c")]),
         "prereq-c": flag("prereq-c"),
     }
-    segments = {"beta": segment("beta", included=[f"beta-{i}" for i in range(100)],
-                                rules=[rule(clause("plan", "in", "pro"))])}
+    segments = {
+        "beta": segment(
+            "beta",
+            included=[f"beta-{i}" for i in range(100)],
+            rules=[rule(clause("plan", "in", "pro"))],
+        )
+    }
     return docs, segments
 
 
-CONTEXT = {"key": "user-abc", "email": "someone@elsewhere.org", "country": "US",
-           "plan": "pro", "age": 30, "app_version": "2.3.1"}
+CONTEXT = {
+    "key": "user-abc",
+    "email": "someone@elsewhere.org",
+    "country": "US",
+    "plan": "pro",
+    "age": 30,
+    "app_version": "2.3.1",
+}
 
 CASES = [  # (label, flag key, what it exercises)
     ("simple on", "simple-on", "on, no targets or rules: fallthrough variation"),
     ("simple off", "simple-off", "off: off variation"),
     ("10 targets", "targets-10", "context not among 10 targets: fallthrough"),
-    ("5 rules, mixed operators", "rules-5",
-     "ends_with, in, starts_with, gte, semver_lt; none match: fallthrough"),
-    ("reference flag", "reference",
-     "10 targets, ends_with rule, in rule, 25% rollout fallthrough; lands in the rollout"),
+    (
+        "5 rules, mixed operators",
+        "rules-5",
+        "ends_with, in, starts_with, gte, semver_lt; none match: fallthrough",
+    ),
+    (
+        "reference flag",
+        "reference",
+        "10 targets, ends_with rule, in rule, 25% rollout fallthrough; lands in the rollout",
+    ),
     ("rollout 50/50", "rollout", "fallthrough rollout only: one SHA-1 per call"),
     ("segment match", "segment", "segment_match: not included, matched by the segment's rule"),
     ("prerequisite chain", "prereq-a", "a requires b requires c, all satisfied"),
 ]
 
 
-def measure(stmts: list[Callable[[], object]], *, number: int, repeat: int,
-            clock: Callable[[], float] = time.thread_time) -> list[tuple[float, float, float]]:
+def measure(
+    stmts: list[Callable[[], object]],
+    *,
+    number: int,
+    repeat: int,
+    clock: Callable[[], float] = time.thread_time,
+) -> list[tuple[float, float, float]]:
     """(median, p90, min) nanoseconds per call of each statement.
 
     The statements are timed in interleaved rounds — one batch of ``number``
@@ -142,8 +173,9 @@ def machine() -> dict[str, Any]:
     }
 
 
-async def with_client(docs: dict[str, Any], segments: dict[str, Any],
-                      then: Callable[[Any], list[dict[str, Any]]]) -> list[dict[str, Any]]:
+async def with_client(
+    docs: dict[str, Any], segments: dict[str, Any], then: Callable[[Any], list[dict[str, Any]]]
+) -> list[dict[str, Any]]:
     """Run ``then(client)`` with an offline FlagClient on the same flags (None if absent)."""
     try:
         from flagwire import FlagClient
@@ -177,8 +209,11 @@ def main() -> int:
     table = {key: True for key in docs}
 
     cases: list[tuple[str, Callable[[], object], str]] = [
-        ("dict lookup (baseline)", lambda: table.get("reference"),
-         "dict.get of a flag key: the floor"),
+        (
+            "dict lookup (baseline)",
+            lambda: table.get("reference"),
+            "dict.get of a flag key: the floor",
+        ),
     ]
     for label, key, note in CASES:
         cases.append((label, lambda key=key: evaluate(key, ctx, False).value, note))
@@ -186,38 +221,58 @@ def main() -> int:
     def run(client: Any) -> list[dict[str, Any]]:
         todo = list(cases)
         if client is not None:
-            todo.append(("reference flag via FlagClient.bool_variation",
-                         lambda: client.bool_variation("reference", ctx, False),
-                         "offline FlagClient: Snapshot.evaluate plus the kind check"))
-        figures = measure([stmt for _, stmt, _ in todo], number=args.number,
-                          repeat=args.repeat, clock=clock)
+            todo.append(
+                (
+                    "reference flag via FlagClient.bool_variation",
+                    lambda: client.bool_variation("reference", ctx, False),
+                    "offline FlagClient: Snapshot.evaluate plus the kind check",
+                )
+            )
+        figures = measure(
+            [stmt for _, stmt, _ in todo], number=args.number, repeat=args.repeat, clock=clock
+        )
         rows = []
         for (label, _, note), (median, p90, fastest) in zip(todo, figures, strict=True):
             target = TARGETS.get(label)
             result = None if target is None else ("PASS" if median < target else "MISS")
-            rows.append({"case": label, "median_ns": round(median, 1), "p90_ns": round(p90, 1),
-                         "min_ns": round(fastest, 1), "target_ns": target, "result": result,
-                         "note": note})
+            rows.append(
+                {
+                    "case": label,
+                    "median_ns": round(median, 1),
+                    "p90_ns": round(p90, 1),
+                    "min_ns": round(fastest, 1),
+                    "target_ns": target,
+                    "result": result,
+                    "note": note,
+                }
+            )
             shown = label.replace("reference flag via FlagClient.", "reference via ")
-            print(f"  {shown:<30}{median:>8.0f}{p90:>8.0f}{fastest:>8.0f}"
-                  f"{'' if target is None else f'{target:>8}  {result}'}")
+            print(
+                f"  {shown:<30}{median:>8.0f}{p90:>8.0f}{fastest:>8.0f}"
+                f"{'' if target is None else f'{target:>8}  {result}'}"
+            )
         return rows
 
-    print(f"flagwire evaluation benchmark: Python {sys.version.split()[0]}, "
-          f"{args.repeat} rounds x {args.number} calls per case, ns per call "
-          f"({'wall clock' if args.wall else 'thread CPU time'})")
+    print(
+        f"flagwire evaluation benchmark: Python {sys.version.split()[0]}, "
+        f"{args.repeat} rounds x {args.number} calls per case, ns per call "
+        f"({'wall clock' if args.wall else 'thread CPU time'})"
+    )
     print(f"  {'case':<30}{'median':>8}{'p90':>8}{'min':>8}{'target':>8}")
     rows = asyncio.run(with_client(docs, segments, run))
 
     result = {
         "benchmark": "evaluation",
         "machine": machine(),
-        "method": {"number": args.number, "rounds": args.repeat,
-                   "statistic": "median and p90 over rounds (min: the quietest batch)",
-                   "schedule": "interleaved: each round times one batch of every case",
-                   "clock": "wall (perf_counter)" if args.wall else "thread CPU time",
-                   "measured": "Snapshot.evaluate(key, context, default).value",
-                   "context": CONTEXT},
+        "method": {
+            "number": args.number,
+            "rounds": args.repeat,
+            "statistic": "median and p90 over rounds (min: the quietest batch)",
+            "schedule": "interleaved: each round times one batch of every case",
+            "clock": "wall (perf_counter)" if args.wall else "thread CPU time",
+            "measured": "Snapshot.evaluate(key, context, default).value",
+            "context": CONTEXT,
+        },
         "targets_ns": TARGETS,
         "results": rows,
         "passed": all(r["result"] != "MISS" for r in rows),
@@ -226,9 +281,12 @@ def main() -> int:
     (RESULTS / "eval.json").write_text(json.dumps(result, indent=2) + "\n")
     if not args.no_chart:
         load = result["machine"]["load_average_1m_5m_15m"]
-        chart(rows, RESULTS / "eval.png",
-              f"{result['machine']['cpus']} CPUs, load average {load[0]} during the run, "
-              f"{result['method']['clock']}")
+        chart(
+            rows,
+            RESULTS / "eval.png",
+            f"{result['machine']['cpus']} CPUs, load average {load[0]} during the run, "
+            f"{result['method']['clock']}",
+        )
     print(f"wrote {RESULTS / 'eval.json'}" + ("" if args.no_chart else " and eval.png"))
     missed = [r["case"] for r in rows if r["result"] == "MISS"]
     print("targets: " + (f"MISS {', '.join(missed)}" if missed else "all PASS"))
@@ -241,24 +299,36 @@ def chart(rows: list[dict[str, Any]], path: Path, subtitle: str = "") -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    labels = [r["case"].replace(" via FlagClient.bool_variation", "\nvia bool_variation")
-              for r in rows]
+    labels = [
+        r["case"].replace(" via FlagClient.bool_variation", "\nvia bool_variation") for r in rows
+    ]
     medians = [r["median_ns"] for r in rows]
     spreads = [max(0.0, r["p90_ns"] - r["median_ns"]) for r in rows]
-    colours = ["#888888" if "baseline" in r["case"] else
-               {"PASS": "#2a9d8f", "MISS": "#e76f51"}.get(r["result"] or "", "#457b9d")
-               for r in rows]
+    colours = [
+        "#888888"
+        if "baseline" in r["case"]
+        else {"PASS": "#2a9d8f", "MISS": "#e76f51"}.get(r["result"] or "", "#457b9d")
+        for r in rows
+    ]
     fig, ax = plt.subplots(figsize=(10, 5.5))
     ax.barh(labels, medians, xerr=[[0] * len(spreads), spreads], color=colours, capsize=3)
     for i, r in enumerate(rows):
-        ax.text(max(r["median_ns"], r["p90_ns"]), i, f"  {r['median_ns']:.0f} ns", va="center",
-                fontsize=8)
+        ax.text(
+            max(r["median_ns"], r["p90_ns"]),
+            i,
+            f"  {r['median_ns']:.0f} ns",
+            va="center",
+            fontsize=8,
+        )
         if r["target_ns"]:
             ax.plot([r["target_ns"]] * 2, [i - 0.4, i + 0.4], color="black", linestyle="--")
     ax.invert_yaxis()
     ax.set_xlabel("ns per call (bar: median, whisker: p90; dashed: target)")
-    ax.set_title(f"flagwire evaluation, Python {sys.version.split()[0]}"
-                 + (f"\n{subtitle}" if subtitle else ""), fontsize=10)
+    ax.set_title(
+        f"flagwire evaluation, Python {sys.version.split()[0]}"
+        + (f"\n{subtitle}" if subtitle else ""),
+        fontsize=10,
+    )
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

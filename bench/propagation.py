@@ -72,7 +72,11 @@ def run_floor(n: int, flips: int, a: argparse.Namespace, frame_bytes: int = 0) -
     with (
         FloorServer(mode=a.floor_mode, cpu_set=cpus(a.server_cpus)) as floor,
         Swarm(
-            floor.url, n, processes=_procs(n), cpus=cpus(a.client_cpus), ack=a.floor_ack,
+            floor.url,
+            n,
+            processes=_procs(n),
+            cpus=cpus(a.client_cpus),
+            ack=a.floor_ack,
             lean=True,
         ) as swarm,
     ):
@@ -399,7 +403,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--client-cpus", default="1")
     ap.add_argument("--floor-mode", choices=("write", "broadcast"), default="write")
     ap.add_argument(
-        "--floor-ack", action=argparse.BooleanOptionalAction, default=True,
+        "--floor-ack",
+        action=argparse.BooleanOptionalAction,
+        default=True,
         help="floor clients acknowledge each message like flagwire's (same client work; "
         "the bare server reads and drops the acks)",
     )

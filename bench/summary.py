@@ -30,9 +30,12 @@ def _propagation() -> dict[str, Any] | None:
     prop = _load("propagation")
     large = _load("propagation-large")
     if prop and large:
-        prop = {**prop, "rows": prop["rows"] + large["rows"],
-                "verdicts": prop.get("verdicts", []) + large.get("verdicts", []),
-                "command": f"{prop['command']}` and `{large['command']}"}
+        prop = {
+            **prop,
+            "rows": prop["rows"] + large["rows"],
+            "verdicts": prop.get("verdicts", []) + large.get("verdicts", []),
+            "command": f"{prop['command']}` and `{large['command']}",
+        }
     return prop or large
 
 

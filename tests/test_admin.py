@@ -71,8 +71,9 @@ def test_flag_lifecycle(live: Live, env: str) -> None:
     r = api.patch(f"{base}/checkout", json={"on": True})
     assert r.status_code == 200
     assert (r.json()["version"], r.json()["env_version"], r.json()["flag"]["on"]) == (2, 2, True)
-    r = api.patch(f"{base}/checkout", json={"on": False}, headers={"If-Match": '"2"'},
-                  params={"wait": "0.2"})
+    r = api.patch(
+        f"{base}/checkout", json={"on": False}, headers={"If-Match": '"2"'}, params={"wait": "0.2"}
+    )
     assert r.status_code == 200
     assert r.json()["flag"]["on"] is False
     if "propagation" in r.json():
@@ -86,15 +87,19 @@ def test_flag_lifecycle(live: Live, env: str) -> None:
     assert r.json()["version"] == 4
     r = api.put(f"{base}/other", json=flag("other", tags=["x"]))
     assert r.status_code == 201
-    r = api.patch(f"{base}/other", content=b'{"description": "d"}',
-                  headers={"Content-Type": "application/merge-patch+json"})
+    r = api.patch(
+        f"{base}/other",
+        content=b'{"description": "d"}',
+        headers={"Content-Type": "application/merge-patch+json"},
+    )
     assert r.status_code == 200
 
     lst = api.get(base).json()
     assert [f["key"] for f in lst["flags"]] == ["checkout", "other"]
     assert lst["env_version"] == 6
     assert [f["key"] for f in api.get(base, params={"tag": "payments"}).json()["flags"]] == [
-        "checkout"]
+        "checkout"
+    ]
     assert [f["key"] for f in api.get(base, params={"q": "OTH"}).json()["flags"]] == ["other"]
 
     r = api.delete(f"{base}/other")
@@ -132,7 +137,8 @@ def test_segments(live: Live, env: str) -> None:
     hist = api.get(f"{base}/beta/history").json()
     assert [v["version"] for v in hist["versions"]] == [2, 1]
     assert api.post(f"{base}/beta/restore", json={"version": 1}).json()["segment"]["included"] == [
-        "u1"]
+        "u1"
+    ]
     assert api.delete(f"{base}/beta").status_code == 200
 
 
@@ -148,7 +154,10 @@ def test_history_restore_copy(live: Live, env: str) -> None:
     r = api.post(f"{base}/f/restore", json={"version": 1})
     assert r.status_code == 200
     assert (r.json()["version"], r.json()["flag"]["on"], r.json()["flag"]["name"]) == (
-        4, False, "f")
+        4,
+        False,
+        "f",
+    )
     assert api.post(f"{base}/f/restore", json={"version": 99}).status_code == 404
     # A deleted flag can be restored from its history.
     api.delete(f"{base}/f")
@@ -174,8 +183,10 @@ def test_audit_pagination(live: Live, env: str) -> None:
     seen: list[tuple[str, str]] = []
     cursor = None
     while True:
-        page = api.get(f"/environments/{env}/audit",
-                       params={"limit": 2, **({"before": cursor} if cursor else {})}).json()
+        page = api.get(
+            f"/environments/{env}/audit",
+            params={"limit": 2, **({"before": cursor} if cursor else {})},
+        ).json()
         seen += [(e["action"], e["key"]) for e in page["entries"]]
         assert all(e["actor"] == "test admin" for e in page["entries"])
         cursor = page["next"]
@@ -199,8 +210,9 @@ def test_changes_figures(live: Live, env: str) -> None:
 
 def test_keys_and_evaluate(live: Live, env: str) -> None:
     api = live.api
-    api.post(f"/environments/{env}/flags",
-             json=flag("f", targets=[{"variation": 1, "values": ["bob"]}]))
+    api.post(
+        f"/environments/{env}/flags", json=flag("f", targets=[{"variation": 1, "values": ["bob"]}])
+    )
     r = api.post("/keys", json={"name": "svc", "kind": "sdk", "env": env})
     assert r.status_code == 201
     secret, rec = r.json()["secret"], r.json()["key"]
@@ -219,24 +231,28 @@ def test_keys_and_evaluate(live: Live, env: str) -> None:
     assert (r.json()["value"], r.json()["reason"]) == (False, "TARGET_MATCH")
     r = sdk.post(f"/environments/{env}/evaluate", json={"context": {"key": "amy"}})
     assert r.json()["flags"]["f"]["value"] is True
-    assert sdk.post("/environments/production/evaluate",
-                    json={"context": {"key": "a"}}).status_code == 403
+    assert (
+        sdk.post("/environments/production/evaluate", json={"context": {"key": "a"}}).status_code
+        == 403
+    )
     assert sdk.get("/environments").status_code == 403
-    r = api.post(f"/environments/{env}/evaluate", json={"context": {"key": "x"}, "flag": "nope",
-                                                         "default": 7})
+    r = api.post(
+        f"/environments/{env}/evaluate",
+        json={"context": {"key": "x"}, "flag": "nope", "default": 7},
+    )
     assert (r.json()["value"], r.json()["error_kind"]) == (7, "FLAG_NOT_FOUND")
 
     assert api.delete(f"/keys/{rec['id']}").status_code == 200
     assert api.delete(f"/keys/{rec['id']}").status_code == 404
     deadline = time.monotonic() + 2
-    while sdk.post(f"/environments/{env}/evaluate",
-                   json={"context": {"key": "a"}}).status_code != 401:
+    while (
+        sdk.post(f"/environments/{env}/evaluate", json={"context": {"key": "a"}}).status_code != 401
+    ):
         assert time.monotonic() < deadline
         time.sleep(0.05)
     admin = api.post("/keys", json={"name": "ops", "kind": "admin"}).json()
     assert admin["secret"].startswith("fw_admin_")
-    other = httpx.Client(base_url=live.base,
-                         headers={"Authorization": f"Bearer {admin['secret']}"})
+    other = httpx.Client(base_url=live.base, headers={"Authorization": f"Bearer {admin['secret']}"})
     assert other.get("/environments").status_code == 200
     api.delete(f"/keys/{admin['key']['id']}")
     sdk.close()
@@ -268,8 +284,9 @@ async def test_wait_reports_acknowledgements(live: Live, env: str) -> None:
     api.post(f"/environments/{env}/flags", json=flag("kill", on=True))
     secret = api.post("/keys", json={"name": "w", "kind": "sdk", "env": env}).json()["secret"]
     ws_url = live.url.replace("http://", "ws://") + "/api/v1/stream"
-    async with websockets.connect(ws_url, additional_headers={
-            "Authorization": f"Bearer {secret}"}) as ws:
+    async with websockets.connect(
+        ws_url, additional_headers={"Authorization": f"Bearer {secret}"}
+    ) as ws:
         assert isinstance(decode(await ws.recv()), Hello)
         await ws.recv()  # the snapshot
 
@@ -283,8 +300,9 @@ async def test_wait_reports_acknowledgements(live: Live, env: str) -> None:
         acker = asyncio.create_task(ack_patches())
         await asyncio.sleep(0.3)  # the connection is counted across instances (~heartbeat)
         async with httpx.AsyncClient(base_url=live.base, headers=dict(api.headers)) as client:
-            r = await client.patch(f"/environments/{env}/flags/kill", json={"on": False},
-                                   params={"wait": "5"})
+            r = await client.patch(
+                f"/environments/{env}/flags/kill", json={"on": False}, params={"wait": "5"}
+            )
         patch = await acker
     assert r.status_code == 200
     assert patch.data["on"] is False
@@ -312,12 +330,21 @@ def test_evaluate_reads_its_own_writes(live: Live, env: str) -> None:
         on = i % 2 == 0
         assert api.patch(f"/environments/{env}/flags/g", json={"on": on}).status_code == 200
         assert value("g", {"key": "u"}) == ((True, "FALLTHROUGH") if on else (False, "OFF"))
-    api.put(f"/environments/{env}/segments/staff",
-            json={"key": "staff", "included": ["ann"]})
-    api.put(f"/environments/{env}/flags/h", json=flag(
-        "h", fallthrough=1,
-        rules=[{"id": "s", "variation": 0,
-                "clauses": [{"attribute": "key", "op": "segment_match", "values": ["staff"]}]}]))
+    api.put(f"/environments/{env}/segments/staff", json={"key": "staff", "included": ["ann"]})
+    api.put(
+        f"/environments/{env}/flags/h",
+        json=flag(
+            "h",
+            fallthrough=1,
+            rules=[
+                {
+                    "id": "s",
+                    "variation": 0,
+                    "clauses": [{"attribute": "key", "op": "segment_match", "values": ["staff"]}],
+                }
+            ],
+        ),
+    )
     assert value("h", {"key": "ann"}) == (True, "RULE_MATCH")
     assert value("h", {"key": "bob"}) == (False, "FALLTHROUGH")
     api.delete(f"/environments/{env}/flags/g")

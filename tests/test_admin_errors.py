@@ -51,10 +51,13 @@ def test_refusals_store_nothing(live: Live, env: str) -> None:
     # 401: no key, unknown key, wrong scheme.
     anon = httpx.Client(base_url=live.base)
     problem(anon.post(base, json=flag("g")), 401)
-    problem(anon.post(base, json=flag("g"), headers={"Authorization": "Bearer fw_admin_nope"}),
-            401)
-    problem(anon.patch(f"{base}/f", json={"on": False},
-                       headers={"Authorization": f"Basic {live.admin_key}"}), 401)
+    problem(anon.post(base, json=flag("g"), headers={"Authorization": "Bearer fw_admin_nope"}), 401)
+    problem(
+        anon.patch(
+            f"{base}/f", json={"on": False}, headers={"Authorization": f"Basic {live.admin_key}"}
+        ),
+        401,
+    )
 
     # 403: an SDK key on admin routes.
     sdk_secret = api.post("/keys", json={"name": "s", "kind": "sdk", "env": env}).json()["secret"]
@@ -79,8 +82,9 @@ def test_refusals_store_nothing(live: Live, env: str) -> None:
     paths = {e["path"] for e in errors}
     assert "rules[0].clauses[0].op" in paths
     assert "rules[0].variation" in paths
-    assert {e["path"] for e in problem(api.patch(f"{base}/f", json={"onn": True}), 422)[
-        "errors"]} == {"onn"}
+    assert {
+        e["path"] for e in problem(api.patch(f"{base}/f", json={"onn": True}), 422)["errors"]
+    } == {"onn"}
     problem(api.put(f"{base}/f", json=flag("other")), 422)  # key mismatch
     problem(api.post(base, json=[1, 2]), 422)
     problem(api.put(f"{base}/Bad Key!", json=flag("x")), 422)
@@ -102,14 +106,15 @@ def test_refusals_store_nothing(live: Live, env: str) -> None:
     assert "POST" in r.headers["allow"]
     problem(r, 405)
     assert problem(api.post(base, json=flag("f")), 409)["current_version"] == 1
-    assert problem(api.patch(f"{base}/f", json={"on": False, "version": 3}), 409)[
-        "current_version"] == 1
+    assert (
+        problem(api.patch(f"{base}/f", json={"on": False, "version": 3}), 409)["current_version"]
+        == 1
+    )
 
     # 413 over the body limit (with and without a Content-Length); 415 not JSON.
     huge = b'{"key": "g", "description": "' + b"x" * (600 * 1024) + b'"}'
     problem(api.post(base, content=huge, headers={"Content-Type": "application/json"}), 413)
-    problem(api.post(base, content=iter([huge]), headers={"Content-Type": "application/json"}),
-            413)
+    problem(api.post(base, content=iter([huge]), headers={"Content-Type": "application/json"}), 413)
     problem(api.post(base, content=b"key=g", headers={"Content-Type": "text/plain"}), 415)
 
     assert redis_dump(live) == before
@@ -127,8 +132,7 @@ def test_unknown_api_path_is_a_problem(live: Live) -> None:
 @pytest.fixture
 def strict(redis_url: str) -> Iterator[tuple[str, str]]:
     prefix = f"fwt{uuid.uuid4().hex[:10]}"
-    server = start_server(redis_url, prefix, FLAGWIRE_RATE_LIMIT="5",
-                          FLAGWIRE_AUTH_FAIL_LIMIT="3")
+    server = start_server(redis_url, prefix, FLAGWIRE_RATE_LIMIT="5", FLAGWIRE_AUTH_FAIL_LIMIT="3")
     try:
         yield server.url, server.admin_key
     finally:
@@ -145,8 +149,10 @@ def test_rate_limits(strict: tuple[str, str]) -> None:
     assert int(problem(limited, 429) and limited.headers["retry-after"]) >= 1
     # Repeated bad keys from one address are limited too, even when the next key is right.
     bad = httpx.Client(base_url=url + "/api/v1")
-    codes = [bad.get("/keys", headers={"Authorization": f"Bearer wrong{i}"}).status_code
-             for i in range(5)]
+    codes = [
+        bad.get("/keys", headers={"Authorization": f"Bearer wrong{i}"}).status_code
+        for i in range(5)
+    ]
     assert codes[:3] == [401] * 3
     assert codes[-1] == 429
     api.close()
@@ -157,8 +163,9 @@ def test_store_unavailable_is_503(private_redis: RedisProcess) -> None:
     server = start_server(private_redis.url, "fw")
     url, key = server.url, server.admin_key
     try:
-        api = httpx.Client(base_url=url + "/api/v1", headers={"Authorization": f"Bearer {key}"},
-                           timeout=30)
+        api = httpx.Client(
+            base_url=url + "/api/v1", headers={"Authorization": f"Bearer {key}"}, timeout=30
+        )
         assert api.post("/environments/production/flags", json=flag("f")).status_code == 201
         private_redis.stop()
         t0 = time.monotonic()
@@ -191,20 +198,29 @@ def test_console_session_needs_csrf_for_writes(live: Live) -> None:
     assert login is not None
     r = browser.post("/signin", data={"csrf": login.group(1), "key": live.admin_key, "next": "/"})
     assert r.status_code == 303, r.text[:300]
-    meta = re.search(r'name="csrf-token" content="([^"]+)"',
-                     browser.get("/", follow_redirects=True).text)
+    meta = re.search(
+        r'name="csrf-token" content="([^"]+)"', browser.get("/", follow_redirects=True).text
+    )
     assert meta is not None
     assert browser.get("/api/v1/environments").status_code == 200  # reads need no token
     name = f"s{uuid.uuid4().hex[:8]}"
     problem(browser.post("/api/v1/environments", json={"key": name}), 403)
-    problem(browser.post("/api/v1/environments", json={"key": name},
-                         headers={"X-CSRF-Token": "forged"}), 403)
+    problem(
+        browser.post(
+            "/api/v1/environments", json={"key": name}, headers={"X-CSRF-Token": "forged"}
+        ),
+        403,
+    )
     assert live.api.get(f"/environments/{name}").status_code == 404  # nothing stored
-    ok = browser.post("/api/v1/environments", json={"key": name},
-                      headers={"X-CSRF-Token": meta.group(1)})
+    ok = browser.post(
+        "/api/v1/environments", json={"key": name}, headers={"X-CSRF-Token": meta.group(1)}
+    )
     assert ok.status_code == 201
-    audit_actor = browser.post(f"/api/v1/environments/{name}/flags", json=flag("f"),
-                               headers={"X-CSRF-Token": meta.group(1)}).json()["flag"]
+    audit_actor = browser.post(
+        f"/api/v1/environments/{name}/flags",
+        json=flag("f"),
+        headers={"X-CSRF-Token": meta.group(1)},
+    ).json()["flag"]
     assert audit_actor["updated_by"] == "test admin"  # the session's key name
     browser.close()
 

@@ -53,8 +53,9 @@ def live_server(redis_url: str) -> Iterator[Live]:
     made = boot.post("/keys", json={"name": "test admin", "kind": "admin"})
     assert made.status_code == 201, made.text
     secret = made.json()["secret"]
-    api = httpx.Client(base_url=url + "/api/v1", headers={"Authorization": f"Bearer {secret}"},
-                       timeout=30)
+    api = httpx.Client(
+        base_url=url + "/api/v1", headers={"Authorization": f"Bearer {secret}"}, timeout=30
+    )
     r = redis.Redis.from_url(redis_url)
     try:
         yield Live(url, url + "/api/v1", env_key, secret, prefix, r, api, server)

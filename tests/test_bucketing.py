@@ -123,13 +123,19 @@ def test_rollout_by_attribute_and_fallbacks() -> None:
     doc = flag("org", rules=[rule(clause("plan", "in", "pro"), rollout=by_org)], fallthrough=by_org)
     snap = Snapshot({"org": doc})
     # all members of one org land together, whatever their key
-    orgs = {snap.evaluate("org", {"key": f"u{i}", "org": 17}, None).variation_index
-            for i in range(50)}
+    orgs = {
+        snap.evaluate("org", {"key": f"u{i}", "org": 17}, None).variation_index for i in range(50)
+    }
     assert len(orgs) == 1
     assert orgs == {0 if bucket("org", 17) < 50_000 else 1}
     # missing or unbucketable attribute: bucket by the context key
-    for ctx in ({"key": "k1"}, {"key": "k1", "org": None}, {"key": "k1", "org": 1.5},
-                {"key": "k1", "org": True}, {"key": "k1", "org": ["x"]}):
+    for ctx in (
+        {"key": "k1"},
+        {"key": "k1", "org": None},
+        {"key": "k1", "org": 1.5},
+        {"key": "k1", "org": True},
+        {"key": "k1", "org": ["x"]},
+    ):
         got = snap.evaluate("org", ctx, None)
         assert got.variation_index == (0 if bucket("org", "k1") < 50_000 else 1)
     ruled = snap.evaluate("org", {"key": "k", "plan": "pro", "org": "acme"}, None)
@@ -143,11 +149,21 @@ def test_zero_weight_slots_are_never_served() -> None:
     assert {snap.evaluate("z", {"key": f"k{i}"}, None).value for i in range(300)} == {"b"}
 
 
-@pytest.mark.parametrize("weights", [(100,), (0, 100), (30, 0, 70), (10, 20, 30, 40),
-                                     (5, 10, 15, 20, 25, 25), (0, 50, 0, 0, 50, 0)])
+@pytest.mark.parametrize(
+    "weights",
+    [
+        (100,),
+        (0, 100),
+        (30, 0, 70),
+        (10, 20, 30, 40),
+        (5, 10, 15, 20, 25, 25),
+        (0, 50, 0, 0, 50, 0),
+    ],
+)
 @pytest.mark.parametrize("by", [None, "org"])
-def test_slot_walk_matches_the_documented_algorithm(weights: tuple[int, ...],
-                                                    by: str | None) -> None:
+def test_slot_walk_matches_the_documented_algorithm(
+    weights: tuple[int, ...], by: str | None
+) -> None:
     """Every slot count (inlined comparisons or bisect), by key or by attribute."""
     variations = [f"v{i}" for i in range(len(weights))]
     doc = flag("walk", variations=variations, fallthrough=rollout(*weights, bucket_by=by))

@@ -24,12 +24,21 @@ def live(redis_url: str) -> Iterator[Live]:
     yield from live_server(redis_url)
 
 
-def run(live: Live, *args: str, ok: bool = True, key: str | None = None,
-        timeout: float = 20) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "FLAGWIRE_URL": live.url,
-           "FLAGWIRE_ADMIN_KEY": live.admin_key if key is None else key}
-    proc = subprocess.run([str(VENV_BIN / "flagwire"), *args], env=env, capture_output=True,
-                          text=True, timeout=timeout)
+def run(
+    live: Live, *args: str, ok: bool = True, key: str | None = None, timeout: float = 20
+) -> subprocess.CompletedProcess[str]:
+    env = {
+        **os.environ,
+        "FLAGWIRE_URL": live.url,
+        "FLAGWIRE_ADMIN_KEY": live.admin_key if key is None else key,
+    }
+    proc = subprocess.run(
+        [str(VENV_BIN / "flagwire"), *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
     if ok:
         assert proc.returncode == 0, proc.stderr
     return proc
@@ -76,8 +85,9 @@ def test_yaml_on_field_is_the_flag_switch(live: Live, env: str, tmp_path: Path) 
 
 def test_flags_commands(live: Live, env: str, tmp_path: Path) -> None:
     f = tmp_path / "f.yaml"
-    f.write_text("key: checkout\nvariations: [true, false]\nfallthrough: {variation: 1}\n"
-                 "tags: [payments]\n")
+    f.write_text(
+        "key: checkout\nvariations: [true, false]\nfallthrough: {variation: 1}\ntags: [payments]\n"
+    )
     assert "flag checkout off: version 1" in run(live, "flags", "create", str(f), "-e", env).stdout
     assert "checkout" in run(live, "flags", "list", "-e", env, "--tag", "payments").stdout
     assert run_json(live, "flags", "get", "checkout", "-e", env)["version"] == 1
@@ -87,8 +97,10 @@ def test_flags_commands(live: Live, env: str, tmp_path: Path) -> None:
     assert slots == [{"variation": 0, "weight": 25000}, {"variation": 1, "weight": 75000}]
     out = run_json(live, "flags", "targets", "checkout", "1", "alice", "bob", "-e", env)
     assert out["flag"]["targets"] == [{"variation": 1, "values": ["alice", "bob"]}]
-    assert run_json(live, "flags", "off", "checkout", "-e", env, "--wait", "0.1")["flag"][
-        "on"] is False
+    assert (
+        run_json(live, "flags", "off", "checkout", "-e", env, "--wait", "0.1")["flag"]["on"]
+        is False
+    )
     hist = run(live, "flags", "history", "checkout", "-e", env).stdout
     assert "current" in hist
     assert run_json(live, "flags", "restore", "checkout", "2", "-e", env)["version"] == 6
@@ -131,8 +143,7 @@ def test_export_import_round_trip(live: Live, env: str, tmp_path: Path) -> None:
     assert "imported 2 flags and 1 segments" in run(live, "import", target, str(out)).stdout
 
     def strip(docs: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        return [{k: v for k, v in d.items() if k not in ("created_at", "updated_at")}
-                for d in docs]
+        return [{k: v for k, v in d.items() if k not in ("created_at", "updated_at")} for d in docs]
 
     for plural in ("flags", "segments"):
         src = api.get(f"/environments/{env}/{plural}").json()[plural]
@@ -148,7 +159,9 @@ def test_watch_follows_changes(live: Live, env: str) -> None:
     proc = subprocess.Popen(
         [str(VENV_BIN / "flagwire"), "watch", env, "--count", "2"],
         env={**os.environ, "FLAGWIRE_URL": live.url, "FLAGWIRE_ADMIN_KEY": live.admin_key},
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     try:
         assert proc.stdout is not None

@@ -27,8 +27,11 @@ CTX = {"key": "u1"}
 
 async def test_offline_simple_values(tmp_path: Path) -> None:
     path = tmp_path / "flags.json"
-    path.write_bytes(orjson.dumps({"new-checkout": True, "theme": "dark", "limit": 5,
-                                   "cfg": {"a": 1}, "list": [1, 2]}))
+    path.write_bytes(
+        orjson.dumps(
+            {"new-checkout": True, "theme": "dark", "limit": 5, "cfg": {"a": 1}, "list": [1, 2]}
+        )
+    )
     async with FlagClient(offline_path=path) as flags:
         assert flags.status is ClientStatus.READY
         assert flags.start_status is ClientStatus.READY
@@ -152,7 +155,8 @@ def test_constructor_and_url_checks() -> None:
         FlagClient("ftp://x", "k")
     assert stream_url("https://flags.example.com") == "wss://flags.example.com/api/v1/stream"
     assert stream_url("http://h:8080/base/", {"since": "3", "epoch": "e"}) == (
-        "ws://h:8080/base/api/v1/stream?since=3&epoch=e")
+        "ws://h:8080/base/api/v1/stream?since=3&epoch=e"
+    )
     assert stream_url("ws://h/api/v1/stream") == "ws://h/api/v1/stream"
 
 

@@ -241,6 +241,7 @@ async def test_dead_connection_detected_through_a_paused_proxy() -> None:
 
 async def test_acks_are_coalesced_in_a_burst() -> None:
     """600 changes in a burst: one ack per interval, the last one for the last version."""
+
     async def script(conn: ScriptedConn) -> None:
         await serve_v1(conn)
         for v in range(2, 602):

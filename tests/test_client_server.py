@@ -72,7 +72,8 @@ async def world(
     env = f"e{uuid.uuid4().hex[:8]}"
     await asyncio.to_thread(server.api, "POST", "/environments", {"key": env})
     created = await asyncio.to_thread(
-        server.api, "POST", "/keys", {"name": "client tests", "kind": "sdk", "env": env})
+        server.api, "POST", "/keys", {"name": "client tests", "kind": "sdk", "env": env}
+    )
     r = aioredis.Redis.from_url(redis_url)
     yield World(server, env, created["secret"], Store(r, redis_prefix))
     await r.aclose()
@@ -262,8 +263,10 @@ async def test_reconnects_after_a_restart_are_spread_out(world: World) -> None:
     """
     await world.put(flag("a"))
     n = 500
-    clients = [FlagClient(world.server.url, world.sdk, heartbeat_timeout=30.0, start_timeout=30.0)
-               for _ in range(n)]
+    clients = [
+        FlagClient(world.server.url, world.sdk, heartbeat_timeout=30.0, start_timeout=30.0)
+        for _ in range(n)
+    ]
     knocks: list[float] = []
     ready: list[float] = []
 
@@ -275,7 +278,7 @@ async def test_reconnects_after_a_restart_are_spread_out(world: World) -> None:
 
     try:
         for i in range(0, n, 100):  # connect in batches, as a fleet would
-            await asyncio.gather(*(c.start() for c in clients[i:i + 100]))
+            await asyncio.gather(*(c.start() for c in clients[i : i + 100]))
         assert all(c.status is ClientStatus.READY for c in clients)
         for c in clients:
             c.on_status(lambda s, c=c: back(c, s))
@@ -287,11 +290,13 @@ async def test_reconnects_after_a_restart_are_spread_out(world: World) -> None:
         await asyncio.to_thread(world.server.kill)  # a crash: no close frames
         await asyncio.to_thread(world.server.start)
         up = time.monotonic()
-        await asyncio.gather(*(c.wait_for_status(ClientStatus.READY, timeout=30)
-                               for c in clients))
+        await asyncio.gather(*(c.wait_for_status(ClientStatus.READY, timeout=30) for c in clients))
         await world.toggle("a", False, wait=5)
-        await until(lambda: not any(c.bool_variation("a", CTX, True) for c in clients),
-                    within=10, what="the toggle everywhere")
+        await until(
+            lambda: not any(c.bool_variation("a", CTX, True) for c in clients),
+            within=10,
+            what="the toggle everywhere",
+        )
     finally:
         gc.unfreeze()
         await asyncio.gather(*(c.close() for c in clients))
@@ -304,9 +309,11 @@ async def test_reconnects_after_a_restart_are_spread_out(world: World) -> None:
 
     span = knocks[-1] - knocks[0]
     q = [round(knocks[int(f * (n - 1))] - up, 2) for f in (0, 0.1, 0.5, 0.9, 0.99, 1)]
-    print(f"\n{n} reconnections after a restart of {up - down:.2f}s: attempts span {span:.2f}s, "
-          f"quantiles after ready {q}, peak {peak(knocks)} in 100 ms; "
-          f"READY again over {ready[-1] - ready[0]:.2f}s, peak {peak(ready)} in 100 ms")
+    print(
+        f"\n{n} reconnections after a restart of {up - down:.2f}s: attempts span {span:.2f}s, "
+        f"quantiles after ready {q}, peak {peak(knocks)} in 100 ms; "
+        f"READY again over {ready[-1] - ready[0]:.2f}s, peak {peak(ready)} in 100 ms"
+    )
     assert span > 1.0
     assert knocks[int(0.9 * n)] - knocks[int(0.1 * n)] > 0.5
     # Loose: this loop shares a 2-core machine with the starting server, and a

@@ -20,13 +20,13 @@ def hello(version: int, epoch: str = "e1") -> proto.Hello:
 
 
 def snapshot(version: int, epoch: str = "e1", **flags: dict[str, Any]) -> proto.Snapshot:
-    return proto.Snapshot(env="prod", epoch=epoch, version=version, flags=dict(flags),
-                          segments={})
+    return proto.Snapshot(env="prod", epoch=epoch, version=version, flags=dict(flags), segments={})
 
 
 def patch(key: str, version: int, on: bool = True) -> proto.Patch:
-    return proto.Patch(kind="flag", key=key, data=flag(key, on=on, version=version),
-                       version=version)
+    return proto.Patch(
+        kind="flag", key=key, data=flag(key, on=on, version=version), version=version
+    )
 
 
 def value(state: StreamState, key: str) -> Any:
@@ -143,8 +143,9 @@ def test_delete_and_segments() -> None:
     out = state.receive(proto.Delete(kind="flag", key="a", version=2))
     assert out.changes[0].new_version is None
     assert value(state, "a") == "default"
-    out = state.receive(proto.Patch(kind="segment", key="s", data={"key": "s", "included": ["u1"]},
-                                    version=3))
+    out = state.receive(
+        proto.Patch(kind="segment", key="s", data={"key": "s", "included": ["u1"]}, version=3)
+    )
     assert out.changes[0].kind == "segment"
     out = state.receive(proto.Delete(kind="segment", key="s", version=4))
     assert out.ack == 4

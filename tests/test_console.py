@@ -37,15 +37,23 @@ expect = playwright_sync.expect
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 SHOTS = Path(__file__).resolve().parents[1] / "test-artifacts" / "screenshots"
-ARGS = ["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-        "--disable-background-networking", "--disable-component-update", "--no-first-run",
-        "--disable-sync"]
+ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-dev-shm-usage",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--no-first-run",
+    "--disable-sync",
+]
 LAPTOP = {"width": 1280, "height": 860}
 PHONE = {"width": 390, "height": 844}
 
 if CHROMIUM is None and not os.environ.get("CI"):
-    pytest.skip("chromium is not on PATH (apt-get install chromium); set CI=1 to make this fail",
-                allow_module_level=True)
+    pytest.skip(
+        "chromium is not on PATH (apt-get install chromium); set CI=1 to make this fail",
+        allow_module_level=True,
+    )
 
 
 # --- fixtures ----------------------------------------------------------------------
@@ -92,8 +100,12 @@ def page_errors() -> PageErrors:
 
 
 def _watch(page: Any, errors: PageErrors) -> None:
-    page.on("console", lambda m: errors.errors.append(f"console.{m.type}: {m.text}")
-            if m.type == "error" else None)
+    page.on(
+        "console",
+        lambda m: (
+            errors.errors.append(f"console.{m.type}: {m.text}") if m.type == "error" else None
+        ),
+    )
     page.on("pageerror", lambda e: errors.errors.append(f"pageerror: {e}"))
 
 
@@ -115,8 +127,7 @@ def shot(page: Any, name: str, *, full: bool = True) -> None:
 
 
 def assert_no_sideways_scroll(page: Any) -> None:
-    width, inner = page.evaluate(
-        "() => [document.documentElement.scrollWidth, window.innerWidth]")
+    width, inner = page.evaluate("() => [document.documentElement.scrollWidth, window.innerWidth]")
     assert width <= inner, f"page is {width}px wide in a {inner}px viewport"
 
 
@@ -129,8 +140,14 @@ def sign_in(page: Any, server: ServerProcess, next_path: str = "/") -> None:
 
 
 def bool_flag(key: str, *, on: bool = True, **extra: Any) -> dict[str, Any]:
-    return {"key": key, "on": on, "variations": [True, False], "off_variation": 1,
-            "fallthrough": {"variation": 0}, **extra}
+    return {
+        "key": key,
+        "on": on,
+        "variations": [True, False],
+        "off_variation": 1,
+        "fallthrough": {"variation": 0},
+        **extra,
+    }
 
 
 def new_key(prefix: str = "t") -> str:
@@ -185,8 +202,9 @@ def wait_until(check: Callable[[], Any], timeout: float = 5.0, what: str = "cond
 
 @pytest.fixture(scope="module")
 def sdk_client(console_server: ServerProcess) -> Iterator[ThreadedClient]:
-    created = console_server.api("POST", "/keys", {"name": "console-test-sdk", "kind": "sdk",
-                                                   "env": "production"})
+    created = console_server.api(
+        "POST", "/keys", {"name": "console-test-sdk", "kind": "sdk", "env": "production"}
+    )
     client = ThreadedClient(console_server.url, created["secret"])
     try:
         yield client
@@ -203,8 +221,9 @@ def test_sign_in_create_flag_client_sees_it_and_kill_switch(
     sign_in(page, console_server)
     expect(page).to_have_url(re.compile(r"/envs/production/flags$"))
     # The admin key is not kept anywhere the page's scripts can read.
-    storage = page.evaluate("() => JSON.stringify(localStorage) + JSON.stringify(sessionStorage)"
-                            " + document.cookie")
+    storage = page.evaluate(
+        "() => JSON.stringify(localStorage) + JSON.stringify(sessionStorage) + document.cookie"
+    )
     assert console_server.admin_key not in storage
     assert "fw_session" not in storage
 
@@ -229,8 +248,9 @@ def test_sign_in_create_flag_client_sees_it_and_kill_switch(
 
     switch.click()
     page.get_by_role("dialog").get_by_role("button", name="Turn on").click()
-    expect(page.locator("#status")).to_contain_text(re.compile(
-        r"Applied by \d+ of \d+ connected clients? in \d+ ms"))
+    expect(page.locator("#status")).to_contain_text(
+        re.compile(r"Applied by \d+ of \d+ connected clients? in \d+ ms")
+    )
     expect(switch).to_have_attribute("aria-checked", "true")
     wait_until(lambda: sdk_client.value(key) is True, what="the client to see the flag on")
 
@@ -250,13 +270,26 @@ def test_thirty_percent_rollout_is_validated_and_saved(
     page: Any, console_server: ServerProcess
 ) -> None:
     key = new_key("checkout-redesign")
-    rule = {"description": "Staff see it first", "variation": 0, "clauses": [
-        {"attribute": "email", "op": "ends_with", "values": ["@example.com"]},
-        {"attribute": "country", "op": "in", "values": ["NL", "DE"], "negate": True}]}
-    console_server.api("POST", "/environments/production/flags", bool_flag(
-        key, name="New checkout", tags=["checkout"], rules=[rule],
-        description="The redesigned checkout flow", targets=[{"variation": 1,
-                                                              "values": ["qa-bot"]}]))
+    rule = {
+        "description": "Staff see it first",
+        "variation": 0,
+        "clauses": [
+            {"attribute": "email", "op": "ends_with", "values": ["@example.com"]},
+            {"attribute": "country", "op": "in", "values": ["NL", "DE"], "negate": True},
+        ],
+    }
+    console_server.api(
+        "POST",
+        "/environments/production/flags",
+        bool_flag(
+            key,
+            name="New checkout",
+            tags=["checkout"],
+            rules=[rule],
+            description="The redesigned checkout flow",
+            targets=[{"variation": 1, "values": ["qa-bot"]}],
+        ),
+    )
     sign_in(page, console_server, f"/envs/production/flags/{key}")
     default = page.locator("fieldset", has_text="Default rule")
     default.get_by_label("Serve").select_option("rollout")
@@ -266,8 +299,9 @@ def test_thirty_percent_rollout_is_validated_and_saved(
     page.get_by_role("button", name="Save changes").click()
     error = default.locator(".field-error")
     expect(error).to_contain_text("must add up to 100%")
-    assert console_server.api("GET", f"/environments/production/flags/{key}")[
-        "fallthrough"] == {"variation": 0}
+    assert console_server.api("GET", f"/environments/production/flags/{key}")["fallthrough"] == {
+        "variation": 0
+    }
 
     default.get_by_label("#1 false %").fill("70")
     expect(default).to_contain_text("Total: 100%")
@@ -279,7 +313,9 @@ def test_thirty_percent_rollout_is_validated_and_saved(
     expect(page.locator("#stale")).to_be_hidden()
     doc = console_server.api("GET", f"/environments/production/flags/{key}")
     assert doc["fallthrough"]["rollout"]["variations"] == [
-        {"variation": 0, "weight": 30000}, {"variation": 1, "weight": 70000}]
+        {"variation": 0, "weight": 30000},
+        {"variation": 1, "weight": 70000},
+    ]
     page.reload()
     expect(page.locator("#flag-serving")).to_have_text("30% true · 1 rule · 1 target")
     expect(default.get_by_label("#0 true %")).to_have_value("30")
@@ -306,8 +342,7 @@ def test_invalid_regex_is_shown_next_to_its_field(
     expect(field.locator(".field-error")).to_contain_text("invalid regular expression")
     expect(values).to_have_attribute("aria-invalid", "true")
     expect(page.locator("#status")).to_contain_text("Not saved")
-    assert console_server.api("GET", f"/environments/production/flags/{key}")[
-        "rules"] == []
+    assert console_server.api("GET", f"/environments/production/flags/{key}")["rules"] == []
     shot(page, "flag-page-validation-error", full=False)
 
     values.fill("^[a-z]+@example\\.com$")
@@ -320,8 +355,9 @@ def test_change_through_the_api_appears_live_without_reload(
     page: Any, console_server: ServerProcess
 ) -> None:
     for name in ("dark-mode", "search-v2", "pricing-page"):
-        console_server.api("POST", "/environments/production/flags",
-                           bool_flag(new_key(name), tags=["live"]))
+        console_server.api(
+            "POST", "/environments/production/flags", bool_flag(new_key(name), tags=["live"])
+        )
     sign_in(page, console_server)
     page.evaluate("() => { window.__sameDocument = true; }")
     expect(page.locator("#live-dot")).to_have_class(re.compile(r"\bon\b"))
@@ -329,13 +365,19 @@ def test_change_through_the_api_appears_live_without_reload(
 
     key = new_key("recommendations")
     # The page notes (in its own clock, the machine's) when the row shows up.
-    page.evaluate("""key => new MutationObserver((_, obs) => {
+    page.evaluate(
+        """key => new MutationObserver((_, obs) => {
         if (document.querySelector(`tr[data-key="${key}"]`)) {
             window.__appearedAt = Date.now(); obs.disconnect(); }
-    }).observe(document.body, {childList: true, subtree: true})""", key)
+    }).observe(document.body, {childList: true, subtree: true})""",
+        key,
+    )
     started_ms = time.time() * 1000
-    console_server.api("POST", "/environments/production/flags",
-                       bool_flag(key, name="Made by the API", tags=["api"]))
+    console_server.api(
+        "POST",
+        "/environments/production/flags",
+        bool_flag(key, name="Made by the API", tags=["api"]),
+    )
     row = page.locator(f'tr[data-key="{key}"]')
     expect(row).to_be_visible(timeout=2000)
     expect(row).to_have_class(re.compile(r"\bflash\b"))
@@ -364,8 +406,7 @@ def test_history_diff_and_restore(page: Any, console_server: ServerProcess) -> N
     base = f"/environments/production/flags/{key}"
     console_server.api("POST", "/environments/production/flags", bool_flag(key, on=False))
     console_server.api("PATCH", base, {"on": True, "description": "launch"})
-    rollout = {"variations": [{"variation": 0, "weight": 10000},
-                              {"variation": 1, "weight": 90000}]}
+    rollout = {"variations": [{"variation": 0, "weight": 10000}, {"variation": 1, "weight": 90000}]}
     console_server.api("PATCH", base, {"fallthrough": {"variation": None, "rollout": rollout}})
     sign_in(page, console_server, f"/envs/production/flags/{key}/history")
     versions = page.locator("li.version")
@@ -396,24 +437,33 @@ def test_keys_create_copy_and_revoke(page: Any, console_server: ServerProcess) -
     secret_box = page.locator("#secret-value")
     expect(secret_box).to_have_value(re.compile(r"^fw_sdk_"))
     secret = secret_box.input_value()
-    page.context.grant_permissions(["clipboard-read", "clipboard-write"],
-                                   origin=console_server.url)
+    page.context.grant_permissions(["clipboard-read", "clipboard-write"], origin=console_server.url)
     page.get_by_role("button", name="Copy").click()
     expect(page.locator("#status")).to_contain_text("Secret copied")
     assert page.evaluate("() => navigator.clipboard.readText()") == secret
     row = page.locator("#key-rows tr", has_text=name)
     expect(row).to_be_visible()
-    status, _ = console_server.request("POST", "/api/v1/environments/production/evaluate",
-                                       {"context": {"key": "u"}}, key=secret)
+    status, _ = console_server.request(
+        "POST", "/api/v1/environments/production/evaluate", {"context": {"key": "u"}}, key=secret
+    )
     assert status == 200
     shot(page, "keys", full=False)
 
     row.get_by_role("button", name="Revoke").click()
     page.get_by_role("dialog").get_by_role("button", name="Revoke").click()
     expect(row).to_contain_text("revoked")
-    wait_until(lambda: console_server.request(
-        "POST", "/api/v1/environments/production/evaluate", {"context": {"key": "u"}},
-        key=secret)[0] == 401, what="the revoked key to be refused")
+    wait_until(
+        lambda: (
+            console_server.request(
+                "POST",
+                "/api/v1/environments/production/evaluate",
+                {"context": {"key": "u"}},
+                key=secret,
+            )[0]
+            == 401
+        ),
+        what="the revoked key to be refused",
+    )
     keys = console_server.api("GET", "/keys")
     listed = keys["keys"] if isinstance(keys, dict) else keys
     assert any(k["name"] == name and k["revoked_at"] for k in listed)
@@ -427,11 +477,13 @@ def test_sign_out_ends_the_session(page: Any, console_server: ServerProcess) -> 
     jar = {"fw_session": cookie["value"]}
     assert httpx.get(console_server.url + "/api/v1/environments", cookies=jar).status_code == 200
     forged = {"fw_session": cookie["value"][:-2] + ("AA" if cookie["value"][-2:] != "AA" else "BB")}
-    assert httpx.get(console_server.url + "/api/v1/environments",
-                     cookies=forged).status_code == 401
+    assert httpx.get(console_server.url + "/api/v1/environments", cookies=forged).status_code == 401
     # A session write without the CSRF token is refused.
-    no_csrf = httpx.post(console_server.url + "/api/v1/environments/production/flags",
-                         json=bool_flag(new_key()), cookies=jar)
+    no_csrf = httpx.post(
+        console_server.url + "/api/v1/environments/production/flags",
+        json=bool_flag(new_key()),
+        cookies=jar,
+    )
     assert no_csrf.status_code == 403
     page.get_by_role("button", name="Sign out").click()
     expect(page).to_have_url(re.compile(r"/signin$"))
@@ -453,8 +505,11 @@ def test_sign_in_refuses_bad_keys_and_foreign_posts(
     page.get_by_role("button", name="Sign in").click()
     expect(page.get_by_role("alert")).to_contain_text("Unknown or revoked admin key")
     # A cross-site form post (no double-submit token, foreign Origin) is refused.
-    resp = httpx.post(console_server.url + "/signin", data={"key": console_server.admin_key},
-                      headers={"Origin": "https://evil.example"})
+    resp = httpx.post(
+        console_server.url + "/signin",
+        data={"key": console_server.admin_key},
+        headers={"Origin": "https://evil.example"},
+    )
     assert resp.status_code == 403
     assert "fw_session" not in resp.headers.get("set-cookie", "")
     # Pages carry a strict CSP.
@@ -466,15 +521,19 @@ def test_sign_in_refuses_bad_keys_and_foreign_posts(
 def test_segments_audit_and_phone_layout(
     browser: Any, page_errors: PageErrors, console_server: ServerProcess
 ) -> None:
-    context = browser.new_context(viewport=PHONE, device_scale_factor=2, is_mobile=True,
-                                  has_touch=True)
+    context = browser.new_context(
+        viewport=PHONE, device_scale_factor=2, is_mobile=True, has_touch=True
+    )
     page = context.new_page()
     page.set_default_timeout(10_000)
     _watch(page, page_errors)
     try:
         key = new_key("mobile-nav")
-        console_server.api("POST", "/environments/production/flags",
-                           bool_flag(key, tags=["mobile"], description="seen on a phone"))
+        console_server.api(
+            "POST",
+            "/environments/production/flags",
+            bool_flag(key, tags=["mobile"], description="seen on a phone"),
+        )
         sign_in(page, console_server)
         expect(page.locator(f'tr[data-key="{key}"]')).to_be_visible()
         assert_no_sideways_scroll(page)
@@ -502,8 +561,11 @@ def test_segments_audit_and_phone_layout(
         assert_no_sideways_scroll(page)
         shot(page, "audit-phone", full=False)
 
-        console_server.api("PATCH", f"/environments/production/flags/{key}",
-                           {"description": "a much longer description " * 6, "tags": ["x" * 60]})
+        console_server.api(
+            "PATCH",
+            f"/environments/production/flags/{key}",
+            {"description": "a much longer description " * 6, "tags": ["x" * 60]},
+        )
         for path in (f"/envs/production/flags/{key}/history", "/keys"):
             page.goto(console_server.url + path)
             expect(page.get_by_role("heading", level=1)).to_be_visible()
@@ -523,17 +585,24 @@ def test_editor_sections_env_switcher_and_keyboard(
     page.get_by_label("Key").fill(env)
     page.get_by_role("button", name="Create environment").click()
     expect(page).to_have_url(re.compile(rf"/envs/{env}/flags$"))
-    console_server.api("POST", f"/environments/{env}/segments",
-                       {"key": "beta", "included": ["u1"]})
+    console_server.api("POST", f"/environments/{env}/segments", {"key": "beta", "included": ["u1"]})
     console_server.api("POST", f"/environments/{env}/flags", bool_flag("base", on=False))
-    console_server.api("POST", f"/environments/{env}/flags", {
-        "key": "color", "on": True, "variations": ["red", "blue"],
-        "fallthrough": {"variation": 0}})
+    console_server.api(
+        "POST",
+        f"/environments/{env}/flags",
+        {
+            "key": "color",
+            "on": True,
+            "variations": ["red", "blue"],
+            "fallthrough": {"variation": 0},
+        },
+    )
     page.get_by_role("link", name="Environments").click()
     row = page.locator(f'#env-rows tr[data-env="{env}"]')
     expect(row.locator(".env-v")).to_have_text("3")
     expect(page.locator('#env-rows tr[data-env="production"] .env-c')).to_have_text(
-        re.compile(r"^\d+$"))
+        re.compile(r"^\d+$")
+    )
     shot(page, "environments", full=False)
     page.get_by_label("Environment").select_option("production")
     expect(page).to_have_url(re.compile(r"/envs/production/flags$"))

@@ -11,35 +11,53 @@ from flagwire_server.console.present import diff, serving
 
 
 def flag(**extra: Any) -> dict[str, Any]:
-    return {"key": "f", "on": True, "variations": [True, False], "off_variation": 1,
-            "fallthrough": {"variation": 0}, **extra}
+    return {
+        "key": "f",
+        "on": True,
+        "variations": [True, False],
+        "off_variation": 1,
+        "fallthrough": {"variation": 0},
+        **extra,
+    }
 
 
 def rollout(*weights: int) -> dict[str, Any]:
-    return {"rollout": {"variations": [{"variation": i, "weight": w}
-                                       for i, w in enumerate(weights)]}}
+    return {
+        "rollout": {"variations": [{"variation": i, "weight": w} for i, w in enumerate(weights)]}
+    }
 
 
-@pytest.mark.parametrize(("doc", "text"), [
-    (flag(), "true"),
-    (flag(on=False), "off → false"),
-    (flag(on=False, off_variation=None), "off → default"),
-    (flag(fallthrough=rollout(25000, 75000)), "25% true"),
-    (flag(fallthrough=rollout(33333, 66667)), "33.333% true"),
-    (flag(fallthrough=rollout(100000, 0)), "true"),
-    (flag(variations=["red", "blue", "green"], fallthrough=rollout(50000, 25000, 25000)),
-     "50% red / 25% blue / 25% green"),
-    (flag(rules=[{}], targets=[{}, {}]), "true · 1 rule · 2 targets"),
-])
+@pytest.mark.parametrize(
+    ("doc", "text"),
+    [
+        (flag(), "true"),
+        (flag(on=False), "off → false"),
+        (flag(on=False, off_variation=None), "off → default"),
+        (flag(fallthrough=rollout(25000, 75000)), "25% true"),
+        (flag(fallthrough=rollout(33333, 66667)), "33.333% true"),
+        (flag(fallthrough=rollout(100000, 0)), "true"),
+        (
+            flag(variations=["red", "blue", "green"], fallthrough=rollout(50000, 25000, 25000)),
+            "50% red / 25% blue / 25% green",
+        ),
+        (flag(rules=[{}], targets=[{}, {}]), "true · 1 rule · 2 targets"),
+    ],
+)
 def test_serving_summary(doc: dict[str, Any], text: str) -> None:
     assert serving(doc) == text
 
 
 def test_diff_is_field_by_field_and_skips_bookkeeping() -> None:
     before = flag(version=1, updated_at="a", tags=["x"])
-    after = flag(version=2, updated_at="b", on=False, tags=["x", "y"],
-                 rules=[{"clauses": [{"attribute": "email", "op": "matches", "values": ["a"]}],
-                         "variation": 1}])
+    after = flag(
+        version=2,
+        updated_at="b",
+        on=False,
+        tags=["x", "y"],
+        rules=[
+            {"clauses": [{"attribute": "email", "op": "matches", "values": ["a"]}], "variation": 1}
+        ],
+    )
     rows = {r["path"]: r for r in diff(before, after)}
     assert rows["on"] == {"path": "on", "op": "changed", "old": "true", "new": "false"}
     assert rows["tags"]["new"] == '["x", "y"]'
@@ -49,15 +67,18 @@ def test_diff_is_field_by_field_and_skips_bookkeeping() -> None:
     assert diff(after, after) == []
 
 
-@pytest.mark.parametrize(("value", "safe"), [
-    ("/envs/production/flags", "/envs/production/flags"),
-    ("/keys?env=a", "/keys?env=a"),
-    ("//evil.example", "/"),
-    ("/\\evil.example", "/"),
-    ("/\t/evil.example", "/"),
-    ("https://evil.example", "/"),
-    (None, "/"),
-])
+@pytest.mark.parametrize(
+    ("value", "safe"),
+    [
+        ("/envs/production/flags", "/envs/production/flags"),
+        ("/keys?env=a", "/keys?env=a"),
+        ("//evil.example", "/"),
+        ("/\\evil.example", "/"),
+        ("/\t/evil.example", "/"),
+        ("https://evil.example", "/"),
+        (None, "/"),
+    ],
+)
 def test_sign_in_redirects_only_to_this_site(value: str | None, safe: str) -> None:
     assert _safe_next(value) == safe
 

@@ -98,8 +98,15 @@ def nginx(upstreams: list[int]) -> Iterator[str]:
     tmp.chmod(0o755)
     port = free_port()
     (tmp / "nginx.conf").write_text(render_config(upstreams, port, tmp))
-    argv = [NGINX, "-p", str(tmp), "-c", str(tmp / "nginx.conf"),
-            "-g", f"daemon off; pid {tmp}/nginx.pid; error_log {tmp}/error.log warn;"]
+    argv = [
+        NGINX,
+        "-p",
+        str(tmp),
+        "-c",
+        str(tmp / "nginx.conf"),
+        "-g",
+        f"daemon off; pid {tmp}/nginx.pid; error_log {tmp}/error.log warn;",
+    ]
     check = subprocess.run([*argv, "-t"], capture_output=True, text=True, timeout=30)
     assert check.returncode == 0, check.stderr
     proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -148,16 +155,26 @@ async def test_stream_through_nginx_is_upgraded_and_receives_changes(
     two_servers: list[ImageServer], admin_key: str
 ) -> None:
     with nginx([s.port for s in two_servers]) as addr:
-        async with httpx.AsyncClient(base_url=f"http://{addr}/api/v1", timeout=10,
-                                     headers={"Authorization": f"Bearer {admin_key}"}) as http:
+        async with httpx.AsyncClient(
+            base_url=f"http://{addr}/api/v1",
+            timeout=10,
+            headers={"Authorization": f"Bearer {admin_key}"},
+        ) as http:
             r = await http.post("/environments", json={"key": "lbtest", "name": "LB test"})
             assert r.status_code in (200, 201), r.text
             r = await http.post("/keys", json={"name": "lb", "kind": "sdk", "env": "lbtest"})
             assert r.status_code == 201, r.text
             sdk = r.json()["secret"]
-            r = await http.put("/environments/lbtest/flags/lb-flag",
-                               json={"key": "lb-flag", "on": False, "variations": [True, False],
-                                     "off_variation": 1, "fallthrough": {"variation": 0}})
+            r = await http.put(
+                "/environments/lbtest/flags/lb-flag",
+                json={
+                    "key": "lb-flag",
+                    "on": False,
+                    "variations": [True, False],
+                    "off_variation": 1,
+                    "fallthrough": {"variation": 0},
+                },
+            )
             assert r.status_code in (200, 201), r.text
             await asyncio.sleep(0.6)  # every instance polls the key ring about every 250 ms
 
@@ -165,7 +182,9 @@ async def test_stream_through_nginx_is_upgraded_and_receives_changes(
             try:
                 for _ in range(4):
                     ws = await websockets.connect(
-                        f"ws://{addr}/api/v1/stream", compression=None, open_timeout=10,
+                        f"ws://{addr}/api/v1/stream",
+                        compression=None,
+                        open_timeout=10,
                         additional_headers={"Authorization": f"Bearer {sdk}"},
                     )
                     streams.append(ws)

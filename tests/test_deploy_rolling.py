@@ -53,20 +53,37 @@ def test_rolling_restart_loses_nothing_and_rebalances(
     from bench._swarm import Swarm
 
     flags = [f"roll-{i}" for i in range(5)]
-    with nginx([s.port for s in three_servers]) as addr, httpx.Client(
-        base_url=f"http://{addr}/api/v1", timeout=10,
-        headers={"Authorization": f"Bearer {admin_key}"},
-    ) as http:
+    with (
+        nginx([s.port for s in three_servers]) as addr,
+        httpx.Client(
+            base_url=f"http://{addr}/api/v1",
+            timeout=10,
+            headers={"Authorization": f"Bearer {admin_key}"},
+        ) as http,
+    ):
         assert http.post("/environments", json={"key": ENV, "name": ENV}).status_code in (200, 201)
         for key in flags:
-            r = http.put(f"/environments/{ENV}/flags/{key}",
-                         json={"key": key, "on": False, "variations": [True, False],
-                               "off_variation": 1, "fallthrough": {"variation": 0}})
+            r = http.put(
+                f"/environments/{ENV}/flags/{key}",
+                json={
+                    "key": key,
+                    "on": False,
+                    "variations": [True, False],
+                    "off_variation": 1,
+                    "fallthrough": {"variation": 0},
+                },
+            )
             assert r.status_code in (200, 201), r.text
         sdk = http.post("/keys", json={"name": "roll", "kind": "sdk", "env": ENV}).json()["secret"]
         time.sleep(0.6)  # key ring poll on every instance
-        swarm = Swarm(f"ws://{addr}/api/v1/stream", CLIENTS, processes=1,
-                      headers={"Authorization": f"Bearer {sdk}"}, reconnect=True, spread=1.0)
+        swarm = Swarm(
+            f"ws://{addr}/api/v1/stream",
+            CLIENTS,
+            processes=1,
+            headers={"Authorization": f"Bearer {sdk}"},
+            reconnect=True,
+            spread=1.0,
+        )
         try:
             assert swarm.connect(concurrency=100)["ok"] == CLIENTS
             acked: dict[str, int] = {}
@@ -110,16 +127,18 @@ def test_rolling_restart_loses_nothing_and_rebalances(
             while True:
                 check = swarm.check(store, version)
                 stats = swarm.stats()
-                if (not check["wrong"] and not check["behind"] and stats["open"] == CLIENTS) \
-                        or time.monotonic() > deadline:
+                if (
+                    not check["wrong"] and not check["behind"] and stats["open"] == CLIENTS
+                ) or time.monotonic() > deadline:
                     break
                 time.sleep(0.2)
             assert check == {"wrong": 0, "behind": 0}, (check, stats)
             assert stats["open"] == CLIENTS
             assert stats["stale"] == 0, "a client saw a version go backwards"
 
-            per_server = [_connected(httpx.get(f"{s.url}/metrics", timeout=5).text)
-                          for s in three_servers]
+            per_server = [
+                _connected(httpx.get(f"{s.url}/metrics", timeout=5).text) for s in three_servers
+            ]
             assert sum(per_server) == CLIENTS, per_server
             # least_conn sends each stopped server's clients to the emptiest one, so nothing
             # piles onto the last one standing; the server rolled last starts empty and

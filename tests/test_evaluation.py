@@ -167,8 +167,12 @@ def test_all_clauses_of_a_rule_must_match() -> None:
 
 
 def test_segment_match() -> None:
-    seg = segment("beta", included=["in-1", "both"], excluded=["out-1", "both"],
-                  rules=[rule(clause("email", "ends_with", "@example.com"))])
+    seg = segment(
+        "beta",
+        included=["in-1", "both"],
+        excluded=["out-1", "both"],
+        rules=[rule(clause("email", "ends_with", "@example.com"))],
+    )
     snap = snap_for(segment_clause("beta"), beta=seg)
     assert matched(snap, {"key": "in-1"})
     assert not matched(snap, {"key": "both"})  # excluded wins
@@ -178,8 +182,11 @@ def test_segment_match() -> None:
 
 
 def test_segment_match_any_of_several_and_negate() -> None:
-    snap = snap_for(segment_clause("s-a", "s-b", "gone"),
-                    s_a=segment("s-a", included=["a"]), s_b=segment("s-b", included=["b"]))
+    snap = snap_for(
+        segment_clause("s-a", "s-b", "gone"),
+        s_a=segment("s-a", included=["a"]),
+        s_b=segment("s-b", included=["b"]),
+    )
     assert matched(snap, {"key": "a"})
     assert matched(snap, {"key": "b"})
     assert not matched(snap, {"key": "c"})
@@ -219,12 +226,17 @@ def test_malformed_segment_makes_the_flag_malformed() -> None:
 
 def reference_snapshot() -> Snapshot:
     main = flag(
-        "main", variations=["A", "B", "C"], off_variation=2,
+        "main",
+        variations=["A", "B", "C"],
+        off_variation=2,
         targets=[target(0, "t0", "dup"), target(1, "t1", "dup")],
-        rules=[rule(clause("country", "in", "NL"), variation=1, id="nl"),
-               rule(clause("country", "in", "NL", "DE"), variation=0, id="eu"),
-               rule(clause("plan", "in", "x"), rollout=rollout(0, 0, 100))],
-        fallthrough=2, prerequisites=[prerequisite("gate", 0)],
+        rules=[
+            rule(clause("country", "in", "NL"), variation=1, id="nl"),
+            rule(clause("country", "in", "NL", "DE"), variation=0, id="eu"),
+            rule(clause("plan", "in", "x"), rollout=rollout(0, 0, 100)),
+        ],
+        fallthrough=2,
+        prerequisites=[prerequisite("gate", 0)],
     )
     gate = flag("gate", rules=[rule(clause("blocked", "in", True), variation=1)])
     return Snapshot({"main": main, "gate": gate}, version=9, epoch="e1")
@@ -233,17 +245,32 @@ def reference_snapshot() -> Snapshot:
 REASON_CASES: list[tuple[str, dict[str, Any], EvaluationDetail]] = [
     ("target", {"key": "t1"}, EvaluationDetail("B", 1, Reason.TARGET_MATCH)),
     ("first target wins", {"key": "dup"}, EvaluationDetail("A", 0, Reason.TARGET_MATCH)),
-    ("target beats rules", {"key": "t0", "country": "NL"},
-     EvaluationDetail("A", 0, Reason.TARGET_MATCH)),
-    ("first rule wins", {"key": "u", "country": "NL"},
-     EvaluationDetail("B", 1, Reason.RULE_MATCH, rule_index=0, rule_id="nl")),
-    ("second rule", {"key": "u", "country": "DE"},
-     EvaluationDetail("A", 0, Reason.RULE_MATCH, rule_index=1, rule_id="eu")),
-    ("rule rollout, no id", {"key": "u", "plan": "x"},
-     EvaluationDetail("C", 2, Reason.RULE_MATCH, rule_index=2)),
+    (
+        "target beats rules",
+        {"key": "t0", "country": "NL"},
+        EvaluationDetail("A", 0, Reason.TARGET_MATCH),
+    ),
+    (
+        "first rule wins",
+        {"key": "u", "country": "NL"},
+        EvaluationDetail("B", 1, Reason.RULE_MATCH, rule_index=0, rule_id="nl"),
+    ),
+    (
+        "second rule",
+        {"key": "u", "country": "DE"},
+        EvaluationDetail("A", 0, Reason.RULE_MATCH, rule_index=1, rule_id="eu"),
+    ),
+    (
+        "rule rollout, no id",
+        {"key": "u", "plan": "x"},
+        EvaluationDetail("C", 2, Reason.RULE_MATCH, rule_index=2),
+    ),
     ("fallthrough", {"key": "u"}, EvaluationDetail("C", 2, Reason.FALLTHROUGH)),
-    ("prerequisite failed", {"key": "t0", "blocked": True},
-     EvaluationDetail("C", 2, Reason.PREREQUISITE_FAILED, prerequisite_key="gate")),
+    (
+        "prerequisite failed",
+        {"key": "t0", "blocked": True},
+        EvaluationDetail("C", 2, Reason.PREREQUISITE_FAILED, prerequisite_key="gate"),
+    ),
 ]
 
 
@@ -314,8 +341,9 @@ def test_prerequisite_cycle() -> None:
 def test_prerequisite_chain_too_deep() -> None:
     """f0 -> f1 -> ... -> f17: 17 hops from f0 is one too many, 16 from f1 is fine."""
     depth = LIMITS.max_prerequisite_depth + 1
-    flags = {f"f{i}": flag(f"f{i}", prerequisites=[prerequisite(f"f{i + 1}")])
-             for i in range(depth)}
+    flags = {
+        f"f{i}": flag(f"f{i}", prerequisites=[prerequisite(f"f{i + 1}")]) for i in range(depth)
+    }
     flags[f"f{depth}"] = flag(f"f{depth}")
     too_deep = Snapshot(flags).evaluate("f0", {"key": "k"}, 0)
     assert too_deep.error_kind == ErrorKind.PREREQUISITE_CYCLE
@@ -395,7 +423,13 @@ def test_reason_and_error_kind_are_strings() -> None:
     assert Reason.RULE_MATCH == "RULE_MATCH"
     assert ErrorKind.WRONG_TYPE == "WRONG_TYPE"
     assert {r.value for r in Reason} == {
-        "OFF", "TARGET_MATCH", "RULE_MATCH", "FALLTHROUGH", "PREREQUISITE_FAILED", "ERROR"}
+        "OFF",
+        "TARGET_MATCH",
+        "RULE_MATCH",
+        "FALLTHROUGH",
+        "PREREQUISITE_FAILED",
+        "ERROR",
+    }
     assert "CLIENT_NOT_READY" in {k.value for k in ErrorKind}
 
 
@@ -442,8 +476,12 @@ def test_evaluate_all() -> None:
 
 
 def test_json_variations_and_numbers() -> None:
-    snap = Snapshot({"cfg": flag("cfg", variations=[{"limit": 5}, {"limit": 10}]),
-                     "num": flag("num", variations=[0.5, 2], fallthrough=1)})
+    snap = Snapshot(
+        {
+            "cfg": flag("cfg", variations=[{"limit": 5}, {"limit": 10}]),
+            "num": flag("num", variations=[0.5, 2], fallthrough=1),
+        }
+    )
     assert snap.evaluate("cfg", {"key": "k"}, {}, dict).value == {"limit": 5}
     assert snap.evaluate("num", {"key": "k"}, 0.0, float).value == 2
 
@@ -467,19 +505,30 @@ SEGMENTS = {
     "broken": {"key": "broken", "included": 5},
 }
 ATTRS = ["key", "a", "b", "email", "n"]
-scalars = st.sampled_from(
-    ["x", "ab", "x@example.com", "1.2.3", "2024-06-01T00:00:00Z", 1, 5]
-) | st.none() | st.booleans() | st.integers(-10, 10) | st.floats(allow_nan=True) | st.text(
-    alphabet="abx1.-@\u00e9", max_size=6) | st.sampled_from(
-    ["1.2.3", "2.0.0-rc.1", "2024-01-01T00:00:00Z", "x@example.com"])
-attr_values = (scalars | st.lists(scalars, max_size=3)
-               | st.dictionaries(st.text(max_size=2), scalars, max_size=2))
+scalars = (
+    st.sampled_from(["x", "ab", "x@example.com", "1.2.3", "2024-06-01T00:00:00Z", 1, 5])
+    | st.none()
+    | st.booleans()
+    | st.integers(-10, 10)
+    | st.floats(allow_nan=True)
+    | st.text(alphabet="abx1.-@\u00e9", max_size=6)
+    | st.sampled_from(["1.2.3", "2.0.0-rc.1", "2024-01-01T00:00:00Z", "x@example.com"])
+)
+attr_values = (
+    scalars
+    | st.lists(scalars, max_size=3)
+    | st.dictionaries(st.text(max_size=2), scalars, max_size=2)
+)
 
 
 def clause_values(op: str) -> st.SearchStrategy[list[Any]]:
     if op == "in":
-        elem: st.SearchStrategy[Any] = (st.text(max_size=4) | st.integers(-5, 5) | st.booleans()
-                                        | st.floats(allow_nan=False, allow_infinity=False))
+        elem: st.SearchStrategy[Any] = (
+            st.text(max_size=4)
+            | st.integers(-5, 5)
+            | st.booleans()
+            | st.floats(allow_nan=False, allow_infinity=False)
+        )
     elif op == "matches":
         elem = st.sampled_from(["^a", "x$", r"\d", "(?i)AB", "[.]"])
     elif op in ("starts_with", "ends_with", "contains"):
@@ -487,8 +536,9 @@ def clause_values(op: str) -> st.SearchStrategy[list[Any]]:
     elif op in ("lt", "lte", "gt", "gte"):
         elem = st.integers(-10, 10) | st.floats(-10, 10)
     elif op in ("before", "after"):
-        elem = st.sampled_from(["2024-01-01T00:00:00Z", "2020-02-29T12:00:00.5+01:00"]) | \
-            st.integers(0, 2**41)
+        elem = st.sampled_from(
+            ["2024-01-01T00:00:00Z", "2020-02-29T12:00:00.5+01:00"]
+        ) | st.integers(0, 2**41)
     elif op.startswith("semver"):
         elem = st.sampled_from(["1.2.3", "2.0.0-rc.1", "0.1", "1.0.0+b"])
     else:
@@ -509,18 +559,29 @@ def clauses(draw: st.DrawFn) -> dict[str, Any]:
 @st.composite
 def valid_flags(draw: st.DrawFn, key: str = "f") -> dict[str, Any]:
     n = draw(st.integers(1, 3))
-    variations = draw(st.sampled_from([
-        [True, False, True][:n], ["a", "b", "c"][:n], [1, 2.5, -3][:n], [{"x": 1}, [1], {}][:n]]))
+    variations = draw(
+        st.sampled_from(
+            [
+                [True, False, True][:n],
+                ["a", "b", "c"][:n],
+                [1, 2.5, -3][:n],
+                [{"x": 1}, [1], {}][:n],
+            ]
+        )
+    )
     index = st.integers(0, n - 1)
 
     def serve() -> dict[str, Any]:
         if draw(st.booleans()):
             return {"variation": draw(index)}
         first = draw(st.integers(0, 100_000))
-        slots = [{"variation": draw(index), "weight": first},
-                 {"variation": draw(index), "weight": 100_000 - first}]
-        return {"rollout": {"variations": slots,
-                            "bucket_by": draw(st.sampled_from(["key", "a", "n"]))}}
+        slots = [
+            {"variation": draw(index), "weight": first},
+            {"variation": draw(index), "weight": 100_000 - first},
+        ]
+        return {
+            "rollout": {"variations": slots, "bucket_by": draw(st.sampled_from(["key", "a", "n"]))}
+        }
 
     rules = []
     for i in range(draw(st.integers(0, 4))):
@@ -530,14 +591,20 @@ def valid_flags(draw: st.DrawFn, key: str = "f") -> dict[str, Any]:
             r["id"] = f"r{i}"
         rules.append(r)
     doc = {
-        "key": key, "on": draw(st.integers(0, 5)) > 0, "variations": variations,
+        "key": key,
+        "on": draw(st.integers(0, 5)) > 0,
+        "variations": variations,
         "off_variation": draw(st.none() | index),
         "targets": [target(draw(index), *draw(st.lists(st.sampled_from(["k1", "k2", "k3"]))))],
-        "rules": rules, "fallthrough": serve(),
-        "prerequisites": [] if draw(st.integers(0, 3)) else [
+        "rules": rules,
+        "fallthrough": serve(),
+        "prerequisites": []
+        if draw(st.integers(0, 3))
+        else [
             prerequisite(p, draw(st.integers(0, 1)))
             for p in draw(st.lists(st.sampled_from(["p1", "p2", "f"]), unique=True, max_size=2))
-            if p != key],
+            if p != key
+        ],
     }
     return validate_flag(doc)
 
@@ -552,10 +619,20 @@ contexts = st.integers(0, 9).flatmap(
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(main=valid_flags(), p1=valid_flags("p1"), p2=valid_flags("p2"), ctx=contexts,
-       kind=st.sampled_from([None, bool, str, float, dict, list]))
-def test_evaluation_never_raises(main: dict[str, Any], p1: dict[str, Any], p2: dict[str, Any],
-                                 ctx: dict[str, Any], kind: type | None) -> None:
+@given(
+    main=valid_flags(),
+    p1=valid_flags("p1"),
+    p2=valid_flags("p2"),
+    ctx=contexts,
+    kind=st.sampled_from([None, bool, str, float, dict, list]),
+)
+def test_evaluation_never_raises(
+    main: dict[str, Any],
+    p1: dict[str, Any],
+    p2: dict[str, Any],
+    ctx: dict[str, Any],
+    kind: type | None,
+) -> None:
     snap = Snapshot({"f": main, "p1": p1, "p2": p2}, SEGMENTS)
     for key, want in [("f", None), ("p1", None), ("p2", None), ("f", kind), ("missing", None)]:
         detail = snap.evaluate(key, ctx, "DEFAULT", want)
@@ -579,8 +656,9 @@ def test_evaluation_never_raises(main: dict[str, Any], p1: dict[str, Any], p2: d
 
 @settings(max_examples=200, deadline=None)
 @given(c=clauses(), value=attr_values, present=st.booleans())
-def test_fast_paths_agree_with_general_clauses(c: dict[str, Any], value: Any,
-                                               present: bool) -> None:
+def test_fast_paths_agree_with_general_clauses(
+    c: dict[str, Any], value: Any, present: bool
+) -> None:
     """A clause gives one answer whether inlined in a flag, a closure or the slow path."""
     from flagwire.core._clauses import _TESTS, _lift, compile_clause
 
@@ -598,11 +676,17 @@ def test_fast_paths_agree_with_general_clauses(c: dict[str, Any], value: Any,
 
 def test_huge_flags_run_their_rules_as_a_loop() -> None:
     """Past the inlining threshold rules are closures; the answers must not change."""
-    rules = [rule(clause("n", "gt", i), clause("s", "in", f"p{i}"), variation=i % 2,
-                  id=f"r{i}") for i in range(LIMITS.max_rules)]
+    rules = [
+        rule(clause("n", "gt", i), clause("s", "in", f"p{i}"), variation=i % 2, id=f"r{i}")
+        for i in range(LIMITS.max_rules)
+    ]
     split = rollout(50, 50)
-    snap = Snapshot({"huge": flag("huge", rules=rules, fallthrough=split, salt="s"),
-                     "small": flag("small", rules=rules[:3], fallthrough=split, salt="s")})
+    snap = Snapshot(
+        {
+            "huge": flag("huge", rules=rules, fallthrough=split, salt="s"),
+            "small": flag("small", rules=rules[:3], fallthrough=split, salt="s"),
+        }
+    )
     hit = snap.evaluate("huge", {"key": "k", "n": 150.5, "s": "p150"}, None)
     assert hit == EvaluationDetail(True, 0, Reason.RULE_MATCH, rule_index=150, rule_id="r150")
     for i in range(30):

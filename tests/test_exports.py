@@ -7,10 +7,24 @@ import importlib
 import flagwire
 
 EXPECTED = {
-    "AuthenticationError", "BackoffSettings", "ChangeStream", "ClientClosedError", "ClientError",
-    "ClientStatus", "ErrorKind", "EvaluationDetail", "FlagChange", "FlagClient", "FlagwireError",
-    "InitializationError", "ProtocolError", "Reason", "Snapshot", "ValidationError",
-    "ValueWatch", "__version__",
+    "AuthenticationError",
+    "BackoffSettings",
+    "ChangeStream",
+    "ClientClosedError",
+    "ClientError",
+    "ClientStatus",
+    "ErrorKind",
+    "EvaluationDetail",
+    "FlagChange",
+    "FlagClient",
+    "FlagwireError",
+    "InitializationError",
+    "ProtocolError",
+    "Reason",
+    "Snapshot",
+    "ValidationError",
+    "ValueWatch",
+    "__version__",
 }
 
 
@@ -23,7 +37,10 @@ def test_every_exported_name_exists_and_lives_in_a_private_module() -> None:
     for name in flagwire.__all__:
         obj = getattr(flagwire, name)
         if name != "__version__":
-            assert obj.__module__.startswith(("flagwire._", "flagwire.core.")), (name, obj.__module__)
+            assert obj.__module__.startswith(("flagwire._", "flagwire.core.")), (
+                name,
+                obj.__module__,
+            )
 
 
 def test_public_names_not_in_all_are_modules_only() -> None:
@@ -34,8 +51,11 @@ def test_public_names_not_in_all_are_modules_only() -> None:
 
 def test_error_tree() -> None:
     assert issubclass(flagwire.ClientError, flagwire.FlagwireError)
-    for cls in (flagwire.AuthenticationError, flagwire.InitializationError,
-                flagwire.ClientClosedError):
+    for cls in (
+        flagwire.AuthenticationError,
+        flagwire.InitializationError,
+        flagwire.ClientClosedError,
+    ):
         assert issubclass(cls, flagwire.ClientError)
     for cls in (flagwire.ProtocolError, flagwire.ValidationError):
         assert issubclass(cls, flagwire.FlagwireError)

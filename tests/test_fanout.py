@@ -102,8 +102,11 @@ async def test_200_clients_get_a_toggle_and_wait_reports_all_acks(
     try:
         await asyncio.gather(*(c.wait_version(1) for c in clients))
         status, text = await asyncio.to_thread(
-            server.request, "PATCH",
-            "/api/v1/environments/production/flags/kill-switch?wait=15", {"on": False})
+            server.request,
+            "PATCH",
+            "/api/v1/environments/production/flags/kill-switch?wait=15",
+            {"on": False},
+        )
         assert status == 200, text
         body = json.loads(text)
         v = body["env_version"]
@@ -120,7 +123,8 @@ async def test_200_clients_get_a_toggle_and_wait_reports_all_acks(
             assert c.gaps == []
         # The same figures later, for any recent version.
         status, text = await asyncio.to_thread(
-            server.request, "GET", f"/api/v1/environments/production/changes/{v}")
+            server.request, "GET", f"/api/v1/environments/production/changes/{v}"
+        )
         assert status == 200, text
         assert json.loads(text)["acknowledged"] == 200
         assert metric(server, "flagwire_connected_clients", 'env="production"') == 200
@@ -138,7 +142,8 @@ async def test_a_change_through_one_process_reaches_clients_of_another(
     on_b = await connect_many(b.ws_url, key, 5)
     try:
         status, text = await asyncio.to_thread(
-            a.request, "PATCH", "/api/v1/environments/production/flags/f?wait=15", {"on": False})
+            a.request, "PATCH", "/api/v1/environments/production/flags/f?wait=15", {"on": False}
+        )
         assert status == 200, text
         body = json.loads(text)
         for c in on_a + on_b:
@@ -220,8 +225,11 @@ async def test_a_client_that_never_reads_is_closed_and_others_are_unaffected(
         await reader.wait_version(last, 10)
         assert reader.close_code is None
         assert reader.gaps == []
-        await wait_until(lambda: metric(srv, "flagwire_connected_clients") == 1, 5,
-                         what="the stalled stream to be gone")
+        await wait_until(
+            lambda: metric(srv, "flagwire_connected_clients") == 1,
+            5,
+            what="the stalled stream to be gone",
+        )
     finally:
         stalled.close()
         await reader.close()
@@ -353,8 +361,11 @@ async def test_a_gap_the_log_does_not_cover_reloads_and_resnapshots(
         pipe = admin.redis.pipeline(transaction=True)
         pipe.hset(meta, "version", jump)
         pipe.hset(flags, "b", orjson.dumps(doc))
-        pipe.xadd(f"{redis_prefix}:{{production}}:changes",
-                  {"m": prefix + str(jump).encode() + suffix, "t": "0"}, id=f"{jump}-0")
+        pipe.xadd(
+            f"{redis_prefix}:{{production}}:changes",
+            {"m": prefix + str(jump).encode() + suffix, "t": "0"},
+            id=f"{jump}-0",
+        )
         await pipe.execute()
         await c.wait_version(jump, 5)
         assert c.types().count("snapshot") == 2  # the reload sent a fresh snapshot
@@ -372,12 +383,14 @@ async def test_propagation_of_a_change_made_before_a_process_started(
     c = await StreamClient(a.ws_url, key).connect()
     try:
         status, text = await asyncio.to_thread(
-            a.request, "PUT", "/api/v1/environments/production/flags/f?wait=10", flag("f"))
+            a.request, "PUT", "/api/v1/environments/production/flags/f?wait=10", flag("f")
+        )
         assert status in (200, 201), text
         v = json.loads(text)["env_version"]
         make_server()  # a second process, started after version v
         status, text = await asyncio.to_thread(
-            a.request, "GET", f"/api/v1/environments/production/changes/{v}")
+            a.request, "GET", f"/api/v1/environments/production/changes/{v}"
+        )
         assert status == 200, text
         prop = json.loads(text)
         assert prop["complete"] is True

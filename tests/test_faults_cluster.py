@@ -54,13 +54,13 @@ async def test_one_of_three_servers_sigkilled(
         _id, sdk = await admin.create_key("sdk", ENV)
         await wait_key_known([s.ws_url for s in servers], sdk)
 
-        clients = [watch_client(fast_client(lb_sdk.url, sdk), f"client{i}")
-                   for i in range(N_FLAG)]
+        clients = [watch_client(fast_client(lb_sdk.url, sdk), f"client{i}") for i in range(N_FLAG)]
         watched.extend(clients)
         await asyncio.gather(*(c.client.start() for c in clients))
         assert all(c.client.status is ClientStatus.READY for c in clients)
-        raws = [RawSubscriber(lb_raw.ws_url, sdk, f"raw{i}", timeout=3).start()
-                for i in range(N_RAW)]
+        raws = [
+            RawSubscriber(lb_raw.ws_url, sdk, f"raw{i}", timeout=3).start() for i in range(N_RAW)
+        ]
         watched.extend(raws)
         for r in raws:
             await asyncio.wait_for(r.first.wait(), 15)
@@ -75,15 +75,24 @@ async def test_one_of_three_servers_sigkilled(
         killed_at = time.monotonic()
 
         # Its clients move to the others: every stream is open again, none on the dead one.
-        await poll(lambda: lb_sdk.open[2] == 0 and lb_raw.open[2] == 0, 10,
-                   "the dead server's connections to end")
-        await poll(lambda: sum(lb_sdk.open) == N_FLAG and sum(lb_raw.open) == N_RAW, 20,
-                   "every client to be connected to a survivor")
+        await poll(
+            lambda: lb_sdk.open[2] == 0 and lb_raw.open[2] == 0,
+            10,
+            "the dead server's connections to end",
+        )
+        await poll(
+            lambda: sum(lb_sdk.open) == N_FLAG and sum(lb_raw.open) == N_RAW,
+            20,
+            "every client to be connected to a survivor",
+        )
         moved = [t for i in (0, 1) for t in lb_sdk.accepted_at[i] if t > killed_at]
         assert len(moved) >= victims_sdk, (len(moved), victims_sdk)
         assert not [t for t in lb_sdk.accepted_at[2] if t > killed_at]
-        await poll(lambda: all(c.client.status is ClientStatus.READY for c in clients), 15,
-                   "every FlagClient READY again")
+        await poll(
+            lambda: all(c.client.status is ClientStatus.READY for c in clients),
+            15,
+            "every FlagClient READY again",
+        )
 
         # Reconnections are spread out (full jitter), not one instant for everyone.
         first = sorted(moved)[:victims_sdk]
@@ -92,7 +101,8 @@ async def test_one_of_three_servers_sigkilled(
         spread_out = spread >= 0.05 and densest <= max(2, victims_sdk // 2)
         assert spread_out, (
             f"{victims_sdk} clients of the killed server reconnected within {spread * 1000:.0f} ms"
-            f" ({densest} in the densest 20 ms)")
+            f" ({densest} in the densest 20 ms)"
+        )
         raw_moved = [t for i in (0, 1) for t in lb_raw.accepted_at[i] if t > killed_at]
         assert len(raw_moved) >= victims_raw
 

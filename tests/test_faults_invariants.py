@@ -45,8 +45,9 @@ class Bench:
 
 
 @pytest.fixture
-async def bench(make_server: Callable[..., ServerProcess], redis_url: str, redis_prefix: str
-                ) -> AsyncIterator[Bench]:
+async def bench(
+    make_server: Callable[..., ServerProcess], redis_url: str, redis_prefix: str
+) -> AsyncIterator[Bench]:
     server = make_server(env=FAST_ENV)
     admin = Admin(server.url, server.admin_key)
     view = RedisView(redis_url, redis_prefix)
@@ -82,8 +83,9 @@ async def test_cache_differing_from_redis_is_caught(bench: Bench) -> None:
 async def test_a_version_going_back_is_caught(bench: Bench) -> None:
     await poll(lambda: bench.sub.version == bench.admin.writes[-1].env_version, 5, "current")
     last = bench.sub.events[-1]
-    bench.sub.events.append(dataclasses.replace(last, t=time.monotonic(),
-                                                held=(last.held or 1) - 1))
+    bench.sub.events.append(
+        dataclasses.replace(last, t=time.monotonic(), held=(last.held or 1) - 1)
+    )
     bench.sub.events.append(dataclasses.replace(last, t=time.monotonic()))
     assert "version went back" in await _breaches(bench)
 
@@ -105,16 +107,29 @@ async def test_a_lost_acknowledged_change_is_caught(bench: Bench) -> None:
 async def test_a_resurrected_deleted_flag_is_caught(bench: Bench) -> None:
     await poll(lambda: bench.sub.version == bench.admin.writes[-1].env_version, 5, "current")
     last = bench.sub.events[-1]
-    bench.sub.events.append(Applied(time.monotonic(), "snapshot", last.held, last.held,
-                                    last.epoch, flags=frozenset({"k0", "k1", "k2"})))
+    bench.sub.events.append(
+        Applied(
+            time.monotonic(),
+            "snapshot",
+            last.held,
+            last.held,
+            last.epoch,
+            flags=frozenset({"k0", "k1", "k2"}),
+        )
+    )
     assert "deleted flag 'k2'" in await _breaches(bench)
 
 
 async def test_ready_while_behind_is_caught(bench: Bench) -> None:
     # A subscriber behind a silent partition, without keepalive: it never notices.
     async with FaultProxy("127.0.0.1", bench.server.port) as proxy:
-        blind = RawSubscriber(f"ws://127.0.0.1:{proxy.port}/api/v1/stream", bench.sdk, "blind",
-                              timeout=1.0, keepalive=False).start()
+        blind = RawSubscriber(
+            f"ws://127.0.0.1:{proxy.port}/api/v1/stream",
+            bench.sdk,
+            "blind",
+            timeout=1.0,
+            keepalive=False,
+        ).start()
         await asyncio.wait_for(blind.first.wait(), 10)
         await poll(lambda: blind.ready, 5, "blind READY")
         monitor = ReadyMonitor(bench.view, [blind], slack=0.5).start()
@@ -122,8 +137,9 @@ async def test_ready_while_behind_is_caught(bench: Bench) -> None:
         assert (await bench.admin.put_flag(ENV, flag("k1", on=False))).acked
         await asyncio.sleep(2.0)
         with pytest.raises(AssertionError) as info:
-            await check_invariants(bench.view, [blind], bench.admin.writes, monitor,
-                                   converge_timeout=0.5)
+            await check_invariants(
+                bench.view, [blind], bench.admin.writes, monitor, converge_timeout=0.5
+            )
         proxy.resume()
         await blind.close()
     assert "blind@" in str(info.value)  # not converged ...

@@ -74,10 +74,14 @@ def _stalled_stream(port: int, key: str) -> socket.socket:
     s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
     s.connect(("127.0.0.1", port))
     nonce = base64.b64encode(os.urandom(16)).decode()
-    s.sendall((f"GET /api/v1/stream HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
-               "Upgrade: websocket\r\nConnection: Upgrade\r\n"
-               f"Sec-WebSocket-Key: {nonce}\r\nSec-WebSocket-Version: 13\r\n"
-               f"Authorization: Bearer {key}\r\n\r\n").encode())
+    s.sendall(
+        (
+            f"GET /api/v1/stream HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
+            "Upgrade: websocket\r\nConnection: Upgrade\r\n"
+            f"Sec-WebSocket-Key: {nonce}\r\nSec-WebSocket-Version: 13\r\n"
+            f"Authorization: Bearer {key}\r\n\r\n"
+        ).encode()
+    )
     head = b""
     while b"\r\n\r\n" not in head:
         chunk = s.recv(1)  # byte by byte: leave the hello and snapshot unread
@@ -98,8 +102,9 @@ async def test_slow_consumers_are_dropped_and_nobody_else_notices(
 ) -> None:
     # Pings would eventually drop a peer that never reads too; give the buffer
     # limit the first word by making the ping timeout long.
-    server = make_server(env={**FAST_ENV, "FLAGWIRE_PING_TIMEOUT": "60",
-                              "FLAGWIRE_MAX_BUFFER": str(256 * 1024)})
+    server = make_server(
+        env={**FAST_ENV, "FLAGWIRE_PING_TIMEOUT": "60", "FLAGWIRE_MAX_BUFFER": str(256 * 1024)}
+    )
     admin = Admin(server.url, server.admin_key)
     view = RedisView(redis_url, redis_prefix)
     watched: list[Watched] = []
@@ -111,8 +116,10 @@ async def test_slow_consumers_are_dropped_and_nobody_else_notices(
         clients = [watch_client(fast_client(server.url, sdk), f"client{i}") for i in range(3)]
         watched.extend(clients)
         await asyncio.gather(*(c.client.start() for c in clients))
-        raws = [RawSubscriber(server.ws_url, sdk, f"raw{i}", timeout=CLIENT_TIMEOUT).start()
-                for i in range(10)]
+        raws = [
+            RawSubscriber(server.ws_url, sdk, f"raw{i}", timeout=CLIENT_TIMEOUT).start()
+            for i in range(10)
+        ]
         watched.extend(raws)
         for r in raws:
             await asyncio.wait_for(r.first.wait(), 10)
@@ -129,11 +136,14 @@ async def test_slow_consumers_are_dropped_and_nobody_else_notices(
         pushed = time.monotonic() - started
 
         async def dropped() -> float:
-            return await metric_value(server.url, "flagwire_stream_closes_total",
-                                      {"code": str(CloseCode.RESYNC)}) or 0.0
+            return (
+                await metric_value(
+                    server.url, "flagwire_stream_closes_total", {"code": str(CloseCode.RESYNC)}
+                )
+                or 0.0
+            )
 
-        await poll(lambda: _ge(dropped(), 10), 15,
-                   "the 10 stalled streams to be closed with 4000")
+        await poll(lambda: _ge(dropped(), 10), 15, "the 10 stalled streams to be closed with 4000")
         await poll(lambda: _connected_is(server.url, 13), 5, "only the 13 readers left")
         assert any("too slow" in str(r.get("msg", "")) for r in server.log_records())
         await check_invariants(view, watched, admin.writes, monitor)
@@ -180,8 +190,7 @@ async def test_reconnect_storm_of_2000_clients(
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft < 3 * STORM:
         resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, 8 * STORM), hard))
-    server = make_server(env={**FAST_ENV, "FLAGWIRE_HEARTBEAT": "5",
-                              "FLAGWIRE_PING_TIMEOUT": "10"})
+    server = make_server(env={**FAST_ENV, "FLAGWIRE_HEARTBEAT": "5", "FLAGWIRE_PING_TIMEOUT": "10"})
     writer_side = make_server(env=FAST_ENV)  # another instance: writes while the first is down
     admin = Admin(writer_side.url, server.admin_key, timeout=10)
     view = RedisView(redis_url, redis_prefix)
@@ -192,12 +201,15 @@ async def test_reconnect_storm_of_2000_clients(
             assert (await admin.put_flag(ENV, flag(f"k{i}"))).acked
         _id, sdk = await admin.create_key("sdk", ENV)
         await wait_key_known([server.ws_url], sdk)
-        crowd = [RawSubscriber(server.ws_url, sdk, f"s{i}", keepalive=False, timeout=10,
-                               backoff=1.0).start() for i in range(STORM)]
+        crowd = [
+            RawSubscriber(
+                server.ws_url, sdk, f"s{i}", keepalive=False, timeout=10, backoff=1.0
+            ).start()
+            for i in range(STORM)
+        ]
         t0 = time.monotonic()
         print(f"storm: set up in {t0 - begun:.1f}s")
-        await poll(lambda: all(c.first.is_set() for c in crowd), 60,
-                   f"{STORM} clients connected")
+        await poll(lambda: all(c.first.is_set() for c in crowd), 60, f"{STORM} clients connected")
         print(f"storm: {STORM} connected in {time.monotonic() - t0:.1f}s")
         await _put_retrying(admin, flag("k0", on=False))
         await wait_converged(view, crowd, 30)
@@ -209,50 +221,62 @@ async def test_reconnect_storm_of_2000_clients(
         print(f"storm: stopped in {down_at - t0:.1f}s after the start")
         # Changes made while the crowd is away, from a thread: this event loop is busy
         # with 2,000 clients retrying.
-        away = await asyncio.to_thread(admin.put_flags_blocking, ENV,
-                                       [flag(f"k{n % 5}", on=bool(n % 2)) for n in range(10)])
+        away = await asyncio.to_thread(
+            admin.put_flags_blocking, ENV, [flag(f"k{n % 5}", on=bool(n % 2)) for n in range(10)]
+        )
         assert all(w.acked for w in away), [(w.status, w.error) for w in away if not w.acked]
         written = time.monotonic()
         await asyncio.to_thread(server.start)
         up_at = time.monotonic()
-        print(f"storm: changes written in {written - down_at:.1f}s, "
-              f"server restarted in {up_at - written:.1f}s")
-        await poll(lambda: all(c.connected for c in crowd), 60,
-                   f"all {STORM} clients reconnected")
+        print(
+            f"storm: changes written in {written - down_at:.1f}s, "
+            f"server restarted in {up_at - written:.1f}s"
+        )
+        await poll(lambda: all(c.connected for c in crowd), 60, f"all {STORM} clients reconnected")
         back = time.monotonic() - up_at
-        print(f"storm: reconnected {time.monotonic() - up_at:.1f}s after the restart",
-              await readyz(server.url))
+        print(
+            f"storm: reconnected {time.monotonic() - up_at:.1f}s after the restart",
+            await readyz(server.url),
+        )
         writer = Writer(admin, interval=0.05).start()
         await asyncio.sleep(1.0)
         await writer.stop()
         await check_invariants(view, crowd, admin.writes, monitor, converge_timeout=60)
-        print(f"storm: converged {time.monotonic() - up_at:.1f}s after the restart",
-              await readyz(server.url))
+        print(
+            f"storm: converged {time.monotonic() - up_at:.1f}s after the restart",
+            await readyz(server.url),
+        )
 
         # The server stayed healthy through it, and counts every stream it serves.
         status, body = await readyz(server.url)
         assert status == 200, body
         assert server.running
         try:
-            await poll(lambda: _connected_is(server.url, STORM), 10,
-                       f"/readyz to count {STORM} streams")
+            await poll(
+                lambda: _connected_is(server.url, STORM), 10, f"/readyz to count {STORM} streams"
+            )
         except AssertionError as exc:
             mine = sum(c.connected for c in crowd)
             codes = sorted({str(code) for c in crowd for _t, code, _r in c.closes})
             notes = [r for r in server.log_records() if r.get("level") in ("warning", "error")]
-            raise AssertionError(f"{exc}: /readyz says {(await readyz(server.url))[1]}; "
-                                 f"{mine} clients hold an open stream; close codes seen "
-                                 f"{codes}; server warnings {notes[-5:]}") from None
+            raise AssertionError(
+                f"{exc}: /readyz says {(await readyz(server.url))[1]}; "
+                f"{mine} clients hold an open stream; close codes seen "
+                f"{codes}; server warnings {notes[-5:]}"
+            ) from None
         reconnects = sorted(t for c in crowd for t in c.connects if t > down_at)
         assert len(reconnects) >= STORM
         peak = max(bisect.bisect_left(reconnects, t + 0.1) - i for i, t in enumerate(reconnects))
-        print(f"storm: {STORM} clients back {back:.1f}s after the restart; "
-              f"peak {peak} connections per 100 ms")
+        print(
+            f"storm: {STORM} clients back {back:.1f}s after the restart; "
+            f"peak {peak} connections per 100 ms"
+        )
     finally:
         t0 = time.monotonic()
         await asyncio.gather(*(c.close(graceful=False) for c in crowd))
-        print(f"storm: teardown {time.monotonic() - t0:.1f}s; "
-              f"{time.monotonic() - begun:.1f}s in all")
+        print(
+            f"storm: teardown {time.monotonic() - t0:.1f}s; {time.monotonic() - begun:.1f}s in all"
+        )
         await admin.aclose()
         await view.aclose()
 
@@ -260,11 +284,17 @@ async def test_reconnect_storm_of_2000_clients(
 # --- abusive clients -------------------------------------------------------------------
 
 
-async def _abuse(ws_url: str, key: str, frames: list[str | bytes], *, wait: float = 5.0
-                 ) -> tuple[int | None, str]:
+async def _abuse(
+    ws_url: str, key: str, frames: list[str | bytes], *, wait: float = 5.0
+) -> tuple[int | None, str]:
     """Open a stream, send ``frames``, return the server's close code and reason."""
-    ws = await websockets.connect(ws_url, additional_headers={"Authorization": f"Bearer {key}"},
-                                  compression=None, max_size=None, open_timeout=5)
+    ws = await websockets.connect(
+        ws_url,
+        additional_headers={"Authorization": f"Bearer {key}"},
+        compression=None,
+        max_size=None,
+        open_timeout=5,
+    )
     try:
         for f in frames:
             await ws.send(f)
@@ -293,8 +323,10 @@ async def test_abusive_clients_are_closed_and_nobody_else_notices(
         clients = [watch_client(fast_client(server.url, sdk), f"client{i}") for i in range(3)]
         watched.extend(clients)
         await asyncio.gather(*(c.client.start() for c in clients))
-        raws = [RawSubscriber(server.ws_url, sdk, f"raw{i}", timeout=CLIENT_TIMEOUT).start()
-                for i in range(5)]
+        raws = [
+            RawSubscriber(server.ws_url, sdk, f"raw{i}", timeout=CLIENT_TIMEOUT).start()
+            for i in range(5)
+        ]
         watched.extend(raws)
         for r in raws:
             await asyncio.wait_for(r.first.wait(), 10)
@@ -304,23 +336,28 @@ async def test_abusive_clients_are_closed_and_nobody_else_notices(
         cases: dict[str, tuple[list[str | bytes], set[int]]] = {
             "garbage text": (["this is not json"], {CloseCode.BAD_MESSAGE}),
             "garbage binary": ([os.urandom(64)], {CloseCode.BAD_MESSAGE}),
-            "json but not a message": (['{"type": "nonsense", "version": 1}'],
-                                       {CloseCode.BAD_MESSAGE}),
-            "server-only message": (['{"type":"snapshot","env":"production","epoch":"x",'
-                                     '"version":1,"flags":{},"segments":{}}'],
-                                    {CloseCode.BAD_MESSAGE}),
+            "json but not a message": (
+                ['{"type": "nonsense", "version": 1}'],
+                {CloseCode.BAD_MESSAGE},
+            ),
+            "server-only message": (
+                [
+                    '{"type":"snapshot","env":"production","epoch":"x",'
+                    '"version":1,"flags":{},"segments":{}}'
+                ],
+                {CloseCode.BAD_MESSAGE},
+            ),
             "oversized text frame": (["x" * 5000], {CloseCode.MESSAGE_TOO_BIG}),
-            "oversized binary frame (1 MiB)": ([os.urandom(1 << 20)],
-                                               {CloseCode.MESSAGE_TOO_BIG}),
-            "flood of acks": (['{"type":"ack","version":0}'] * 2000,
-                              {CloseCode.RATE_LIMITED}),
+            "oversized binary frame (1 MiB)": ([os.urandom(1 << 20)], {CloseCode.MESSAGE_TOO_BIG}),
+            "flood of acks": (['{"type":"ack","version":0}'] * 2000, {CloseCode.RATE_LIMITED}),
         }
         results = {}
         for name, (frames, _codes) in cases.items():
             code, reason = await _abuse(server.ws_url, sdk, frames)
             results[name] = (code, reason)
-        wrong = {name: got for name, got in results.items()
-                 if got[0] not in cases[name][1] or not got[1]}
+        wrong = {
+            name: got for name, got in results.items() if got[0] not in cases[name][1] or not got[1]
+        }
         assert not wrong, f"closed with the wrong code or without a reason: {wrong}"
 
         await writer.stop()

@@ -62,16 +62,26 @@ async def test_partition_between_clients_and_server(
         direct = [watch_client(fast_client(server.url, sdk), f"direct{i}") for i in range(2)]
         watched.extend(cut + direct)
         await asyncio.gather(*(w.client.start() for w in cut + direct))
-        raws = [RawSubscriber(f"ws://127.0.0.1:{proxy.port}/api/v1/stream", sdk, f"rawcut{i}",
-                              timeout=CLIENT_TIMEOUT).start() for i in range(10)]
+        raws = [
+            RawSubscriber(
+                f"ws://127.0.0.1:{proxy.port}/api/v1/stream",
+                sdk,
+                f"rawcut{i}",
+                timeout=CLIENT_TIMEOUT,
+            ).start()
+            for i in range(10)
+        ]
         watched.extend(raws)
         for r in raws:
             await asyncio.wait_for(r.first.wait(), 10)
         await poll(lambda: _eq(_connected(server.url), 16), 5, "16 open streams")
         stale_at: dict[str, float] = {}
         for w in cut:
-            w.client.on_status(lambda s, n=w.name: stale_at.setdefault(n, time.monotonic())
-                               if s is ClientStatus.STALE else None)
+            w.client.on_status(
+                lambda s, n=w.name: (
+                    stale_at.setdefault(n, time.monotonic()) if s is ClientStatus.STALE else None
+                )
+            )
 
         monitor = ReadyMonitor(view, watched).start()
         writer.start()
@@ -80,23 +90,35 @@ async def test_partition_between_clients_and_server(
         paused_at = time.monotonic()
 
         # The server drops the dead streams within its heartbeat + ping timeout ...
-        await poll(lambda: _eq(_connected(server.url), 2), SERVER_DROP + 2.0,
-                   "the server to drop the 14 partitioned streams")
+        await poll(
+            lambda: _eq(_connected(server.url), 2),
+            SERVER_DROP + 2.0,
+            "the server to drop the 14 partitioned streams",
+        )
         # ... the clients notice within their timeout and say they are STALE ...
-        await poll(lambda: len(stale_at) == len(cut), CLIENT_TIMEOUT + 1.5,
-                   "every partitioned FlagClient to go STALE")
-        late = {n: round(t - paused_at, 2) for n, t in stale_at.items()
-                if t - paused_at > CLIENT_TIMEOUT + 1.0}
+        await poll(
+            lambda: len(stale_at) == len(cut),
+            CLIENT_TIMEOUT + 1.5,
+            "every partitioned FlagClient to go STALE",
+        )
+        late = {
+            n: round(t - paused_at, 2)
+            for n, t in stale_at.items()
+            if t - paused_at > CLIENT_TIMEOUT + 1.0
+        }
         assert not late, f"partition noticed too late: {late}"
         # ... while the direct clients are unaffected and current.
         assert all(w.client.status is ClientStatus.READY for w in direct)
         await asyncio.sleep(max(0.0, PARTITION - (time.monotonic() - paused_at)))
-        top = (await view.version(ENV))
+        top = await view.version(ENV)
         assert all((w.version or 0) >= top - 1 for w in direct), [w.version for w in direct]
 
         proxy.resume()
-        await poll(lambda: all(w.client.status is ClientStatus.READY for w in cut),
-                   CLIENT_TIMEOUT + 12, "the partitioned FlagClients to be READY again")
+        await poll(
+            lambda: all(w.client.status is ClientStatus.READY for w in cut),
+            CLIENT_TIMEOUT + 12,
+            "the partitioned FlagClients to be READY again",
+        )
         await writer.stop()
         await check_invariants(view, watched, admin.writes, monitor)
     finally:
@@ -120,7 +142,8 @@ async def test_partition_between_server_and_redis(
     db = parts.path or "/0"
     # Started from a thread: the proxy runs on this event loop, which must keep turning.
     cut_server = await asyncio.to_thread(
-        make_server, env=FAST_ENV, redis_url=f"redis://127.0.0.1:{redis_proxy.port}{db}")
+        make_server, env=FAST_ENV, redis_url=f"redis://127.0.0.1:{redis_proxy.port}{db}"
+    )
     other = await asyncio.to_thread(make_server, env=FAST_ENV)
     admin = Admin(other.url, other.admin_key)
     view = RedisView(redis_url, redis_prefix)
@@ -135,8 +158,10 @@ async def test_partition_between_server_and_redis(
         on_other = [watch_client(fast_client(other.url, sdk), f"onother{i}") for i in range(3)]
         watched.extend(on_cut + on_other)
         await asyncio.gather(*(w.client.start() for w in on_cut + on_other))
-        raws = [RawSubscriber(cut_server.ws_url, sdk, f"rawcut{i}", timeout=CLIENT_TIMEOUT).start()
-                for i in range(5)]
+        raws = [
+            RawSubscriber(cut_server.ws_url, sdk, f"rawcut{i}", timeout=CLIENT_TIMEOUT).start()
+            for i in range(5)
+        ]
         watched.extend(raws)
         for r in raws:
             await asyncio.wait_for(r.first.wait(), 10)
@@ -153,12 +178,17 @@ async def test_partition_between_server_and_redis(
 
         await poll(not_ready, 3.0, "/readyz 503 on the server cut off from Redis")
         # ... and a write through it fails cleanly and promptly with 503.
-        w = await admin.put_flag(ENV, flag("k0", on=False, description="through-cut"),
-                                 url=cut_server.url, http_timeout=8.0)
+        w = await admin.put_flag(
+            ENV,
+            flag("k0", on=False, description="through-cut"),
+            url=cut_server.url,
+            http_timeout=8.0,
+        )
         assert w.content_type.startswith("application/problem+json") or w.status != 503
         assert w.status == 503, (
             f"a write through the server cut off from Redis answered {w.status or w.error} "
-            f"after {w.seconds:.1f}s; expected a prompt 503 problem")
+            f"after {w.seconds:.1f}s; expected a prompt 503 problem"
+        )
         assert w.seconds < 7.0, f"the 503 took {w.seconds:.1f}s"
         # Its clients keep being served from what it has.
         assert all(x.client.snapshot is not None for x in on_cut)
@@ -184,4 +214,3 @@ async def test_partition_between_server_and_redis(
 
 async def _ready(url: str) -> bool:
     return (await readyz(url))[0] == 200
-

@@ -61,16 +61,19 @@ class Rig:
             await w.client.start()
             assert w.client.status is ClientStatus.READY, w.client.status_message
             self.watched.append(w)
-        raws = [RawSubscriber(self.server.ws_url, self.sdk, f"raw{i}", timeout=3).start()
-                for i in range(n_raw)]
+        raws = [
+            RawSubscriber(self.server.ws_url, self.sdk, f"raw{i}", timeout=3).start()
+            for i in range(n_raw)
+        ]
         for r in raws:
             await asyncio.wait_for(r.first.wait(), 10)
         self.watched.extend(raws)
 
 
 @pytest.fixture
-async def rig(private_redis: RedisProcess, make_server: Callable[..., ServerProcess]
-              ) -> AsyncIterator[Rig]:
+async def rig(
+    private_redis: RedisProcess, make_server: Callable[..., ServerProcess]
+) -> AsyncIterator[Rig]:
     server = make_server(redis_url=private_redis.url, env=FAST_ENV)
     admin = Admin(server.url, server.admin_key)
     view = RedisView(private_redis.url, server.prefix)
@@ -94,8 +97,9 @@ def _values(rig: Rig) -> list[dict[str, Any]]:
     for w in rig.watched:
         client = getattr(w, "client", None)
         if client is not None:
-            out.append({f"k{i}": client.bool_variation(f"k{i}", {"key": "u"}, None)
-                        for i in range(5)})
+            out.append(
+                {f"k{i}": client.bool_variation(f"k{i}", {"key": "u"}, None) for i in range(5)}
+            )
     return out
 
 
@@ -105,8 +109,11 @@ async def test_redis_killed_and_restarted_mid_stream(rig: Rig) -> None:
     writer = Writer(rig.admin).start()
     await poll(lambda: len(writer.acked()) >= 20, 15, "20 acknowledged writes before the kill")
     await writer.stop()  # quiesce: the clients' state before the kill is known
-    await poll(lambda: all(w.version == writer.acked()[-1].env_version for w in rig.watched),
-               10, "clients at the last write before the kill")
+    await poll(
+        lambda: all(w.version == writer.acked()[-1].env_version for w in rig.watched),
+        10,
+        "clients at the last write before the kill",
+    )
     before_versions = [w.version for w in rig.watched]
     before_values = _values(rig)
 
@@ -126,8 +133,9 @@ async def test_redis_killed_and_restarted_mid_stream(rig: Rig) -> None:
 
     # Writes fail cleanly while Redis is down: 503 problem+json, promptly, nothing else.
     statuses = sorted({w.status for w in refused})
-    assert statuses == [503], f"writes while Redis was down answered {statuses}: " + \
-        str([(w.status, w.error, w.seconds) for w in refused if w.status != 503][:3])
+    assert statuses == [503], f"writes while Redis was down answered {statuses}: " + str(
+        [(w.status, w.error, w.seconds) for w in refused if w.status != 503][:3]
+    )
     slow = max(w.seconds for w in refused)
     assert slow < 5.0, f"a write took {slow:.1f}s to fail while Redis was down"
     for w in refused[:3]:
@@ -160,8 +168,9 @@ async def test_redis_killed_and_restarted_mid_stream(rig: Rig) -> None:
 
     # The search does look in the right places: older acknowledged writes, overwritten
     # since, are found in the log, audit and history.
-    assert all(re.search(w.body["_marker"].encode() + rb"(?![0-9])", logged)
-               for w in writer2.acked()[:3])
+    assert all(
+        re.search(w.body["_marker"].encode() + rb"(?![0-9])", logged) for w in writer2.acked()[:3]
+    )
     leaked = sorted(m for m in markers if traced(m))
     assert not leaked, f"writes refused with 503 left a trace (doc, log, audit): {leaked[:5]}"
     no_secrets_logged([rig.server], [rig.sdk, rig.server.admin_key])
@@ -187,17 +196,20 @@ async def test_redis_restarted_empty_is_reported_not_streamed(rig: Rig) -> None:
     # Loudly: /readyz 503 with a reason ...
     async def reset_reported() -> dict[str, Any] | None:
         status, body = await readyz(rig.server.url)
-        if status == 503 and any(r.get("reason") == "store_reset"
-                                 for r in body.get("reasons", [])):
+        if status == 503 and any(r.get("reason") == "store_reset" for r in body.get("reasons", [])):
             return body
         return None
 
     await poll(reset_reported, 10, "/readyz to report store_reset after Redis came back empty")
     # ... an error log line ...
-    await poll(lambda: any(r.get("level") in ("error", "critical")
-                           and "reset" in str(r.get("msg", "")).lower()
-                           for r in rig.server.log_records()),
-               5, "an error log line about the store reset")
+    await poll(
+        lambda: any(
+            r.get("level") in ("error", "critical") and "reset" in str(r.get("msg", "")).lower()
+            for r in rig.server.log_records()
+        ),
+        5,
+        "an error log line about the store reset",
+    )
     # ... and a metric.
     value = await metric_value(rig.server.url, "flagwire_store_reset", {"env": ENV})
     assert value == 1.0, f"flagwire_store_reset{{env={ENV!r}}} = {value}"
@@ -209,10 +221,14 @@ async def test_redis_restarted_empty_is_reported_not_streamed(rig: Rig) -> None:
     assert all(w.version == top for w in rig.watched)
     # A store reset is not a key revocation: clients must not be told to give up for good.
     statuses = {w.name: w.client.status for w in rig.watched if hasattr(w, "client")}
-    closes = {w.name: [c for c in w.closes if c[1] == 4001] for w in rig.watched
-              if isinstance(w, RawSubscriber)}
+    closes = {
+        w.name: [c for c in w.closes if c[1] == 4001]
+        for w in rig.watched
+        if isinstance(w, RawSubscriber)
+    }
     assert ClientStatus.UNAUTHORIZED not in statuses.values(), (
-        f"after Redis came back empty the clients were refused as unauthorized: {statuses}")
+        f"after Redis came back empty the clients were refused as unauthorized: {statuses}"
+    )
     assert not any(closes.values()), f"streams closed with 4001 (key revoked): {closes}"
     # A client connecting now is not handed the empty world either: it is refused,
     # or it gets the last known flags.
@@ -222,4 +238,5 @@ async def test_redis_restarted_empty_is_reported_not_streamed(rig: Rig) -> None:
     await late.close()
     got = [e for e in late.events if e.type == "snapshot"]
     assert all(e.held == top and e.flags == frozenset(before[0][0]) for e in got), (
-        f"a client connecting after the reset got {[(e.held, sorted(e.flags)) for e in got]}")
+        f"a client connecting after the reset got {[(e.held, sorted(e.flags)) for e in got]}"
+    )

@@ -26,9 +26,14 @@ async def test_health_ready_and_metrics(server: ServerProcess) -> None:
         assert server.request("GET", "/api/v1/environments/production")[0] == 200
         assert server.request("GET", "/api/v1/environments/nope")[0] == 404
         _status, metrics = server.get("/metrics")
-        for name in ("flagwire_connected_clients", "flagwire_messages_sent_total",
-                     "flagwire_changes_applied_total", "flagwire_propagation_seconds_bucket",
-                     "flagwire_redis_errors_total", "flagwire_api_requests_total"):
+        for name in (
+            "flagwire_connected_clients",
+            "flagwire_messages_sent_total",
+            "flagwire_changes_applied_total",
+            "flagwire_propagation_seconds_bucket",
+            "flagwire_redis_errors_total",
+            "flagwire_api_requests_total",
+        ):
             assert name in metrics, name
         assert 'flagwire_connected_clients{env="production"} 1.0' in metrics
         # Requests are counted by route template, not by raw path.

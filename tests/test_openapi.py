@@ -26,7 +26,7 @@ def test_every_route_is_documented() -> None:
     documented = {(path, method) for path, item in doc["paths"].items() for method in item}
     assert ops == documented
     assert len({op.operation_id for op in table()}) == len(ops)
-    for (path, method) in documented:
+    for path, method in documented:
         op = doc["paths"][path][method]
         assert op["responses"], (path, method)
         if op.get("security") != []:
@@ -80,11 +80,28 @@ def test_served_document_and_schemathesis(server: tuple[str, str], tmp_path: Pat
     api.post("/environments/production/segments", json={"key": "checkout"})
     api.close()
     proc = subprocess.run(
-        [str(VENV_BIN / "schemathesis"), "run", f"{url}/api/v1/openapi.json",
-         "-H", f"Authorization: Bearer {key}", "--max-time", "40", "-n", "25",
-         "--checks", "not_a_server_error,status_code_conformance,content_type_conformance,"
-                     "response_schema_conformance,response_headers_conformance",
-         "--no-color", "--seed", "20261129", "--report-dir", str(tmp_path)],
-        capture_output=True, text=True, timeout=120, cwd=tmp_path,  # its example cache
+        [
+            str(VENV_BIN / "schemathesis"),
+            "run",
+            f"{url}/api/v1/openapi.json",
+            "-H",
+            f"Authorization: Bearer {key}",
+            "--max-time",
+            "40",
+            "-n",
+            "25",
+            "--checks",
+            "not_a_server_error,status_code_conformance,content_type_conformance,"
+            "response_schema_conformance,response_headers_conformance",
+            "--no-color",
+            "--seed",
+            "20261129",
+            "--report-dir",
+            str(tmp_path),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tmp_path,  # its example cache
     )
     assert proc.returncode == 0, proc.stdout[-6000:] + proc.stderr[-2000:]

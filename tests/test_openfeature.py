@@ -66,7 +66,10 @@ def test_all_value_types_reasons_and_variants() -> None:
 
     missing = client.get_boolean_details("nope", True, USER)
     assert (missing.value, missing.reason, missing.error_code) == (
-        True, Reason.ERROR, ErrorCode.FLAG_NOT_FOUND)
+        True,
+        Reason.ERROR,
+        ErrorCode.FLAG_NOT_FOUND,
+    )
     wrong = client.get_string_details("bool", "d", USER)
     assert (wrong.value, wrong.error_code) == ("d", ErrorCode.TYPE_MISMATCH)
     assert client.get_integer_details("half", 7, USER).error_code == ErrorCode.TYPE_MISMATCH
@@ -106,8 +109,9 @@ def test_provider_events_from_a_live_server(server: ServerProcess) -> None:
     seen: list[tuple[ProviderEvent, EventDetails]] = []
     for event in ProviderEvent:
         api.add_handler(event, lambda d, e=event: seen.append((e, d)))
-    flags = SyncFlagClient(server.url, sdk, heartbeat_timeout=3,
-                           backoff=BackoffSettings(initial=0.05, cap=0.3))
+    flags = SyncFlagClient(
+        server.url, sdk, heartbeat_timeout=3, backoff=BackoffSettings(initial=0.05, cap=0.3)
+    )
     api.set_provider_and_wait(FlagwireProvider(flags, close_client=True))
     client = api.get_client()
     assert client.get_provider_status() == ProviderStatus.READY
@@ -129,7 +133,8 @@ def test_provider_events_from_a_live_server(server: ServerProcess) -> None:
     kinds = [e for e, _ in seen]
     assert ProviderEvent.PROVIDER_STALE in kinds
     assert kinds.index(ProviderEvent.PROVIDER_STALE) < len(kinds) - 1 - kinds[::-1].index(
-        ProviderEvent.PROVIDER_READY)
+        ProviderEvent.PROVIDER_READY
+    )
 
 
 def test_refused_key_is_a_fatal_provider_error(server: ServerProcess) -> None:

@@ -31,21 +31,35 @@ from flagwire.core.protocol import (
 DOC = {"key": "f", "on": True}
 
 VALID: list[tuple[bytes, Message]] = [
-    (b'{"type":"hello","protocol":1,"env":"prod","epoch":"e1","version":3,"heartbeat":15}',
-     Hello(env="prod", epoch="e1", version=3, heartbeat=15.0)),
-    (b'{"type":"hello","protocol":1,"server":"x","env":"p","epoch":"","version":0}',
-     Hello(env="p", epoch="", version=0, server="x")),
-    (b'{"type":"snapshot","env":"p","epoch":"e","version":2,"flags":{"f":{"key":"f","on":true}},'
-     b'"segments":{}}',
-     Snapshot(env="p", epoch="e", version=2, flags={"f": DOC}, segments={})),
-    (b'{"type":"patch","kind":"flag","key":"f","data":{"key":"f","on":true},"version":4}',
-     Patch(kind="flag", key="f", data=DOC, version=4)),
-    (b'{"type":"patch","kind":"segment","key":"s","data":{"key":"s"},"version":5}',
-     Patch(kind="segment", key="s", data={"key": "s"}, version=5)),
-    (b'{"type":"delete","kind":"flag","key":"f","version":6}',
-     Delete(kind="flag", key="f", version=6)),
-    (b'{"type":"error","code":"unauthorized","message":"bad key"}',
-     Error(code="unauthorized", message="bad key")),
+    (
+        b'{"type":"hello","protocol":1,"env":"prod","epoch":"e1","version":3,"heartbeat":15}',
+        Hello(env="prod", epoch="e1", version=3, heartbeat=15.0),
+    ),
+    (
+        b'{"type":"hello","protocol":1,"server":"x","env":"p","epoch":"","version":0}',
+        Hello(env="p", epoch="", version=0, server="x"),
+    ),
+    (
+        b'{"type":"snapshot","env":"p","epoch":"e","version":2,"flags":{"f":{"key":"f","on":true}},'
+        b'"segments":{}}',
+        Snapshot(env="p", epoch="e", version=2, flags={"f": DOC}, segments={}),
+    ),
+    (
+        b'{"type":"patch","kind":"flag","key":"f","data":{"key":"f","on":true},"version":4}',
+        Patch(kind="flag", key="f", data=DOC, version=4),
+    ),
+    (
+        b'{"type":"patch","kind":"segment","key":"s","data":{"key":"s"},"version":5}',
+        Patch(kind="segment", key="s", data={"key": "s"}, version=5),
+    ),
+    (
+        b'{"type":"delete","kind":"flag","key":"f","version":6}',
+        Delete(kind="flag", key="f", version=6),
+    ),
+    (
+        b'{"type":"error","code":"unauthorized","message":"bad key"}',
+        Error(code="unauthorized", message="bad key"),
+    ),
     (b'{"type":"ack","version":9}', Ack(version=9)),
     (b'{"type":"resync"}', Resync()),
     (b'{"version":9,"type":"ack","extra":"ignored"}', Ack(version=9)),
@@ -72,34 +86,55 @@ INVALID: list[tuple[bytes, str]] = [
     (b'{"type":"ack","version":-1}', "ack.version: expected a non-negative integer"),
     (b'{"type":"ack","version":1.0}', "ack.version: expected a non-negative integer"),
     (b'{"type":"ack","version":true}', "ack.version: expected a non-negative integer"),
-    (b'{"type":"hello","protocol":2,"env":"p","epoch":"","version":0}',
-     "unsupported protocol version"),
-    (b'{"type":"hello","protocol":true,"env":"p","epoch":"","version":0}',
-     "unsupported protocol version"),
+    (
+        b'{"type":"hello","protocol":2,"env":"p","epoch":"","version":0}',
+        "unsupported protocol version",
+    ),
+    (
+        b'{"type":"hello","protocol":true,"env":"p","epoch":"","version":0}',
+        "unsupported protocol version",
+    ),
     (b'{"type":"hello","env":"p","epoch":"","version":0}', "unsupported protocol version"),
-    (b'{"type":"hello","protocol":1,"env":"","epoch":"","version":0}',
-     "hello.env: expected a non-empty string"),
-    (b'{"type":"hello","protocol":1,"env":"p","epoch":"","version":0,"heartbeat":0}',
-     "hello.heartbeat"),
-    (b'{"type":"hello","protocol":1,"env":"p","epoch":"","version":0,"heartbeat":"15"}',
-     "hello.heartbeat"),
+    (
+        b'{"type":"hello","protocol":1,"env":"","epoch":"","version":0}',
+        "hello.env: expected a non-empty string",
+    ),
+    (
+        b'{"type":"hello","protocol":1,"env":"p","epoch":"","version":0,"heartbeat":0}',
+        "hello.heartbeat",
+    ),
+    (
+        b'{"type":"hello","protocol":1,"env":"p","epoch":"","version":0,"heartbeat":"15"}',
+        "hello.heartbeat",
+    ),
     (b'{"type":"hello","protocol":1,"env":"p","epoch":5,"version":0}', "hello.epoch"),
-    (b'{"type":"patch","kind":"flag","key":"f","data":{"key":"g"},"version":1}',
-     "does not match"),
-    (b'{"type":"patch","kind":"flag","key":"f","data":[],"version":1}',
-     "patch.data: expected an object"),
-    (b'{"type":"patch","kind":"rule","key":"f","data":{"key":"f"},"version":1}',
-     "patch.kind: expected one of flag, segment"),
-    (b'{"type":"patch","kind":"flag","key":"F F","data":{"key":"F F"},"version":1}',
-     "is not a valid key"),
+    (b'{"type":"patch","kind":"flag","key":"f","data":{"key":"g"},"version":1}', "does not match"),
+    (
+        b'{"type":"patch","kind":"flag","key":"f","data":[],"version":1}',
+        "patch.data: expected an object",
+    ),
+    (
+        b'{"type":"patch","kind":"rule","key":"f","data":{"key":"f"},"version":1}',
+        "patch.kind: expected one of flag, segment",
+    ),
+    (
+        b'{"type":"patch","kind":"flag","key":"F F","data":{"key":"F F"},"version":1}',
+        "is not a valid key",
+    ),
     (b'{"type":"patch","kind":"flag","key":"f","data":{"key":"f"}}', "patch.version"),
     (b'{"type":"delete","kind":"flag","version":1}', "delete.key: expected a string"),
-    (b'{"type":"snapshot","env":"p","epoch":"e","version":1,"flags":[],"segments":{}}',
-     "snapshot.flags: expected an object"),
-    (b'{"type":"snapshot","env":"p","epoch":"e","version":1,"flags":{},"segments":{"S":{}}}',
-     "is not a valid key"),
-    (b'{"type":"snapshot","env":"p","epoch":"e","version":1,"flags":{"f":1},"segments":{}}',
-     "expected an object"),
+    (
+        b'{"type":"snapshot","env":"p","epoch":"e","version":1,"flags":[],"segments":{}}',
+        "snapshot.flags: expected an object",
+    ),
+    (
+        b'{"type":"snapshot","env":"p","epoch":"e","version":1,"flags":{},"segments":{"S":{}}}',
+        "is not a valid key",
+    ),
+    (
+        b'{"type":"snapshot","env":"p","epoch":"e","version":1,"flags":{"f":1},"segments":{}}',
+        "expected an object",
+    ),
     (b'{"type":"error","code":"x"}', "error.message: expected a string"),
 ]
 
@@ -135,7 +170,10 @@ def test_encoding_field_order() -> None:
 def test_close_codes() -> None:
     assert (CloseCode.RESYNC, CloseCode.UNAUTHORIZED, CloseCode.BAD_MESSAGE) == (4000, 4001, 4002)
     assert (CloseCode.RATE_LIMITED, CloseCode.GOING_AWAY, CloseCode.MESSAGE_TOO_BIG) == (
-        4003, 1001, 1009)
+        4003,
+        1001,
+        1009,
+    )
 
 
 def test_messages_are_frozen() -> None:
@@ -148,10 +186,16 @@ def test_messages_are_frozen() -> None:
 text = st.text(alphabet=st.characters(exclude_categories=["Cs"]), max_size=12)
 keys = st.from_regex(r"\A[a-z0-9][a-z0-9._-]{0,20}\Z")
 versions = st.integers(0, 2**63 - 1)
-json_leaf = (st.none() | st.booleans() | st.integers(-(2**63), 2**63 - 1)
-             | st.floats(allow_nan=False, allow_infinity=False) | text)
+json_leaf = (
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**63), 2**63 - 1)
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | text
+)
 json_value = st.recursive(
-    json_leaf, lambda inner: st.lists(inner, max_size=3) | st.dictionaries(text, inner, max_size=3),
+    json_leaf,
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(text, inner, max_size=3),
     max_leaves=12,
 )
 
@@ -171,15 +215,31 @@ def keyed_docs(draw: st.DrawFn) -> dict[str, dict[str, Any]]:
 @st.composite
 def patches(draw: st.DrawFn) -> Patch:
     key = draw(keys)
-    return Patch(kind=draw(st.sampled_from(["flag", "segment"])), key=key,
-                 data=draw(documents(key)), version=draw(versions))
+    return Patch(
+        kind=draw(st.sampled_from(["flag", "segment"])),
+        key=key,
+        data=draw(documents(key)),
+        version=draw(versions),
+    )
 
 
 messages: st.SearchStrategy[Message] = st.one_of(
-    st.builds(Hello, env=text.filter(bool), epoch=text, version=versions,
-              heartbeat=st.floats(0.001, 86399), server=text),
-    st.builds(Snapshot, env=text.filter(bool), epoch=text, version=versions, flags=keyed_docs(),
-              segments=keyed_docs()),
+    st.builds(
+        Hello,
+        env=text.filter(bool),
+        epoch=text,
+        version=versions,
+        heartbeat=st.floats(0.001, 86399),
+        server=text,
+    ),
+    st.builds(
+        Snapshot,
+        env=text.filter(bool),
+        epoch=text,
+        version=versions,
+        flags=keyed_docs(),
+        segments=keyed_docs(),
+    ),
     patches(),
     st.builds(Delete, kind=st.sampled_from(["flag", "segment"]), key=keys, version=versions),
     st.builds(Error, code=text, message=text),
@@ -211,14 +271,31 @@ def test_decode_arbitrary_bytes_raises_only_protocol_error(data: bytes) -> None:
         decode(data, max_size=100)
 
 
-fields = st.sampled_from(["type", "version", "kind", "key", "data", "env", "epoch", "flags",
-                          "segments", "protocol", "heartbeat", "code", "message", "server"])
+fields = st.sampled_from(
+    [
+        "type",
+        "version",
+        "kind",
+        "key",
+        "data",
+        "env",
+        "epoch",
+        "flags",
+        "segments",
+        "protocol",
+        "heartbeat",
+        "code",
+        "message",
+        "server",
+    ]
+)
 type_names = st.sampled_from(["hello", "snapshot", "patch", "delete", "error", "ack", "resync"])
 
 
 @settings(max_examples=250, deadline=None)
-@given(obj=st.dictionaries(fields, json_value | type_names | keys | versions, max_size=8)
-       | json_value)
+@given(
+    obj=st.dictionaries(fields, json_value | type_names | keys | versions, max_size=8) | json_value
+)
 def test_decode_arbitrary_json_raises_only_protocol_error(obj: Any) -> None:
     frame = orjson.dumps(obj)
     try:

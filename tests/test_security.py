@@ -43,15 +43,15 @@ ENV = "production"
 ALLOWED = "https://app.example.com"
 
 
-async def _handshake(ws_url: str, key: str | None, headers: dict[str, str] | None = None
-                     ) -> int:
+async def _handshake(ws_url: str, key: str | None, headers: dict[str, str] | None = None) -> int:
     """HTTP status of the stream handshake (101 when accepted)."""
     all_headers = dict(headers or {})
     if key is not None:
         all_headers["Authorization"] = f"Bearer {key}"
     try:
-        ws = await websockets.connect(ws_url, additional_headers=all_headers, compression=None,
-                                      open_timeout=5, max_size=None)
+        ws = await websockets.connect(
+            ws_url, additional_headers=all_headers, compression=None, open_timeout=5, max_size=None
+        )
     except websockets.InvalidStatus as exc:
         return exc.response.status_code
     await ws.close()
@@ -67,7 +67,7 @@ async def _setup(server: ServerProcess) -> tuple[Admin, str, str]:
 
 
 async def test_wrong_origin_is_refused_at_the_handshake(
-    make_server: Callable[..., ServerProcess]
+    make_server: Callable[..., ServerProcess],
 ) -> None:
     server = make_server(env={"FLAGWIRE_ALLOWED_ORIGINS": ALLOWED})
     admin, _id, sdk = await _setup(server)
@@ -76,18 +76,29 @@ async def test_wrong_origin_is_refused_at_the_handshake(
         got = {
             "evil": await _handshake(server.ws_url, sdk, {"Origin": "https://evil.example"}),
             "null": await _handshake(server.ws_url, sdk, {"Origin": "null"}),
-            "lookalike": await _handshake(server.ws_url, sdk,
-                                          {"Origin": ALLOWED + ".evil.example"}),
-            "other port": await _handshake(server.ws_url, sdk,
-                                           {"Origin": f"http://127.0.0.1:{server.port + 1}"}),
-            "evil, bad key": await _handshake(server.ws_url, "nope",
-                                              {"Origin": "https://evil.example"}),
+            "lookalike": await _handshake(
+                server.ws_url, sdk, {"Origin": ALLOWED + ".evil.example"}
+            ),
+            "other port": await _handshake(
+                server.ws_url, sdk, {"Origin": f"http://127.0.0.1:{server.port + 1}"}
+            ),
+            "evil, bad key": await _handshake(
+                server.ws_url, "nope", {"Origin": "https://evil.example"}
+            ),
             "allowed": await _handshake(server.ws_url, sdk, {"Origin": ALLOWED}),
             "same origin": await _handshake(server.ws_url, sdk, {"Origin": same}),
             "no origin": await _handshake(server.ws_url, sdk),
         }
-        want = {"evil": 403, "null": 403, "lookalike": 403, "other port": 403,
-                "evil, bad key": 403, "allowed": 101, "same origin": 101, "no origin": 101}
+        want = {
+            "evil": 403,
+            "null": 403,
+            "lookalike": 403,
+            "other port": 403,
+            "evil, bad key": 403,
+            "allowed": 101,
+            "same origin": 101,
+            "no origin": 101,
+        }
         assert got == want
     finally:
         await admin.aclose()
@@ -106,8 +117,12 @@ async def test_keys_never_appear_in_logs(make_server: Callable[..., ServerProces
         await asyncio.wait_for(sub.first.wait(), 10)
         async with FlagClient(server.url, sdk, start_timeout=10) as client:
             assert client.status is ClientStatus.READY
-        r = await admin.request("POST", f"/environments/{ENV}/evaluate",
-                                {"context": {"key": "u"}, "flag": "k0"}, key=sdk)
+        r = await admin.request(
+            "POST",
+            f"/environments/{ENV}/evaluate",
+            {"context": {"key": "u"}, "flag": "k0"},
+            key=sdk,
+        )
         assert r.status_code == 200, r.text
         assert (await admin.request("GET", "/environments", key=admin2)).status_code == 200
         # Failed authentication with near-misses (a typo'd key is nearly the key).
@@ -152,14 +167,16 @@ async def _refused(ws_url: str, key: str) -> bool:
 
 
 async def test_repeated_bad_keys_are_rate_limited(
-    make_server: Callable[..., ServerProcess]
+    make_server: Callable[..., ServerProcess],
 ) -> None:
     rest = make_server(env={"FLAGWIRE_AUTH_FAIL_LIMIT": "5"})
     async with httpx.AsyncClient(timeout=5) as http:
         statuses = []
         for i in range(12):
-            r = await http.get(f"{rest.url}/api/v1/environments",
-                               headers={"Authorization": f"Bearer fw_admin_guess{i:04d}"})
+            r = await http.get(
+                f"{rest.url}/api/v1/environments",
+                headers={"Authorization": f"Bearer fw_admin_guess{i:04d}"},
+            )
             statuses.append(r.status_code)
             if r.status_code == 429:
                 assert r.headers.get("retry-after"), "429 without Retry-After"
@@ -219,7 +236,7 @@ def _read_close(s: socket.socket) -> tuple[int | None, str]:
             n, off = struct.unpack("!Q", buf[2:10])[0], 10
         if not need(off + n):
             return None, "truncated"
-        payload, buf = buf[off:off + n], buf[off + n:]
+        payload, buf = buf[off : off + n], buf[off + n :]
         if opcode == 0x8:
             code = struct.unpack("!H", payload[:2])[0] if len(payload) >= 2 else None
             return code, payload[2:].decode(errors="replace")
@@ -230,11 +247,15 @@ def _deflate_probe(port: int, key: str) -> dict[str, Any]:
     s = socket.create_connection(("127.0.0.1", port), timeout=10)
     try:
         nonce = base64.b64encode(os.urandom(16)).decode()
-        s.sendall((f"GET /api/v1/stream HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
-                   "Upgrade: websocket\r\nConnection: Upgrade\r\n"
-                   f"Sec-WebSocket-Key: {nonce}\r\nSec-WebSocket-Version: 13\r\n"
-                   "Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits\r\n"
-                   f"Authorization: Bearer {key}\r\n\r\n").encode())
+        s.sendall(
+            (
+                f"GET /api/v1/stream HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
+                "Upgrade: websocket\r\nConnection: Upgrade\r\n"
+                f"Sec-WebSocket-Key: {nonce}\r\nSec-WebSocket-Version: 13\r\n"
+                "Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits\r\n"
+                f"Authorization: Bearer {key}\r\n\r\n"
+            ).encode()
+        )
         head = b""
         while b"\r\n\r\n" not in head:
             chunk = s.recv(1)
@@ -242,8 +263,10 @@ def _deflate_probe(port: int, key: str) -> dict[str, Any]:
             head += chunk
         lines = head.decode("latin-1").split("\r\n")
         assert lines[0].startswith("HTTP/1.1 101"), lines[0]
-        headers = {k.strip().lower(): v.strip() for k, _, v in
-                   (ln.partition(":") for ln in lines[1:] if ln)}
+        headers = {
+            k.strip().lower(): v.strip()
+            for k, _, v in (ln.partition(":") for ln in lines[1:] if ln)
+        }
         negotiated = "permessage-deflate" in headers.get("sec-websocket-extensions", "")
         bomb = b'{"type":"ack","version":0}' + b" " * (1 << 20)
         c = zlib.compressobj(9, zlib.DEFLATED, -15)
@@ -251,8 +274,13 @@ def _deflate_probe(port: int, key: str) -> dict[str, Any]:
         assert compressed.endswith(b"\x00\x00\xff\xff")
         s.sendall(_frame(compressed[:-4], rsv1=True))
         code, reason = _read_close(s)
-        return {"negotiated": negotiated, "code": code, "reason": reason,
-                "compressed": len(compressed), "headers": headers}
+        return {
+            "negotiated": negotiated,
+            "code": code,
+            "reason": reason,
+            "compressed": len(compressed),
+            "headers": headers,
+        }
     finally:
         s.close()
 
@@ -261,9 +289,9 @@ async def test_compression_is_off_or_bounded(server: ServerProcess) -> None:
     admin, _id, sdk = await _setup(server)
     try:
         # What a default websockets client (which offers permessage-deflate) is given.
-        async with websockets.connect(server.ws_url,
-                                      additional_headers={"Authorization": f"Bearer {sdk}"},
-                                      open_timeout=5) as ws:
+        async with websockets.connect(
+            server.ws_url, additional_headers={"Authorization": f"Bearer {sdk}"}, open_timeout=5
+        ) as ws:
             offered = ws.request.headers.get("Sec-WebSocket-Extensions", "")
             granted = ws.response.headers.get("Sec-WebSocket-Extensions")
         assert "permessage-deflate" in offered

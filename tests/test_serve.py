@@ -33,7 +33,7 @@ async def test_embedded_store_first_start_keys_and_flags_survive_restart(
     assert srv.stop(timeout=40) == 0  # Valkey's own shutdown is included
     first_output = srv.output()
     srv.start()
-    assert srv.output()[len(first_output):].count(keys["admin_key"]) == 0  # not printed again
+    assert srv.output()[len(first_output) :].count(keys["admin_key"]) == 0  # not printed again
     assert (srv.data_dir / "valkey").is_dir()
     c = await StreamClient(srv.ws_url, keys["sdk_key"]).connect()
     try:
@@ -74,8 +74,8 @@ async def test_workers_each_serve_and_each_receive_every_change(
     try:
         await asyncio.gather(*(c.wait_version(1) for c in clients))
         status, text = await asyncio.to_thread(
-            srv.request, "PATCH", "/api/v1/environments/production/flags/f?wait=15",
-            {"on": False})
+            srv.request, "PATCH", "/api/v1/environments/production/flags/f?wait=15", {"on": False}
+        )
         assert status == 200, text
         body = json.loads(text)
         for c in clients:

@@ -123,8 +123,9 @@ async def test_expected_versions_and_modes(store: Store) -> None:
     with pytest.raises(NotFound):
         await store.put("missing-env", "flag", flag(), actor="a")
     with pytest.raises(ValidationError) as invalid:
-        await store.patch("production", "flag", "checkout", {"fallthrough": {"variation": 9}},
-                          actor="a")
+        await store.patch(
+            "production", "flag", "checkout", {"fallthrough": {"variation": 9}}, actor="a"
+        )
     assert any(p.startswith("fallthrough") for p, _ in invalid.value.errors)
     with pytest.raises(ValidationError):
         await store.put("production", "flag", flag("other"), actor="a", key="checkout")
@@ -136,8 +137,10 @@ async def test_expected_versions_and_modes(store: Store) -> None:
 async def test_concurrent_writers_never_lose_a_version(store: Store) -> None:
     await store.put("production", "flag", flag(), actor="a")
     results = await asyncio.gather(
-        *(store.patch("production", "flag", "checkout", {"name": f"n{i}"}, actor="a")
-          for i in range(20)),
+        *(
+            store.patch("production", "flag", "checkout", {"name": f"n{i}"}, actor="a")
+            for i in range(20)
+        ),
         return_exceptions=True,
     )
     done = [r for r in results if not isinstance(r, BaseException)]
@@ -184,8 +187,9 @@ async def test_audit_pagination(store: Store) -> None:
 
 
 async def test_segments(store: Store) -> None:
-    res = await store.put("production", "segment", {"key": "beta", "included": ["u1"]},
-                          actor="a", create=True)
+    res = await store.put(
+        "production", "segment", {"key": "beta", "included": ["u1"]}, actor="a", create=True
+    )
     assert res.env_version == 1
     await store.patch("production", "segment", "beta", {"included": ["u1", "u2"]}, actor="a")
     state = await store.load_env("production")
@@ -214,8 +218,9 @@ async def test_unavailable_is_translated() -> None:
     from redis.asyncio.retry import Retry
     from redis.backoff import NoBackoff
 
-    client = aioredis.Redis(host="127.0.0.1", port=1, socket_connect_timeout=0.2,
-                            retry=Retry(NoBackoff(), 0))
+    client = aioredis.Redis(
+        host="127.0.0.1", port=1, socket_connect_timeout=0.2, retry=Retry(NoBackoff(), 0)
+    )
     with pytest.raises(StoreUnavailable):
         await Store(client, "x").load_env("production")
     await client.aclose()

@@ -165,8 +165,10 @@ async def test_handshake_refusals(world: World, admin_key: str) -> None:
     assert b"Origin" in body
     # Same origin (browser on the server's own host) and admin with env are fine.
     host = url.split("/")[2]
-    for key, kwargs in ((world.sdk, {"headers": {"Origin": f"http://{host}"}}),
-                        (admin_key, {"query": {"env": "production"}})):
+    for key, kwargs in (
+        (world.sdk, {"headers": {"Origin": f"http://{host}"}}),
+        (admin_key, {"query": {"env": "production"}}),
+    ):
         ws = await connect_raw(url, key, **kwargs)
         assert isinstance(decode(await ws.recv()), Hello)
         await ws.close()
@@ -174,11 +176,21 @@ async def test_handshake_refusals(world: World, admin_key: str) -> None:
 
 async def test_allowed_origins(make_server: Any, redis_prefix: str) -> None:
     srv = make_server(env={"FLAGWIRE_ALLOWED_ORIGINS": "https://app.example.com"})
-    ws = await connect_raw(srv.ws_url, srv.admin_key, query={"env": "production"},
-                           headers={"Origin": "https://app.example.com"})
+    ws = await connect_raw(
+        srv.ws_url,
+        srv.admin_key,
+        query={"env": "production"},
+        headers={"Origin": "https://app.example.com"},
+    )
     await ws.close()
-    assert (await refused(srv.ws_url, srv.admin_key, query={"env": "production"},
-                          headers={"Origin": "https://other.example.com"}))[0] == 403
+    assert (
+        await refused(
+            srv.ws_url,
+            srv.admin_key,
+            query={"env": "production"},
+            headers={"Origin": "https://other.example.com"},
+        )
+    )[0] == 403
 
 
 async def test_repeated_bad_keys_are_rate_limited(world: World) -> None:
@@ -205,8 +217,9 @@ async def test_bad_frames_close_only_that_stream(world: World) -> None:
         assert len(garbage.close_reason.encode()) <= 123
         await huge.send("x" * 5000)
         assert await huge.wait_closed() == 1009
-        await wrong.send('{"type": "patch", "kind": "flag", "key": "a", "data": {"key": "a"}, '
-                         '"version": 9}')
+        await wrong.send(
+            '{"type": "patch", "kind": "flag", "key": "a", "data": {"key": "a"}, "version": 9}'
+        )
         assert await wrong.wait_closed() == 4002
         v = await world.put("a", on=False)
         await bystander.wait_version(v)

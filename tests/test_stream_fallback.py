@@ -17,9 +17,20 @@ pytestmark = pytest.mark.timeout(60)
 
 class PlainUvicorn(ServerProcess):
     def command(self) -> list[str]:
-        return [sys.executable, "-m", "uvicorn", "--factory",
-                "flagwire_server.app:create_app_from_env", "--host", "127.0.0.1",
-                "--port", str(self.port), "--ws", "websockets-sansio", "--no-access-log"]
+        return [
+            sys.executable,
+            "-m",
+            "uvicorn",
+            "--factory",
+            "flagwire_server.app:create_app_from_env",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+            "--ws",
+            "websockets-sansio",
+            "--no-access-log",
+        ]
 
     def environment(self) -> dict[str, str]:
         env = super().environment()
@@ -29,8 +40,9 @@ class PlainUvicorn(ServerProcess):
 
 
 @pytest.fixture
-def plain(redis_url: str, redis_prefix: str, admin_key: str,
-          make_server: Callable[..., ServerProcess]) -> Iterator[ServerProcess]:
+def plain(
+    redis_url: str, redis_prefix: str, admin_key: str, make_server: Callable[..., ServerProcess]
+) -> Iterator[ServerProcess]:
     # (make_server only so that this test's Redis keys are cleaned up afterwards)
     srv = PlainUvicorn(redis_url, prefix=redis_prefix, admin_key=admin_key)
     srv.start()

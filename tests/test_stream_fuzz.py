@@ -36,20 +36,41 @@ pytestmark = pytest.mark.timeout(120)
 ENV = "production"
 
 _json = st.recursive(
-    st.none() | st.booleans() | st.integers(min_value=-(2**70), max_value=2**70)
-    | st.floats(allow_nan=False, allow_infinity=False) | st.text(max_size=30),
-    lambda inner: st.lists(inner, max_size=5) | st.dictionaries(st.text(max_size=10), inner,
-                                                                max_size=5),
+    st.none()
+    | st.booleans()
+    | st.integers(min_value=-(2**70), max_value=2**70)
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(max_size=30),
+    lambda inner: (
+        st.lists(inner, max_size=5) | st.dictionaries(st.text(max_size=10), inner, max_size=5)
+    ),
     max_leaves=20,
 )
-_types = st.sampled_from(["ack", "resync", "hello", "snapshot", "patch", "delete", "error",
-                          "nonsense", ""])
+_types = st.sampled_from(
+    ["ack", "resync", "hello", "snapshot", "patch", "delete", "error", "nonsense", ""]
+)
 _message_like = st.builds(
     lambda t, fields: {"type": t, **fields},
     _types,
-    st.dictionaries(st.sampled_from(["version", "key", "kind", "data", "env", "epoch", "flags",
-                                     "segments", "protocol", "code", "message"]), _json,
-                    max_size=5),
+    st.dictionaries(
+        st.sampled_from(
+            [
+                "version",
+                "key",
+                "kind",
+                "data",
+                "env",
+                "epoch",
+                "flags",
+                "segments",
+                "protocol",
+                "code",
+                "message",
+            ]
+        ),
+        _json,
+        max_size=5,
+    ),
 )
 _payload = st.one_of(
     st.binary(max_size=256),
@@ -79,8 +100,12 @@ def expected(data: str | bytes) -> set[int] | None:
 async def _one(ws_url: str, key: str, data: str | bytes) -> tuple[int | None, str, bool]:
     """Send one frame; returns (close code, reason, still open)."""
     async with websockets.connect(
-        ws_url, additional_headers={"Authorization": f"Bearer {key}"}, compression=None,
-        max_size=None, open_timeout=5, close_timeout=2,
+        ws_url,
+        additional_headers={"Authorization": f"Bearer {key}"},
+        compression=None,
+        max_size=None,
+        open_timeout=5,
+        close_timeout=2,
     ) as ws:
         await ws.recv()  # hello
         await ws.send(data)
@@ -117,9 +142,16 @@ def test_stream_survives_random_frames(fuzz_target: tuple[ServerProcess, str]) -
     server, sdk = fuzz_target
     seen: list[Any] = []
 
-    @settings(max_examples=60, deadline=None, database=None,
-              suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
-                                     HealthCheck.function_scoped_fixture])
+    @settings(
+        max_examples=60,
+        deadline=None,
+        database=None,
+        suppress_health_check=[
+            HealthCheck.too_slow,
+            HealthCheck.data_too_large,
+            HealthCheck.function_scoped_fixture,
+        ],
+    )
     @given(_frame)
     @example(("not json", False))
     @example(('{"type":"ack","version":1}', False))
@@ -128,8 +160,7 @@ def test_stream_survives_random_frames(fuzz_target: tuple[ServerProcess, str]) -
     @example((b"\xff\xfe\x00garbage", False))
     def run(frame: tuple[str | bytes, bool]) -> None:
         payload, as_binary = frame
-        data: str | bytes = payload.encode() if as_binary and isinstance(payload, str) \
-            else payload
+        data: str | bytes = payload.encode() if as_binary and isinstance(payload, str) else payload
         want = expected(data)
         code, reason, still_open = asyncio.run(_one(server.ws_url, sdk, data))
         seen.append(want)
@@ -152,8 +183,11 @@ def test_stream_survives_random_frames(fuzz_target: tuple[ServerProcess, str]) -
             await asyncio.wait_for(sub.first.wait(), 10)
             w = await admin.put_flag(ENV, flag("k0", on=False))
             assert w.acked
-            await poll(lambda: sub.version == w.env_version, 10,
-                       "a normal client to get a change after the fuzzing")
+            await poll(
+                lambda: sub.version == w.env_version,
+                10,
+                "a normal client to get a change after the fuzzing",
+            )
             assert sub.flags["k0"]["on"] is False
         finally:
             await sub.close()

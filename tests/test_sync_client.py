@@ -67,8 +67,9 @@ def test_sync_client_follows_changes_from_other_threads(server: ServerProcess) -
 
 def test_sync_client_works_in_a_forked_child(server: ServerProcess) -> None:
     env, sdk = environment(server)
-    flags = SyncFlagClient(server.url, sdk, start_timeout=5,
-                           backoff=BackoffSettings(initial=0.05, cap=0.5))
+    flags = SyncFlagClient(
+        server.url, sdk, start_timeout=5, backoff=BackoffSettings(initial=0.05, cap=0.5)
+    )
     assert flags.bool_variation("a", CTX, False) is True
     to_parent_r, to_parent_w = os.pipe()
     pid = os.fork()

@@ -24,8 +24,12 @@ def test_set_value_is_seen_at_once_without_starting() -> None:
     assert client.bool_variation("theme", ctx, False) is False  # wrong type: default
     flags.set("new-checkout", False)
     assert client.bool_variation("new-checkout", ctx, True) is False
-    assert client.all_flags(ctx) == {"new-checkout": False, "theme": "dark", "limit": 3,
-                                     "cfg": {"a": 1}}
+    assert client.all_flags(ctx) == {
+        "new-checkout": False,
+        "theme": "dark",
+        "limit": 3,
+        "cfg": {"a": 1},
+    }
 
 
 def test_targets_rules_and_off() -> None:
@@ -62,8 +66,9 @@ def test_rollout_splits_by_percentage_and_is_sticky() -> None:
     values = [client.string_variation("theme", {"key": f"user-{i}"}, "") for i in range(4000)]
     share = values.count("dark") / len(values)
     assert 0.22 < share < 0.28
-    assert values == [client.string_variation("theme", {"key": f"user-{i}"}, "")
-                      for i in range(4000)]
+    assert values == [
+        client.string_variation("theme", {"key": f"user-{i}"}, "") for i in range(4000)
+    ]
     with pytest.raises(ValueError, match="add up to 100"):
         flags.set_rollout("theme", {"dark": 25, "light": 70})
 
@@ -102,8 +107,9 @@ async def test_changes_reach_callbacks_iterators_and_watchers() -> None:
 
 def test_full_documents() -> None:
     flags = TestFlags()
-    flags.set_flag({"key": "x", "on": True, "variations": ["a", "b"],
-                    "fallthrough": {"variation": 1}})
+    flags.set_flag(
+        {"key": "x", "on": True, "variations": ["a", "b"], "fallthrough": {"variation": 1}}
+    )
     assert flags.client().string_variation("x", {"key": "u"}, "") == "b"
     assert flags.snapshot().flags["x"]["version"] == 1
 

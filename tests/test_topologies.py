@@ -43,6 +43,7 @@ def _supports(scheme: str) -> bool:
 
     return scheme in SCHEMES
 
+
 ENV = "topo"
 
 
@@ -82,10 +83,18 @@ class Cluster:
 
     def __init__(self, masters: int = 3) -> None:
         self.nodes = [
-            RedisProcess(port=cluster_port(), appendonly=False, extra_args=[
-                "--cluster-enabled", "yes", "--cluster-node-timeout", "2000",
-                "--cluster-config-file", f"nodes-{i}.conf",
-            ])
+            RedisProcess(
+                port=cluster_port(),
+                appendonly=False,
+                extra_args=[
+                    "--cluster-enabled",
+                    "yes",
+                    "--cluster-node-timeout",
+                    "2000",
+                    "--cluster-config-file",
+                    f"nodes-{i}.conf",
+                ],
+            )
             for i in range(masters)
         ]
 
@@ -126,8 +135,15 @@ class SentinelSet:
 
     def __init__(self) -> None:
         self.primary = RedisProcess(extra_args=["--appendfsync", "everysec"])
-        self.replica = RedisProcess(extra_args=["--replicaof", "127.0.0.1", str(self.primary.port),
-                                                "--appendfsync", "everysec"])
+        self.replica = RedisProcess(
+            extra_args=[
+                "--replicaof",
+                "127.0.0.1",
+                str(self.primary.port),
+                "--appendfsync",
+                "everysec",
+            ]
+        )
         self.dir = Path(tempfile.mkdtemp(prefix="fw-sentinel-"))
         self.ports = [free_port() for _ in range(3)]
         self.procs: list[subprocess.Popen[bytes]] = []
@@ -140,8 +156,11 @@ class SentinelSet:
         self.primary.start()
         self.replica.start()
         rep = redis.Redis(port=self.replica.port, socket_timeout=5)
-        _wait(lambda: rep.info("replication").get("master_link_status") == "up",
-              20, "the replica to sync")
+        _wait(
+            lambda: rep.info("replication").get("master_link_status") == "up",
+            20,
+            "the replica to sync",
+        )
         rep.close()
         for i, port in enumerate(self.ports):
             conf = self.dir / f"sentinel-{i}.conf"
@@ -153,14 +172,20 @@ class SentinelSet:
                 "sentinel failover-timeout mymaster 4000\n"
                 "sentinel parallel-syncs mymaster 1\n"
             )
-            self.procs.append(subprocess.Popen(
-                [server_binary(), str(conf), "--sentinel"],
-                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-            ))
+            self.procs.append(
+                subprocess.Popen(
+                    [server_binary(), str(conf), "--sentinel"],
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL,
+                )
+            )
         for port in self.ports:
             s = redis.Redis(port=port, socket_timeout=2)
-            _wait(lambda s=s: s.execute_command("SENTINEL", "GET-MASTER-ADDR-BY-NAME", "mymaster"),
-                  20, f"sentinel on {port}")
+            _wait(
+                lambda s=s: s.execute_command("SENTINEL", "GET-MASTER-ADDR-BY-NAME", "mymaster"),
+                20,
+                f"sentinel on {port}",
+            )
             s.close()
         return self
 
@@ -213,14 +238,24 @@ class Site:
 
     def start(self) -> Site:
         self.server.start(timeout=60)
-        self.http = httpx.Client(base_url=self.server.url + "/api/v1", timeout=10,
-                                 headers={"Authorization": f"Bearer {self.server.admin_key}"})
+        self.http = httpx.Client(
+            base_url=self.server.url + "/api/v1",
+            timeout=10,
+            headers={"Authorization": f"Bearer {self.server.admin_key}"},
+        )
         r = self.http.post("/environments", json={"key": ENV, "name": ENV})
         assert r.status_code in (200, 201), r.text
         for key in self.flags:
-            r = self.http.put(f"/environments/{ENV}/flags/{key}",
-                              json={"key": key, "on": False, "variations": [True, False],
-                                    "off_variation": 1, "fallthrough": {"variation": 0}})
+            r = self.http.put(
+                f"/environments/{ENV}/flags/{key}",
+                json={
+                    "key": key,
+                    "on": False,
+                    "variations": [True, False],
+                    "off_variation": 1,
+                    "fallthrough": {"variation": 0},
+                },
+            )
             assert r.status_code in (200, 201), r.text
         r = self.http.post("/keys", json={"name": "topo", "kind": "sdk", "env": ENV})
         assert r.status_code == 201, r.text
@@ -249,8 +284,14 @@ class Site:
     def swarm(self, n: int) -> Any:
         from bench._swarm import Swarm
 
-        sw = Swarm(f"ws://127.0.0.1:{self.server.port}/api/v1/stream", n, processes=1,
-                   headers={"Authorization": f"Bearer {self.sdk}"}, reconnect=True, spread=0.5)
+        sw = Swarm(
+            f"ws://127.0.0.1:{self.server.port}/api/v1/stream",
+            n,
+            processes=1,
+            headers={"Authorization": f"Bearer {self.sdk}"},
+            reconnect=True,
+            spread=0.5,
+        )
         c = sw.connect()
         assert c["ok"] == n, c
         return sw
@@ -270,8 +311,9 @@ def converge(site: Site, swarm: Any, timeout: float = 20.0) -> dict[str, Any]:
         if not check["wrong"] and not check["behind"]:
             return {"flags": flags, "version": version, **swarm.stats()}
         if time.monotonic() > deadline:
-            raise AssertionError(f"clients did not converge: {check}, store at {version}, "
-                                 f"clients {swarm.stats()}")
+            raise AssertionError(
+                f"clients did not converge: {check}, store at {version}, clients {swarm.stats()}"
+            )
         time.sleep(0.2)
 
 
@@ -316,8 +358,12 @@ def test_sentinel_failover_mid_stream(sentinels: SentinelSet) -> None:
                     refused += 1
                 else:
                     acked[res[0]] = max(acked.get(res[0], 0), res[1])
-                if killed_at and sentinels.primary_port() == sentinels.replica.port and \
-                        res is not None and i > 40:
+                if (
+                    killed_at
+                    and sentinels.primary_port() == sentinels.replica.port
+                    and res is not None
+                    and i > 40
+                ):
                     break
                 time.sleep(0.05)
             assert killed_at is not None

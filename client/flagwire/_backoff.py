@@ -86,8 +86,11 @@ class Backoff:
         crowd back in the first instant it listens again.
         """
         s = self.settings
-        while (self.failures < 64 and self.ceiling() * s.factor <= min(s.going_away, s.cap)
-               and s.factor > 1):
+        while (
+            self.failures < 64
+            and self.ceiling() * s.factor <= min(s.going_away, s.cap)
+            and s.factor > 1
+        ):
             self.failures += 1
         return self._rng() * s.going_away
 

@@ -133,8 +133,9 @@ class ValueWatch:
 
     _MISSING: Any = object()
 
-    def __init__(self, key: str, context: Mapping[str, Any], default: Any,
-                 snapshot: Snapshot | None) -> None:
+    def __init__(
+        self, key: str, context: Mapping[str, Any], default: Any, snapshot: Snapshot | None
+    ) -> None:
         self.key = key
         self.context = context
         self.default = default
@@ -145,8 +146,11 @@ class ValueWatch:
         self._evaluate(snapshot)
 
     def _evaluate(self, snapshot: Snapshot | None) -> None:
-        value = (self.default if snapshot is None
-                 else snapshot.evaluate(self.key, self.context, self.default).value)
+        value = (
+            self.default
+            if snapshot is None
+            else snapshot.evaluate(self.key, self.context, self.default).value
+        )
         latest = self._last if self._pending is self._MISSING else self._pending
         if latest is self._MISSING or latest != value or type(latest) is not type(value):
             self._pending = value

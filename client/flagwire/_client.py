@@ -137,9 +137,14 @@ class FlagClient:
             assert url is not None
             assert sdk_key is not None
             self._subscription = Subscription(
-                url, sdk_key, self._state, self,
-                backoff=Backoff(backoff), heartbeat_timeout=heartbeat_timeout,
-                open_timeout=open_timeout, logger=self.logger,
+                url,
+                sdk_key,
+                self._state,
+                self,
+                backoff=Backoff(backoff),
+                heartbeat_timeout=heartbeat_timeout,
+                open_timeout=open_timeout,
+                logger=self.logger,
                 user_agent=f"flagwire-python/{__version__}",
             )
         self._task: asyncio.Task[None] | None = None
@@ -174,9 +179,7 @@ class FlagClient:
             return default
         return snap.evaluate(key, context, default, str).value  # type: ignore[no-any-return]
 
-    def number_variation(
-        self, key: str, context: Mapping[str, Any], default: float
-    ) -> float:
+    def number_variation(self, key: str, context: Mapping[str, Any], default: float) -> float:
         """The numeric value of flag ``key``; ``default`` if it is missing or not a number."""
         snap = self._snapshot
         if snap is None:
@@ -203,8 +206,9 @@ class FlagClient:
         """
         snap = self._snapshot
         if snap is None:
-            return EvaluationDetail(default, None, Reason.ERROR,
-                                    error_kind=ErrorKind.CLIENT_NOT_READY)
+            return EvaluationDetail(
+                default, None, Reason.ERROR, error_kind=ErrorKind.CLIENT_NOT_READY
+            )
         return snap.evaluate(key, context, default)
 
     def all_flags(self, context: Mapping[str, Any]) -> dict[str, Any]:
@@ -257,11 +261,24 @@ class FlagClient:
         changes received, resyncs asked for, malformed messages, store rewinds."""
         sub = self._subscription
         if sub is None:
-            return {"attempts": 0, "connections": 0, "snapshots": 0, "changes": 0,
-                    "resyncs": 0, "malformed": 0, "rewinds": self.rewinds}
-        return {"attempts": sub.attempts, "connections": sub.connections,
-                "snapshots": sub.snapshots, "changes": sub.changes, "resyncs": sub.resyncs,
-                "malformed": sub.malformed, "rewinds": self.rewinds}
+            return {
+                "attempts": 0,
+                "connections": 0,
+                "snapshots": 0,
+                "changes": 0,
+                "resyncs": 0,
+                "malformed": 0,
+                "rewinds": self.rewinds,
+            }
+        return {
+            "attempts": sub.attempts,
+            "connections": sub.connections,
+            "snapshots": sub.snapshots,
+            "changes": sub.changes,
+            "resyncs": sub.resyncs,
+            "malformed": sub.malformed,
+            "rewinds": self.rewinds,
+        }
 
     def on_status(self, callback: StatusCallback) -> Callable[[], None]:
         """Call ``callback(status)`` on every status change (on the client's event loop).
@@ -278,7 +295,9 @@ class FlagClient:
         return remove
 
     async def wait_for_status(
-        self, *statuses: ClientStatus, timeout: float | None = None  # noqa: ASYNC109
+        self,
+        *statuses: ClientStatus,
+        timeout: float | None = None,  # noqa: ASYNC109
     ) -> ClientStatus:
         """Wait until the status is one of ``statuses`` (default READY) and return it.
 
@@ -305,8 +324,14 @@ class FlagClient:
         if status is self._status:
             return
         self._status = status
-        self.logger.log(logging.WARNING if status in (ClientStatus.STALE, ClientStatus.UNAUTHORIZED)
-                        else logging.INFO, "flagwire: status %s: %s", status, message)
+        self.logger.log(
+            logging.WARNING
+            if status in (ClientStatus.STALE, ClientStatus.UNAUTHORIZED)
+            else logging.INFO,
+            "flagwire: status %s: %s",
+            status,
+            message,
+        )
         for wanted, future in list(self._waiters):
             if future.done():
                 continue
@@ -365,7 +390,9 @@ class FlagClient:
         return self
 
     async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None,
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
         await self.close()
@@ -415,9 +442,11 @@ class FlagClient:
             await self.wait_for_status(ClientStatus.READY, ClientStatus.UNAUTHORIZED, timeout=wait)
         status = self._status
         if status is ClientStatus.INITIALIZING:
-            why = (f"no data from the server within {wait}s"
-                   + (f" ({self._subscription.last_error})"
-                      if self._subscription and self._subscription.last_error else ""))
+            why = f"no data from the server within {wait}s" + (
+                f" ({self._subscription.last_error})"
+                if self._subscription and self._subscription.last_error
+                else ""
+            )
             if self.fail_on_timeout:
                 await self.close()
                 raise InitializationError(why)
@@ -425,14 +454,19 @@ class FlagClient:
                 snap, saved_at = persisted
                 self._snapshot = snap
                 self._fresh_at = saved_at
-                self._set_status(ClientStatus.STALE, f"{why}; serving the persisted snapshot "
-                                 f"(version {snap.version}); still trying")
+                self._set_status(
+                    ClientStatus.STALE,
+                    f"{why}; serving the persisted snapshot (version {snap.version}); still trying",
+                )
             elif self._snapshot is not None:
                 # A connection began catching up from the persisted version and did
                 # not finish: what it applied is newer than the file, still not current.
                 self._fresh_at = persisted[1] if persisted is not None else time.time()
-                self._set_status(ClientStatus.STALE, f"{why}; serving the persisted snapshot "
-                                 f"updated to version {self._snapshot.version}; still trying")
+                self._set_status(
+                    ClientStatus.STALE,
+                    f"{why}; serving the persisted snapshot "
+                    f"updated to version {self._snapshot.version}; still trying",
+                )
             else:
                 self.logger.warning("flagwire: %s; serving defaults while still trying", why)
                 self._status_message = f"{why}; serving defaults while still trying"
@@ -449,8 +483,11 @@ class FlagClient:
         try:
             loaded = _persistence.load_snapshot(self.persist_path)
         except (OSError, ProtocolError) as exc:
-            self.logger.warning("flagwire: ignoring the persisted snapshot %r: %s",
-                                os.fspath(self.persist_path), exc)
+            self.logger.warning(
+                "flagwire: ignoring the persisted snapshot %r: %s",
+                os.fspath(self.persist_path),
+                exc,
+            )
             return None
         if loaded is None:
             return None
@@ -533,7 +570,8 @@ class FlagClient:
     def _schedule_persist(self) -> None:
         if self._persist_task is None or self._persist_task.done():
             self._persist_task = asyncio.get_running_loop().create_task(
-                self._persist_later(), name="flagwire-persist")
+                self._persist_later(), name="flagwire-persist"
+            )
 
     async def _persist_later(self) -> None:
         await asyncio.sleep(self.persist_debounce)
@@ -548,8 +586,9 @@ class FlagClient:
         try:
             await asyncio.to_thread(_persistence.save_snapshot, path, snap, self._state.env or "")
         except OSError as exc:
-            self.logger.warning("flagwire: cannot write the snapshot to %r: %s",
-                                os.fspath(path), exc)
+            self.logger.warning(
+                "flagwire: cannot write the snapshot to %r: %s", os.fspath(path), exc
+            )
 
     def __repr__(self) -> str:
         return f"<FlagClient {self.url or 'offline'} {self._status} version={self.version}>"

@@ -158,8 +158,11 @@ class Subscription:
                 return
             if action is Action.RESYNC:
                 self.state.request_snapshot()
-            delay = (self.backoff.going_away_delay() if action is Action.SOON
-                     else self.backoff.next_delay())
+            delay = (
+                self.backoff.going_away_delay()
+                if action is Action.SOON
+                else self.backoff.next_delay()
+            )
             self.logger.info("flagwire: %s; reconnecting in %.2fs", why, delay)
             await asyncio.sleep(delay)
 
@@ -228,16 +231,21 @@ class Subscription:
                     out = state.receive(msg)
                 except ProtocolError as exc:
                     self.malformed += 1
-                    self.logger.error("flagwire: malformed message from the server: %s; "
-                                      "reconnecting for a fresh snapshot", exc)
+                    self.logger.error(
+                        "flagwire: malformed message from the server: %s; "
+                        "reconnecting for a fresh snapshot",
+                        exc,
+                    )
                     await ws.close(proto.CloseCode.BAD_MESSAGE, "bad message")
                     return exc
                 if out.error is not None:
-                    self.logger.warning("flagwire: the server reported %s: %s",
-                                        out.error.code, out.error.message)
+                    self.logger.warning(
+                        "flagwire: the server reported %s: %s", out.error.code, out.error.message
+                    )
                 if out.gap is not None:
-                    self.logger.warning("flagwire: missed changes (%s); asking for a resync",
-                                        out.gap)
+                    self.logger.warning(
+                        "flagwire: missed changes (%s); asking for a resync", out.gap
+                    )
                 if out.rewound is not None:
                     self.logger.warning("flagwire: %s", out.rewound)
                 self.listener.outcome(out)

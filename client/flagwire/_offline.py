@@ -62,13 +62,19 @@ def load_offline(path: str | os.PathLike[str]) -> Snapshot:
     if not isinstance(doc, dict):
         raise ClientError(f"offline flag file {os.fspath(path)!r} must hold a JSON object")
     flags = doc.get("flags")
-    if doc.get("type") == "snapshot" or (isinstance(flags, dict) and
-                                          all(isinstance(v, dict) for v in flags.values())):
+    if doc.get("type") == "snapshot" or (
+        isinstance(flags, dict) and all(isinstance(v, dict) for v in flags.values())
+    ):
         segments = doc.get("segments") or {}
         version = doc.get("version")
         if not isinstance(flags, dict) or not isinstance(segments, dict):
             raise ClientError(
-                f"offline flag file {os.fspath(path)!r}: flags and segments must be objects")
-        return Snapshot(flags, segments, version if type(version) is int else 1,
-                        str(doc.get("epoch") or "offline"))
+                f"offline flag file {os.fspath(path)!r}: flags and segments must be objects"
+            )
+        return Snapshot(
+            flags,
+            segments,
+            version if type(version) is int else 1,
+            str(doc.get("epoch") or "offline"),
+        )
     return snapshot_from_values(doc)

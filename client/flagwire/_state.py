@@ -125,8 +125,13 @@ class StreamState:
 
     def _check_caught_up(self, out: Outcome) -> Outcome:
         snap, hello = self.snapshot, self.hello
-        if (not self._caught_up and not self._need_snapshot and snap is not None
-                and hello is not None and snap.version >= hello.version):
+        if (
+            not self._caught_up
+            and not self._need_snapshot
+            and snap is not None
+            and hello is not None
+            and snap.version >= hello.version
+        ):
             self._caught_up = True
             out.caught_up = True
         return out

@@ -115,7 +115,8 @@ class FlagwireProvider(AbstractProvider):
             raise ProviderFatalError(self.client.status_message)
         if self.client.snapshot is None:
             raise ProviderNotReadyError(
-                f"flagwire client is {status}: {self.client.status_message}")
+                f"flagwire client is {status}: {self.client.status_message}"
+            )
 
     def _register(self) -> None:
         client = self.client
@@ -146,8 +147,9 @@ class FlagwireProvider(AbstractProvider):
         elif status is ClientStatus.STALE:
             self.emit_provider_stale(ProviderEventDetails(message=message))
         elif status is ClientStatus.UNAUTHORIZED:
-            self.emit_provider_error(ProviderEventDetails(
-                message=message, error_code=ErrorCode.PROVIDER_FATAL))
+            self.emit_provider_error(
+                ProviderEventDetails(message=message, error_code=ErrorCode.PROVIDER_FATAL)
+            )
 
     def shutdown(self) -> None:
         if self.close_client and hasattr(self.client, "close"):
@@ -157,30 +159,36 @@ class FlagwireProvider(AbstractProvider):
 
     # --- resolution ------------------------------------------------------------------
 
-    def _resolve(self, key: str, default: Any, ctx: EvaluationContext | None,
-                 kind: type) -> FlagResolutionDetails[Any]:
+    def _resolve(
+        self, key: str, default: Any, ctx: EvaluationContext | None, kind: type
+    ) -> FlagResolutionDetails[Any]:
         snap: Snapshot | None = self.client.snapshot
         context = _context(ctx)
         if snap is None:
             return FlagResolutionDetails(
-                default, ErrorCode.PROVIDER_NOT_READY, "flagwire has no data yet",
-                OFReason.ERROR)
+                default, ErrorCode.PROVIDER_NOT_READY, "flagwire has no data yet", OFReason.ERROR
+            )
         detail = snap.evaluate(key, context, default, kind)
         value = detail.value
         if detail.reason != Reason.ERROR:
-            if kind is int and (type(value) is not int and not
-                                (isinstance(value, float) and value.is_integer())):
-                return FlagResolutionDetails(default, ErrorCode.TYPE_MISMATCH,
-                                             f"flag {key!r} serves {value!r}, not an integer",
-                                             OFReason.ERROR)
+            if kind is int and (
+                type(value) is not int and not (isinstance(value, float) and value.is_integer())
+            ):
+                return FlagResolutionDetails(
+                    default,
+                    ErrorCode.TYPE_MISMATCH,
+                    f"flag {key!r} serves {value!r}, not an integer",
+                    OFReason.ERROR,
+                )
             if kind is int:
                 value = int(value)
             elif kind is float:
                 value = float(value)
         return self._details(key, snap, detail, value, "key" in context)
 
-    def _details(self, key: str, snap: Snapshot, detail: EvaluationDetail, value: Any,
-                 has_key: bool) -> FlagResolutionDetails[Any]:
+    def _details(
+        self, key: str, snap: Snapshot, detail: EvaluationDetail, value: Any, has_key: bool
+    ) -> FlagResolutionDetails[Any]:
         doc = snap.flags.get(key)
         meta: dict[str, bool | int | float | str] = {"env_version": snap.version}
         if doc is not None and type(doc.get("version")) is int:
@@ -193,8 +201,9 @@ class FlagwireProvider(AbstractProvider):
             code = _ERRORS.get(kind, ErrorCode.GENERAL)
             if kind == ErrorKind.INVALID_CONTEXT and not has_key:
                 code = ErrorCode.TARGETING_KEY_MISSING
-            return FlagResolutionDetails(value, code, f"{kind}: flag {key!r}", OFReason.ERROR,
-                                         None, meta)
+            return FlagResolutionDetails(
+                value, code, f"{kind}: flag {key!r}", OFReason.ERROR, None, meta
+            )
         of_reason: str
         if reason == Reason.OFF:
             of_reason = OFReason.DISABLED
@@ -209,28 +218,42 @@ class FlagwireProvider(AbstractProvider):
         variant = None if detail.variation_index is None else str(detail.variation_index)
         return FlagResolutionDetails(value, None, None, of_reason, variant, meta)
 
-    def resolve_boolean_details(self, flag_key: str, default_value: bool,
-                                evaluation_context: EvaluationContext | None = None,
-                                ) -> FlagResolutionDetails[bool]:
+    def resolve_boolean_details(
+        self,
+        flag_key: str,
+        default_value: bool,
+        evaluation_context: EvaluationContext | None = None,
+    ) -> FlagResolutionDetails[bool]:
         return self._resolve(flag_key, default_value, evaluation_context, bool)
 
-    def resolve_string_details(self, flag_key: str, default_value: str,
-                               evaluation_context: EvaluationContext | None = None,
-                               ) -> FlagResolutionDetails[str]:
+    def resolve_string_details(
+        self,
+        flag_key: str,
+        default_value: str,
+        evaluation_context: EvaluationContext | None = None,
+    ) -> FlagResolutionDetails[str]:
         return self._resolve(flag_key, default_value, evaluation_context, str)
 
-    def resolve_integer_details(self, flag_key: str, default_value: int,
-                                evaluation_context: EvaluationContext | None = None,
-                                ) -> FlagResolutionDetails[int]:
+    def resolve_integer_details(
+        self,
+        flag_key: str,
+        default_value: int,
+        evaluation_context: EvaluationContext | None = None,
+    ) -> FlagResolutionDetails[int]:
         return self._resolve(flag_key, default_value, evaluation_context, int)
 
-    def resolve_float_details(self, flag_key: str, default_value: float,
-                              evaluation_context: EvaluationContext | None = None,
-                              ) -> FlagResolutionDetails[float]:
+    def resolve_float_details(
+        self,
+        flag_key: str,
+        default_value: float,
+        evaluation_context: EvaluationContext | None = None,
+    ) -> FlagResolutionDetails[float]:
         return self._resolve(flag_key, default_value, evaluation_context, float)
 
     def resolve_object_details(
-        self, flag_key: str, default_value: Sequence[Any] | Mapping[str, Any],
+        self,
+        flag_key: str,
+        default_value: Sequence[Any] | Mapping[str, Any],
         evaluation_context: EvaluationContext | None = None,
     ) -> FlagResolutionDetails[Sequence[Any] | Mapping[str, Any]]:
         return self._resolve(flag_key, default_value, evaluation_context, dict)

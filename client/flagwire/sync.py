@@ -68,8 +68,14 @@ class SyncFlagClient:
         ClientError: bad arguments (see :class:`~flagwire.FlagClient`).
     """
 
-    def __init__(self, url: str | None = None, sdk_key: str | None = None, *,
-                 wait: bool = True, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        url: str | None = None,
+        sdk_key: str | None = None,
+        *,
+        wait: bool = True,
+        **kwargs: Any,
+    ) -> None:
         self._args = (url, sdk_key)
         self._kwargs = kwargs
         self._closed = False
@@ -89,8 +95,9 @@ class SyncFlagClient:
 
     def _spawn(self) -> tuple[asyncio.AbstractEventLoop, threading.Thread]:
         loop = asyncio.new_event_loop()
-        thread = threading.Thread(target=self._run_loop, args=(loop,),
-                                  name="flagwire-sync", daemon=True)
+        thread = threading.Thread(
+            target=self._run_loop, args=(loop,), name="flagwire-sync", daemon=True
+        )
         thread.start()
         return loop, thread
 
@@ -150,12 +157,14 @@ class SyncFlagClient:
         """See :meth:`flagwire.FlagClient.json_variation`."""
         return self.client.json_variation(key, context, default)
 
-    def variation_detail(self, key: str, context: Mapping[str, Any],
-                         default: Any) -> EvaluationDetail:
+    def variation_detail(
+        self, key: str, context: Mapping[str, Any], default: Any
+    ) -> EvaluationDetail:
         """See :meth:`flagwire.FlagClient.variation_detail`."""
         if self._closed and self.client.snapshot is None:
-            return EvaluationDetail(default, None, Reason.ERROR,
-                                    error_kind=ErrorKind.CLIENT_NOT_READY)
+            return EvaluationDetail(
+                default, None, Reason.ERROR, error_kind=ErrorKind.CLIENT_NOT_READY
+            )
         return self.client.variation_detail(key, context, default)
 
     def all_flags(self, context: Mapping[str, Any]) -> dict[str, Any]:
@@ -201,8 +210,7 @@ class SyncFlagClient:
         future = self._submit(self.client.wait_for_status(*statuses, timeout=timeout))
         return future.result()
 
-    def on_change(self, callback: Callable[[FlagChange], object],
-                  key: str | None = None) -> None:
+    def on_change(self, callback: Callable[[FlagChange], object], key: str | None = None) -> None:
         """Call ``callback(change)`` on each change; it runs on the client's own thread."""
         self._change_callbacks.append((callback, key))
         self._loop.call_soon_threadsafe(self.client.on_change, callback, key)

@@ -80,13 +80,21 @@ class TestFlags:
     def set(self, key: str, value: Any) -> TestFlags:
         """Flag ``key`` serves ``value`` to everyone (replacing targets, rules and rollouts)."""
         variations = [value, not value] if isinstance(value, bool) else [value]
-        return self._put({"key": key, "on": True, "variations": variations,
-                          "off_variation": variations.index(False) if isinstance(value, bool)
-                          else None,
-                          "fallthrough": {"variation": 0}, "targets": [], "rules": []})
+        return self._put(
+            {
+                "key": key,
+                "on": True,
+                "variations": variations,
+                "off_variation": variations.index(False) if isinstance(value, bool) else None,
+                "fallthrough": {"variation": 0},
+                "targets": [],
+                "rules": [],
+            }
+        )
 
-    def set_targets(self, key: str, value: Any, *context_keys: str,
-                    otherwise: Any = _UNSET) -> TestFlags:
+    def set_targets(
+        self, key: str, value: Any, *context_keys: str, otherwise: Any = _UNSET
+    ) -> TestFlags:
         """Contexts with these keys get ``value``.
 
         Args:
@@ -105,8 +113,16 @@ class TestFlags:
         doc["targets"].append({"variation": index, "values": list(context_keys)})
         return self._put(doc)
 
-    def set_rule(self, key: str, value: Any, attribute: str, op: str, *values: Any,
-                 negate: bool = False, otherwise: Any = _UNSET) -> TestFlags:
+    def set_rule(
+        self,
+        key: str,
+        value: Any,
+        attribute: str,
+        op: str,
+        *values: Any,
+        negate: bool = False,
+        otherwise: Any = _UNSET,
+    ) -> TestFlags:
         """Contexts whose ``attribute`` matches ``op`` ``values`` get ``value``.
 
         Rules are tried in the order they were added, after targets::
@@ -127,16 +143,30 @@ class TestFlags:
             ValueError: the flag does not exist and ``otherwise`` cannot be guessed.
         """
         doc = self._editable(key, value, otherwise)
-        clause: dict[str, Any] = {"attribute": attribute, "op": op, "values": list(values),
-                                  "negate": negate}
+        clause: dict[str, Any] = {
+            "attribute": attribute,
+            "op": op,
+            "values": list(values),
+            "negate": negate,
+        }
         if op == "segment_match":
             del clause["attribute"]
-        doc["rules"].append({"id": f"rule-{len(doc['rules'])}", "clauses": [clause],
-                             "variation": self._variation(doc, value)})
+        doc["rules"].append(
+            {
+                "id": f"rule-{len(doc['rules'])}",
+                "clauses": [clause],
+                "variation": self._variation(doc, value),
+            }
+        )
         return self._put(doc)
 
-    def set_rollout(self, key: str, weights: Mapping[Any, float] | list[tuple[Any, float]],
-                    *, bucket_by: str = "key") -> TestFlags:
+    def set_rollout(
+        self,
+        key: str,
+        weights: Mapping[Any, float] | list[tuple[Any, float]],
+        *,
+        bucket_by: str = "key",
+    ) -> TestFlags:
         """Split everyone not targeted or matched by a rule between values by percentage.
 
         ``flags.set_rollout("theme", {"dark": 25, "light": 75})``; percentages
@@ -150,11 +180,14 @@ class TestFlags:
         thousandths = [round(p * 1000) for _, p in pairs]
         if sum(thousandths) != _WEIGHT_TOTAL:
             raise ValueError(
-                f"rollout percentages must add up to 100, not {sum(thousandths) / 1000}")
+                f"rollout percentages must add up to 100, not {sum(thousandths) / 1000}"
+            )
         first = pairs[0][0]
         doc = self._editable(key, first, first)
-        slots = [{"variation": self._variation(doc, v), "weight": w}
-                 for (v, _), w in zip(pairs, thousandths, strict=True)]
+        slots = [
+            {"variation": self._variation(doc, v), "weight": w}
+            for (v, _), w in zip(pairs, thousandths, strict=True)
+        ]
         doc["fallthrough"] = {"rollout": {"variations": slots, "bucket_by": bucket_by}}
         return self._put(doc)
 
@@ -193,12 +226,21 @@ class TestFlags:
             self._publish()
         return self
 
-    def set_segment(self, key: str, *, included: list[str] | None = None,
-                    excluded: list[str] | None = None,
-                    rules: list[dict[str, Any]] | None = None) -> TestFlags:
+    def set_segment(
+        self,
+        key: str,
+        *,
+        included: list[str] | None = None,
+        excluded: list[str] | None = None,
+        rules: list[dict[str, Any]] | None = None,
+    ) -> TestFlags:
         """A segment for ``segment_match`` rules: listed context keys and/or rules."""
-        self._segments[key] = {"key": key, "included": list(included or []),
-                               "excluded": list(excluded or []), "rules": list(rules or [])}
+        self._segments[key] = {
+            "key": key,
+            "included": list(included or []),
+            "excluded": list(excluded or []),
+            "rules": list(rules or []),
+        }
         self._publish()
         return self
 
@@ -209,13 +251,19 @@ class TestFlags:
             return copy.deepcopy(self._flags[key])
         if otherwise is _UNSET:
             if not isinstance(value, bool):
-                raise ValueError(
-                    f"flag {key!r} does not exist: pass otherwise= for everyone else")
+                raise ValueError(f"flag {key!r} does not exist: pass otherwise= for everyone else")
             otherwise = not value
         variations = [otherwise] if _same(otherwise, value) else [otherwise, value]
         off = variations.index(False) if False in variations and isinstance(value, bool) else None
-        return {"key": key, "on": True, "variations": variations, "off_variation": off,
-                "fallthrough": {"variation": 0}, "targets": [], "rules": []}
+        return {
+            "key": key,
+            "on": True,
+            "variations": variations,
+            "off_variation": off,
+            "fallthrough": {"variation": 0},
+            "targets": [],
+            "rules": [],
+        }
 
     @staticmethod
     def _variation(doc: dict[str, Any], value: Any) -> int:
@@ -250,4 +298,3 @@ def make_client(values: Mapping[str, Any] | None = None) -> tuple[TestFlags, Fla
     for key, value in (values or {}).items():
         flags.set(key, value)
     return flags, flags.client()
-

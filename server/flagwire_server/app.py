@@ -131,19 +131,30 @@ async def _lifespan(app: Starlette) -> AsyncIterator[None]:
     keys = KeyRing(redis, settings.redis_prefix, admin_key=settings.admin_key)
     await bootstrap(settings, redis, store, keys)
     fanout = Fanout(
-        settings, redis, store, app.state.metrics, app.state.instance_id,
+        settings,
+        redis,
+        store,
+        app.state.metrics,
+        app.state.instance_id,
         # Each reader blocks in XREAD on a connection of its own.
-        reader_factory=lambda: connect(url, socket_timeout=READ_BLOCK_MS / 1000 + 1,
-                                       health_check_interval=0),
+        reader_factory=lambda: connect(
+            url, socket_timeout=READ_BLOCK_MS / 1000 + 1, health_check_interval=0
+        ),
     )
     app.state.redis, app.state.store, app.state.keys, app.state.fanout = (
-        redis, store, keys, fanout)
+        redis,
+        store,
+        keys,
+        fanout,
+    )
     await keys.start()
     keys.on_revoke(fanout.revoke)
     await fanout.start()
     freeze_gc()
-    log.info("flagwire ready", extra={
-        "instance": app.state.instance_id, "envs": sorted(fanout.feeds), "pid": os.getpid()})
+    log.info(
+        "flagwire ready",
+        extra={"instance": app.state.instance_id, "envs": sorted(fanout.feeds), "pid": os.getpid()},
+    )
     try:
         yield
     finally:
@@ -158,8 +169,10 @@ async def _lifespan(app: Starlette) -> AsyncIterator[None]:
         try:
             await asyncio.wait_for(cleanup(), timeout=max(1.0, settings.shutdown_timeout))
         except TimeoutError:
-            log.warning("shutdown clean-up timed out; exiting without it",
-                        extra={"seconds": settings.shutdown_timeout})
+            log.warning(
+                "shutdown clean-up timed out; exiting without it",
+                extra={"seconds": settings.shutdown_timeout},
+            )
 
 
 async def bootstrap(settings: Settings, redis: aioredis.Redis, store: Any, keys: Any) -> bool:
@@ -187,10 +200,13 @@ async def bootstrap(settings: Settings, redis: aioredis.Redis, store: Any, keys:
                 await store.create_env(FIRST_ENV, "Production")
             if not settings.admin_key:
                 await _initial_keys(settings, keys)
-        await redis.hset(ks.store, mapping={
-            "epoch": secrets.token_hex(8),
-            "created_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-        })
+        await redis.hset(
+            ks.store,
+            mapping={
+                "epoch": secrets.token_hex(8),
+                "created_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+            },
+        )
         return True
     finally:
         if await redis.get(ks.bootstrap_lock) == token.encode():
@@ -201,18 +217,25 @@ async def _initial_keys(settings: Settings, keys: Any) -> None:
     admin, admin_secret = await keys.create("initial admin key", "admin", None)
     sdk, sdk_secret = await keys.create(f"{FIRST_ENV} SDK key", "sdk", FIRST_ENV)
     path = Path(settings.data_dir) / INITIAL_KEYS_FILE
-    body = orjson.dumps({
-        "admin_key": admin_secret, "admin_key_id": admin.id,
-        "sdk_key": sdk_secret, "sdk_key_id": sdk.id, "env": FIRST_ENV,
-        "note": "shown once; store them elsewhere and delete this file",
-    }, option=orjson.OPT_INDENT_2)
+    body = orjson.dumps(
+        {
+            "admin_key": admin_secret,
+            "admin_key_id": admin.id,
+            "sdk_key": sdk_secret,
+            "sdk_key_id": sdk.id,
+            "env": FIRST_ENV,
+            "note": "shown once; store them elsewhere and delete this file",
+        },
+        option=orjson.OPT_INDENT_2,
+    )
     await asyncio.to_thread(_write_private, path, body)
     # Printed, not logged: log lines are shipped elsewhere and never hold a key.
     print(
         "\n  flagwire: first start — keys generated (shown once, also in "
         f"{path}):\n    admin key:            {admin_secret}\n"
         f"    SDK key ({FIRST_ENV}): {sdk_secret}\n",
-        file=sys.stderr, flush=True,
+        file=sys.stderr,
+        flush=True,
     )
 
 

@@ -39,7 +39,9 @@ def raise_nofile() -> int:
     if soft != resource.RLIM_INFINITY and soft < USEFUL_NOFILE:
         log.warning(
             "open-file limit is %d: this process can hold at most about %d streams; "
-            "raise it (ulimit -n / LimitNOFILE=) for more", soft, max(0, soft - 64),
+            "raise it (ulimit -n / LimitNOFILE=) for more",
+            soft,
+            max(0, soft - 64),
             extra={"nofile": soft},
         )
     return int(soft)

@@ -47,8 +47,9 @@ class Balancer:
         return f"ws://127.0.0.1:{self.port}/api/v1/stream"
 
     async def start(self) -> Balancer:
-        self._server = await asyncio.start_server(self._accept, "127.0.0.1", self.port,
-                                                  backlog=4096)
+        self._server = await asyncio.start_server(
+            self._accept, "127.0.0.1", self.port, backlog=4096
+        )
         self.port = self._server.sockets[0].getsockname()[1]
         return self
 
@@ -66,8 +67,7 @@ class Balancer:
             return index, reader, writer
         return None
 
-    async def _accept(self, c_reader: asyncio.StreamReader, c_writer: asyncio.StreamWriter
-                      ) -> None:
+    async def _accept(self, c_reader: asyncio.StreamReader, c_writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
         if task is not None:
             self._tasks.add(task)
@@ -80,8 +80,10 @@ class Balancer:
             self.open[index] += 1
             self._writers.update((c_writer, u_writer))
             try:
-                pumps = [asyncio.create_task(self._pump(c_reader, u_writer)),
-                         asyncio.create_task(self._pump(u_reader, c_writer))]
+                pumps = [
+                    asyncio.create_task(self._pump(c_reader, u_writer)),
+                    asyncio.create_task(self._pump(u_reader, c_writer)),
+                ]
                 try:
                     await asyncio.wait(pumps, return_when=asyncio.FIRST_COMPLETED)
                 finally:

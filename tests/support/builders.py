@@ -13,7 +13,14 @@ from __future__ import annotations
 from typing import Any
 
 __all__ = [
-    "clause", "flag", "prerequisite", "rollout", "rule", "segment", "segment_clause", "target",
+    "clause",
+    "flag",
+    "prerequisite",
+    "rollout",
+    "rule",
+    "segment",
+    "segment_clause",
+    "target",
 ]
 
 _UNSET: Any = object()
@@ -44,8 +51,14 @@ def flag(
         ft = {"rollout": fallthrough}
     else:
         ft = fallthrough
-    return {"key": key, "on": on, "variations": variations, "off_variation": off_variation,
-            "fallthrough": ft, **fields}
+    return {
+        "key": key,
+        "on": on,
+        "variations": variations,
+        "off_variation": off_variation,
+        "fallthrough": ft,
+        **fields,
+    }
 
 
 def clause(attribute: str, op: str, *values: Any, negate: bool = False) -> dict[str, Any]:
@@ -58,24 +71,32 @@ def segment_clause(*keys: str, negate: bool = False) -> dict[str, Any]:
     return {"op": "segment_match", "values": list(keys), "negate": negate}
 
 
-def rollout(*weights: float, bucket_by: str | None = None,
-            variations: list[int] | None = None) -> dict[str, Any]:
+def rollout(
+    *weights: float, bucket_by: str | None = None, variations: list[int] | None = None
+) -> dict[str, Any]:
     """A rollout from percentages: ``rollout(25, 75)`` → variation 0 at 25%, 1 at 75%.
 
     Percentages may have up to three decimals (weights are thousandths of a
     percent); ``variations`` picks the index of each slot (default 0, 1, ...).
     """
     indexes = variations if variations is not None else list(range(len(weights)))
-    roll: dict[str, Any] = {"variations": [
-        {"variation": v, "weight": round(w * 1000)} for v, w in zip(indexes, weights, strict=True)
-    ]}
+    roll: dict[str, Any] = {
+        "variations": [
+            {"variation": v, "weight": round(w * 1000)}
+            for v, w in zip(indexes, weights, strict=True)
+        ]
+    }
     if bucket_by is not None:
         roll["bucket_by"] = bucket_by
     return roll
 
 
-def rule(*clauses: dict[str, Any], variation: int | None = None,
-         rollout: dict[str, Any] | None = None, id: str | None = None) -> dict[str, Any]:  # noqa: A002
+def rule(
+    *clauses: dict[str, Any],
+    variation: int | None = None,
+    rollout: dict[str, Any] | None = None,
+    id: str | None = None,
+) -> dict[str, Any]:  # noqa: A002
     """A rule serving ``variation`` (default 0) or ``rollout`` when all clauses match."""
     r: dict[str, Any] = {"clauses": list(clauses)}
     if id is not None:
@@ -97,10 +118,20 @@ def prerequisite(key: str, variation: int = 0) -> dict[str, Any]:
     return {"key": key, "variation": variation}
 
 
-def segment(key: str = "segment", *, included: list[str] | None = None,
-            excluded: list[str] | None = None, rules: list[dict[str, Any]] | None = None,
-            **fields: Any) -> dict[str, Any]:
+def segment(
+    key: str = "segment",
+    *,
+    included: list[str] | None = None,
+    excluded: list[str] | None = None,
+    rules: list[dict[str, Any]] | None = None,
+    **fields: Any,
+) -> dict[str, Any]:
     """A segment document; ``rules`` are ``rule(...)``-like dicts (only clauses are used)."""
     seg_rules = [{k: v for k, v in r.items() if k in ("id", "clauses")} for r in rules or []]
-    return {"key": key, "included": included or [], "excluded": excluded or [],
-            "rules": seg_rules, **fields}
+    return {
+        "key": key,
+        "included": included or [],
+        "excluded": excluded or [],
+        "rules": seg_rules,
+        **fields,
+    }

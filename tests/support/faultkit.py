@@ -59,8 +59,9 @@ async def readyz(base_url: str) -> tuple[int, dict[str, Any]]:
             return resp.status_code, {}
 
 
-async def metric_value(base_url: str, name: str, labels: dict[str, str] | None = None
-                       ) -> float | None:
+async def metric_value(
+    base_url: str, name: str, labels: dict[str, str] | None = None
+) -> float | None:
     """One sample of ``/metrics`` (None when absent)."""
     async with httpx.AsyncClient(timeout=3) as http:
         text = (await http.get(base_url + "/metrics")).text
@@ -83,9 +84,16 @@ class Writer:
     can prove that a refused write left nothing behind.
     """
 
-    def __init__(self, admin: Admin, tag: str = "w", env: str = "production",
-                 keys: tuple[str, ...] = ("k0", "k1", "k2", "k3", "k4"), interval: float = 0.02,
-                 url: str | None = None, timeout: float = 6.0) -> None:
+    def __init__(
+        self,
+        admin: Admin,
+        tag: str = "w",
+        env: str = "production",
+        keys: tuple[str, ...] = ("k0", "k1", "k2", "k3", "k4"),
+        interval: float = 0.02,
+        url: str | None = None,
+        timeout: float = 6.0,
+    ) -> None:
         self.admin, self.tag, self.env, self.keys = admin, tag, env, keys
         self.interval, self.url, self.timeout = interval, url, timeout
         self.n = itertools.count()
@@ -105,8 +113,11 @@ class Writer:
             w = await self.admin.delete_flag(self.env, key, url=self.url, http_timeout=self.timeout)
         else:
             w = await self.admin.put_flag(
-                self.env, flag(key, on=bool(n % 2), description=f"{self.tag}{n}"),
-                url=self.url, http_timeout=self.timeout)
+                self.env,
+                flag(key, on=bool(n % 2), description=f"{self.tag}{n}"),
+                url=self.url,
+                http_timeout=self.timeout,
+            )
         w.body = w.body if isinstance(w.body, dict) else {"raw": w.body}
         w.body["_marker"] = f"{self.tag}{n}"
         w.body["_started"] = time.monotonic() - w.seconds

@@ -124,8 +124,7 @@ class RedisView:
 
     async def change(self, env: str, version: int) -> dict[str, Any] | None:
         """The change-log entry ``<version>-0`` decoded, or None."""
-        got = await self.r.xrange(self.key(env, "changes"), min=f"{version}-0",
-                                  max=f"{version}-0")
+        got = await self.r.xrange(self.key(env, "changes"), min=f"{version}-0", max=f"{version}-0")
         if not got:
             return None
         fields = {k.decode(): v for k, v in got[0][1].items()}
@@ -177,8 +176,9 @@ class Admin:
     def __init__(self, urls: str | Sequence[str], admin_key: str, timeout: float = 5.0) -> None:
         self.urls = [urls] if isinstance(urls, str) else list(urls)
         self.key = admin_key
-        self.http = httpx.AsyncClient(timeout=timeout,
-                                      headers={"Authorization": f"Bearer {admin_key}"})
+        self.http = httpx.AsyncClient(
+            timeout=timeout, headers={"Authorization": f"Bearer {admin_key}"}
+        )
         self.writes: list[Write] = []
         self.background: list[Any] = []  # writers using this API; stopped by aclose()
         self._next = 0
@@ -190,8 +190,16 @@ class Admin:
         self._next += 1
         return url
 
-    async def request(self, method: str, path: str, body: Any = None, *, url: str | None = None,
-                      key: str | None = None, http_timeout: float | None = None) -> httpx.Response:
+    async def request(
+        self,
+        method: str,
+        path: str,
+        body: Any = None,
+        *,
+        url: str | None = None,
+        key: str | None = None,
+        http_timeout: float | None = None,
+    ) -> httpx.Response:
         headers = {"Authorization": f"Bearer {key}"} if key is not None else None
         kwargs: dict[str, Any] = {"headers": headers}
         if body is not None:
@@ -200,8 +208,17 @@ class Admin:
             kwargs["timeout"] = http_timeout
         return await self.http.request(method, self._url(url) + "/api/v1" + path, **kwargs)
 
-    async def _write(self, env: str, key: str, op: str, method: str, path: str, body: Any,
-                     url: str | None, http_timeout: float | None) -> Write:
+    async def _write(
+        self,
+        env: str,
+        key: str,
+        op: str,
+        method: str,
+        path: str,
+        body: Any,
+        url: str | None,
+        http_timeout: float | None,
+    ) -> Write:
         w = Write(env, key, op, 0)
         started = time.monotonic()
         try:
@@ -228,8 +245,9 @@ class Admin:
                 w = Write(env, doc["key"], "put", 0)
                 started = time.monotonic()
                 try:
-                    resp = http.put(f"{self._url(None)}/api/v1/environments/{env}/flags/"
-                                    f"{doc['key']}", json=doc)
+                    resp = http.put(
+                        f"{self._url(None)}/api/v1/environments/{env}/flags/{doc['key']}", json=doc
+                    )
                 except httpx.HTTPError as exc:
                     w.error = f"{type(exc).__name__}: {exc}"
                 else:
@@ -239,23 +257,55 @@ class Admin:
         self.writes.extend(out)
         return out
 
-    async def put_flag(self, env: str, doc: dict[str, Any], *, url: str | None = None,
-                       http_timeout: float | None = None) -> Write:
-        return await self._write(env, doc["key"], "put", "PUT",
-                                 f"/environments/{env}/flags/{doc['key']}", doc, url, http_timeout)
+    async def put_flag(
+        self,
+        env: str,
+        doc: dict[str, Any],
+        *,
+        url: str | None = None,
+        http_timeout: float | None = None,
+    ) -> Write:
+        return await self._write(
+            env,
+            doc["key"],
+            "put",
+            "PUT",
+            f"/environments/{env}/flags/{doc['key']}",
+            doc,
+            url,
+            http_timeout,
+        )
 
-    async def patch_flag(self, env: str, key: str, patch: dict[str, Any], *,
-                         url: str | None = None, http_timeout: float | None = None) -> Write:
-        return await self._write(env, key, "patch", "PATCH", f"/environments/{env}/flags/{key}",
-                                 patch, url, http_timeout)
+    async def patch_flag(
+        self,
+        env: str,
+        key: str,
+        patch: dict[str, Any],
+        *,
+        url: str | None = None,
+        http_timeout: float | None = None,
+    ) -> Write:
+        return await self._write(
+            env, key, "patch", "PATCH", f"/environments/{env}/flags/{key}", patch, url, http_timeout
+        )
 
-    async def delete_flag(self, env: str, key: str, *, url: str | None = None,
-                          http_timeout: float | None = None) -> Write:
-        return await self._write(env, key, "delete", "DELETE",
-                                 f"/environments/{env}/flags/{key}", None, url, http_timeout)
+    async def delete_flag(
+        self, env: str, key: str, *, url: str | None = None, http_timeout: float | None = None
+    ) -> Write:
+        return await self._write(
+            env,
+            key,
+            "delete",
+            "DELETE",
+            f"/environments/{env}/flags/{key}",
+            None,
+            url,
+            http_timeout,
+        )
 
-    async def create_key(self, kind: str = "sdk", env: str | None = "production",
-                         name: str = "fault test key") -> tuple[str, str]:
+    async def create_key(
+        self, kind: str = "sdk", env: str | None = "production", name: str = "fault test key"
+    ) -> tuple[str, str]:
         """Create a key; returns ``(id, secret)``."""
         body: dict[str, Any] = {"name": name, "kind": kind}
         if env is not None:
@@ -278,11 +328,16 @@ class Admin:
 async def wait_key_known(ws_urls: Iterable[str], secret: str, within: float = 10.0) -> None:
     """Wait until every server accepts ``secret`` at the stream handshake (key rings poll)."""
     for ws_url in ws_urls:
+
         async def known(ws_url: str = ws_url) -> bool:
             try:
                 ws = await websockets.connect(
-                    ws_url, additional_headers={"Authorization": f"Bearer {secret}"},
-                    compression=None, open_timeout=3, max_size=MAX_SERVER_FRAME)
+                    ws_url,
+                    additional_headers={"Authorization": f"Bearer {secret}"},
+                    compression=None,
+                    open_timeout=3,
+                    max_size=MAX_SERVER_FRAME,
+                )
             except (websockets.InvalidStatus, OSError, TimeoutError):
                 return False
             await ws.close()
@@ -345,12 +400,16 @@ class WatchedClient(Watched):
         def recording_receive(msg: Any) -> Any:
             out = receive(msg)
             snap = state.snapshot
-            self.events.append(Applied(
-                time.monotonic(), msg.type, getattr(msg, "version", None),
-                snap.version if snap is not None else None,
-                snap.epoch if snap is not None else "",
-                flags=snap.flags if snap is not None else None,
-            ))
+            self.events.append(
+                Applied(
+                    time.monotonic(),
+                    msg.type,
+                    getattr(msg, "version", None),
+                    snap.version if snap is not None else None,
+                    snap.epoch if snap is not None else "",
+                    flags=snap.flags if snap is not None else None,
+                )
+            )
             if out.gap is not None:
                 self.gaps.append((time.monotonic(), out.gap))
             return out
@@ -369,8 +428,10 @@ class WatchedClient(Watched):
         snap = self.client.snapshot
         if snap is None:
             return {}, {}
-        return ({k: dict(v) for k, v in snap.flags.items()},
-                {k: dict(v) for k, v in snap.segments.items()})
+        return (
+            {k: dict(v) for k, v in snap.flags.items()},
+            {k: dict(v) for k, v in snap.segments.items()},
+        )
 
     async def close(self) -> None:
         await self.client.close()
@@ -396,10 +457,20 @@ class RawSubscriber(Watched):
         read: False makes a client that never reads (a slow consumer).
     """
 
-    def __init__(self, ws_url: str, key: str, name: str = "raw", *, env: str = "production",
-                 timeout: float = 5.0, keepalive: bool = True, backoff: float = 0.5,
-                 reconnect: bool = True, ack: bool = True,
-                 query: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        ws_url: str,
+        key: str,
+        name: str = "raw",
+        *,
+        env: str = "production",
+        timeout: float = 5.0,
+        keepalive: bool = True,
+        backoff: float = 0.5,
+        reconnect: bool = True,
+        ack: bool = True,
+        query: dict[str, str] | None = None,
+    ) -> None:
         super().__init__(name, env, timeout)
         self.keepalive = keepalive
         self.ws_url, self.key = ws_url, key
@@ -426,8 +497,13 @@ class RawSubscriber(Watched):
 
     @property
     def ready(self) -> bool:
-        return (self.connected and self.hello is not None and self._version is not None
-                and not self._need_snapshot and self._version >= self.hello.version)
+        return (
+            self.connected
+            and self.hello is not None
+            and self._version is not None
+            and not self._need_snapshot
+            and self._version >= self.hello.version
+        )
 
     def cache(self) -> tuple[dict[str, Any], dict[str, Any]]:
         return dict(self.flags), dict(self.segments)
@@ -447,10 +523,14 @@ class RawSubscriber(Watched):
         while not self._closing:
             try:
                 async with websockets.connect(
-                    self._url(), additional_headers={"Authorization": f"Bearer {self.key}"},
-                    compression=None, max_size=MAX_SERVER_FRAME, open_timeout=10,
+                    self._url(),
+                    additional_headers={"Authorization": f"Bearer {self.key}"},
+                    compression=None,
+                    max_size=MAX_SERVER_FRAME,
+                    open_timeout=10,
                     ping_interval=self.timeout / 3 if self.keepalive else None,
-                    ping_timeout=self.timeout / 3, close_timeout=2,
+                    ping_timeout=self.timeout / 3,
+                    close_timeout=2,
                 ) as ws:
                     self.ws = ws
                     self.connects.append(time.monotonic())
@@ -459,14 +539,17 @@ class RawSubscriber(Watched):
                     await self._serve(ws)
             except websockets.ConnectionClosed as exc:
                 rcvd = exc.rcvd
-                self.closes.append((time.monotonic(), rcvd.code if rcvd else None,
-                                    rcvd.reason if rcvd else ""))
+                self.closes.append(
+                    (time.monotonic(), rcvd.code if rcvd else None, rcvd.reason if rcvd else "")
+                )
                 if rcvd is not None and rcvd.code in (4000, 4002, 1009):
                     self._need_snapshot = True
             except (OSError, TimeoutError, websockets.WebSocketException) as exc:
                 self.errors.append(f"{type(exc).__name__}: {exc}")
-                if isinstance(exc, websockets.InvalidStatus) and \
-                        exc.response.status_code in (401, 403):
+                if isinstance(exc, websockets.InvalidStatus) and exc.response.status_code in (
+                    401,
+                    403,
+                ):
                     return
             finally:
                 self.connected = False
@@ -485,8 +568,7 @@ class RawSubscriber(Watched):
             if isinstance(msg, Hello):
                 self.hello = msg
                 self.connected = True
-                if self._version is None or msg.epoch != self.epoch or \
-                        msg.version < self._version:
+                if self._version is None or msg.epoch != self.epoch or msg.version < self._version:
                     self._need_snapshot = True
                 self.events.append(Applied(now, "hello", msg.version, self._version, self.epoch))
                 continue
@@ -513,8 +595,16 @@ class RawSubscriber(Watched):
                 self._version = msg.version
             else:
                 continue
-            self.events.append(Applied(now, msg.type, msg.version, self._version, self.epoch,
-                                       flags=frozenset(self.flags)))
+            self.events.append(
+                Applied(
+                    now,
+                    msg.type,
+                    msg.version,
+                    self._version,
+                    self.epoch,
+                    flags=frozenset(self.flags),
+                )
+            )
             if self.ack:
                 await ws.send(encode(Ack(self._version)))
 
@@ -545,8 +635,9 @@ class ReadyMonitor:
     While Redis cannot be read nothing is sampled (nothing can be written then).
     """
 
-    def __init__(self, view: RedisView, watched: list[Watched], interval: float = 0.05,
-                 slack: float = 1.0) -> None:
+    def __init__(
+        self, view: RedisView, watched: list[Watched], interval: float = 0.05, slack: float = 1.0
+    ) -> None:
         self.view, self.watched = view, watched
         self.interval, self.slack = interval, slack
         self.behind_since: dict[int, float] = {}
@@ -577,7 +668,8 @@ class ReadyMonitor:
                     if lag > w.timeout + self.slack and lag > self.worst.get(w.name, 0.0):
                         self.breaches[w.name] = (
                             f"{w.name} READY at version {v} while Redis had {versions[w.env]}: "
-                            f"behind and READY for {lag:.1f}s (timeout {w.timeout}s)")
+                            f"behind and READY for {lag:.1f}s (timeout {w.timeout}s)"
+                        )
                     self.worst[w.name] = max(self.worst.get(w.name, 0.0), lag)
                 else:
                     self.behind_since.pop(id(w), None)
@@ -600,6 +692,7 @@ class ReadyMonitor:
 
 async def wait_converged(view: RedisView, watched: Sequence[Watched], within: float) -> None:
     """Wait until every client holds Redis's version of its environment."""
+
     async def done() -> bool:
         versions: dict[str, int] = {}
         for w in watched:
@@ -659,8 +752,7 @@ async def check_invariants(
         await wait_converged(view, watched, converge_timeout)
     except AssertionError as exc:
         extra = monitor.violations if monitor is not None else []
-        raise AssertionError("invariants broken:\n  " + "\n  ".join([str(exc), *extra])
-                             ) from None
+        raise AssertionError("invariants broken:\n  " + "\n  ".join([str(exc), *extra])) from None
     finally:
         if monitor is not None:
             await monitor.stop()
@@ -675,8 +767,9 @@ async def check_invariants(
         if w.version != version:
             problems.append(f"{w.name}: version {w.version}, Redis {version}")
         if c_flags != flags:
-            diff = sorted(k for k in flags.keys() | c_flags.keys()
-                          if flags.get(k) != c_flags.get(k))
+            diff = sorted(
+                k for k in flags.keys() | c_flags.keys() if flags.get(k) != c_flags.get(k)
+            )
             problems.append(f"{w.name}: flags differ from Redis on {diff[:10]}")
         if c_segments != segments:
             problems.append(f"{w.name}: segments differ from Redis")
@@ -688,21 +781,27 @@ async def check_invariants(
     # 3. acknowledged changes are all there
     acked = sorted((w for w in writes if w.acked), key=lambda w: (w.env, w.env_version or 0))
     last: dict[tuple[str, str], Write] = {}
-    uncertain = {(w.env, w.key) for w in writes if not w.acked and w.status in (0, 500, 502,
-                                                                                503, 504)}
+    uncertain = {
+        (w.env, w.key) for w in writes if not w.acked and w.status in (0, 500, 502, 503, 504)
+    }
     for w in acked:
         assert w.env_version is not None
         entry = await view.change(w.env, w.env_version)
         if entry is None:
-            problems.append(f"acknowledged change {w.env}@{w.env_version} ({w.op} {w.key}) "
-                            "is not in Redis's change log")
+            problems.append(
+                f"acknowledged change {w.env}@{w.env_version} ({w.op} {w.key}) "
+                "is not in Redis's change log"
+            )
         elif entry.get("key") != w.key:
-            problems.append(f"change log entry {w.env}@{w.env_version} is for "
-                            f"{entry.get('key')!r}, the API acknowledged {w.key!r}")
+            problems.append(
+                f"change log entry {w.env}@{w.env_version} is for "
+                f"{entry.get('key')!r}, the API acknowledged {w.key!r}"
+            )
         version = state[w.env][0]
         if w.env_version > version:
-            problems.append(f"acknowledged {w.env}@{w.env_version} is past Redis's version "
-                            f"{version}")
+            problems.append(
+                f"acknowledged {w.env}@{w.env_version} is past Redis's version {version}"
+            )
         last[(w.env, w.key)] = w
     for (env, key), w in last.items():
         if (env, key) in uncertain:
@@ -710,12 +809,16 @@ async def check_invariants(
         doc = state[env][1].get(key)
         if w.op == "delete":
             if doc is not None:
-                problems.append(f"flag {env}/{key} deleted at {w.env_version} (acknowledged) "
-                                f"but Redis holds version {doc.get('version')}")
+                problems.append(
+                    f"flag {env}/{key} deleted at {w.env_version} (acknowledged) "
+                    f"but Redis holds version {doc.get('version')}"
+                )
         elif doc is None or doc.get("version") != w.flag_version:
-            problems.append(f"flag {env}/{key}: the API acknowledged version {w.flag_version} "
-                            f"(env {w.env_version}) last, Redis holds "
-                            f"{None if doc is None else doc.get('version')}")
+            problems.append(
+                f"flag {env}/{key}: the API acknowledged version {w.flag_version} "
+                f"(env {w.env_version}) last, Redis holds "
+                f"{None if doc is None else doc.get('version')}"
+            )
     for c in watched:
         top = max((w.env_version or 0 for w in acked if w.env == c.env), default=0)
         if (c.version or 0) < top:
@@ -726,8 +829,14 @@ async def check_invariants(
     for d in acked:
         if d.op != "delete":
             continue
-        again = [w.env_version for w in acked if w.env == d.env and w.key == d.key
-                 and w.op != "delete" and (w.env_version or 0) > (d.env_version or 0)]
+        again = [
+            w.env_version
+            for w in acked
+            if w.env == d.env
+            and w.key == d.key
+            and w.op != "delete"
+            and (w.env_version or 0) > (d.env_version or 0)
+        ]
         deletions.append((d.env, d.key, d.env_version or 0, min(again) if again else None))
     for c in watched:
         for env, key, at, until in deletions:
@@ -739,8 +848,10 @@ async def check_invariants(
                 if until is not None and e.held >= until:
                     continue
                 if key in e.flags:
-                    problems.append(f"{c.name}: deleted flag {key!r} (at {at}) held again at "
-                                    f"version {e.held} after a {e.type}")
+                    problems.append(
+                        f"{c.name}: deleted flag {key!r} (at {at}) held again at "
+                        f"version {e.held} after a {e.type}"
+                    )
                     break
 
     # 5. READY while behind

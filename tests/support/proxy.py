@@ -30,8 +30,9 @@ _CHUNK = 65536
 class _Link:
     """One proxied connection: client side and upstream side."""
 
-    def __init__(self, proxy: FaultProxy, c_reader: asyncio.StreamReader,
-                 c_writer: asyncio.StreamWriter) -> None:
+    def __init__(
+        self, proxy: FaultProxy, c_reader: asyncio.StreamReader, c_writer: asyncio.StreamWriter
+    ) -> None:
         self.proxy = proxy
         self.c_reader, self.c_writer = c_reader, c_writer
         self.u_writer: asyncio.StreamWriter | None = None
@@ -39,8 +40,9 @@ class _Link:
 
     async def run(self) -> None:
         try:
-            u_reader, u_writer = await asyncio.open_connection(self.proxy.target_host,
-                                                               self.proxy.target_port)
+            u_reader, u_writer = await asyncio.open_connection(
+                self.proxy.target_host, self.proxy.target_port
+            )
         except OSError:
             self.c_writer.transport.abort()
             return
@@ -53,8 +55,9 @@ class _Link:
         await asyncio.wait(self.tasks, return_when=asyncio.FIRST_COMPLETED)
         await self.close(abort=False)
 
-    async def _pump(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
-                    direction: str) -> None:
+    async def _pump(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, direction: str
+    ) -> None:
         proxy = self.proxy
         with contextlib.suppress(OSError, asyncio.IncompleteReadError):
             while True:
@@ -129,8 +132,9 @@ class FaultProxy:
         return len(self._links)
 
     async def start(self) -> FaultProxy:
-        self._server = await asyncio.start_server(self._accept, "127.0.0.1", self.port,
-                                                  backlog=4096)
+        self._server = await asyncio.start_server(
+            self._accept, "127.0.0.1", self.port, backlog=4096
+        )
         self.port = self._server.sockets[0].getsockname()[1]
         return self
 

@@ -44,17 +44,41 @@ class ScriptedConn:
             await self.ws.send(message)
 
     async def hello(self, version: int, epoch: str = "e1", env: str = "prod") -> None:
-        await self.send({"type": "hello", "protocol": 1, "server": "scripted", "env": env,
-                         "epoch": epoch, "version": version, "heartbeat": 15})
+        await self.send(
+            {
+                "type": "hello",
+                "protocol": 1,
+                "server": "scripted",
+                "env": env,
+                "epoch": epoch,
+                "version": version,
+                "heartbeat": 15,
+            }
+        )
 
-    async def snapshot(self, version: int, flags: dict[str, Any], epoch: str = "e1",
-                       env: str = "prod", segments: dict[str, Any] | None = None) -> None:
-        await self.send({"type": "snapshot", "env": env, "epoch": epoch, "version": version,
-                         "flags": flags, "segments": segments or {}})
+    async def snapshot(
+        self,
+        version: int,
+        flags: dict[str, Any],
+        epoch: str = "e1",
+        env: str = "prod",
+        segments: dict[str, Any] | None = None,
+    ) -> None:
+        await self.send(
+            {
+                "type": "snapshot",
+                "env": env,
+                "epoch": epoch,
+                "version": version,
+                "flags": flags,
+                "segments": segments or {},
+            }
+        )
 
     async def patch(self, data: dict[str, Any], version: int, kind: str = "flag") -> None:
-        await self.send({"type": "patch", "kind": kind, "key": data["key"], "data": data,
-                         "version": version})
+        await self.send(
+            {"type": "patch", "kind": kind, "key": data["key"], "data": data, "version": version}
+        )
 
     async def expect(self, type_: str, timeout: float = 5.0) -> dict[str, Any]:  # noqa: ASYNC109
         """The next message the client sends of ``type_`` (others are skipped)."""
@@ -105,8 +129,13 @@ class ScriptedServer:
     def _process_request(self, ws: ServerConnection, request: Request) -> Response | None:
         self.handshakes += 1
         if self.reject is not None:
-            body = orjson.dumps({"title": "Unauthorized", "status": self.reject,
-                                 "detail": "unknown or revoked SDK key"}).decode()
+            body = orjson.dumps(
+                {
+                    "title": "Unauthorized",
+                    "status": self.reject,
+                    "detail": "unknown or revoked SDK key",
+                }
+            ).decode()
             return ws.respond(self.reject, body)
         return None
 
@@ -123,8 +152,9 @@ class ScriptedServer:
                 await pump
 
     async def __aenter__(self) -> ScriptedServer:
-        self._server = await serve(self._handler, "127.0.0.1", 0, compression=None,
-                                   process_request=self._process_request)
+        self._server = await serve(
+            self._handler, "127.0.0.1", 0, compression=None, process_request=self._process_request
+        )
         self.port = next(iter(self._server.sockets)).getsockname()[1]
         return self
 

@@ -74,7 +74,8 @@ class ServerProcess:
         self.redis_url = redis_url
         self.prefix = prefix
         self.admin_key = (
-            admin_key if admin_key is not None else f"fw_admin_test{secrets.token_hex(12)}")
+            admin_key if admin_key is not None else f"fw_admin_test{secrets.token_hex(12)}"
+        )
         self.workers = workers
         self.extra_env = dict(env or {})
         self._tmp = tempfile.mkdtemp(prefix="fw-server-")
@@ -102,8 +103,18 @@ class ServerProcess:
     # --- lifecycle ------------------------------------------------------------
 
     def command(self) -> list[str]:
-        cmd = [sys.executable, "-m", "flagwire_server", "serve", "--host", "127.0.0.1",
-               "--port", str(self.port), "--data-dir", str(self.data_dir)]
+        cmd = [
+            sys.executable,
+            "-m",
+            "flagwire_server",
+            "serve",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+            "--data-dir",
+            str(self.data_dir),
+        ]
         if self.redis_url:
             cmd += ["--redis-url", self.redis_url]
         if self.workers != 1:
@@ -113,11 +124,13 @@ class ServerProcess:
     def environment(self) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith("FLAGWIRE_")}
         env.pop("PROMETHEUS_MULTIPROC_DIR", None)
-        env.update({
-            "FLAGWIRE_REDIS_PREFIX": self.prefix,
-            "FLAGWIRE_LOG_FORMAT": "json",
-            "PYTHONUNBUFFERED": "1",
-        })
+        env.update(
+            {
+                "FLAGWIRE_REDIS_PREFIX": self.prefix,
+                "FLAGWIRE_LOG_FORMAT": "json",
+                "PYTHONUNBUFFERED": "1",
+            }
+        )
         if self.admin_key:
             env["FLAGWIRE_ADMIN_KEY"] = self.admin_key
         env.update(self.extra_env)
@@ -128,8 +141,12 @@ class ServerProcess:
         assert not self.running, "already running"
         self._log = open(self.log_path, "ab")  # noqa: SIM115 - closed in _reap
         self.proc = subprocess.Popen(
-            self.command(), env=self.environment(), cwd=str(_ROOT),
-            stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True,
+            self.command(),
+            env=self.environment(),
+            cwd=str(_ROOT),
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
         self.wait_ready(timeout)
         return self
@@ -140,14 +157,16 @@ class ServerProcess:
         while time.monotonic() < deadline:
             if self.proc is not None and self.proc.poll() is not None:
                 raise RuntimeError(
-                    f"flagwire serve exited with {self.proc.returncode}:\n{self.output()[-4000:]}")
+                    f"flagwire serve exited with {self.proc.returncode}:\n{self.output()[-4000:]}"
+                )
             status, body = self.get("/readyz", timeout=1.0)
             if status == 200:
                 return
             last = f"{status} {body[:300]!r}"
             time.sleep(0.05)
-        raise RuntimeError(f"flagwire serve not ready within {timeout}s ({last}):\n"
-                           f"{self.output()[-4000:]}")
+        raise RuntimeError(
+            f"flagwire serve not ready within {timeout}s ({last}):\n{self.output()[-4000:]}"
+        )
 
     def stop(self, timeout: float = 20.0) -> int | None:
         """SIGTERM and wait; returns the exit code (SIGKILL after ``timeout``)."""
@@ -216,8 +235,15 @@ class ServerProcess:
     def get(self, path: str, timeout: float = 5.0) -> tuple[int, str]:
         return self.request("GET", path, timeout=timeout)
 
-    def request(self, method: str, path: str, body: Any = None, *, key: str | None = None,
-                timeout: float = 30.0) -> tuple[int, str]:
+    def request(
+        self,
+        method: str,
+        path: str,
+        body: Any = None,
+        *,
+        key: str | None = None,
+        timeout: float = 30.0,
+    ) -> tuple[int, str]:
         """A plain HTTP request (admin key by default); returns ``(status, text)``."""
         data = json.dumps(body).encode() if body is not None else None
         req = urllib.request.Request(self.url + path, data=data, method=method)
@@ -247,7 +273,7 @@ def _cleanup_prefix(redis_url: str, prefix: str) -> None:
         r = redis.Redis.from_url(redis_url, socket_timeout=2)
         batch = list(r.scan_iter(match=f"{prefix}:*", count=1000))
         for i in range(0, len(batch), 500):
-            r.unlink(*batch[i:i + 500])
+            r.unlink(*batch[i : i + 500])
         r.close()
 
 

@@ -31,8 +31,9 @@ from flagwire.core.protocol import (
 __all__ = ["StreamClient", "connect_raw", "wait_until"]
 
 
-async def wait_until(predicate: Any, within: float = 10.0, interval: float = 0.01,
-                     what: str = "condition") -> None:
+async def wait_until(
+    predicate: Any, within: float = 10.0, interval: float = 0.01, what: str = "condition"
+) -> None:
     """Poll ``predicate()`` (sync or async) until true, else AssertionError after ``within`` s."""
     deadline = time.monotonic() + within
     while True:
@@ -46,8 +47,14 @@ async def wait_until(predicate: Any, within: float = 10.0, interval: float = 0.0
         await asyncio.sleep(interval)
 
 
-async def connect_raw(ws_url: str, key: str | None, *, query: dict[str, Any] | None = None,
-                      headers: dict[str, str] | None = None, **kwargs: Any) -> ClientConnection:
+async def connect_raw(
+    ws_url: str,
+    key: str | None,
+    *,
+    query: dict[str, Any] | None = None,
+    headers: dict[str, str] | None = None,
+    **kwargs: Any,
+) -> ClientConnection:
     all_headers = dict(headers or {})
     if key is not None:
         all_headers["Authorization"] = f"Bearer {key}"
@@ -61,8 +68,15 @@ async def connect_raw(ws_url: str, key: str | None, *, query: dict[str, Any] | N
 class StreamClient:
     """Connects, applies hello/snapshot/patch/delete, acks, and remembers everything."""
 
-    def __init__(self, ws_url: str, key: str, *, env: str | None = None, ack: bool = True,
-                 resync_on_gap: bool = True) -> None:
+    def __init__(
+        self,
+        ws_url: str,
+        key: str,
+        *,
+        env: str | None = None,
+        ack: bool = True,
+        resync_on_gap: bool = True,
+    ) -> None:
         self.ws_url = ws_url
         self.key = key
         self.env = env
@@ -154,15 +168,17 @@ class StreamClient:
 
     def since_hello(self) -> list[Any]:
         """Messages of the current connection, hello first."""
-        return self.messages[self.hello_at:]
+        return self.messages[self.hello_at :]
 
     async def wait_version(self, version: int, within: float = 10.0) -> None:
-        await wait_until(lambda: self.version >= version, within,
-                         what=f"version {version} (have {self.version})")
+        await wait_until(
+            lambda: self.version >= version, within, what=f"version {version} (have {self.version})"
+        )
 
     async def wait_closed(self, within: float = 10.0) -> int:
-        await wait_until(lambda: self._task is not None and self._task.done(), within,
-                         what="the stream to close")
+        await wait_until(
+            lambda: self._task is not None and self._task.done(), within, what="the stream to close"
+        )
         assert self.close_code is not None
         return self.close_code
 

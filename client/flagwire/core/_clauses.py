@@ -254,8 +254,10 @@ def _ordered(parse: Callable[[Any], Any], op: str, values: list[Any]) -> Test:
     keys = [parse(v) for v in values]
     hi, lo = max(keys), min(keys)
     compare: Callable[[Any], bool] = {
-        "lt": lambda k: k < hi, "lte": lambda k: k <= hi,
-        "gt": lambda k: k > lo, "gte": lambda k: k >= lo,
+        "lt": lambda k: k < hi,
+        "lte": lambda k: k <= hi,
+        "gt": lambda k: k > lo,
+        "gte": lambda k: k >= lo,
     }[op]
 
     def test(x: Any) -> bool:

@@ -121,8 +121,9 @@ def compile_flag(doc: Any) -> CompiledFlag:
 def malformed_flag(key: str, why: str) -> CompiledFlag:
     """A flag that answers MALFORMED_FLAG to every evaluation (``why`` is kept for debugging)."""
 
-    def run(ctx: Mapping[str, Any], ckey: str, env: Env,
-            chain: tuple[str, ...]) -> EvaluationDetail:
+    def run(
+        ctx: Mapping[str, Any], ckey: str, env: Env, chain: tuple[str, ...]
+    ) -> EvaluationDetail:
         raise MalformedError(why)
 
     return CompiledFlag(key, _Anything(), False, run)
@@ -149,8 +150,13 @@ def _compile_valid_flag(d: dict[str, Any]) -> CompiledFlag:
     gen = _Generator()
     if d["prerequisites"]:
         prereqs = tuple(
-            (p["key"], p["variation"], EvaluationDetail(
-                off_value, off_index, Reason.PREREQUISITE_FAILED, prerequisite_key=p["key"]))
+            (
+                p["key"],
+                p["variation"],
+                EvaluationDetail(
+                    off_value, off_index, Reason.PREREQUISITE_FAILED, prerequisite_key=p["key"]
+                ),
+            )
             for p in d["prerequisites"]
         )
         check = gen.bind(_prerequisite_check(key, prereqs))
@@ -173,8 +179,10 @@ def _compile_valid_flag(d: dict[str, Any]) -> CompiledFlag:
         # A huge flag: compiling thousands of inlined clauses would take longer
         # than it could ever save, so its rules run as a loop over closures.
         table = tuple(
-            (match_all(tuple(compile_clause(c) for c in r["clauses"])),
-             *_serve_parts(r, d["salt"], variations, Reason.RULE_MATCH, i, r.get("id")))
+            (
+                match_all(tuple(compile_clause(c) for c in r["clauses"])),
+                *_serve_parts(r, d["salt"], variations, Reason.RULE_MATCH, i, r.get("id")),
+            )
             for i, r in enumerate(d["rules"])
         )
         gen.line(f"for match, fixed, pick in {gen.bind(table)}:")
@@ -191,8 +199,9 @@ def _prerequisite_check(
 
     alone = (key,)  # the chain when this flag is the one being evaluated: no allocation
 
-    def failed(ctx: Mapping[str, Any], ckey: str, env: Env,
-               chain: tuple[str, ...]) -> EvaluationDetail | None:
+    def failed(
+        ctx: Mapping[str, Any], ckey: str, env: Env, chain: tuple[str, ...]
+    ) -> EvaluationDetail | None:
         chain = (*chain, key) if chain else alone
         for pkey, pvar, fail in prereqs:
             got = env.prerequisite(pkey, ctx, ckey, chain)
@@ -210,8 +219,12 @@ _INLINE_CLAUSES: Final = 128
 
 
 def _serve_parts(
-    obj: dict[str, Any], salt: str, variations: list[Any], reason: Reason,
-    index: int | None, rule_id: str | None,
+    obj: dict[str, Any],
+    salt: str,
+    variations: list[Any],
+    reason: Reason,
+    index: int | None,
+    rule_id: str | None,
 ) -> tuple[EvaluationDetail, Picker | None]:
     """What a rule or the fallthrough serves: a prebuilt detail, or a rollout picker.
 
@@ -224,16 +237,21 @@ def _serve_parts(
     return details[0], _picker(base, obj["rollout"]["bucket_by"], cum, details)
 
 
-def _detail(variations: list[Any], v: int, reason: Reason, index: int | None,
-            rule_id: str | None) -> EvaluationDetail:
+def _detail(
+    variations: list[Any], v: int, reason: Reason, index: int | None, rule_id: str | None
+) -> EvaluationDetail:
     if index is None:
         return EvaluationDetail(variations[v], v, reason)
     return EvaluationDetail(variations[v], v, reason, rule_index=index, rule_id=rule_id)
 
 
 def _rollout_parts(
-    roll: dict[str, Any], salt: str, variations: list[Any], reason: Reason,
-    index: int | None, rule_id: str | None,
+    roll: dict[str, Any],
+    salt: str,
+    variations: list[Any],
+    reason: Reason,
+    index: int | None,
+    rule_id: str | None,
 ) -> tuple[Any, tuple[int, ...], tuple[EvaluationDetail, ...]]:
     """The salted hash state, the running totals of the weights and a detail per slot.
 
@@ -244,8 +262,10 @@ def _rollout_parts(
     for slot in roll["variations"]:
         total += slot["weight"]
         cumulative.append(total)
-    details = tuple(_detail(variations, slot["variation"], reason, index, rule_id)
-                    for slot in roll["variations"])
+    details = tuple(
+        _detail(variations, slot["variation"], reason, index, rule_id)
+        for slot in roll["variations"]
+    )
     return base, tuple(cumulative), details
 
 
@@ -278,8 +298,17 @@ class _Generator:
         # (a missing attribute never matches: skip the call to the general code)
         return f"(({expr}) if {guard} else (v is not None and {slow}(ctx, env)))"
 
-    def serve(self, obj: dict[str, Any], salt: str, variations: list[Any], reason: Reason,
-              index: int | None, rule_id: str | None, *, indent: int) -> None:
+    def serve(
+        self,
+        obj: dict[str, Any],
+        salt: str,
+        variations: list[Any],
+        reason: Reason,
+        index: int | None,
+        rule_id: str | None,
+        *,
+        indent: int,
+    ) -> None:
         if "variation" in obj or obj["rollout"]["bucket_by"] != "key":
             fixed, pick = _serve_parts(obj, salt, variations, reason, index, rule_id)
             if pick is None:
@@ -288,12 +317,14 @@ class _Generator:
                 self.line(f"return {self.bind(pick)}(ctx, ckey)", indent)
             return
         # Bucketing by the context key (the usual case) is inlined: see _bucketing.
-        base, cumulative, details = _rollout_parts(obj["rollout"], salt, variations, reason,
-                                                   index, rule_id)
+        base, cumulative, details = _rollout_parts(
+            obj["rollout"], salt, variations, reason, index, rule_id
+        )
         self.line(f"h = {self.bind(base.copy)}()", indent)
         self.line("try: h.update(ckey.encode())", indent)
-        self.line("except UnicodeEncodeError: h.update(ckey.encode('utf-8', 'surrogatepass'))",
-                  indent)
+        self.line(
+            "except UnicodeEncodeError: h.update(ckey.encode('utf-8', 'surrogatepass'))", indent
+        )
         if len(details) > 4:
             cum, dets = self.bind(cumulative), self.bind(details)
             self.line(f"return {dets}[bisect_right({cum}, Q(h.digest())[0] % {BUCKETS})]", indent)
@@ -308,9 +339,9 @@ class _Generator:
     def build(self) -> Runner:
         names = ", ".join(f"_{i}" for i in range(len(self.values)))
         body = "\n".join(self.lines)
-        source = (f"def factory({names}):\n"
-                  f"    def run(ctx, ckey, env, chain):\n{body}\n"
-                  f"    return run\n")
+        source = (
+            f"def factory({names}):\n    def run(ctx, ckey, env, chain):\n{body}\n    return run\n"
+        )
         runner: Runner = _factory(source)(*self.values)
         return runner
 
@@ -324,8 +355,9 @@ def _factory(source: str) -> Callable[..., Runner]:
     return factory
 
 
-def _picker(base: Any, by: str, cum: tuple[int, ...],
-            details: tuple[EvaluationDetail, ...]) -> Picker:
+def _picker(
+    base: Any, by: str, cum: tuple[int, ...], details: tuple[EvaluationDetail, ...]
+) -> Picker:
     """A rollout bucketing by attribute ``by``; an unusable value falls back to the key."""
     copy = base.copy
     attr = None if by == "key" else by

@@ -20,7 +20,13 @@ from types import MappingProxyType
 from typing import Any, Final
 
 from flagwire.core._clauses import CompiledSegment, MalformedError, compile_segment
-from flagwire.core._compile import USE_DEFAULT, CompiledFlag, CycleError, compile_flag, malformed_flag
+from flagwire.core._compile import (
+    USE_DEFAULT,
+    CompiledFlag,
+    CycleError,
+    compile_flag,
+    malformed_flag,
+)
 from flagwire.core.detail import ErrorKind, EvaluationDetail, Reason
 from flagwire.core.errors import ValidationError
 from flagwire.core.model import KEY_RE, LIMITS
@@ -105,8 +111,10 @@ class Snapshot:
         return self._epoch
 
     def __repr__(self) -> str:
-        return (f"<Snapshot epoch={self._epoch!r} version={self._version} "
-                f"flags={len(self._flags)} segments={len(self._segments)}>")
+        return (
+            f"<Snapshot epoch={self._epoch!r} version={self._version} "
+            f"flags={len(self._flags)} segments={len(self._segments)}>"
+        )
 
     # --- changes -------------------------------------------------------------
 
@@ -202,8 +210,9 @@ class Snapshot:
             # attribute whose __eq__ raises...) can get here.
             return _error(default, ErrorKind.INVALID_CONTEXT)
         if detail.value is USE_DEFAULT:
-            return EvaluationDetail(default, None, detail.reason,
-                                    prerequisite_key=detail.prerequisite_key)
+            return EvaluationDetail(
+                default, None, detail.reason, prerequisite_key=detail.prerequisite_key
+            )
         return detail
 
     def evaluate_all(self, context: Mapping[str, Any]) -> dict[str, EvaluationDetail]:

@@ -73,8 +73,21 @@ LIMITS: Final = Limits()
 
 _SERVER_FIELDS: Final = ("version", "created_at", "updated_at", "updated_by")
 _FLAG_FIELDS: Final = frozenset(
-    {"key", "name", "description", "tags", "on", "variations", "off_variation", "targets",
-     "rules", "fallthrough", "prerequisites", "salt", *_SERVER_FIELDS}
+    {
+        "key",
+        "name",
+        "description",
+        "tags",
+        "on",
+        "variations",
+        "off_variation",
+        "targets",
+        "rules",
+        "fallthrough",
+        "prerequisites",
+        "salt",
+        *_SERVER_FIELDS,
+    }
 )
 _SEGMENT_FIELDS: Final = frozenset(
     {"key", "name", "description", "tags", "included", "excluded", "rules", *_SERVER_FIELDS}
@@ -166,16 +179,22 @@ class _Checker:
     def key(self, value: Any, path: str) -> bool:
         if isinstance(value, str) and KEY_RE.match(value):
             return True
-        self.err(path, f"{_show(value)} is not a valid key (lowercase letters, digits, '.', '_', "
-                       "'-'; starting with a letter or digit; at most 128 characters)")
+        self.err(
+            path,
+            f"{_show(value)} is not a valid key (lowercase letters, digits, '.', '_', "
+            "'-'; starting with a letter or digit; at most 128 characters)",
+        )
         return False
 
     def index(self, value: Any, path: str, count: int) -> bool:
         if value.__class__ is not int:
             self.err(path, f"expected a variation index (integer), got {_show(value)}")
         elif not 0 <= value < count:
-            self.err(path, f"variation index {value} out of range; the flag has {count} "
-                           f"variation{'s' if count != 1 else ''} (0..{count - 1})")
+            self.err(
+                path,
+                f"variation index {value} out of range; the flag has {count} "
+                f"variation{'s' if count != 1 else ''} (0..{count - 1})",
+            )
         else:
             return True
         return False
@@ -261,13 +280,18 @@ def validate_flag(doc: object) -> dict[str, Any]:
         kinds = [_kind_of(v) for v in variations]
         for i, kind in enumerate(kinds):
             if kind is None:
-                check.err(f"variations[{i}]", f"not a boolean, string, number, object or array: "
-                                              f"{_show(variations[i])}")
+                check.err(
+                    f"variations[{i}]",
+                    f"not a boolean, string, number, object or array: {_show(variations[i])}",
+                )
         if kinds[0] is not None:
             for i, kind in enumerate(kinds):
                 if kind is not None and kind != kinds[0]:
-                    check.err(f"variations[{i}]", f"is a {kind} but variations[0] is a "
-                                                  f"{kinds[0]}; all variations must be one kind")
+                    check.err(
+                        f"variations[{i}]",
+                        f"is a {kind} but variations[0] is a "
+                        f"{kinds[0]}; all variations must be one kind",
+                    )
     in_range: Callable[[Any, str], bool] = (
         (lambda v, p: check.index(v, p, count)) if count else (lambda v, p: _is_index(check, v, p))
     )
@@ -323,8 +347,10 @@ def validate_flag(doc: object) -> dict[str, Any]:
             if pvar is None:
                 check.err(f"{path}.variation", "required")
             elif pvar.__class__ is not int or pvar < 0:
-                check.err(f"{path}.variation", f"expected a variation index of the "
-                                               f"prerequisite flag, got {_show(pvar)}")
+                check.err(
+                    f"{path}.variation",
+                    f"expected a variation index of the prerequisite flag, got {_show(pvar)}",
+                )
 
     d.setdefault("salt", key if isinstance(key, str) else "")
     check.text(d["salt"], "salt", LIMITS.max_name_length, empty=False)
@@ -368,8 +394,9 @@ def _strings(check: _Checker, values: Iterable[Any], path: str, what: str) -> No
             check.err(f"{path}[{i}]", f"expected {what}, got {_show(v)}")
 
 
-def _rules(check: _Checker, rules: list[Any], in_range: Callable[[Any, str], bool],
-           *, segment: bool) -> None:
+def _rules(
+    check: _Checker, rules: list[Any], in_range: Callable[[Any, str], bool], *, segment: bool
+) -> None:
     ids: dict[str, int] = {}
     for i, rule in enumerate(rules):
         path = f"rules[{i}]"
@@ -394,8 +421,9 @@ def _rules(check: _Checker, rules: list[Any], in_range: Callable[[Any, str], boo
             _serve(check, rule, path, in_range, whole=False)
 
 
-def _serve(check: _Checker, obj: Any, path: str, in_range: Callable[[Any, str], bool],
-           *, whole: bool) -> None:
+def _serve(
+    check: _Checker, obj: Any, path: str, in_range: Callable[[Any, str], bool], *, whole: bool
+) -> None:
     """Check what a rule or the fallthrough serves: exactly one of variation/rollout."""
     if not check.obj(obj, path, "an object with a variation or a rollout"):
         return
@@ -403,8 +431,10 @@ def _serve(check: _Checker, obj: Any, path: str, in_range: Callable[[Any, str], 
         check.fields(obj, _SERVE_FIELDS, path)
     has_var, has_roll = "variation" in obj, "rollout" in obj
     if has_var == has_roll:
-        check.err(path, "must serve exactly one of variation or rollout"
-                        + (", not both" if has_var else ""))
+        check.err(
+            path,
+            "must serve exactly one of variation or rollout" + (", not both" if has_var else ""),
+        )
     if has_var:
         in_range(obj["variation"], _join(path, "variation"))
     if has_roll:
@@ -436,14 +466,20 @@ def _rollout(check: _Checker, roll: Any, path: str, in_range: Callable[[Any, str
             in_range(slot["variation"], f"{spath}.variation")
         weight = slot.get("weight")
         if weight.__class__ is not int or not 0 <= weight <= WEIGHT_TOTAL:
-            check.err(f"{spath}.weight", f"expected an integer 0..{WEIGHT_TOTAL} (thousandths of "
-                                         f"a percent), got {_show(weight)}")
+            check.err(
+                f"{spath}.weight",
+                f"expected an integer 0..{WEIGHT_TOTAL} (thousandths of "
+                f"a percent), got {_show(weight)}",
+            )
             ok = False
         else:
             total += weight
     if ok and total != WEIGHT_TOTAL:
-        check.err(f"{path}.variations", f"weights sum to {total}; they must sum to "
-                                        f"{WEIGHT_TOTAL} (100% in thousandths of a percent)")
+        check.err(
+            f"{path}.variations",
+            f"weights sum to {total}; they must sum to "
+            f"{WEIGHT_TOTAL} (100% in thousandths of a percent)",
+        )
 
 
 def _clause(check: _Checker, clause: Any, path: str, *, segment: bool) -> None:
@@ -454,8 +490,9 @@ def _clause(check: _Checker, clause: Any, path: str, *, segment: bool) -> None:
     if op is None:
         check.err(f"{path}.op", "required")
     elif op not in OPERATORS:
-        check.err(f"{path}.op", f"unknown operator {_show(op)}; expected one of "
-                                f"{', '.join(OPERATORS)}")
+        check.err(
+            f"{path}.op", f"unknown operator {_show(op)}; expected one of {', '.join(OPERATORS)}"
+        )
         op = None
     if segment and op == "segment_match":
         check.err(f"{path}.op", "segment_match is not allowed inside a segment")
@@ -463,8 +500,9 @@ def _clause(check: _Checker, clause: Any, path: str, *, segment: bool) -> None:
         if "attribute" not in clause:
             check.err(f"{path}.attribute", "required")
         else:
-            check.text(clause["attribute"], f"{path}.attribute", LIMITS.max_name_length,
-                       empty=False)
+            check.text(
+                clause["attribute"], f"{path}.attribute", LIMITS.max_name_length, empty=False
+            )
     clause.setdefault("negate", False)
     if clause["negate"] is not True and clause["negate"] is not False:
         check.err(f"{path}.negate", f"expected true or false, got {_show(clause['negate'])}")
@@ -492,8 +530,10 @@ def _value_problem(op: str, value: Any) -> str | None:
             return f"expected a string, got {_show(value)}"
         if op == "matches":
             if len(value) > LIMITS.max_regex_length:
-                return (f"regular expression is {len(value)} characters; "
-                        f"limit {LIMITS.max_regex_length}")
+                return (
+                    f"regular expression is {len(value)} characters; "
+                    f"limit {LIMITS.max_regex_length}"
+                )
             try:
                 re.compile(value)
             except (re.error, RecursionError, OverflowError) as exc:
@@ -503,8 +543,10 @@ def _value_problem(op: str, value: Any) -> str | None:
         return None if is_number(value) else f"expected a number, got {_show(value)}"
     if op in DATE_OPS:
         if parse_timestamp(value) is None:
-            return (f"expected an RFC 3339 timestamp with a zone (2024-05-01T12:00:00Z) or "
-                    f"epoch milliseconds, got {_show(value)}")
+            return (
+                f"expected an RFC 3339 timestamp with a zone (2024-05-01T12:00:00Z) or "
+                f"epoch milliseconds, got {_show(value)}"
+            )
         return None
     if op in SEMVER_OPS:
         if parse_semver(value) is None:

@@ -104,8 +104,11 @@ async def authenticate(request: Request, *, sdk_env: str | None = None) -> Princ
         session = await _session(request)
         if session is not None:
             return _from_session(request, keys, session, per_key)
-        raise Problem(401, "missing API key: send Authorization: Bearer <admin key>",
-                      headers={"WWW-Authenticate": "Bearer"})
+        raise Problem(
+            401,
+            "missing API key: send Authorization: Bearer <admin key>",
+            headers={"WWW-Authenticate": "Bearer"},
+        )
     wait = bad_keys.blocked(ip)
     if wait:
         raise _too_many(wait, "too many requests with invalid keys from this address")
@@ -122,9 +125,7 @@ async def authenticate(request: Request, *, sdk_env: str | None = None) -> Princ
     return Principal(record.id, record.name, record.kind, record.env, "key")
 
 
-def _from_session(
-    request: Request, keys: KeyRing, session: Any, per_key: RateLimiter
-) -> Principal:
+def _from_session(request: Request, keys: KeyRing, session: Any, per_key: RateLimiter) -> Principal:
     key_id = str(getattr(session, "key_id", ""))
     record = keys.get(key_id)
     if record is not None and record.revoked_at is not None:

@@ -62,10 +62,19 @@ def _register(kind: Kind, plural: str) -> None:
     base = f"/environments/{{env}}/{plural}"
     one = f"{base}/{{key}}"
 
-    @api("GET", base, operation_id=f"list{title}s", summary=f"List {plural}", tag=plural,
-         responses={200: f"{title}List"}, errors=(400, 404),
-         query=(Param("tag", {"type": "string"}, "only documents with this tag"),
-                Param("q", {"type": "string"}, "substring of key, name or description")))
+    @api(
+        "GET",
+        base,
+        operation_id=f"list{title}s",
+        summary=f"List {plural}",
+        tag=plural,
+        responses={200: f"{title}List"},
+        errors=(400, 404),
+        query=(
+            Param("tag", {"type": "string"}, "only documents with this tag"),
+            Param("q", {"type": "string"}, "substring of key, name or description"),
+        ),
+    )
     async def list_docs(request: Request, who: Principal | None) -> Response:
         env = env_param(request)
         state = await store(request).load_env(env)
@@ -74,9 +83,17 @@ def _register(kind: Kind, plural: str) -> None:
         items = [d for k, d in sorted(docs.items()) if _matches(d, tag, q)]
         return json_response({plural: items, "env_version": state.version})
 
-    @api("POST", base, operation_id=f"create{title}", summary=f"Create a {kind} (409 if it exists)",
-         tag=plural, responses={201: f"{title}Write"}, body=f"{schema}Input", write=True,
-         errors=_WRITE_ERRORS)
+    @api(
+        "POST",
+        base,
+        operation_id=f"create{title}",
+        summary=f"Create a {kind} (409 if it exists)",
+        tag=plural,
+        responses={201: f"{title}Write"},
+        body=f"{schema}Input",
+        write=True,
+        errors=_WRITE_ERRORS,
+    )
     async def create(request: Request, who: Principal | None) -> Response:
         env = env_param(request)
         wait = wait_param(request)
@@ -84,46 +101,78 @@ def _register(kind: Kind, plural: str) -> None:
         res = await store(request).put(env, kind, body, actor=_actor(who), create=True)
         return await write_response(request, env, res, wait, created=True)
 
-    @api("GET", one, operation_id=f"get{title}", summary=f"Get a {kind}", tag=plural,
-         responses={200: schema}, errors=(400, 404))
+    @api(
+        "GET",
+        one,
+        operation_id=f"get{title}",
+        summary=f"Get a {kind}",
+        tag=plural,
+        responses={200: schema},
+        errors=(400, 404),
+    )
     async def get(request: Request, who: Principal | None) -> Response:
         env, key = env_param(request), _key(request, kind)
         doc = await store(request).get_doc(env, kind, key)
         return json_response(doc, headers={"ETag": f'"{doc.get("version", 0)}"'})
 
-    @api("PUT", one, operation_id=f"replace{title}",
-         summary=f"Replace a {kind} (creates it when absent)", tag=plural,
-         responses={200: f"{title}Write", 201: f"{title}Write"}, body=f"{schema}Input",
-         write=True, errors=_WRITE_ERRORS)
+    @api(
+        "PUT",
+        one,
+        operation_id=f"replace{title}",
+        summary=f"Replace a {kind} (creates it when absent)",
+        tag=plural,
+        responses={200: f"{title}Write", 201: f"{title}Write"},
+        body=f"{schema}Input",
+        write=True,
+        errors=_WRITE_ERRORS,
+    )
     async def replace(request: Request, who: Principal | None) -> Response:
         env = env_param(request)
         key = str(request.path_params["key"])
         wait = wait_param(request)
         body = await read_json(request)
         expected = expected_version(request, body)
-        res = await store(request).put(env, kind, body, actor=_actor(who), expected=expected,
-                                       key=key)
+        res = await store(request).put(
+            env, kind, body, actor=_actor(who), expected=expected, key=key
+        )
         return await write_response(request, env, res, wait, created=res.previous is None)
 
-    @api("PATCH", one, operation_id=f"patch{title}",
-         summary=f'Merge-patch a {kind} (RFC 7386; {{"on": false}} is the kill switch)',
-         tag=plural, responses={200: f"{title}Write"}, body="MergePatch", write=True,
-         errors=_WRITE_ERRORS)
+    @api(
+        "PATCH",
+        one,
+        operation_id=f"patch{title}",
+        summary=f'Merge-patch a {kind} (RFC 7386; {{"on": false}} is the kill switch)',
+        tag=plural,
+        responses={200: f"{title}Write"},
+        body="MergePatch",
+        write=True,
+        errors=_WRITE_ERRORS,
+    )
     async def patch(request: Request, who: Principal | None) -> Response:
         env, key = env_param(request), _key(request, kind)
         wait = wait_param(request)
         body = await read_json(request)
         if not isinstance(body, dict):
-            raise Problem(422, "a merge patch must be a JSON object",
-                          errors=[("", "not an object")])
+            raise Problem(
+                422, "a merge patch must be a JSON object", errors=[("", "not an object")]
+            )
         expected = expected_version(request, body)
         merge = {k: v for k, v in body.items() if k != "version"}
-        res = await store(request).patch(env, kind, key, merge, actor=_actor(who),
-                                         expected=expected)
+        res = await store(request).patch(
+            env, kind, key, merge, actor=_actor(who), expected=expected
+        )
         return await write_response(request, env, res, wait)
 
-    @api("DELETE", one, operation_id=f"delete{title}", summary=f"Delete a {kind}", tag=plural,
-         responses={200: f"{title}Write"}, write=True, errors=(400, 404, 409))
+    @api(
+        "DELETE",
+        one,
+        operation_id=f"delete{title}",
+        summary=f"Delete a {kind}",
+        tag=plural,
+        responses={200: f"{title}Write"},
+        write=True,
+        errors=(400, 404, 409),
+    )
     async def delete(request: Request, who: Principal | None) -> Response:
         env, key = env_param(request), _key(request, kind)
         wait = wait_param(request)
@@ -131,10 +180,17 @@ def _register(kind: Kind, plural: str) -> None:
         res = await store(request).delete(env, kind, key, actor=_actor(who), expected=expected)
         return await write_response(request, env, res, wait)
 
-    @api("POST", f"{one}/copy", operation_id=f"copy{title}",
-         summary=f"Copy a {kind} to another environment (create or replace there)", tag=plural,
-         responses={200: f"{title}Write", 201: f"{title}Write"}, body="CopyRequest", write=True,
-         errors=_WRITE_ERRORS)
+    @api(
+        "POST",
+        f"{one}/copy",
+        operation_id=f"copy{title}",
+        summary=f"Copy a {kind} to another environment (create or replace there)",
+        tag=plural,
+        responses={200: f"{title}Write", 201: f"{title}Write"},
+        body="CopyRequest",
+        write=True,
+        errors=_WRITE_ERRORS,
+    )
     async def copy(request: Request, who: Principal | None) -> Response:
         env, key = env_param(request), _key(request, kind)
         wait = wait_param(request)
@@ -146,9 +202,15 @@ def _register(kind: Kind, plural: str) -> None:
         res = await store(request).copy(env, kind, key, to, actor=_actor(who), expected=expected)
         return await write_response(request, to, res, wait, created=res.previous is None)
 
-    @api("GET", f"{one}/history", operation_id=f"history{title}",
-         summary=f"A {kind}'s versions, newest first (the current one first when it exists)",
-         tag=plural, responses={200: "History"}, errors=(400, 404))
+    @api(
+        "GET",
+        f"{one}/history",
+        operation_id=f"history{title}",
+        summary=f"A {kind}'s versions, newest first (the current one first when it exists)",
+        tag=plural,
+        responses={200: "History"},
+        errors=(400, 404),
+    )
     async def history(request: Request, who: Principal | None) -> Response:
         env, key = env_param(request), _key(request, kind)
         s = store(request)
@@ -158,24 +220,40 @@ def _register(kind: Kind, plural: str) -> None:
         except Exception:
             current = None
         versions = ([current] if current else []) + previous
-        return json_response({"key": key, "current_version": current["version"] if current
-                              else None, "versions": versions})
+        return json_response(
+            {
+                "key": key,
+                "current_version": current["version"] if current else None,
+                "versions": versions,
+            }
+        )
 
-    @api("POST", f"{one}/restore", operation_id=f"restore{title}",
-         summary=f"Restore an earlier version of a {kind} as a new change", tag=plural,
-         responses={200: f"{title}Write", 201: f"{title}Write"}, body="RestoreRequest",
-         write=True, errors=_WRITE_ERRORS)
+    @api(
+        "POST",
+        f"{one}/restore",
+        operation_id=f"restore{title}",
+        summary=f"Restore an earlier version of a {kind} as a new change",
+        tag=plural,
+        responses={200: f"{title}Write", 201: f"{title}Write"},
+        body="RestoreRequest",
+        write=True,
+        errors=_WRITE_ERRORS,
+    )
     async def restore(request: Request, who: Principal | None) -> Response:
         env, key = env_param(request), _key(request, kind)
         wait = wait_param(request)
         body = await read_json(request)
         version = body.get("version") if isinstance(body, dict) else None
         if type(version) is not int or version < 1:
-            raise Problem(422, "say which version to restore",
-                          errors=[("version", "required: a positive integer")])
+            raise Problem(
+                422,
+                "say which version to restore",
+                errors=[("version", "required: a positive integer")],
+            )
         expected = expected_version(request, from_body=False)
-        res = await store(request).restore(env, kind, key, version, actor=_actor(who),
-                                           expected=expected)
+        res = await store(request).restore(
+            env, kind, key, version, actor=_actor(who), expected=expected
+        )
         return await write_response(request, env, res, wait, created=res.previous is None)
 
 

@@ -20,7 +20,15 @@ from starlette.responses import Response
 
 from flagwire.core.evaluation import Snapshot
 
-from flagwire_server.api.routing import Param, api, env_param, int_param, json_response, read_json, store
+from flagwire_server.api.routing import (
+    Param,
+    api,
+    env_param,
+    int_param,
+    json_response,
+    read_json,
+    store,
+)
 from flagwire_server.api.auth import Principal
 from flagwire_server.stream.fanout import EnvNotFound
 from flagwire_server.api.problems import Problem
@@ -48,19 +56,32 @@ async def _connected(request: Request, env: str) -> int | None:
     return None
 
 
-@api("GET", "/environments", operation_id="listEnvironments", summary="List environments",
-     tag="environments", responses={200: "EnvironmentList"})
+@api(
+    "GET",
+    "/environments",
+    operation_id="listEnvironments",
+    summary="List environments",
+    tag="environments",
+    responses={200: "EnvironmentList"},
+)
 async def list_envs(request: Request, who: Principal | None) -> Response:
     return json_response({"environments": await store(request).list_envs()})
 
 
-@api("POST", "/environments", operation_id="createEnvironment",
-     summary="Create an environment (409 if it exists)", tag="environments",
-     responses={201: "Environment"}, body="EnvironmentInput", errors=(400, 409, 413, 415, 422))
+@api(
+    "POST",
+    "/environments",
+    operation_id="createEnvironment",
+    summary="Create an environment (409 if it exists)",
+    tag="environments",
+    responses={201: "Environment"},
+    body="EnvironmentInput",
+    errors=(400, 409, 413, 415, 422),
+)
 async def create_env(request: Request, who: Principal | None) -> Response:
     body = await read_json(request)
     if not isinstance(body, dict):
-        raise Problem(422, "expected an object", errors=[("", "expected {\"key\": ..., \"name\"}")])
+        raise Problem(422, "expected an object", errors=[("", 'expected {"key": ..., "name"}')])
     unknown = sorted(set(body) - {"key", "name"})
     if unknown:
         raise Problem(422, "unknown fields", errors=[(u, "unknown field") for u in unknown])
@@ -68,17 +89,30 @@ async def create_env(request: Request, who: Principal | None) -> Response:
     return json_response({**info, "connected": 0}, 201)
 
 
-@api("GET", "/environments/{env}", operation_id="getEnvironment", summary="Get an environment",
-     tag="environments", responses={200: "Environment"}, errors=(404,))
+@api(
+    "GET",
+    "/environments/{env}",
+    operation_id="getEnvironment",
+    summary="Get an environment",
+    tag="environments",
+    responses={200: "Environment"},
+    errors=(404,),
+)
 async def get_env(request: Request, who: Principal | None) -> Response:
     env = env_param(request)
     info = await store(request).get_env(env)
     return json_response({**info, "connected": await _connected(request, env)})
 
 
-@api("DELETE", "/environments/{env}", operation_id="deleteEnvironment",
-     summary="Delete an environment and all its flags, segments, history and audit",
-     tag="environments", responses={204: None}, errors=(404,))
+@api(
+    "DELETE",
+    "/environments/{env}",
+    operation_id="deleteEnvironment",
+    summary="Delete an environment and all its flags, segments, history and audit",
+    tag="environments",
+    responses={204: None},
+    errors=(404,),
+)
 async def delete_env(request: Request, who: Principal | None) -> Response:
     env = env_param(request)
     await store(request).delete_env(env)
@@ -88,12 +122,23 @@ async def delete_env(request: Request, who: Principal | None) -> Response:
     return Response(status_code=204)
 
 
-@api("GET", "/environments/{env}/audit", operation_id="listAudit",
-     summary="The audit log of an environment, newest first", tag="environments",
-     responses={200: "AuditPage"}, errors=(400, 404),
-     query=(Param("limit", {"type": "integer", "minimum": 1, "maximum": 500, "default": 50}),
-            Param("before", {"type": "string", "pattern": r"^\d{1,20}-\d{1,20}$"},
-                  "the cursor from the previous page's next")))
+@api(
+    "GET",
+    "/environments/{env}/audit",
+    operation_id="listAudit",
+    summary="The audit log of an environment, newest first",
+    tag="environments",
+    responses={200: "AuditPage"},
+    errors=(400, 404),
+    query=(
+        Param("limit", {"type": "integer", "minimum": 1, "maximum": 500, "default": 50}),
+        Param(
+            "before",
+            {"type": "string", "pattern": r"^\d{1,20}-\d{1,20}$"},
+            "the cursor from the previous page's next",
+        ),
+    ),
+)
 async def audit(request: Request, who: Principal | None) -> Response:
     env = env_param(request)
     limit = int_param(request, "limit", 50, 1, 500)
@@ -101,15 +146,24 @@ async def audit(request: Request, who: Principal | None) -> Response:
     if before is not None:
         left, _, right = before.partition("-")
         if not (left.isdigit() and right.isdigit() and len(left) <= 20 and len(right) <= 20):
-            raise Problem(400, "before must be a cursor such as 1700000000000-0",
-                          errors=[("before", f"got {before[:40]!r}")])
+            raise Problem(
+                400,
+                "before must be a cursor such as 1700000000000-0",
+                errors=[("before", f"got {before[:40]!r}")],
+            )
     entries, cursor = await store(request).audit(env, limit, before)
     return json_response({"entries": [e.to_json() for e in entries], "next": cursor})
 
 
-@api("GET", "/environments/{env}/changes/{version}", operation_id="getChange",
-     summary="Propagation figures of a recent change", tag="environments",
-     responses={200: "Change"}, errors=(404,))
+@api(
+    "GET",
+    "/environments/{env}/changes/{version}",
+    operation_id="getChange",
+    summary="Propagation figures of a recent change",
+    tag="environments",
+    responses={200: "Change"},
+    errors=(404,),
+)
 async def change(request: Request, who: Principal | None) -> Response:
     env = env_param(request)
     raw = str(request.path_params["version"])
@@ -123,12 +177,22 @@ async def change(request: Request, who: Principal | None) -> Response:
     if not entries:
         await s.get_env(env)  # 404 for a missing environment first
         raise Problem(404, f"change {version} of {env!r} is not in the change log")
-    fields = {(k.decode() if isinstance(k, bytes) else k): (v.decode() if isinstance(v, bytes)
-              else v) for k, v in entries[0][1].items()}
+    fields = {
+        (k.decode() if isinstance(k, bytes) else k): (v.decode() if isinstance(v, bytes) else v)
+        for k, v in entries[0][1].items()
+    }
     out: dict[str, Any] = {
-        "version": version, "key": fields.get("k", ""), "actor": fields.get("a", ""),
-        "committed_ms": int(fields.get("t", "0") or 0), "connected": None, "acknowledged": None,
-        "lost": None, "complete": None, "p50_ms": None, "p99_ms": None, "max_ms": None,
+        "version": version,
+        "key": fields.get("k", ""),
+        "actor": fields.get("a", ""),
+        "committed_ms": int(fields.get("t", "0") or 0),
+        "connected": None,
+        "acknowledged": None,
+        "lost": None,
+        "complete": None,
+        "p50_ms": None,
+        "p99_ms": None,
+        "max_ms": None,
     }
     fanout = getattr(request.app.state, "fanout", None)
     figures = getattr(fanout, "propagation", None)
@@ -149,19 +213,26 @@ def _snapshot_cache(request: Request) -> OrderedDict[str, Snapshot]:
     return cache
 
 
-@api("POST", "/environments/{env}/evaluate", operation_id="evaluate",
-     summary="Evaluate one flag or all flags for a context (admin key or an SDK key of env)",
-     tag="evaluation", responses={200: "Evaluation"}, body="EvaluateRequest", auth="sdk",
-     errors=(400, 404, 413, 415, 422))
+@api(
+    "POST",
+    "/environments/{env}/evaluate",
+    operation_id="evaluate",
+    summary="Evaluate one flag or all flags for a context (admin key or an SDK key of env)",
+    tag="evaluation",
+    responses={200: "Evaluation"},
+    body="EvaluateRequest",
+    auth="sdk",
+    errors=(400, 404, 413, 415, 422),
+)
 async def evaluate(request: Request, who: Principal | None) -> Response:
     env = env_param(request)
     body = await read_json(request)
     if not isinstance(body, dict):
-        raise Problem(422, "expected an object", errors=[("", "expected {\"context\": {...}}")])
+        raise Problem(422, "expected an object", errors=[("", 'expected {"context": {...}}')])
     context, key = body.get("context"), body.get("flag")
     problems = []
     if not isinstance(context, dict):
-        problems.append(("context", "required: an object with a string \"key\""))
+        problems.append(("context", 'required: an object with a string "key"'))
     if key is not None and not isinstance(key, str):
         problems.append(("flag", "expected a flag key"))
     if problems:
@@ -172,8 +243,9 @@ async def evaluate(request: Request, who: Principal | None) -> Response:
         detail = snap.evaluate(key, context, body.get("default"))
         return json_response({"key": key, **_detail(detail), "env_version": snap.version})
     details = snap.evaluate_all(context)
-    return json_response({"flags": {k: _detail(d) for k, d in details.items()},
-                          "env_version": snap.version})
+    return json_response(
+        {"flags": {k: _detail(d) for k, d in details.items()}, "env_version": snap.version}
+    )
 
 
 async def _current_snapshot(request: Request, env: str) -> Snapshot:
@@ -211,8 +283,12 @@ async def _current_snapshot(request: Request, env: str) -> Snapshot:
     return snap
 
 
-def _refreshed(snap: Snapshot, flags: dict[str, dict[str, Any]],
-               segments: dict[str, dict[str, Any]], version: int) -> Snapshot:
+def _refreshed(
+    snap: Snapshot,
+    flags: dict[str, dict[str, Any]],
+    segments: dict[str, dict[str, Any]],
+    version: int,
+) -> Snapshot:
     """``snap`` brought to ``version``, recompiling only documents that changed.
 
     The mirror replaces a document object on every change, so identity tells

@@ -21,15 +21,28 @@ def _ring(request: Request) -> KeyRing:
     return ring
 
 
-@api("GET", "/keys", operation_id="listKeys", summary="List API keys (never their secrets)",
-     tag="keys", responses={200: "KeyList"})
+@api(
+    "GET",
+    "/keys",
+    operation_id="listKeys",
+    summary="List API keys (never their secrets)",
+    tag="keys",
+    responses={200: "KeyList"},
+)
 async def list_keys(request: Request, who: Principal | None) -> Response:
     return json_response({"keys": [r.to_json() for r in await _ring(request).list_keys()]})
 
 
-@api("POST", "/keys", operation_id="createKey",
-     summary="Create an SDK or admin key; the secret is in this response only", tag="keys",
-     responses={201: "NewKey"}, body="KeyInput", errors=(400, 413, 415, 422))
+@api(
+    "POST",
+    "/keys",
+    operation_id="createKey",
+    summary="Create an SDK or admin key; the secret is in this response only",
+    tag="keys",
+    responses={201: "NewKey"},
+    body="KeyInput",
+    errors=(400, 413, 415, 422),
+)
 async def create_key(request: Request, who: Principal | None) -> Response:
     body = await read_json(request)
     if not isinstance(body, dict):
@@ -41,15 +54,24 @@ async def create_key(request: Request, who: Principal | None) -> Response:
     if body.get("kind") == "sdk" and isinstance(env, str):
         envs = {e.get("key") for e in await store(request).list_envs()}
         if env not in envs:
-            raise Problem(422, f"environment {env[:80]!r} does not exist",
-                          errors=[("env", "no such environment")])
+            raise Problem(
+                422,
+                f"environment {env[:80]!r} does not exist",
+                errors=[("env", "no such environment")],
+            )
     record, secret = await _ring(request).create(body.get("name"), body.get("kind"), env)  # type: ignore[arg-type]
     return json_response({"key": record.to_json(), "secret": secret}, 201)
 
 
-@api("DELETE", "/keys/{id}", operation_id="revokeKey",
-     summary="Revoke a key; its streams close within a second", tag="keys",
-     responses={200: "RevokedKey"}, errors=(404,))
+@api(
+    "DELETE",
+    "/keys/{id}",
+    operation_id="revokeKey",
+    summary="Revoke a key; its streams close within a second",
+    tag="keys",
+    responses={200: "RevokedKey"},
+    errors=(404,),
+)
 async def revoke_key(request: Request, who: Principal | None) -> Response:
     key_id = str(request.path_params["id"])
     record = await _ring(request).revoke(key_id[:100])

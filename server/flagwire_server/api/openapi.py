@@ -27,8 +27,12 @@ _INT_OR_NULL: Final[_S] = {"type": ["integer", "null"]}
 
 
 def _obj(props: _S, required: tuple[str, ...] = (), extra: bool = True) -> _S:
-    return {"type": "object", "properties": props, "required": list(required),
-            "additionalProperties": extra}
+    return {
+        "type": "object",
+        "properties": props,
+        "required": list(required),
+        "additionalProperties": extra,
+    }
 
 
 def _ref(name: str) -> _S:
@@ -37,7 +41,9 @@ def _ref(name: str) -> _S:
 
 _DOC_FIELDS: Final[_S] = {
     "key": {"type": "string", "pattern": r"^[a-z0-9][a-z0-9._-]{0,127}$"},
-    "name": _STR, "description": _STR, "tags": {"type": "array", "items": _STR},
+    "name": _STR,
+    "description": _STR,
+    "tags": {"type": "array", "items": _STR},
     "created_at": {"type": ["string", "number", "null"]},
     "updated_at": {"type": ["string", "number", "null"]},
     "updated_by": {"type": ["string", "number", "null"]},
@@ -59,85 +65,179 @@ _SEGMENT_FIELDS: Final[_S] = {
     "excluded": {"type": "array", "items": _STR},
     "rules": {"type": "array", "items": {"type": "object"}},
 }
-_PROPAGATION: Final[_S] = _obj({
-    "version": _INT, "connected": _INT_OR_NULL, "acknowledged": _INT_OR_NULL,
-    "lost": _INT_OR_NULL, "complete": {"type": ["boolean", "null"]},
-    "p50_ms": _NUM_OR_NULL, "p99_ms": _NUM_OR_NULL, "max_ms": _NUM_OR_NULL,
-})
-_KEY: Final[_S] = _obj({
-    "id": _STR, "name": _STR, "kind": {"enum": ["sdk", "admin"]},
-    "env": {"type": ["string", "null"]}, "prefix": _STR, "created_at": _STR,
-    "revoked_at": {"type": ["string", "null"]},
-}, ("id", "name", "kind", "env", "prefix", "created_at", "revoked_at"), extra=False)
-_ENV_SUMMARY: Final[_S] = _obj({"key": _STR, "name": _STR, "created_at": _STR},
-                               ("key", "name"))
-_DETAIL: Final[_S] = _obj({
-    "value": {}, "variation_index": _INT_OR_NULL, "reason": _STR,
-    "rule_index": _INT_OR_NULL, "rule_id": {"type": ["string", "null"]},
-    "prerequisite_key": {"type": ["string", "null"]},
-    "error_kind": {"type": ["string", "null"]},
-}, ("value", "variation_index", "reason"))
+_PROPAGATION: Final[_S] = _obj(
+    {
+        "version": _INT,
+        "connected": _INT_OR_NULL,
+        "acknowledged": _INT_OR_NULL,
+        "lost": _INT_OR_NULL,
+        "complete": {"type": ["boolean", "null"]},
+        "p50_ms": _NUM_OR_NULL,
+        "p99_ms": _NUM_OR_NULL,
+        "max_ms": _NUM_OR_NULL,
+    }
+)
+_KEY: Final[_S] = _obj(
+    {
+        "id": _STR,
+        "name": _STR,
+        "kind": {"enum": ["sdk", "admin"]},
+        "env": {"type": ["string", "null"]},
+        "prefix": _STR,
+        "created_at": _STR,
+        "revoked_at": {"type": ["string", "null"]},
+    },
+    ("id", "name", "kind", "env", "prefix", "created_at", "revoked_at"),
+    extra=False,
+)
+_ENV_SUMMARY: Final[_S] = _obj({"key": _STR, "name": _STR, "created_at": _STR}, ("key", "name"))
+_DETAIL: Final[_S] = _obj(
+    {
+        "value": {},
+        "variation_index": _INT_OR_NULL,
+        "reason": _STR,
+        "rule_index": _INT_OR_NULL,
+        "rule_id": {"type": ["string", "null"]},
+        "prerequisite_key": {"type": ["string", "null"]},
+        "error_kind": {"type": ["string", "null"]},
+    },
+    ("value", "variation_index", "reason"),
+)
 
 
 def _write(kind: str) -> _S:
-    return _obj({kind: {"oneOf": [_ref(kind.capitalize()), {"type": "null"}]}, "version": _INT,
-                 "env_version": _INT, "propagation": _ref("Propagation")},
-                (kind, "version", "env_version"))
+    return _obj(
+        {
+            kind: {"oneOf": [_ref(kind.capitalize()), {"type": "null"}]},
+            "version": _INT,
+            "env_version": _INT,
+            "propagation": _ref("Propagation"),
+        },
+        (kind, "version", "env_version"),
+    )
 
 
 SCHEMAS: Final[dict[str, _S]] = {
-    "Problem": _obj({
-        "type": _STR, "title": _STR, "status": _INT, "detail": _STR,
-        "errors": {"type": "array", "items": _obj({"path": _STR, "message": _STR},
-                                                  ("path", "message"), extra=False)},
-        "current_version": _INT,
-    }, ("type", "title", "status", "detail", "errors")),
+    "Problem": _obj(
+        {
+            "type": _STR,
+            "title": _STR,
+            "status": _INT,
+            "detail": _STR,
+            "errors": {
+                "type": "array",
+                "items": _obj({"path": _STR, "message": _STR}, ("path", "message"), extra=False),
+            },
+            "current_version": _INT,
+        },
+        ("type", "title", "status", "detail", "errors"),
+    ),
     "Flag": _obj({**_FLAG_FIELDS, "version": _INT}, ("key", "version", "variations")),
-    "FlagInput": _obj({**_FLAG_FIELDS, "version": {**_INT, "minimum": 0,
-                       "description": "the expected current version (optional)"}},
-                      ("variations", "fallthrough")),
+    "FlagInput": _obj(
+        {
+            **_FLAG_FIELDS,
+            "version": {
+                **_INT,
+                "minimum": 0,
+                "description": "the expected current version (optional)",
+            },
+        },
+        ("variations", "fallthrough"),
+    ),
     "Segment": _obj({**_SEGMENT_FIELDS, "version": _INT}, ("key", "version")),
     "SegmentInput": _obj({**_SEGMENT_FIELDS, "version": {**_INT, "minimum": 0}}),
     "MergePatch": {"type": "object", "description": "RFC 7386 JSON merge patch"},
     "FlagWrite": _write("flag"),
     "SegmentWrite": _write("segment"),
-    "FlagList": _obj({"flags": {"type": "array", "items": _ref("Flag")}, "env_version": _INT},
-                     ("flags", "env_version")),
-    "SegmentList": _obj({"segments": {"type": "array", "items": _ref("Segment")},
-                         "env_version": _INT}, ("segments", "env_version")),
-    "History": _obj({"key": _STR, "current_version": _INT_OR_NULL,
-                     "versions": {"type": "array", "items": {"type": "object"}}},
-                    ("key", "current_version", "versions")),
+    "FlagList": _obj(
+        {"flags": {"type": "array", "items": _ref("Flag")}, "env_version": _INT},
+        ("flags", "env_version"),
+    ),
+    "SegmentList": _obj(
+        {"segments": {"type": "array", "items": _ref("Segment")}, "env_version": _INT},
+        ("segments", "env_version"),
+    ),
+    "History": _obj(
+        {
+            "key": _STR,
+            "current_version": _INT_OR_NULL,
+            "versions": {"type": "array", "items": {"type": "object"}},
+        },
+        ("key", "current_version", "versions"),
+    ),
     "CopyRequest": _obj({"to": _STR, "version": {**_INT, "minimum": 0}}, ("to",)),
     "RestoreRequest": _obj({"version": {**_INT, "minimum": 1}}, ("version",)),
     "Propagation": _PROPAGATION,
-    "EnvironmentInput": _obj({"key": {"type": "string", "pattern": r"^[a-z0-9][a-z0-9_-]{0,63}$"},
-                              "name": _STR}, ("key",), extra=False),
-    "Environment": _obj({"key": _STR, "name": _STR, "created_at": _STR, "version": _INT,
-                         "epoch": _STR, "connected": _INT_OR_NULL},
-                        ("key", "name", "version", "epoch", "connected")),
-    "EnvironmentList": _obj({"environments": {"type": "array", "items": _ENV_SUMMARY}},
-                            ("environments",)),
-    "AuditEntry": _obj({
-        "id": _STR, "at": _STR, "actor": _STR, "action": _STR, "kind": _STR, "key": _STR,
-        "version": _INT, "flag_version": _INT, "before": {"type": ["object", "null"]},
-        "after": {"type": ["object", "null"]},
-    }, ("id", "at", "actor", "action", "kind", "key", "version", "flag_version")),
-    "AuditPage": _obj({"entries": {"type": "array", "items": _ref("AuditEntry")},
-                       "next": {"type": ["string", "null"]}}, ("entries", "next")),
-    "Change": _obj({**_PROPAGATION["properties"], "key": _STR, "actor": _STR,
-                    "committed_ms": _INT}, ("version", "key", "committed_ms")),
-    "EvaluateRequest": _obj({"context": {"type": "object"}, "flag": _STR, "default": {}},
-                            ("context",)),
-    "Evaluation": {"oneOf": [
-        {**_DETAIL, "properties": {**_DETAIL["properties"], "key": _STR, "env_version": _INT},
-         "required": ["key", "value", "reason", "env_version"]},
-        _obj({"flags": {"type": "object", "additionalProperties": _DETAIL},
-              "env_version": _INT}, ("flags", "env_version")),
-    ]},
-    "KeyInput": _obj({"name": {"type": "string", "minLength": 1, "maxLength": 100},
-                      "kind": {"enum": ["sdk", "admin"]}, "env": {"type": ["string", "null"]}},
-                     ("name", "kind"), extra=False),
+    "EnvironmentInput": _obj(
+        {"key": {"type": "string", "pattern": r"^[a-z0-9][a-z0-9_-]{0,63}$"}, "name": _STR},
+        ("key",),
+        extra=False,
+    ),
+    "Environment": _obj(
+        {
+            "key": _STR,
+            "name": _STR,
+            "created_at": _STR,
+            "version": _INT,
+            "epoch": _STR,
+            "connected": _INT_OR_NULL,
+        },
+        ("key", "name", "version", "epoch", "connected"),
+    ),
+    "EnvironmentList": _obj(
+        {"environments": {"type": "array", "items": _ENV_SUMMARY}}, ("environments",)
+    ),
+    "AuditEntry": _obj(
+        {
+            "id": _STR,
+            "at": _STR,
+            "actor": _STR,
+            "action": _STR,
+            "kind": _STR,
+            "key": _STR,
+            "version": _INT,
+            "flag_version": _INT,
+            "before": {"type": ["object", "null"]},
+            "after": {"type": ["object", "null"]},
+        },
+        ("id", "at", "actor", "action", "kind", "key", "version", "flag_version"),
+    ),
+    "AuditPage": _obj(
+        {
+            "entries": {"type": "array", "items": _ref("AuditEntry")},
+            "next": {"type": ["string", "null"]},
+        },
+        ("entries", "next"),
+    ),
+    "Change": _obj(
+        {**_PROPAGATION["properties"], "key": _STR, "actor": _STR, "committed_ms": _INT},
+        ("version", "key", "committed_ms"),
+    ),
+    "EvaluateRequest": _obj(
+        {"context": {"type": "object"}, "flag": _STR, "default": {}}, ("context",)
+    ),
+    "Evaluation": {
+        "oneOf": [
+            {
+                **_DETAIL,
+                "properties": {**_DETAIL["properties"], "key": _STR, "env_version": _INT},
+                "required": ["key", "value", "reason", "env_version"],
+            },
+            _obj(
+                {"flags": {"type": "object", "additionalProperties": _DETAIL}, "env_version": _INT},
+                ("flags", "env_version"),
+            ),
+        ]
+    },
+    "KeyInput": _obj(
+        {
+            "name": {"type": "string", "minLength": 1, "maxLength": 100},
+            "kind": {"enum": ["sdk", "admin"]},
+            "env": {"type": ["string", "null"]},
+        },
+        ("name", "kind"),
+        extra=False,
+    ),
     "Key": _KEY,
     "KeyList": _obj({"keys": {"type": "array", "items": _ref("Key")}}, ("keys",)),
     "NewKey": _obj({"key": _ref("Key"), "secret": _STR}, ("key", "secret")),
@@ -153,32 +253,57 @@ _PATH_PARAMS: Final[dict[str, _S]] = {
 }
 _PROBLEM: Final[_S] = {"application/problem+json": {"schema": _ref("Problem")}}
 _WHY: Final[dict[int, str]] = {
-    400: "malformed request (query, header or JSON)", 401: "missing or unknown API key",
+    400: "malformed request (query, header or JSON)",
+    401: "missing or unknown API key",
     403: "an SDK key (or a session without its CSRF token) where an admin key is needed",
-    404: "no such environment, document, key or version", 405: "method not allowed",
+    404: "no such environment, document, key or version",
+    405: "method not allowed",
     409: "version conflict (current_version says the current one) or already exists",
-    413: "request body over the limit", 415: "body is not JSON",
-    422: "invalid document; errors name each path", 429: "rate limited (see Retry-After)",
+    413: "request body over the limit",
+    415: "body is not JSON",
+    422: "invalid document; errors name each path",
+    429: "rate limited (see Retry-After)",
     503: "store unavailable; nothing was changed",
 }
 
 
 def _operation(op: ApiRoute) -> _S:
     params: list[_S] = [
-        {"name": name, "in": "path", "required": True, "schema": _PATH_PARAMS[name],
-         "example": _PATH_PARAMS[name]["examples"][0]}
+        {
+            "name": name,
+            "in": "path",
+            "required": True,
+            "schema": _PATH_PARAMS[name],
+            "example": _PATH_PARAMS[name]["examples"][0],
+        }
         for name in re.findall(r"{(\w+)}", op.path)
     ]
-    params += [{"name": p.name, "in": "query", "required": False, "schema": p.schema,
-                "description": p.description} for p in op.query]
+    params += [
+        {
+            "name": p.name,
+            "in": "query",
+            "required": False,
+            "schema": p.schema,
+            "description": p.description,
+        }
+        for p in op.query
+    ]
     if op.write:
         params += [
-            {"name": "wait", "in": "query", "required": False,
-             "schema": {"type": "number", "minimum": 0, "maximum": MAX_WAIT},
-             "description": "seconds to wait for connected clients to acknowledge the change"},
-            {"name": "If-Match", "in": "header", "required": False,
-             "schema": {"type": "string", "pattern": r'^"\d+"$'},
-             "description": 'the expected current version, e.g. "3"'},
+            {
+                "name": "wait",
+                "in": "query",
+                "required": False,
+                "schema": {"type": "number", "minimum": 0, "maximum": MAX_WAIT},
+                "description": "seconds to wait for connected clients to acknowledge the change",
+            },
+            {
+                "name": "If-Match",
+                "in": "header",
+                "required": False,
+                "schema": {"type": "string", "pattern": r'^"\d+"$'},
+                "description": 'the expected current version, e.g. "3"',
+            },
         ]
     responses: _S = {}
     for status, schema in sorted(op.responses.items()):
@@ -192,16 +317,27 @@ def _operation(op: ApiRoute) -> _S:
         errors |= {401, 403}
     for status in sorted(errors):
         responses[str(status)] = {"description": _WHY[status], "content": _PROBLEM}
-    out: _S = {"operationId": op.operation_id, "summary": op.summary, "tags": [op.tag],
-               "parameters": params, "responses": responses}
+    out: _S = {
+        "operationId": op.operation_id,
+        "summary": op.summary,
+        "tags": [op.tag],
+        "parameters": params,
+        "responses": responses,
+    }
     if op.auth == "none":
         out["security"] = []
     if op.body is not None:
-        out["requestBody"] = {"required": True, "content": {
-            "application/json": {"schema": _ref(op.body)},
-            **({"application/merge-patch+json": {"schema": _ref(op.body)}}
-               if op.method == "PATCH" else {}),
-        }}
+        out["requestBody"] = {
+            "required": True,
+            "content": {
+                "application/json": {"schema": _ref(op.body)},
+                **(
+                    {"application/merge-patch+json": {"schema": _ref(op.body)}}
+                    if op.method == "PATCH"
+                    else {}
+                ),
+            },
+        }
     return out
 
 
@@ -212,19 +348,36 @@ def document() -> _S:
         paths.setdefault(API_PREFIX + op.path, {})[op.method.lower()] = _operation(op)
     return {
         "openapi": "3.1.0",
-        "info": {"title": "flagwire admin API", "version": "1",
-                 "description": "Feature flags, segments, environments, keys and audit. "
-                                "Errors are RFC 9457 problem details."},
+        "info": {
+            "title": "flagwire admin API",
+            "version": "1",
+            "description": "Feature flags, segments, environments, keys and audit. "
+            "Errors are RFC 9457 problem details.",
+        },
         "servers": [{"url": "/"}],
         "security": [{"bearer": []}],
         "paths": paths,
-        "components": {"schemas": SCHEMAS, "securitySchemes": {
-            "bearer": {"type": "http", "scheme": "bearer",
-                       "description": "an admin key (or an SDK key where allowed)"}}},
+        "components": {
+            "schemas": SCHEMAS,
+            "securitySchemes": {
+                "bearer": {
+                    "type": "http",
+                    "scheme": "bearer",
+                    "description": "an admin key (or an SDK key where allowed)",
+                }
+            },
+        },
     }
 
 
-@api("GET", "/openapi.json", operation_id="openapi", summary="This document", tag="meta",
-     responses={200: "OpenAPI"}, auth="none")
+@api(
+    "GET",
+    "/openapi.json",
+    operation_id="openapi",
+    summary="This document",
+    tag="meta",
+    responses={200: "OpenAPI"},
+    auth="none",
+)
 async def openapi(request: Request, who: Principal | None) -> Response:
     return json_response(document())

@@ -83,7 +83,9 @@ def problem_response(problem: Problem) -> Response:
         **problem.extra,
     }
     return Response(
-        orjson.dumps(body), status_code=problem.status, headers=problem.headers,
+        orjson.dumps(body),
+        status_code=problem.status,
+        headers=problem.headers,
         media_type=MEDIA_TYPE,
     )
 
@@ -96,9 +98,10 @@ async def _http_exception(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
     if not _is_api(request):
         return PlainTextResponse(exc.detail, status_code=exc.status_code, headers=exc.headers)
-    detail = {404: f"no such resource: {request.url.path}",
-              405: f"{request.method} is not allowed on {request.url.path}"}.get(
-        exc.status_code, str(exc.detail))
+    detail = {
+        404: f"no such resource: {request.url.path}",
+        405: f"{request.method} is not allowed on {request.url.path}",
+    }.get(exc.status_code, str(exc.detail))
     return problem_response(Problem(exc.status_code, detail, headers=exc.headers or {}))
 
 

@@ -88,16 +88,38 @@ _TABLE: list[ApiRoute] = []
 
 
 def api(
-    method: str, path: str, *, operation_id: str, summary: str, tag: str,
-    responses: dict[int, str | None], query: tuple[Param, ...] = (), body: str | None = None,
-    auth: Literal["admin", "sdk", "none"] = "admin", write: bool = False,
+    method: str,
+    path: str,
+    *,
+    operation_id: str,
+    summary: str,
+    tag: str,
+    responses: dict[int, str | None],
+    query: tuple[Param, ...] = (),
+    body: str | None = None,
+    auth: Literal["admin", "sdk", "none"] = "admin",
+    write: bool = False,
     errors: tuple[int, ...] = (),
 ) -> Callable[[Handler], Handler]:
     """Register a handler for ``method path`` (path relative to ``/api/v1``)."""
 
     def register(handler: Handler) -> Handler:
-        _TABLE.append(ApiRoute(method, path, handler, operation_id, summary, tag, responses,
-                               query, body, auth, write, errors))
+        _TABLE.append(
+            ApiRoute(
+                method,
+                path,
+                handler,
+                operation_id,
+                summary,
+                tag,
+                responses,
+                query,
+                body,
+                auth,
+                write,
+                errors,
+            )
+        )
         return handler
 
     return register
@@ -141,9 +163,13 @@ def _endpoint(ops: dict[str, ApiRoute]) -> Callable[[Request], Awaitable[Respons
         method = "GET" if request.method == "HEAD" else request.method
         op = ops.get(method)
         if op is None:
-            return problem_response(Problem(
-                405, f"{request.method} is not allowed here; allowed: {allow}",
-                headers={"Allow": allow}))
+            return problem_response(
+                Problem(
+                    405,
+                    f"{request.method} is not allowed here; allowed: {allow}",
+                    headers={"Allow": allow},
+                )
+            )
         return await _dispatch(op, request)
 
     return endpoint
@@ -159,8 +185,9 @@ async def _dispatch(op: ApiRoute, request: Request) -> Response:
     except Problem as problem:
         return problem_response(problem)
     except ValidationError as exc:
-        return problem_response(Problem(
-            422, f"invalid document: {len(exc.errors)} problem(s)", errors=exc.errors))
+        return problem_response(
+            Problem(422, f"invalid document: {len(exc.errors)} problem(s)", errors=exc.errors)
+        )
     except AlreadyExists as exc:
         return problem_response(Problem(409, str(exc), current_version=exc.current_version))
     except Conflict as exc:
@@ -168,9 +195,14 @@ async def _dispatch(op: ApiRoute, request: Request) -> Response:
     except NotFound as exc:
         return problem_response(Problem(404, str(exc)))
     except StoreUnavailable:
-        return problem_response(Problem(
-            503, "store unavailable: Redis cannot be reached; nothing was changed",
-            title="Store Unavailable", headers={"Retry-After": "1"}))
+        return problem_response(
+            Problem(
+                503,
+                "store unavailable: Redis cannot be reached; nothing was changed",
+                title="Store Unavailable",
+                headers={"Retry-After": "1"},
+            )
+        )
     except StoreCorrupt as exc:
         log.error("store refused a write on %s: %s", request.url.path, exc)
         return problem_response(Problem(500, f"{exc}"))
@@ -188,8 +220,9 @@ def store(request: Request) -> Store:
 
 
 def json_response(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
-    return Response(orjson.dumps(data), status_code=status, headers=headers,
-                    media_type="application/json")
+    return Response(
+        orjson.dumps(data), status_code=status, headers=headers, media_type="application/json"
+    )
 
 
 def env_param(request: Request) -> str:
@@ -232,15 +265,21 @@ def expected_version(request: Request, body: Any = None, *, from_body: bool = Tr
     if header is not None and header.strip() != "*":
         m = _ETAG_RE.match(header)
         if m is None:
-            raise Problem(400, 'If-Match must be a version such as "3"',
-                          errors=[("If-Match", "expected a quoted integer")])
+            raise Problem(
+                400,
+                'If-Match must be a version such as "3"',
+                errors=[("If-Match", "expected a quoted integer")],
+            )
         from_header = int(m.group(1))
     in_body: int | None = None
     if from_body and isinstance(body, dict) and "version" in body:
         v = body["version"]
         if type(v) is not int or v < 0:
-            raise Problem(422, "version must be a non-negative integer",
-                          errors=[("version", "expected the current version as an integer")])
+            raise Problem(
+                422,
+                "version must be a non-negative integer",
+                errors=[("version", "expected the current version as an integer")],
+            )
         in_body = v
     if from_header is not None and in_body is not None and from_header != in_body:
         raise Problem(400, "If-Match and the body's version disagree")
@@ -256,8 +295,11 @@ def wait_param(request: Request) -> float | None:
     except ValueError:
         value = -1.0
     if not 0 <= value <= MAX_WAIT:
-        raise Problem(400, f"wait must be a number of seconds between 0 and {MAX_WAIT:g}",
-                      errors=[("wait", f"got {raw[:40]!r}")])
+        raise Problem(
+            400,
+            f"wait must be a number of seconds between 0 and {MAX_WAIT:g}",
+            errors=[("wait", f"got {raw[:40]!r}")],
+        )
     return value
 
 
@@ -266,13 +308,17 @@ def int_param(request: Request, name: str, default: int, lo: int, hi: int) -> in
     if raw is None:
         return default
     if not raw.isdigit() or not lo <= int(raw) <= hi:
-        raise Problem(400, f"{name} must be an integer from {lo} to {hi}",
-                      errors=[(name, f"got {raw[:40]!r}")])
+        raise Problem(
+            400,
+            f"{name} must be an integer from {lo} to {hi}",
+            errors=[(name, f"got {raw[:40]!r}")],
+        )
     return int(raw)
 
 
-async def propagation(request: Request, env: str, version: int, wait: float | None
-                      ) -> dict[str, Any] | None:
+async def propagation(
+    request: Request, env: str, version: int, wait: float | None
+) -> dict[str, Any] | None:
     """Wait for clients to acknowledge ``version`` (``?wait=``); None when not asked."""
     if wait is None:
         return None
@@ -292,7 +338,9 @@ async def write_response(
     request: Request, env: str, res: WriteResult, wait: float | None, *, created: bool = False
 ) -> Response:
     body: dict[str, Any] = {
-        res.kind: res.doc, "version": res.version, "env_version": res.env_version,
+        res.kind: res.doc,
+        "version": res.version,
+        "env_version": res.env_version,
     }
     prop = await propagation(request, env, res.env_version, wait)
     if prop is not None:

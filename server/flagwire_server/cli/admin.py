@@ -25,8 +25,15 @@ import typer
 __all__ = ["register"]
 
 Url = Annotated[str, typer.Option("--url", envvar="FLAGWIRE_URL", help="server URL")]
-Key = Annotated[str, typer.Option("--admin-key", envvar="FLAGWIRE_ADMIN_KEY", show_default=False,
-                                  help="admin key (FLAGWIRE_ADMIN_KEY)")]
+Key = Annotated[
+    str,
+    typer.Option(
+        "--admin-key",
+        envvar="FLAGWIRE_ADMIN_KEY",
+        show_default=False,
+        help="admin key (FLAGWIRE_ADMIN_KEY)",
+    ),
+]
 Json = Annotated[bool, typer.Option("--json", help="print JSON for scripts")]
 Env = Annotated[str, typer.Option("--env", "-e", envvar="FLAGWIRE_ENV", help="environment")]
 Wait = Annotated[float | None, typer.Option("--wait", help="wait up to N s for clients to ack")]
@@ -48,20 +55,32 @@ class Api:
         if not key:
             fail("no admin key: pass --admin-key or set FLAGWIRE_ADMIN_KEY")
         self.url = url.rstrip("/")
-        self.client = httpx.Client(base_url=self.url + "/api/v1", timeout=40.0,
-                                   headers={"Authorization": f"Bearer {key}"})
+        self.client = httpx.Client(
+            base_url=self.url + "/api/v1", timeout=40.0, headers={"Authorization": f"Bearer {key}"}
+        )
 
-    def call(self, method: str, path: str, *, body: Any = None, params: dict[str, Any] | None =
-             None, headers: dict[str, str] | None = None) -> Any:
+    def call(
+        self,
+        method: str,
+        path: str,
+        *,
+        body: Any = None,
+        params: dict[str, Any] | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> Any:
         try:
             content = orjson.dumps(body) if body is not None else None
         except TypeError as exc:  # e.g. a YAML mapping with a non-string key
             fail(f"the document cannot be sent as JSON: {exc}")
         hdrs = {"Content-Type": "application/json", **(headers or {})} if content else headers
         try:
-            resp = self.client.request(method, path, content=content, headers=hdrs,
-                                       params={k: v for k, v in (params or {}).items()
-                                               if v is not None})
+            resp = self.client.request(
+                method,
+                path,
+                content=content,
+                headers=hdrs,
+                params={k: v for k, v in (params or {}).items() if v is not None},
+            )
         except httpx.HTTPError as exc:
             fail(f"cannot reach {self.url}: {exc}")
         if resp.status_code == 204:
@@ -81,8 +100,9 @@ def _problem_line(status: int, data: Any, text: str) -> str:
     line = f"{status} {data.get('title', '')}: {data.get('detail', '')}"
     errors = data.get("errors") or []
     if errors:
-        line += " — " + "; ".join(f"{e.get('path') or '(document)'}: {e.get('message')}"
-                                  for e in errors[:5])
+        line += " — " + "; ".join(
+            f"{e.get('path') or '(document)'}: {e.get('message')}" for e in errors[:5]
+        )
     if "current_version" in data:
         line += f" (current version {data['current_version']})"
     return line
@@ -91,8 +111,12 @@ def _problem_line(status: int, data: Any, text: str) -> str:
 # --- output -------------------------------------------------------------------
 
 
-def emit(data: Any, as_json: bool, rows: Sequence[Sequence[Any]] | None = None,
-         header: Sequence[str] = ()) -> None:
+def emit(
+    data: Any,
+    as_json: bool,
+    rows: Sequence[Sequence[Any]] | None = None,
+    header: Sequence[str] = (),
+) -> None:
     if as_json or rows is None:
         typer.echo(orjson.dumps(data, option=orjson.OPT_INDENT_2).decode())
         return
@@ -117,16 +141,25 @@ def _write_summary(data: dict[str, Any], kind: str, as_json: bool) -> None:
         emit(data, True)
         return
     doc = data.get(kind)
-    state = "deleted" if doc is None else ("on" if doc.get("on") else "off") if kind == "flag" \
+    state = (
+        "deleted"
+        if doc is None
+        else ("on" if doc.get("on") else "off")
+        if kind == "flag"
         else "saved"
-    line = f"{kind} {doc.get('key') if doc else ''} {state}: version {data['version']}, " \
-           f"environment version {data['env_version']}"
+    )
+    line = (
+        f"{kind} {doc.get('key') if doc else ''} {state}: version {data['version']}, "
+        f"environment version {data['env_version']}"
+    )
     prop = data.get("propagation")
     if prop and not prop.get("connected"):
         line += "; no clients connected"
     elif prop:
-        line += (f"; {prop.get('acknowledged')}/{prop.get('connected')} clients acknowledged"
-                 f" (p99 {prop.get('p99_ms')} ms{'' if prop.get('complete') else ', incomplete'})")
+        line += (
+            f"; {prop.get('acknowledged')}/{prop.get('connected')} clients acknowledged"
+            f" (p99 {prop.get('p99_ms')} ms{'' if prop.get('complete') else ', incomplete'})"
+        )
     typer.echo(line.replace(f"{kind}  ", f"{kind} "))
 
 
@@ -146,7 +179,8 @@ def _yaml12_loader(yaml: Any) -> Any:
         for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
     }
     Loader.add_implicit_resolver(
-        bool_tag, re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF"))
+        bool_tag, re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF")
+    )
     return Loader
 
 
@@ -198,18 +232,32 @@ def register(app: typer.Typer) -> None:
         """List environments."""
         with _errors():
             data = Api(url, admin_key).call("GET", "/environments")
-            emit(data, as_json, [(e["key"], e.get("name"), e.get("created_at"))
-                                 for e in data["environments"]], ("key", "name", "created"))
+            emit(
+                data,
+                as_json,
+                [(e["key"], e.get("name"), e.get("created_at")) for e in data["environments"]],
+                ("key", "name", "created"),
+            )
 
     @envs.command("create")
-    def envs_create(key: str, name: Annotated[str, typer.Option()] = "", url: Url = DEFAULT_URL,
-                    admin_key: Key = "", as_json: Json = False) -> None:
+    def envs_create(
+        key: str,
+        name: Annotated[str, typer.Option()] = "",
+        url: Url = DEFAULT_URL,
+        admin_key: Key = "",
+        as_json: Json = False,
+    ) -> None:
         """Create an environment."""
         with _errors():
-            data = Api(url, admin_key).call("POST", "/environments",
-                                            body={"key": key, "name": name or key})
-            emit(data, as_json, [(data["key"], data["name"], data["epoch"])],
-                 ("key", "name", "epoch"))
+            data = Api(url, admin_key).call(
+                "POST", "/environments", body={"key": key, "name": name or key}
+            )
+            emit(
+                data,
+                as_json,
+                [(data["key"], data["name"], data["epoch"])],
+                ("key", "name", "epoch"),
+            )
 
     @envs.command("delete")
     def envs_delete(key: str, url: Url = DEFAULT_URL, admin_key: Key = "") -> None:
@@ -219,21 +267,29 @@ def register(app: typer.Typer) -> None:
             typer.echo(f"environment {key} deleted")
 
     @keys.command("create")
-    def keys_create(name: str, kind: Annotated[str, typer.Option(help="sdk or admin")] = "sdk",
-                    env: Annotated[str | None, typer.Option(help="environment (SDK keys)")] = None,
-                    url: Url = DEFAULT_URL, admin_key: Key = "", as_json: Json = False) -> None:
+    def keys_create(
+        name: str,
+        kind: Annotated[str, typer.Option(help="sdk or admin")] = "sdk",
+        env: Annotated[str | None, typer.Option(help="environment (SDK keys)")] = None,
+        url: Url = DEFAULT_URL,
+        admin_key: Key = "",
+        as_json: Json = False,
+    ) -> None:
         """Create a key; its secret is printed this once."""
         with _errors():
             if kind == "sdk" and env is None:
                 env = "production"
-            data = Api(url, admin_key).call("POST", "/keys",
-                                            body={"name": name, "kind": kind, "env": env})
+            data = Api(url, admin_key).call(
+                "POST", "/keys", body={"name": name, "kind": kind, "env": env}
+            )
             if as_json:
                 emit(data, True)
             else:
                 k = data["key"]
-                typer.echo(f"created {k['kind']} key {k['id']} ({k['name']}"
-                           f"{', ' + k['env'] if k['env'] else ''}); secret, shown only now:")
+                typer.echo(
+                    f"created {k['kind']} key {k['id']} ({k['name']}"
+                    f"{', ' + k['env'] if k['env'] else ''}); secret, shown only now:"
+                )
                 typer.echo(data["secret"])
 
     @keys.command("list")
@@ -241,14 +297,27 @@ def register(app: typer.Typer) -> None:
         """List keys (never their secrets)."""
         with _errors():
             data = Api(url, admin_key).call("GET", "/keys")
-            emit(data, as_json, [(k["id"], k["name"], k["kind"], k["env"], k["prefix"] + "…",
-                                  "revoked" if k["revoked_at"] else "active")
-                                 for k in data["keys"]],
-                 ("id", "name", "kind", "env", "prefix", "state"))
+            emit(
+                data,
+                as_json,
+                [
+                    (
+                        k["id"],
+                        k["name"],
+                        k["kind"],
+                        k["env"],
+                        k["prefix"] + "…",
+                        "revoked" if k["revoked_at"] else "active",
+                    )
+                    for k in data["keys"]
+                ],
+                ("id", "name", "kind", "env", "prefix", "state"),
+            )
 
     @keys.command("revoke")
-    def keys_revoke(key_id: str, url: Url = DEFAULT_URL, admin_key: Key = "",
-                    as_json: Json = False) -> None:
+    def keys_revoke(
+        key_id: str, url: Url = DEFAULT_URL, admin_key: Key = "", as_json: Json = False
+    ) -> None:
         """Revoke a key; its streams close within a second."""
         with _errors():
             data = Api(url, admin_key).call("DELETE", f"/keys/{key_id}")
@@ -259,16 +328,36 @@ def register(app: typer.Typer) -> None:
     register_flags(flags)
 
     @app.command("audit")
-    def audit(env: Env = "production", limit: Annotated[int, typer.Option()] = 20,
-              before: Annotated[str | None, typer.Option(help="cursor from the last page")] = None,
-              url: Url = DEFAULT_URL, admin_key: Key = "", as_json: Json = False) -> None:
+    def audit(
+        env: Env = "production",
+        limit: Annotated[int, typer.Option()] = 20,
+        before: Annotated[str | None, typer.Option(help="cursor from the last page")] = None,
+        url: Url = DEFAULT_URL,
+        admin_key: Key = "",
+        as_json: Json = False,
+    ) -> None:
         """Show an environment's audit log, newest first."""
         with _errors():
-            data = Api(url, admin_key).call("GET", f"/environments/{env}/audit",
-                                            params={"limit": limit, "before": before})
-            emit(data, as_json, [(e["at"], e["actor"], e["action"], e["kind"], e["key"],
-                                  e["flag_version"], e["version"]) for e in data["entries"]],
-                 ("at", "actor", "action", "kind", "key", "ver", "env ver"))
+            data = Api(url, admin_key).call(
+                "GET", f"/environments/{env}/audit", params={"limit": limit, "before": before}
+            )
+            emit(
+                data,
+                as_json,
+                [
+                    (
+                        e["at"],
+                        e["actor"],
+                        e["action"],
+                        e["kind"],
+                        e["key"],
+                        e["flag_version"],
+                        e["version"],
+                    )
+                    for e in data["entries"]
+                ],
+                ("at", "actor", "action", "kind", "key", "ver", "env ver"),
+            )
             if data.get("next") and not as_json:
                 typer.echo(f"more: --before {data['next']}")
 
@@ -279,14 +368,20 @@ def register(app: typer.Typer) -> None:
             api = Api(url, admin_key)
             flags_ = api.call("GET", f"/environments/{env}/flags")
             segs = api.call("GET", f"/environments/{env}/segments")
-            out = {"env": env, "env_version": flags_["env_version"],
-                   "segments": segs["segments"], "flags": flags_["flags"]}
+            out = {
+                "env": env,
+                "env_version": flags_["env_version"],
+                "segments": segs["segments"],
+                "flags": flags_["flags"],
+            }
             try:
                 file.write_bytes(orjson.dumps(out, option=orjson.OPT_INDENT_2))
             except OSError as exc:
                 fail(f"cannot write {file}: {exc.strerror}")
-            typer.echo(f"exported {len(out['flags'])} flags and {len(out['segments'])} "
-                       f"segments of {env} to {file}")
+            typer.echo(
+                f"exported {len(out['flags'])} flags and {len(out['segments'])} "
+                f"segments of {env} to {file}"
+            )
 
     @app.command("import")
     def import_(env: str, file: Path, url: Url = DEFAULT_URL, admin_key: Key = "") -> None:
@@ -302,15 +397,22 @@ def register(app: typer.Typer) -> None:
                         fail(f"{file}: a {kind} without a key")
                     body = {k: v for k, v in doc.items() if k != "version"}
                     api.call("PUT", f"/environments/{env}/{plural}/{doc['key']}", body=body)
-            typer.echo(f"imported {len(data['flags'])} flags and "
-                       f"{len(data.get('segments') or [])} segments into {env}")
+            typer.echo(
+                f"imported {len(data['flags'])} flags and "
+                f"{len(data.get('segments') or [])} segments into {env}"
+            )
 
     @app.command("watch")
-    def watch(env: str, url: Url = DEFAULT_URL, admin_key: Key = "",
-              sdk_key: Annotated[str, typer.Option("--sdk-key", envvar="FLAGWIRE_SDK_KEY",
-                                                   show_default=False)] = "",
-              count: Annotated[int, typer.Option(help="stop after N changes (0: never)")] = 0,
-              as_json: Json = False) -> None:
+    def watch(
+        env: str,
+        url: Url = DEFAULT_URL,
+        admin_key: Key = "",
+        sdk_key: Annotated[
+            str, typer.Option("--sdk-key", envvar="FLAGWIRE_SDK_KEY", show_default=False)
+        ] = "",
+        count: Annotated[int, typer.Option(help="stop after N changes (0: never)")] = 0,
+        as_json: Json = False,
+    ) -> None:
         """Follow an environment's changes live over the stream."""
         with _errors():
             key = sdk_key or admin_key
@@ -332,9 +434,11 @@ async def _watch(url: str, env: str, key: str, count: int, as_json: bool) -> Non
     ws_url = url.rstrip("/").replace("http://", "ws://", 1).replace("https://", "wss://", 1)
     seen = 0
     try:
-        async with websockets.connect(f"{ws_url}/api/v1/stream?env={env}",
-                                      additional_headers={"Authorization": f"Bearer {key}"},
-                                      max_size=MAX_SERVER_FRAME) as ws:
+        async with websockets.connect(
+            f"{ws_url}/api/v1/stream?env={env}",
+            additional_headers={"Authorization": f"Bearer {key}"},
+            max_size=MAX_SERVER_FRAME,
+        ) as ws:
             async for frame in ws:
                 raw = frame.encode() if isinstance(frame, str) else frame
                 try:
@@ -346,14 +450,21 @@ async def _watch(url: str, env: str, key: str, count: int, as_json: bool) -> Non
                 elif isinstance(msg, Hello):
                     typer.echo(f"connected to {msg.env} at version {msg.version}")
                 elif isinstance(msg, Snapshot):
-                    typer.echo(f"v{msg.version} snapshot: {len(msg.flags)} flags, "
-                               f"{len(msg.segments)} segments")
+                    typer.echo(
+                        f"v{msg.version} snapshot: {len(msg.flags)} flags, "
+                        f"{len(msg.segments)} segments"
+                    )
                 elif isinstance(msg, Patch):
-                    state = (" " + ("on" if msg.data.get("on") else "off")) \
-                        if msg.kind == "flag" else ""
-                    typer.echo(f"v{msg.version} {msg.kind} {msg.key}{state} "
-                               f"(version {msg.data.get('version')}, by "
-                               f"{msg.data.get('updated_by', '?')})")
+                    state = (
+                        (" " + ("on" if msg.data.get("on") else "off"))
+                        if msg.kind == "flag"
+                        else ""
+                    )
+                    typer.echo(
+                        f"v{msg.version} {msg.kind} {msg.key}{state} "
+                        f"(version {msg.data.get('version')}, by "
+                        f"{msg.data.get('updated_by', '?')})"
+                    )
                 elif isinstance(msg, Delete):
                     typer.echo(f"v{msg.version} {msg.kind} {msg.key} deleted")
                 else:
@@ -369,7 +480,9 @@ async def _watch(url: str, env: str, key: str, count: int, as_json: bool) -> Non
     except InvalidStatus as exc:
         fail(f"the stream refused the connection: HTTP {exc.response.status_code}")
     except ConnectionClosed as exc:
-        fail(f"the stream closed: {exc.rcvd.code if exc.rcvd else ''} "
-             f"{exc.rcvd.reason if exc.rcvd else ''}".rstrip())
+        fail(
+            f"the stream closed: {exc.rcvd.code if exc.rcvd else ''} "
+            f"{exc.rcvd.reason if exc.rcvd else ''}".rstrip()
+        )
     except OSError as exc:
         fail(f"cannot reach {url}: {exc}")

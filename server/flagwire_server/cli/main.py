@@ -28,17 +28,26 @@ def _root() -> None:
 
 @app.command()
 def serve(
-    host: Annotated[str | None, typer.Option(help="Address to bind [FLAGWIRE_HOST, 127.0.0.1].")
-                    ] = None,
+    host: Annotated[
+        str | None, typer.Option(help="Address to bind [FLAGWIRE_HOST, 127.0.0.1].")
+    ] = None,
     port: Annotated[int | None, typer.Option(help="Port [FLAGWIRE_PORT, 8080].")] = None,
-    redis_url: Annotated[str | None, typer.Option(
-        "--redis-url",
-        help="redis://, rediss:// or unix:// URL [FLAGWIRE_REDIS_URL]; "
-             "none: an embedded Valkey in DATA_DIR/valkey.")] = None,
-    data_dir: Annotated[Path | None, typer.Option(
-        "--data-dir", help="Data directory [FLAGWIRE_DATA_DIR, ./.flagwire].")] = None,
-    workers: Annotated[int | None, typer.Option(
-        help="Worker processes, each serving clients [FLAGWIRE_WORKERS, 1].")] = None,
+    redis_url: Annotated[
+        str | None,
+        typer.Option(
+            "--redis-url",
+            help="redis://, rediss:// or unix:// URL [FLAGWIRE_REDIS_URL]; "
+            "none: an embedded Valkey in DATA_DIR/valkey.",
+        ),
+    ] = None,
+    data_dir: Annotated[
+        Path | None,
+        typer.Option("--data-dir", help="Data directory [FLAGWIRE_DATA_DIR, ./.flagwire]."),
+    ] = None,
+    workers: Annotated[
+        int | None,
+        typer.Option(help="Worker processes, each serving clients [FLAGWIRE_WORKERS, 1]."),
+    ] = None,
 ) -> None:
     """Run the flagwire server (environment variables FLAGWIRE_*: see docs/design.md)."""
     try:

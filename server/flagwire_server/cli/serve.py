@@ -85,17 +85,27 @@ def serve(settings: Settings) -> None:
         if not settings.redis_url:
             embedded = EmbeddedStore(settings.data_dir)
             settings = settings.with_(redis_url=embedded.start())
-        log.info("starting flagwire", extra={
-            "host": settings.host, "port": settings.port, "workers": settings.workers,
-            "embedded_store": embedded is not None})
+        log.info(
+            "starting flagwire",
+            extra={
+                "host": settings.host,
+                "port": settings.port,
+                "workers": settings.workers,
+                "embedded_store": embedded is not None,
+            },
+        )
         options = uvicorn_options(settings)
         if settings.workers > 1:
             if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
                 metrics_dir = tempfile.mkdtemp(prefix="flagwire-metrics-")
                 os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
             os.environ.update(settings.to_env())
-            uvicorn.run("flagwire_server.app:create_app_from_env", factory=True,
-                        workers=settings.workers, **options)
+            uvicorn.run(
+                "flagwire_server.app:create_app_from_env",
+                factory=True,
+                workers=settings.workers,
+                **options,
+            )
         else:
             from flagwire_server.app import create_app
 

@@ -109,8 +109,13 @@ async def _layout(request: Request, session: Session, env: str | None, page: str
     if env is not None:
         info = await store.get_env(env)  # NotFound -> 404 page
     return {
-        "session": session, "envs": envs, "env": env, "env_info": info, "page": page,
-        "protected": env == _PROTECTED_ENV, "static": _static_version(),
+        "session": session,
+        "envs": envs,
+        "env": env,
+        "env_info": info,
+        "page": page,
+        "protected": env == _PROTECTED_ENV,
+        "static": _static_version(),
     }
 
 
@@ -136,13 +141,35 @@ def _guarded(handler: Any) -> Any:
             response: Response = await handler(request, session)
         except NotFound as exc:
             envs = await _store(request).list_envs()
-            return _render(request, "error.html", 404, session=session, envs=envs, env=None,
-                           env_info=None, page="", protected=False, static=_static_version(),
-                           title="Not found", message=str(exc))
+            return _render(
+                request,
+                "error.html",
+                404,
+                session=session,
+                envs=envs,
+                env=None,
+                env_info=None,
+                page="",
+                protected=False,
+                static=_static_version(),
+                title="Not found",
+                message=str(exc),
+            )
         except StoreUnavailable as exc:
-            return _render(request, "error.html", 503, session=session, envs=[], env=None,
-                           env_info=None, page="", protected=False, static=_static_version(),
-                           title="Store unavailable", message=f"{exc}. Try again shortly.")
+            return _render(
+                request,
+                "error.html",
+                503,
+                session=session,
+                envs=[],
+                env=None,
+                env_info=None,
+                page="",
+                protected=False,
+                static=_static_version(),
+                title="Store unavailable",
+                message=f"{exc}. Try again shortly.",
+            )
         return response
 
     page.__name__ = handler.__name__
@@ -154,19 +181,38 @@ def _guarded(handler: Any) -> Any:
 
 def _safe_next(value: str | None) -> str:
     # Browsers drop tabs and newlines from URLs ("/\t/evil" becomes "//evil"): refuse them.
-    if (value and value.startswith("/") and not value.startswith("//") and "\\" not in value
-            and value.isprintable() and not any(c.isspace() for c in value)):
+    if (
+        value
+        and value.startswith("/")
+        and not value.startswith("//")
+        and "\\" not in value
+        and value.isprintable()
+        and not any(c.isspace() for c in value)
+    ):
         return value
     return "/"
 
 
 def _signin_form(request: Request, error: str | None = None, status: int = 200) -> Response:
     token = secrets.token_urlsafe(24)
-    response = _render(request, "signin.html", status, error=error, login_csrf=token,
-                       next=_safe_next(request.query_params.get("next")),
-                       static=_static_version())
-    response.set_cookie(LOGIN_COOKIE, token, max_age=3600, path="/signin", httponly=True,
-                        samesite="strict", secure=request.url.scheme == "https")
+    response = _render(
+        request,
+        "signin.html",
+        status,
+        error=error,
+        login_csrf=token,
+        next=_safe_next(request.query_params.get("next")),
+        static=_static_version(),
+    )
+    response.set_cookie(
+        LOGIN_COOKIE,
+        token,
+        max_age=3600,
+        path="/signin",
+        httponly=True,
+        samesite="strict",
+        secure=request.url.scheme == "https",
+    )
     return response
 
 
@@ -189,8 +235,9 @@ async def signin_post(request: Request) -> Response:
     token = str(form.get("csrf", ""))
     cookie = request.cookies.get(LOGIN_COOKIE, "")
     if not same_origin(request) or not token or not secrets.compare_digest(token, cookie):
-        return _signin_form(request, "The sign-in form expired or came from another site; "
-                                     "try again.", 403)
+        return _signin_form(
+            request, "The sign-in form expired or came from another site; try again.", 403
+        )
     ip = request.client.host if request.client else "unknown"
     limiter = _limiter(request)
     if limiter.blocked(ip):
@@ -199,8 +246,11 @@ async def signin_post(request: Request) -> Response:
     record = request.app.state.keys.authenticate(secret)
     if record is None or record.kind != "admin":
         limiter.take(ip)
-        why = "That is an SDK key; the console needs an admin key." if record else \
-              "Unknown or revoked admin key."
+        why = (
+            "That is an SDK key; the console needs an admin key."
+            if record
+            else "Unknown or revoked admin key."
+        )
         return _signin_form(request, why, 401)
     response = RedirectResponse(_safe_next(str(form.get("next", "/"))), status_code=303)
     await create_session(request, response, record.id, record.name)
@@ -229,9 +279,20 @@ async def home(request: Request) -> Response:
     try:
         envs = await _store(request).list_envs()
     except StoreUnavailable as exc:
-        return _render(request, "error.html", 503, session=session, envs=[], env=None,
-                       env_info=None, page="", protected=False, static=_static_version(),
-                       title="Store unavailable", message=f"{exc}. Try again shortly.")
+        return _render(
+            request,
+            "error.html",
+            503,
+            session=session,
+            envs=[],
+            env=None,
+            env_info=None,
+            page="",
+            protected=False,
+            static=_static_version(),
+            title="Store unavailable",
+            message=f"{exc}. Try again shortly.",
+        )
     keys = [str(e.get("key")) for e in envs]
     env = _PROTECTED_ENV if _PROTECTED_ENV in keys or not keys else keys[0]
     return RedirectResponse(f"/envs/{env}/flags", status_code=303)
@@ -284,9 +345,12 @@ async def _history(request: Request, session: Session) -> Response:
     versions = [current, *older]
     # The oldest version kept has nothing to compare with: it is shown as created.
     rows = [
-        {"doc": doc, "current": i == 0,
-         "changes": present.diff(versions[i + 1], doc) if i + 1 < len(versions) else None,
-         "served_before": present.serving(versions[i + 1]) if i + 1 < len(versions) else None}
+        {
+            "doc": doc,
+            "current": i == 0,
+            "changes": present.diff(versions[i + 1], doc) if i + 1 < len(versions) else None,
+            "served_before": present.serving(versions[i + 1]) if i + 1 < len(versions) else None,
+        }
         for i, doc in enumerate(versions)
     ]
     return _render(request, "history.html", flag=current, rows=rows, **ctx)
@@ -316,8 +380,9 @@ async def _audit(request: Request, session: Session) -> Response:
     if before is not None and not all(c.isdigit() or c == "-" for c in before):
         before = None
     entries, cursor = await _store(request).audit(env, limit=50, before=before)
-    return _render(request, "audit.html", entries=[e.to_json() for e in entries], cursor=cursor,
-                   **ctx)
+    return _render(
+        request, "audit.html", entries=[e.to_json() for e in entries], cursor=cursor, **ctx
+    )
 
 
 async def _envs(request: Request, session: Session) -> Response:

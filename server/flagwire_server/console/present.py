@@ -38,8 +38,11 @@ def _serve(doc: dict[str, Any], serve: Any) -> str:
     if "variation" in serve:
         return _variation(doc, serve["variation"])
     slots = (serve.get("rollout") or {}).get("variations") or []
-    parts = [(s.get("weight", 0), _variation(doc, s.get("variation"))) for s in slots
-             if isinstance(s, dict)]
+    parts = [
+        (s.get("weight", 0), _variation(doc, s.get("variation")))
+        for s in slots
+        if isinstance(s, dict)
+    ]
     parts = [p for p in parts if isinstance(p[0], int) and p[0] > 0]
     if not parts:
         return "?"
@@ -82,8 +85,10 @@ def _flatten(value: Any, path: str, out: dict[str, str]) -> None:
         for k, v in value.items():
             if path or k not in _NOISE:
                 _flatten(v, f"{path}.{k}" if path else str(k), out)
-    elif isinstance(value, list) and value and not all(
-        isinstance(v, str | int | float | bool) for v in value
+    elif (
+        isinstance(value, list)
+        and value
+        and not all(isinstance(v, str | int | float | bool) for v in value)
     ):
         for i, v in enumerate(value):
             _flatten(v, f"{path}[{i}]", out)
@@ -118,6 +123,9 @@ def diff(before: Any, after: Any) -> list[dict[str, str]]:
 def _path_order(path: str) -> tuple[Any, ...]:
     parts: list[Any] = []
     for piece in path.replace("]", "").replace("[", ".#").split("."):
-        parts.append((0, int(piece[1:]), "") if piece.startswith("#") and piece[1:].isdigit()
-                     else (1, 0, piece))
+        parts.append(
+            (0, int(piece[1:]), "")
+            if piece.startswith("#") and piece[1:].isdigit()
+            else (1, 0, piece)
+        )
     return tuple(parts)

@@ -133,8 +133,11 @@ async def read_session(conn: HTTPConnection) -> Session | None:
     try:
         data = orjson.loads(stored)
         session = Session(
-            sid=sid, key_id=str(data["key_id"]), name=str(data["name"]),
-            csrf=str(data["csrf"]), created_at=float(data.get("created_at", 0)),
+            sid=sid,
+            key_id=str(data["key_id"]),
+            name=str(data["name"]),
+            csrf=str(data["csrf"]),
+            created_at=float(data.get("created_at", 0)),
         )
     except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
         return None
@@ -146,13 +149,19 @@ async def read_session(conn: HTTPConnection) -> Session | None:
 async def create_session(request: Request, response: Response, key_id: str, name: str) -> Session:
     """Store a new session for an authenticated admin key and set its cookie."""
     sid = secrets.token_urlsafe(32)
-    session = Session(sid=sid, key_id=key_id, name=name, csrf=secrets.token_urlsafe(32),
-                      created_at=time.time())
+    session = Session(
+        sid=sid, key_id=key_id, name=name, csrf=secrets.token_urlsafe(32), created_at=time.time()
+    )
     data = {"key_id": key_id, "name": name, "csrf": session.csrf, "created_at": session.created_at}
     await _redis(request).set(_key(request, sid), orjson.dumps(data), ex=SESSION_TTL)
     signed = (await _serializer(request)).dumps(sid)
     response.set_cookie(
-        COOKIE, str(signed), max_age=SESSION_TTL, path="/", httponly=True, samesite="strict",
+        COOKIE,
+        str(signed),
+        max_age=SESSION_TTL,
+        path="/",
+        httponly=True,
+        samesite="strict",
         secure=request.url.scheme == "https",
     )
     return session
@@ -163,8 +172,9 @@ async def delete_session(request: Request, response: Response) -> None:
     session = await read_session(request)
     if session is not None:
         await _redis(request).delete(_key(request, session.sid))
-    response.delete_cookie(COOKIE, path="/", httponly=True, samesite="strict",
-                           secure=request.url.scheme == "https")
+    response.delete_cookie(
+        COOKIE, path="/", httponly=True, samesite="strict", secure=request.url.scheme == "https"
+    )
 
 
 def same_origin(request: Request) -> bool:

@@ -37,8 +37,12 @@ async def readiness(state: Any) -> list[dict[str, str]]:
 async def readyz(request: Request) -> JSONResponse:
     state = request.app.state
     reasons = await readiness(state)
-    body = {"ready": not reasons, "instance": state.instance_id, "reasons": reasons,
-            "connected": state.fanout.connected()}
+    body = {
+        "ready": not reasons,
+        "instance": state.instance_id,
+        "reasons": reasons,
+        "connected": state.fanout.connected(),
+    }
     return JSONResponse(body, status_code=503 if reasons else 200)
 
 

@@ -23,7 +23,12 @@ import orjson
 from flagwire_server.config import Settings
 
 __all__ = [
-    "ConsoleFormatter", "JsonFormatter", "QuietStreamsFilter", "configure", "log_config", "redact",
+    "ConsoleFormatter",
+    "JsonFormatter",
+    "QuietStreamsFilter",
+    "configure",
+    "log_config",
+    "redact",
 ]
 
 _SECRET_RE: Final = re.compile(r"(?i)\b(bearer\s+)[^\s,;\"']+|\bfw_(?:sdk|admin)_[A-Za-z0-9_\-]+")
@@ -41,8 +46,9 @@ def redact(text: str) -> str:
 
 
 def _extras(record: logging.LogRecord) -> dict[str, Any]:
-    return {k: v for k, v in record.__dict__.items()
-            if k not in _STANDARD and not k.startswith("_")}
+    return {
+        k: v for k, v in record.__dict__.items() if k not in _STANDARD and not k.startswith("_")
+    }
 
 
 def _clean(value: Any) -> Any:
@@ -58,8 +64,9 @@ class JsonFormatter(logging.Formatter):
 
     def format(self, record: logging.LogRecord) -> str:
         out: dict[str, Any] = {
-            "ts": dt.datetime.fromtimestamp(record.created, dt.UTC).isoformat(
-                timespec="milliseconds").replace("+00:00", "Z"),
+            "ts": dt.datetime.fromtimestamp(record.created, dt.UTC)
+            .isoformat(timespec="milliseconds")
+            .replace("+00:00", "Z"),
             "level": record.levelname.lower(),
             "logger": record.name,
             "msg": redact(record.getMessage()),
@@ -93,7 +100,8 @@ class QuietStreamsFilter(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         if record.levelno > logging.INFO or logging.getLogger("flagwire").isEnabledFor(
-                logging.DEBUG):
+            logging.DEBUG
+        ):
             return True
         msg = record.msg
         return not (isinstance(msg, str) and msg.endswith('"WebSocket %s" [accepted]'))
@@ -110,10 +118,16 @@ def log_config(settings: Settings) -> dict[str, Any]:
             "json": {"()": "flagwire_server.observability.logs.JsonFormatter"},
             "console": {"()": "flagwire_server.observability.logs.ConsoleFormatter"},
         },
-        "filters": {"quiet_streams": {"()": "flagwire_server.observability.logs.QuietStreamsFilter"}},
+        "filters": {
+            "quiet_streams": {"()": "flagwire_server.observability.logs.QuietStreamsFilter"}
+        },
         "handlers": {
-            "stderr": {"class": "logging.StreamHandler", "formatter": formatter,
-                       "stream": "ext://sys.stderr", "filters": ["quiet_streams"]},
+            "stderr": {
+                "class": "logging.StreamHandler",
+                "formatter": formatter,
+                "stream": "ext://sys.stderr",
+                "filters": ["quiet_streams"],
+            },
         },
         "loggers": {
             "flagwire": {"level": level, "handlers": ["stderr"], "propagate": False},

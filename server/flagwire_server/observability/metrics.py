@@ -27,7 +27,20 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 __all__ = ["Metrics", "RequestMetricsMiddleware", "metrics_endpoint"]
 
 _LATENCY_BUCKETS = (
-    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+    0.0005,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
 )
 
 
@@ -42,33 +55,47 @@ class Metrics:
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
         self.connected = Gauge(
-            "flagwire_connected_clients", "Open streams by environment", ["env"],
-            registry=r, multiprocess_mode="livesum",
+            "flagwire_connected_clients",
+            "Open streams by environment",
+            ["env"],
+            registry=r,
+            multiprocess_mode="livesum",
         )
         self.messages_sent = Counter(
             "flagwire_messages_sent", "Frames written to streams", ["env", "type"], registry=r
         )
         self.changes_applied = Counter(
-            "flagwire_changes_applied", "Changes read from the change log and fanned out",
-            ["env"], registry=r,
+            "flagwire_changes_applied",
+            "Changes read from the change log and fanned out",
+            ["env"],
+            registry=r,
         )
         self.propagation = Histogram(
-            "flagwire_propagation_seconds", "Commit to client acknowledgement",
-            buckets=_LATENCY_BUCKETS, registry=r,
+            "flagwire_propagation_seconds",
+            "Commit to client acknowledgement",
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
         )
         self.fanout_duration = Histogram(
-            "flagwire_fanout_seconds", "Time to write one change to every local stream",
-            buckets=_LATENCY_BUCKETS, registry=r,
+            "flagwire_fanout_seconds",
+            "Time to write one change to every local stream",
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
         )
         self.redis_errors = Counter(
             "flagwire_redis_errors", "Redis operations that failed", ["op"], registry=r
         )
         self.store_reset = Gauge(
-            "flagwire_store_reset", "1 while an environment's store looks reset or rewound",
-            ["env"], registry=r, multiprocess_mode="max",
+            "flagwire_store_reset",
+            "1 while an environment's store looks reset or rewound",
+            ["env"],
+            registry=r,
+            multiprocess_mode="max",
         )
         self.resyncs = Counter(
-            "flagwire_resyncs", "Snapshots sent other than on connect", ["env", "reason"],
+            "flagwire_resyncs",
+            "Snapshots sent other than on connect",
+            ["env", "reason"],
             registry=r,
         )
         self.disconnects = Counter(
@@ -81,8 +108,11 @@ class Metrics:
             "flagwire_api_requests", "HTTP requests", ["route", "method", "status"], registry=r
         )
         self.request_duration = Histogram(
-            "flagwire_api_request_seconds", "HTTP request duration", ["route"],
-            buckets=_LATENCY_BUCKETS, registry=r,
+            "flagwire_api_request_seconds",
+            "HTTP request duration",
+            ["route"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
         )
 
     def exposition(self) -> bytes:

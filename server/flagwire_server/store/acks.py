@@ -62,8 +62,13 @@ class Tally:
 
     def report(self) -> bytes:
         return orjson.dumps(
-            {"sent": self.sent, "acked": self.acked, "lost": self.lost,
-             "lat_us": self.lat_us, "t": self.t_ms}
+            {
+                "sent": self.sent,
+                "acked": self.acked,
+                "lost": self.lost,
+                "lat_us": self.lat_us,
+                "t": self.t_ms,
+            }
         )
 
 
@@ -117,7 +122,9 @@ def _pct(sorted_values: list[int], q: float) -> float | None:
 
 
 def merge_reports(
-    version: int, reports: dict[str, dict[str, Any]], live: set[str],
+    version: int,
+    reports: dict[str, dict[str, Any]],
+    live: set[str],
     required: set[str] | None = None,
 ) -> dict[str, Any]:
     """Combine per-instance reports into the propagation figures of one version.
@@ -278,8 +285,11 @@ class AckReporter:
         for k, v in raw.items():
             with contextlib.suppress(orjson.JSONDecodeError):
                 reports[_text(k)] = orjson.loads(v)
-        required = {i for i, f in ((_text(k), v) for k, v in floors.items())
-                    if i in live and int(f) < version}
+        required = {
+            i
+            for i, f in ((_text(k), v) for k, v in floors.items())
+            if i in live and int(f) < version
+        }
         return merge_reports(version, reports, live, required)
 
     async def wait_for(self, env: str, version: int, seconds: float) -> dict[str, Any]:

@@ -108,8 +108,12 @@ class KeyRing:
         # a reload that started before a create cannot drop the new key.
         self._lock = asyncio.Lock()
         self._admin_record = KeyRecord(
-            id=ENV_ADMIN_ID, name="admin (FLAGWIRE_ADMIN_KEY)", kind="admin", env=None,
-            prefix="fw_admin_env", created_at="",
+            id=ENV_ADMIN_ID,
+            name="admin (FLAGWIRE_ADMIN_KEY)",
+            kind="admin",
+            env=None,
+            prefix="fw_admin_env",
+            created_at="",
         )
 
     def _k(self, suffix: str) -> str:
@@ -170,7 +174,8 @@ class KeyRing:
             if rec.revoked_at is None and isinstance(data.get("hash"), str):
                 hashes[data["hash"]] = rec.id
         gone = [
-            key_id for key_id in self._records
+            key_id
+            for key_id in self._records
             if key_id not in self._revoked
             and (key_id not in records or records[key_id].revoked_at is not None)
         ]
@@ -236,8 +241,11 @@ class KeyRing:
             raise ValidationError(problems)
         secret = f"fw_{kind}_{secrets.token_urlsafe(24)}"  # 24 bytes -> 32 characters
         rec = KeyRecord(
-            id=f"key_{secrets.token_hex(6)}", name=name, kind=kind,  # type: ignore[arg-type]
-            env=env if kind == "sdk" else None, prefix=secret[: len(f"fw_{kind}_") + _SHOWN],
+            id=f"key_{secrets.token_hex(6)}",
+            name=name,
+            kind=kind,  # type: ignore[arg-type]
+            env=env if kind == "sdk" else None,
+            prefix=secret[: len(f"fw_{kind}_") + _SHOWN],
             created_at=_now(),
         )
         digest = hash_secret(secret)
@@ -293,8 +301,11 @@ class KeyRing:
 
 def _record(data: dict[str, Any]) -> KeyRecord:
     return KeyRecord(
-        id=str(data["id"]), name=str(data.get("name", "")),
-        kind="admin" if data.get("kind") == "admin" else "sdk", env=data.get("env"),
-        prefix=str(data.get("prefix", "")), created_at=str(data.get("created_at", "")),
+        id=str(data["id"]),
+        name=str(data.get("name", "")),
+        kind="admin" if data.get("kind") == "admin" else "sdk",
+        env=data.get("env"),
+        prefix=str(data.get("prefix", "")),
+        created_at=str(data.get("created_at", "")),
         revoked_at=data.get("revoked_at") or None,
     )

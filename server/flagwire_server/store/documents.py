@@ -250,13 +250,24 @@ class Store:
         """
         body = _body(doc, key)
         return await self._commit(
-            env, kind, str(body["key"]), lambda _cur: body,
-            mode="create" if create else "replace", expected=expected, actor=actor,
+            env,
+            kind,
+            str(body["key"]),
+            lambda _cur: body,
+            mode="create" if create else "replace",
+            expected=expected,
+            actor=actor,
             action="create" if create else None,
         )
 
     async def patch(
-        self, env: str, kind: Kind, key: str, merge: object, *, actor: str,
+        self,
+        env: str,
+        kind: Kind,
+        key: str,
+        merge: object,
+        *,
+        actor: str,
         expected: int | None = None,
     ) -> WriteResult:
         """Apply an RFC 7386 JSON merge patch to the current document."""
@@ -293,7 +304,13 @@ class Store:
         return docs
 
     async def restore(
-        self, env: str, kind: Kind, key: str, version: int, *, actor: str,
+        self,
+        env: str,
+        kind: Kind,
+        key: str,
+        version: int,
+        *,
+        actor: str,
         expected: int | None = None,
     ) -> WriteResult:
         """Write version ``version`` of a document again, as a new change."""
@@ -305,7 +322,13 @@ class Store:
             raise NotFound(f"{kind} {key!r} has no version {version} in its history")
         body = _body(old, key)
         return await self._commit(
-            env, kind, key, lambda _cur: body, mode="replace", expected=expected, actor=actor,
+            env,
+            kind,
+            key,
+            lambda _cur: body,
+            mode="replace",
+            expected=expected,
+            actor=actor,
             action="restore",
         )
 
@@ -315,7 +338,13 @@ class Store:
         """Create or replace ``key`` in environment ``to`` with its document from ``env``."""
         body = _body(await self.get_doc(env, kind, key), key)
         return await self._commit(
-            to, kind, key, lambda _cur: body, mode="replace", expected=expected, actor=actor,
+            to,
+            kind,
+            key,
+            lambda _cur: body,
+            mode="replace",
+            expected=expected,
+            actor=actor,
             action="copy",
         )
 
@@ -387,8 +416,10 @@ class Store:
                 )
             # A deleted document's versions continue from its history, so that a
             # version number never names two different documents.
-            base = cur_version if cur is not None else _version_of(
-                _loads(await self.redis.lindex(hist_key, 0))
+            base = (
+                cur_version
+                if cur is not None
+                else _version_of(_loads(await self.redis.lindex(hist_key, 0)))
             )
             body = compute(cur)
             new: dict[str, Any] | None = None
@@ -401,17 +432,40 @@ class Store:
                 new["updated_by"] = actor
             prefix, suffix = patch_template(kind, key, new)
             res = await self._write(
-                keys=[self.key(env, "meta"), docs_key, self.key(env, "changes"), hist_key,
-                      self.key(env, "audit")],
-                args=[key, mode, cur_version, orjson.dumps(new) if new is not None else b"",
-                      prefix, suffix, actor, action or _action(mode, cur), kind,
-                      base + 1 if new is not None else cur_version,
-                      CHANGES_MAXLEN, HISTORY_CAP, AUDIT_MAXLEN],
+                keys=[
+                    self.key(env, "meta"),
+                    docs_key,
+                    self.key(env, "changes"),
+                    hist_key,
+                    self.key(env, "audit"),
+                ],
+                args=[
+                    key,
+                    mode,
+                    cur_version,
+                    orjson.dumps(new) if new is not None else b"",
+                    prefix,
+                    suffix,
+                    actor,
+                    action or _action(mode, cur),
+                    kind,
+                    base + 1 if new is not None else cur_version,
+                    CHANGES_MAXLEN,
+                    HISTORY_CAP,
+                    AUDIT_MAXLEN,
+                ],
             )
             status = _s(res[0])
             if status == "ok":
-                return WriteResult(kind, key, new, base + 1 if new is not None else cur_version,
-                                   int(_s(res[1])), int(_s(res[2])), cur)
+                return WriteResult(
+                    kind,
+                    key,
+                    new,
+                    base + 1 if new is not None else cur_version,
+                    int(_s(res[1])),
+                    int(_s(res[2])),
+                    cur,
+                )
             if status == "noenv":
                 raise NotFound(f"environment {env!r} does not exist")
             if status == "missing":

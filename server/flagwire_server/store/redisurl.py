@@ -23,8 +23,13 @@ import redis.asyncio as aioredis
 __all__ = ["SCHEMES", "connect"]
 
 SCHEMES = (
-    "redis", "rediss", "unix",
-    "redis+sentinel", "rediss+sentinel", "redis+cluster", "rediss+cluster",
+    "redis",
+    "rediss",
+    "unix",
+    "redis+sentinel",
+    "rediss+sentinel",
+    "redis+cluster",
+    "rediss+cluster",
 )
 
 
@@ -102,7 +107,9 @@ def _cluster(netloc: str, tls: bool, kwargs: dict[str, Any]) -> aioredis.Redis:
     accepted = inspect.signature(RedisCluster.__init__).parameters
     client = RedisCluster(
         startup_nodes=[ClusterNode(h, p) for h, p in hosts],
-        username=user, password=password, ssl=tls,
+        username=user,
+        password=password,
+        ssl=tls,
         **{k: v for k, v in kwargs.items() if k in accepted},
     )
     # RedisCluster speaks the same commands for single-slot keys; callers type it as Redis.

@@ -96,15 +96,29 @@ def _reason(text: str) -> str:
 
 async def _deny(ws: WebSocket, status: int, code: str, detail: str) -> None:
     ws.app.state.metrics.refused.labels(str(status)).inc()
-    titles = {400: "Bad Request", 401: "Unauthorized", 403: "Forbidden", 404: "Not Found",
-              429: "Too Many Requests", 503: "Service Unavailable"}
-    body = {"type": "about:blank", "title": titles.get(status, "Error"), "status": status,
-            "detail": detail, "code": code}
-    headers = {"Retry-After": "60"} if status == 429 else {"Retry-After": "1"} if status == 503 \
-        else None
-    await ws.send_denial_response(JSONResponse(
-        body, status_code=status, headers=headers, media_type="application/problem+json"
-    ))
+    titles = {
+        400: "Bad Request",
+        401: "Unauthorized",
+        403: "Forbidden",
+        404: "Not Found",
+        429: "Too Many Requests",
+        503: "Service Unavailable",
+    }
+    body = {
+        "type": "about:blank",
+        "title": titles.get(status, "Error"),
+        "status": status,
+        "detail": detail,
+        "code": code,
+    }
+    headers = (
+        {"Retry-After": "60"} if status == 429 else {"Retry-After": "1"} if status == 503 else None
+    )
+    await ws.send_denial_response(
+        JSONResponse(
+            body, status_code=status, headers=headers, media_type="application/problem+json"
+        )
+    )
 
 
 async def _maybe(value: Any) -> Any:
@@ -126,12 +140,14 @@ async def stream_endpoint(ws: WebSocket) -> None:
     limiter: FailureLimiter = state.auth_failures
 
     origin = ws.headers.get("origin")
-    if origin is not None and not origin_allowed(origin, ws.headers.get("host"),
-                                                 settings.allowed_origins):
+    if origin is not None and not origin_allowed(
+        origin, ws.headers.get("host"), settings.allowed_origins
+    ):
         return await _deny(ws, 403, "forbidden_origin", "this Origin may not open streams")
     if limiter.blocked(ip):
-        return await _deny(ws, 429, "rate_limited",
-                           "too many failed authentications; try again in a minute")
+        return await _deny(
+            ws, 429, "rate_limited", "too many failed authentications; try again in a minute"
+        )
 
     auth = ws.headers.get("authorization")
     key_id: str
@@ -153,8 +169,9 @@ async def stream_endpoint(ws: WebSocket) -> None:
             return await _deny(ws, 503, "unavailable", "sessions are unavailable; retry")
         if session is None:
             limiter.fail(ip)
-            return await _deny(ws, 401, "unauthorized",
-                               "send the SDK key as 'Authorization: Bearer <key>'")
+            return await _deny(
+                ws, 401, "unauthorized", "send the SDK key as 'Authorization: Bearer <key>'"
+            )
         key_id, kind = str(session.key_id), "admin"
 
     query_env = ws.query_params.get("env") or None
@@ -162,13 +179,15 @@ async def stream_endpoint(ws: WebSocket) -> None:
         if not key_env:
             return await _deny(ws, 403, "forbidden", "this SDK key has no environment")
         if query_env is not None and query_env != key_env:
-            return await _deny(ws, 403, "forbidden",
-                               f"this SDK key belongs to environment {key_env!r}")
+            return await _deny(
+                ws, 403, "forbidden", f"this SDK key belongs to environment {key_env!r}"
+            )
         env = key_env
     elif kind == "admin":
         if query_env is None:
-            return await _deny(ws, 400, "env_required",
-                               "an admin key or console session must pass ?env=NAME")
+            return await _deny(
+                ws, 400, "env_required", "an admin key or console session must pass ?env=NAME"
+            )
         env = query_env
     else:
         return await _deny(ws, 403, "forbidden", f"a {kind} key cannot open streams")
@@ -191,8 +210,9 @@ async def stream_endpoint(ws: WebSocket) -> None:
         return await _deny(ws, 503, "unavailable", "the flag store is unavailable; retry")
 
     if feed.stale:
-        return await _deny(ws, 503, "unavailable",
-                           "this server cannot reach the flag store; retry (elsewhere)")
+        return await _deny(
+            ws, 503, "unavailable", "this server cannot reach the flag store; retry (elsewhere)"
+        )
 
     await ws.accept()
     proto = protocol_of(ws.scope, ws._send)

@@ -72,6 +72,7 @@ log = logging.getLogger("flagwire.fanout")
 DISCOVER_EVERY_S: Final = 2.0
 _REDIS_ERRORS = REDIS_ERRORS
 
+
 class Fanout:
     """Every environment's feed in this process, plus acknowledgement reporting.
 
@@ -111,7 +112,9 @@ class Fanout:
         #: A feed that has not heard from Redis for this long cannot vouch for its data.
         self.stale_after = settings.heartbeat + READ_BLOCK_MS / 1000
         self.reporter = AckReporter(
-            redis, self.keyspace, instance_id,
+            redis,
+            self.keyspace,
+            instance_id,
             books=lambda: [f.book for f in self.feeds.values()],
             connected=lambda: {env: len(f.conns) for env, f in self.feeds.items()},
             on_error=self._redis_error,
@@ -141,8 +144,9 @@ class Fanout:
         self._watch = asyncio.create_task(self._watchdog(), name="flagwire-watchdog")
         self.started = True
 
-    async def stop(self, code: int = CloseCode.GOING_AWAY, reason: str = "server shutting down"
-                   ) -> None:
+    async def stop(
+        self, code: int = CloseCode.GOING_AWAY, reason: str = "server shutting down"
+    ) -> None:
         self.close_all(code, reason)
         for task in (self._discover, self._watch):
             if task is not None:
@@ -176,16 +180,21 @@ class Fanout:
             for feed in list(self.feeds.values()):
                 stale = feed.reset_reason is None and now - feed.last_ok > self.stale_after
                 if stale and not feed.stale:
-                    log.warning("cut off from Redis for %.1fs: closing streams (1013) until "
-                                "the change log can be read again", now - feed.last_ok,
-                                extra={"env": feed.env, "streams": len(feed.conns)})
+                    log.warning(
+                        "cut off from Redis for %.1fs: closing streams (1013) until "
+                        "the change log can be read again",
+                        now - feed.last_ok,
+                        extra={"env": feed.env, "streams": len(feed.conns)},
+                    )
                 elif feed.stale and not stale:
-                    log.warning("change log readable again; accepting streams",
-                                extra={"env": feed.env})
+                    log.warning(
+                        "change log readable again; accepting streams", extra={"env": feed.env}
+                    )
                 feed.stale = stale
                 if stale and feed.conns:
-                    feed.close_all(CloseCode.TRY_AGAIN_LATER,
-                                   "flag store unreachable; try again later")
+                    feed.close_all(
+                        CloseCode.TRY_AGAIN_LATER, "flag store unreachable; try again later"
+                    )
 
     async def _discover_loop(self) -> None:
         while True:
@@ -227,8 +236,9 @@ class Fanout:
             # Published before any client can attach: this process fans out, and
             # reports acknowledgements of, versions above this one only.
             with contextlib.suppress(*_REDIS_ERRORS):
-                await self.redis.hset(self.keyspace.env(env, "floors"), self.instance_id,
-                                      feed.version)
+                await self.redis.hset(
+                    self.keyspace.env(env, "floors"), self.instance_id, feed.version
+                )
             self.feeds[env] = feed
             feed.start()
             fut.set_result(feed)
@@ -277,8 +287,13 @@ class Fanout:
             if feed.reset_reason:
                 reasons.append({"reason": "store_reset", "env": env, "detail": feed.reset_reason})
             elif feed.stale:
-                reasons.append({"reason": "stale", "env": env,
-                                "detail": f"change log unread for over {self.stale_after:.0f}s"})
+                reasons.append(
+                    {
+                        "reason": "stale",
+                        "env": env,
+                        "detail": f"change log unread for over {self.stale_after:.0f}s",
+                    }
+                )
             elif not feed.running:
                 reasons.append({"reason": "reader_stopped", "env": env, "detail": "no reader"})
             elif feed.reader_error:
@@ -301,8 +316,10 @@ class Fanout:
         with contextlib.suppress(*_REDIS_ERRORS):
             raw = await self.redis.hget(self.keyspace.store, "epoch")
             if raw is None or _s(raw) != self.store_epoch:
-                log.error("ignoring the revocation of key %s: the store lost its identity "
-                          "(reset?)", key_id)
+                log.error(
+                    "ignoring the revocation of key %s: the store lost its identity (reset?)",
+                    key_id,
+                )
                 return
         self.close_key(key_id)
 

@@ -44,6 +44,7 @@ CHECK_EVERY_S: Final = 1.0
 REDIS_ERRORS = (redis.exceptions.RedisError, OSError, StoreUnavailable)
 _REDIS_ERRORS = REDIS_ERRORS
 
+
 class EnvNotFound(LookupError):
     """The environment does not exist in the store."""
 
@@ -88,8 +89,21 @@ class Conn:
     """
 
     __slots__ = (
-        "acked", "attached", "base", "closed", "env", "feed", "key_id", "out", "out_bytes",
-        "out_task", "proto", "stamp", "tokens", "transport", "ws",
+        "acked",
+        "attached",
+        "base",
+        "closed",
+        "env",
+        "feed",
+        "key_id",
+        "out",
+        "out_bytes",
+        "out_task",
+        "proto",
+        "stamp",
+        "tokens",
+        "transport",
+        "ws",
     )
 
     def __init__(
@@ -236,14 +250,27 @@ class EnvFeed:
         """``(hello, snapshot)`` frames of the current version, built once per version."""
         cache = self._frames_cache
         if cache is None or cache[0] != self.version:
-            hello = frame_of(encode(Hello(
-                env=self.env, epoch=self.epoch, version=self.version,
-                heartbeat=self.fanout.settings.heartbeat,
-            )))
-            snap = frame_of(encode(Snapshot(
-                env=self.env, epoch=self.epoch, version=self.version,
-                flags=self.flags, segments=self.segments,
-            )))
+            hello = frame_of(
+                encode(
+                    Hello(
+                        env=self.env,
+                        epoch=self.epoch,
+                        version=self.version,
+                        heartbeat=self.fanout.settings.heartbeat,
+                    )
+                )
+            )
+            snap = frame_of(
+                encode(
+                    Snapshot(
+                        env=self.env,
+                        epoch=self.epoch,
+                        version=self.version,
+                        flags=self.flags,
+                        segments=self.segments,
+                    )
+                )
+            )
             cache = self._frames_cache = (self.version, hello, snap)
             # A big snapshot must not by itself make a client look slow.
             self.limit = max(self.fanout.settings.max_buffer, 2 * len(snap))
@@ -338,8 +365,10 @@ class EnvFeed:
                 if t is not None and t.is_closing():
                     self.detach(c)  # already going; the endpoint will notice
                 else:
-                    log.info("stream too slow, closing", extra={"env": self.env,
-                             "buffered": c.buffered(), "key_id": c.key_id})
+                    log.info(
+                        "stream too slow, closing",
+                        extra={"env": self.env, "buffered": c.buffered(), "key_id": c.key_id},
+                    )
                     c.close(CloseCode.RESYNC, "too slow; resync")
         return n
 
@@ -414,8 +443,10 @@ class EnvFeed:
                 except _REDIS_ERRORS as exc:
                     fanout.metrics.redis_errors.labels("xread").inc()
                     if self.reader_error is None:
-                        log.warning("change reader lost Redis; serving cached state",
-                                    extra={"env": self.env, "error": str(exc)})
+                        log.warning(
+                            "change reader lost Redis; serving cached state",
+                            extra={"env": self.env, "error": str(exc)},
+                        )
                     self.reader_error = f"{type(exc).__name__}: {exc}"
                     next_check = 0.0
                     await asyncio.sleep(backoff.next())
@@ -434,8 +465,10 @@ class EnvFeed:
             if version <= self.version:
                 continue
             if version != self.version + 1:
-                log.warning("change log gap; reloading", extra={
-                    "env": self.env, "have": self.version, "next": version})
+                log.warning(
+                    "change log gap; reloading",
+                    extra={"env": self.env, "have": self.version, "next": version},
+                )
                 await self._reload("gap")
                 return
             message = fields.get(b"m", fields.get("m"))
@@ -443,8 +476,10 @@ class EnvFeed:
             try:
                 self.apply(version, bytes(message) if message is not None else b"", t_ms)
             except ProtocolError as exc:
-                log.error("undecodable change log entry; reloading",
-                          extra={"env": self.env, "version": version, "error": str(exc)})
+                log.error(
+                    "undecodable change log entry; reloading",
+                    extra={"env": self.env, "version": version, "error": str(exc)},
+                )
                 await self._reload("corrupt")
                 return
 
@@ -466,7 +501,8 @@ class EnvFeed:
         store_epoch = _s(store_raw) if store_raw is not None else None
         if store_epoch is None or store_epoch != self.fanout.store_epoch:
             return self._store_reset(
-                "the store lost its identity (Redis restarted empty?)" if store_epoch is None
+                "the store lost its identity (Redis restarted empty?)"
+                if store_epoch is None
                 else "the store's identity changed (a different Redis or a restore?)"
             )
         if epoch_raw is None:
@@ -489,8 +525,10 @@ class EnvFeed:
         if version > self.version:
             first = await r.xrange(self._changes_key, min=f"({self.last_id}", max="+", count=1)
             if not first or int(_s(first[0][0]).split("-", 1)[0]) != self.version + 1:
-                log.warning("change log no longer covers our version; reloading",
-                            extra={"env": self.env, "have": self.version, "store": version})
+                log.warning(
+                    "change log no longer covers our version; reloading",
+                    extra={"env": self.env, "have": self.version, "store": version},
+                )
                 await self._reload("gap")
         return "ok"
 
@@ -500,7 +538,9 @@ class EnvFeed:
             log.error(
                 "STORE RESET DETECTED: %s; serving the last known flags (version %d), "
                 "not the store's; /readyz is failing until the store is restored or the "
-                "server is restarted", why, self.version,
+                "server is restarted",
+                why,
+                self.version,
                 extra={"env": self.env, "version": self.version},
             )
             self._reset_logged = now
@@ -513,5 +553,3 @@ class EnvFeed:
             log.warning("store identity is back; resuming", extra={"env": self.env})
             self.reset_reason = None
             self.fanout.metrics.store_reset.labels(self.env).set(0)
-
-
