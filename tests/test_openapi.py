@@ -11,8 +11,8 @@ import httpx
 import jsonschema
 import pytest
 
-from flagwire_server.api.routing import API_PREFIX, table
 from flagwire_server.api.openapi import SCHEMAS, document
+from flagwire_server.api.routing import API_PREFIX, table
 from tests.support.builders import flag
 from tests.test_admin_support import VENV_BIN, start_server, stop_server
 

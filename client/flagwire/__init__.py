@@ -16,6 +16,7 @@ Public modules: :mod:`flagwire.testing` (flags set in code for your tests),
 from flagwire._backoff import BackoffSettings
 from flagwire._changes import ChangeStream, FlagChange, ValueWatch
 from flagwire._client import ClientStatus, FlagClient
+from flagwire._version import __version__
 from flagwire.core.detail import ErrorKind, EvaluationDetail, Reason
 from flagwire.core.errors import (
     AuthenticationError,
@@ -27,7 +28,6 @@ from flagwire.core.errors import (
     ValidationError,
 )
 from flagwire.core.evaluation import Snapshot
-from flagwire._version import __version__
 
 __all__ = [
     "AuthenticationError",

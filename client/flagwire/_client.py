@@ -24,6 +24,9 @@ from flagwire import _persistence
 from flagwire._backoff import Backoff, BackoffSettings
 from flagwire._changes import ChangeHub, ChangeStream, FlagChange, ValueWatch, diff
 from flagwire._connection import Subscription
+from flagwire._offline import load_offline, snapshot_from_values
+from flagwire._state import Outcome, StreamState
+from flagwire._version import __version__
 from flagwire.core.detail import ErrorKind, EvaluationDetail, Reason
 from flagwire.core.errors import (
     AuthenticationError,
@@ -33,9 +36,6 @@ from flagwire.core.errors import (
     ProtocolError,
 )
 from flagwire.core.evaluation import Snapshot
-from flagwire._offline import load_offline, snapshot_from_values
-from flagwire._state import Outcome, StreamState
-from flagwire._version import __version__
 
 __all__ = ["ClientStatus", "FlagClient"]
 

@@ -21,10 +21,10 @@ import orjson
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus, WebSocketException
 
-from flagwire.core import protocol as proto
 from flagwire._backoff import Action, Backoff, Closed, Refused, classify
-from flagwire.core.errors import ClientError, ProtocolError
 from flagwire._state import Outcome, StreamState
+from flagwire.core import protocol as proto
+from flagwire.core.errors import ClientError, ProtocolError
 
 __all__ = ["Listener", "Subscription", "stream_url"]
 

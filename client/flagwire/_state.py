@@ -24,8 +24,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from flagwire.core import protocol as proto
 from flagwire._changes import FlagChange, change_of, diff
+from flagwire.core import protocol as proto
 from flagwire.core.errors import ProtocolError
 from flagwire.core.evaluation import Snapshot
 

@@ -32,14 +32,14 @@ from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.routing import BaseRoute
 
-from flagwire_server.observability import health
-from flagwire_server.stream import endpoint as stream
 from flagwire_server.config import Settings
-from flagwire_server.stream.fanout import READ_BLOCK_MS, Fanout
-from flagwire_server.store.keyspace import Keyspace
+from flagwire_server.observability import health
 from flagwire_server.observability.metrics import Metrics, RequestMetricsMiddleware
 from flagwire_server.process import freeze_gc, raise_nofile
+from flagwire_server.store.keyspace import Keyspace
 from flagwire_server.store.redisurl import connect
+from flagwire_server.stream import endpoint as stream
+from flagwire_server.stream.fanout import READ_BLOCK_MS, Fanout
 
 __all__ = ["bootstrap", "create_app", "create_app_from_env"]
 

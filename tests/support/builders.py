@@ -95,8 +95,8 @@ def rule(
     *clauses: dict[str, Any],
     variation: int | None = None,
     rollout: dict[str, Any] | None = None,
-    id: str | None = None,
-) -> dict[str, Any]:  # noqa: A002
+    id: str | None = None,  # noqa: A002  (mirrors the document field)
+) -> dict[str, Any]:
     """A rule serving ``variation`` (default 0) or ``rollout`` when all clauses match."""
     r: dict[str, Any] = {"clauses": list(clauses)}
     if id is not None:

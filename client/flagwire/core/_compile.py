@@ -34,7 +34,6 @@ from bisect import bisect_right
 from collections.abc import Callable, Mapping
 from typing import Any, Final
 
-from flagwire.core.bucketing import BUCKETS, bucket_text
 from flagwire.core._clauses import (
     FAST_EXPRS,
     FAST_GLOBALS,
@@ -44,6 +43,7 @@ from flagwire.core._clauses import (
     fast_parts,
     match_all,
 )
+from flagwire.core.bucketing import BUCKETS, bucket_text
 from flagwire.core.detail import EvaluationDetail, Reason
 from flagwire.core.errors import ValidationError
 from flagwire.core.model import validate_flag

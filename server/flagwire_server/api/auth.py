@@ -19,9 +19,9 @@ from typing import Any
 
 from starlette.requests import HTTPConnection, Request
 
-from flagwire_server.store.apikeys import KeyRing
 from flagwire_server.api.problems import Problem
 from flagwire_server.api.ratelimit import RateLimiter
+from flagwire_server.store.apikeys import KeyRing
 
 __all__ = ["Principal", "authenticate", "client_ip"]
 

@@ -16,7 +16,8 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from flagwire.core.model import KEY_RE
-
+from flagwire_server.api.auth import Principal
+from flagwire_server.api.problems import Problem
 from flagwire_server.api.routing import (
     Param,
     api,
@@ -28,8 +29,6 @@ from flagwire_server.api.routing import (
     wait_param,
     write_response,
 )
-from flagwire_server.api.auth import Principal
-from flagwire_server.api.problems import Problem
 from flagwire_server.store.documents import Kind
 
 _WRITE_ERRORS = (400, 404, 409, 413, 415, 422)

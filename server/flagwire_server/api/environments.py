@@ -19,7 +19,8 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from flagwire.core.evaluation import Snapshot
-
+from flagwire_server.api.auth import Principal
+from flagwire_server.api.problems import Problem
 from flagwire_server.api.routing import (
     Param,
     api,
@@ -29,9 +30,7 @@ from flagwire_server.api.routing import (
     read_json,
     store,
 )
-from flagwire_server.api.auth import Principal
 from flagwire_server.stream.fanout import EnvNotFound
-from flagwire_server.api.problems import Problem
 
 _SNAPSHOTS_MAX = 64
 #: Seconds an evaluation waits for this process's mirror to catch up with a write.

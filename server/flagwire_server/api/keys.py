@@ -10,10 +10,10 @@ from __future__ import annotations
 from starlette.requests import Request
 from starlette.responses import Response
 
-from flagwire_server.api.routing import api, json_response, read_json, store
 from flagwire_server.api.auth import Principal
-from flagwire_server.store.apikeys import KeyRing
 from flagwire_server.api.problems import Problem
+from flagwire_server.api.routing import api, json_response, read_json, store
+from flagwire_server.store.apikeys import KeyRing
 
 
 def _ring(request: Request) -> KeyRing:

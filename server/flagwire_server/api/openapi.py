@@ -14,8 +14,8 @@ from typing import Any, Final
 from starlette.requests import Request
 from starlette.responses import Response
 
-from flagwire_server.api.routing import API_PREFIX, MAX_WAIT, ApiRoute, api, json_response, table
 from flagwire_server.api.auth import Principal
+from flagwire_server.api.routing import API_PREFIX, MAX_WAIT, ApiRoute, api, json_response, table
 
 __all__ = ["document"]
 

@@ -27,7 +27,6 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
 from flagwire.core.errors import ValidationError
-
 from flagwire_server.api.auth import Principal, authenticate
 from flagwire_server.api.problems import Problem, problem_response
 from flagwire_server.store.documents import (

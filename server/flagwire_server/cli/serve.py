@@ -33,11 +33,10 @@ from typing import Any
 import uvicorn
 
 from flagwire.core.protocol import MAX_CLIENT_FRAME
-
-from flagwire_server.observability import logs
 from flagwire_server.config import Settings
-from flagwire_server.store.embedded import EmbeddedStore
+from flagwire_server.observability import logs
 from flagwire_server.process import raise_nofile
+from flagwire_server.store.embedded import EmbeddedStore
 
 __all__ = ["WS_PROTOCOL", "serve", "uvicorn_options"]
 

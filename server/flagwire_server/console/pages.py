@@ -22,9 +22,7 @@ from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from flagwire.core.operators import OPERATORS
-
 from flagwire_server.api.ratelimit import RateLimiter
-from flagwire_server.store.documents import NotFound, Store, StoreUnavailable
 from flagwire_server.console import present
 from flagwire_server.console.session import (
     LOGIN_COOKIE,
@@ -34,6 +32,7 @@ from flagwire_server.console.session import (
     read_session,
     same_origin,
 )
+from flagwire_server.store.documents import NotFound, Store, StoreUnavailable
 
 __all__ = ["build_routes"]
 

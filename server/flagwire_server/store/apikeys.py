@@ -34,7 +34,6 @@ import redis.asyncio as aioredis
 import redis.exceptions
 
 from flagwire.core.errors import ValidationError
-
 from flagwire_server.store.documents import StoreUnavailable
 
 __all__ = ["ENV_ADMIN_ID", "KeyRecord", "KeyRing"]

@@ -37,7 +37,6 @@ import redis.asyncio as aioredis
 from flagwire.core.errors import ValidationError
 from flagwire.core.model import KEY_RE
 from flagwire.core.protocol import patch_template
-
 from flagwire_server.store.types import (
     ENV_RE,
     SERVER_FIELDS,

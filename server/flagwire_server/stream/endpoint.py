@@ -34,7 +34,6 @@ from starlette.websockets import WebSocket
 
 from flagwire.core.errors import ProtocolError
 from flagwire.core.protocol import MAX_CLIENT_FRAME, Ack, CloseCode, Resync, decode
-
 from flagwire_server.stream.fanout import Conn, EnvNotFound
 from flagwire_server.stream.uvicorn_fence import FlagwireWebSocketProtocol, protocol_of
 

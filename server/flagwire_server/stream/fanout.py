@@ -46,8 +46,9 @@ from typing import TYPE_CHECKING, Any, Final
 import redis.asyncio as aioredis
 
 from flagwire.core.protocol import CloseCode
-
 from flagwire_server.store.acks import AckReporter
+from flagwire_server.store.documents import NotFound
+from flagwire_server.store.keyspace import Keyspace
 from flagwire_server.stream.feed import (
     READ_BLOCK_MS,
     REDIS_ERRORS,
@@ -58,8 +59,6 @@ from flagwire_server.stream.feed import (
     frame_of,
     payload_of,
 )
-from flagwire_server.store.keyspace import Keyspace
-from flagwire_server.store.documents import NotFound
 
 if TYPE_CHECKING:
     from flagwire_server.config import Settings

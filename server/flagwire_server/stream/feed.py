@@ -24,7 +24,6 @@ from websockets.frames import Frame, Opcode
 
 from flagwire.core.errors import ProtocolError
 from flagwire.core.protocol import CloseCode, Delete, Hello, Patch, Snapshot, decode, encode
-
 from flagwire_server.store.acks import AckBook
 from flagwire_server.store.documents import StoreUnavailable
 from flagwire_server.stream.uvicorn_fence import close_now

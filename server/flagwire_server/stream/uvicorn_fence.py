@@ -15,7 +15,8 @@ Server frames are unmasked and uncompressed (``ws_per_message_deflate`` is
 off), so writing a frame built elsewhere never disturbs the sans-I/O state
 machine; only close frames go through it.
 
-Select it with ``uvicorn.Config(ws="flagwire_server.stream.uvicorn_fence:FlagwireWebSocketProtocol")``
+Select it with
+``uvicorn.Config(ws="flagwire_server.stream.uvicorn_fence:FlagwireWebSocketProtocol")``
 (``flagwire serve`` does).
 """
 
