@@ -63,7 +63,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
     )
     metrics = Metrics()
 
-    from flagwire_server.api import routing as admin
+    from flagwire_server.api import routes as admin
 
     routes: list[BaseRoute] = [
         *health.routes(settings.metrics),

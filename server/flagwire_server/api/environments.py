@@ -1,4 +1,4 @@
-"""Admin routes for environments, their audit log, change propagation and evaluation.
+"""Admin handlers for environments, their audit log, change propagation and evaluation.
 
 Why evaluation is here: it answers for a whole environment (one flag or all of
 them) for callers that cannot run the Python client, and it is the one admin
@@ -20,16 +20,14 @@ from starlette.responses import Response
 
 from flagwire.core.evaluation import Snapshot
 from flagwire_server.api.auth import Principal
-from flagwire_server.api.problems import Problem
-from flagwire_server.api.routing import (
-    Param,
-    api,
+from flagwire_server.api.helpers import (
     env_param,
     int_param,
     json_response,
     read_json,
     store,
 )
+from flagwire_server.api.problems import Problem
 from flagwire_server.stream.fanout import EnvNotFound
 
 _SNAPSHOTS_MAX = 64
@@ -55,28 +53,10 @@ async def _connected(request: Request, env: str) -> int | None:
     return None
 
 
-@api(
-    "GET",
-    "/environments",
-    operation_id="listEnvironments",
-    summary="List environments",
-    tag="environments",
-    responses={200: "EnvironmentList"},
-)
 async def list_envs(request: Request, who: Principal | None) -> Response:
     return json_response({"environments": await store(request).list_envs()})
 
 
-@api(
-    "POST",
-    "/environments",
-    operation_id="createEnvironment",
-    summary="Create an environment (409 if it exists)",
-    tag="environments",
-    responses={201: "Environment"},
-    body="EnvironmentInput",
-    errors=(400, 409, 413, 415, 422),
-)
 async def create_env(request: Request, who: Principal | None) -> Response:
     body = await read_json(request)
     if not isinstance(body, dict):
@@ -88,30 +68,12 @@ async def create_env(request: Request, who: Principal | None) -> Response:
     return json_response({**info, "connected": 0}, 201)
 
 
-@api(
-    "GET",
-    "/environments/{env}",
-    operation_id="getEnvironment",
-    summary="Get an environment",
-    tag="environments",
-    responses={200: "Environment"},
-    errors=(404,),
-)
 async def get_env(request: Request, who: Principal | None) -> Response:
     env = env_param(request)
     info = await store(request).get_env(env)
     return json_response({**info, "connected": await _connected(request, env)})
 
 
-@api(
-    "DELETE",
-    "/environments/{env}",
-    operation_id="deleteEnvironment",
-    summary="Delete an environment and all its flags, segments, history and audit",
-    tag="environments",
-    responses={204: None},
-    errors=(404,),
-)
 async def delete_env(request: Request, who: Principal | None) -> Response:
     env = env_param(request)
     await store(request).delete_env(env)
@@ -121,23 +83,6 @@ async def delete_env(request: Request, who: Principal | None) -> Response:
     return Response(status_code=204)
 
 
-@api(
-    "GET",
-    "/environments/{env}/audit",
-    operation_id="listAudit",
-    summary="The audit log of an environment, newest first",
-    tag="environments",
-    responses={200: "AuditPage"},
-    errors=(400, 404),
-    query=(
-        Param("limit", {"type": "integer", "minimum": 1, "maximum": 500, "default": 50}),
-        Param(
-            "before",
-            {"type": "string", "pattern": r"^\d{1,20}-\d{1,20}$"},
-            "the cursor from the previous page's next",
-        ),
-    ),
-)
 async def audit(request: Request, who: Principal | None) -> Response:
     env = env_param(request)
     limit = int_param(request, "limit", 50, 1, 500)
@@ -154,15 +99,6 @@ async def audit(request: Request, who: Principal | None) -> Response:
     return json_response({"entries": [e.to_json() for e in entries], "next": cursor})
 
 
-@api(
-    "GET",
-    "/environments/{env}/changes/{version}",
-    operation_id="getChange",
-    summary="Propagation figures of a recent change",
-    tag="environments",
-    responses={200: "Change"},
-    errors=(404,),
-)
 async def change(request: Request, who: Principal | None) -> Response:
     env = env_param(request)
     raw = str(request.path_params["version"])
@@ -212,17 +148,6 @@ def _snapshot_cache(request: Request) -> OrderedDict[str, Snapshot]:
     return cache
 
 
-@api(
-    "POST",
-    "/environments/{env}/evaluate",
-    operation_id="evaluate",
-    summary="Evaluate one flag or all flags for a context (admin key or an SDK key of env)",
-    tag="evaluation",
-    responses={200: "Evaluation"},
-    body="EvaluateRequest",
-    auth="sdk",
-    errors=(400, 404, 413, 415, 422),
-)
 async def evaluate(request: Request, who: Principal | None) -> Response:
     env = env_param(request)
     body = await read_json(request)

@@ -1,4 +1,4 @@
-"""Admin routes for API keys: create (secret shown once), list, revoke.
+"""Admin handlers for API keys: create (secret shown once), list, revoke.
 
 Why the environment check lives here: an SDK key is useless for an
 environment that does not exist, and :class:`~flagwire_server.store.apikeys.KeyRing`
@@ -11,8 +11,8 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from flagwire_server.api.auth import Principal
+from flagwire_server.api.helpers import json_response, read_json, store
 from flagwire_server.api.problems import Problem
-from flagwire_server.api.routing import api, json_response, read_json, store
 from flagwire_server.store.apikeys import KeyRing
 
 
@@ -21,28 +21,10 @@ def _ring(request: Request) -> KeyRing:
     return ring
 
 
-@api(
-    "GET",
-    "/keys",
-    operation_id="listKeys",
-    summary="List API keys (never their secrets)",
-    tag="keys",
-    responses={200: "KeyList"},
-)
 async def list_keys(request: Request, who: Principal | None) -> Response:
     return json_response({"keys": [r.to_json() for r in await _ring(request).list_keys()]})
 
 
-@api(
-    "POST",
-    "/keys",
-    operation_id="createKey",
-    summary="Create an SDK or admin key; the secret is in this response only",
-    tag="keys",
-    responses={201: "NewKey"},
-    body="KeyInput",
-    errors=(400, 413, 415, 422),
-)
 async def create_key(request: Request, who: Principal | None) -> Response:
     body = await read_json(request)
     if not isinstance(body, dict):
@@ -63,15 +45,6 @@ async def create_key(request: Request, who: Principal | None) -> Response:
     return json_response({"key": record.to_json(), "secret": secret}, 201)
 
 
-@api(
-    "DELETE",
-    "/keys/{id}",
-    operation_id="revokeKey",
-    summary="Revoke a key; its streams close within a second",
-    tag="keys",
-    responses={200: "RevokedKey"},
-    errors=(404,),
-)
 async def revoke_key(request: Request, who: Principal | None) -> Response:
     key_id = str(request.path_params["id"])
     record = await _ring(request).revoke(key_id[:100])

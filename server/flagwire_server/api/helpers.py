@@ -1,0 +1,179 @@
+"""Small helpers the admin API's handlers share: request parsing and answers.
+
+Why a module of its own: handler modules (``documents.py``, ``environments.py``,
+``keys.py``) import only these helpers, never the route table (``routes.py``)
+or the dispatcher (``routing.py``), so the API has no import cycles and a
+handler can be read, and tested, without the table.  Every helper raises
+:class:`~flagwire_server.api.problems.Problem` for bad input; the dispatcher
+turns it into a problem+json response.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from typing import Any, Final
+
+import orjson
+from starlette.requests import Request
+from starlette.responses import Response
+
+from flagwire_server.api.problems import Problem
+from flagwire_server.store.documents import ENV_RE, Store, WriteResult
+
+__all__ = [
+    "MAX_BODY",
+    "MAX_WAIT",
+    "env_param",
+    "expected_version",
+    "int_param",
+    "json_response",
+    "propagation",
+    "read_json",
+    "store",
+    "wait_param",
+    "write_response",
+]
+
+log = logging.getLogger("flagwire.admin")
+
+#: Largest request body accepted (a flag document is limited to 512 KiB by the model).
+MAX_BODY: Final = 512 * 1024 + 4096
+#: Longest ``?wait=`` in seconds.
+MAX_WAIT: Final = 30.0
+_JSON_TYPES: Final = ("application/json", "application/merge-patch+json")
+_ETAG_RE: Final = re.compile(r'^\s*(?:W/)?"?(\d{1,15})"?\s*$')
+
+
+def store(request: Request) -> Store:
+    s: Store = request.app.state.store
+    return s
+
+
+def json_response(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
+    return Response(
+        orjson.dumps(data), status_code=status, headers=headers, media_type="application/json"
+    )
+
+
+def env_param(request: Request) -> str:
+    env = str(request.path_params["env"])
+    if not ENV_RE.match(env):
+        raise Problem(404, f"environment {env[:80]!r} does not exist")
+    return env
+
+
+async def read_json(request: Request, *, required: bool = True) -> Any:
+    """The request's JSON body (415 wrong type, 413 too large, 400 not JSON)."""
+    length = request.headers.get("content-length")
+    if length is not None and (not length.isdigit() or int(length) > MAX_BODY):
+        raise Problem(413, f"request body over the limit of {MAX_BODY} bytes")
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > MAX_BODY:
+            raise Problem(413, f"request body over the limit of {MAX_BODY} bytes")
+        chunks.append(chunk)
+    raw = b"".join(chunks)
+    if not raw:
+        if required:
+            raise Problem(400, "a JSON request body is required")
+        return None
+    media = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if media not in _JSON_TYPES:
+        raise Problem(415, f"expected Content-Type application/json, got {media or 'none'!r}")
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise Problem(400, f"the body is not valid JSON: {exc}") from None
+
+
+def expected_version(request: Request, body: Any = None, *, from_body: bool = True) -> int | None:
+    """The expected flag version: ``If-Match: "<n>"`` or the body's ``version`` field."""
+    header = request.headers.get("if-match")
+    from_header: int | None = None
+    if header is not None and header.strip() != "*":
+        m = _ETAG_RE.match(header)
+        if m is None:
+            raise Problem(
+                400,
+                'If-Match must be a version such as "3"',
+                errors=[("If-Match", "expected a quoted integer")],
+            )
+        from_header = int(m.group(1))
+    in_body: int | None = None
+    if from_body and isinstance(body, dict) and "version" in body:
+        v = body["version"]
+        if type(v) is not int or v < 0:
+            raise Problem(
+                422,
+                "version must be a non-negative integer",
+                errors=[("version", "expected the current version as an integer")],
+            )
+        in_body = v
+    if from_header is not None and in_body is not None and from_header != in_body:
+        raise Problem(400, "If-Match and the body's version disagree")
+    return from_header if from_header is not None else in_body
+
+
+def wait_param(request: Request) -> float | None:
+    raw = request.query_params.get("wait")
+    if raw is None:
+        return None
+    try:
+        value = float(raw)
+    except ValueError:
+        value = -1.0
+    if not 0 <= value <= MAX_WAIT:
+        raise Problem(
+            400,
+            f"wait must be a number of seconds between 0 and {MAX_WAIT:g}",
+            errors=[("wait", f"got {raw[:40]!r}")],
+        )
+    return value
+
+
+def int_param(request: Request, name: str, default: int, lo: int, hi: int) -> int:
+    raw = request.query_params.get(name)
+    if raw is None:
+        return default
+    if not raw.isdigit() or not lo <= int(raw) <= hi:
+        raise Problem(
+            400,
+            f"{name} must be an integer from {lo} to {hi}",
+            errors=[(name, f"got {raw[:40]!r}")],
+        )
+    return int(raw)
+
+
+async def propagation(
+    request: Request, env: str, version: int, wait: float | None
+) -> dict[str, Any] | None:
+    """Wait for clients to acknowledge ``version`` (``?wait=``); None when not asked."""
+    if wait is None:
+        return None
+    fanout = getattr(request.app.state, "fanout", None)
+    wait_for = getattr(fanout, "wait_for", None)
+    if wait_for is None:
+        return None
+    try:
+        result = await wait_for(env, version, wait)
+    except Exception:
+        log.exception("propagation wait failed for %s@%s", env, version)
+        return None
+    return dict(result) if isinstance(result, dict) else None
+
+
+async def write_response(
+    request: Request, env: str, res: WriteResult, wait: float | None, *, created: bool = False
+) -> Response:
+    body: dict[str, Any] = {
+        res.kind: res.doc,
+        "version": res.version,
+        "env_version": res.env_version,
+    }
+    prop = await propagation(request, env, res.env_version, wait)
+    if prop is not None:
+        body["propagation"] = prop
+    return json_response(body, 201 if created else 200, headers={"ETag": f'"{res.version}"'})

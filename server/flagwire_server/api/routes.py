@@ -1,0 +1,280 @@
+"""The admin API's route table: every operation under ``/api/v1``, in one place.
+
+Why a table: a reader finds every admin route here, as in Starlette's
+``routes = [...]``, instead of in decorators spread over the handler modules
+that registered themselves on import.  The handlers are plain module-level
+functions; this module is the only one that imports them, and the same
+:data:`OPERATIONS` build the Starlette routes (``routing.py``) and the OpenAPI
+document (``openapi.py``).  Flags and segments share their handlers, bound to
+a kind by :func:`_documents`.
+"""
+
+from __future__ import annotations
+
+from functools import partial
+from typing import Final
+
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import BaseRoute
+
+from flagwire_server.api import documents, environments, keys
+from flagwire_server.api.auth import Principal
+from flagwire_server.api.helpers import json_response
+from flagwire_server.api.openapi import document
+from flagwire_server.api.routing import ApiRoute, Param, starlette_routes
+from flagwire_server.store.documents import Kind
+
+__all__ = ["OPERATIONS", "routes"]
+
+_WRITE_ERRORS: Final = (400, 404, 409, 413, 415, 422)
+
+
+def _documents(kind: Kind) -> list[ApiRoute]:
+    """The nine operations on one kind of document (flags or segments)."""
+    title, plural = kind.capitalize(), f"{kind}s"
+    base = f"/environments/{{env}}/{plural}"
+    one = f"{base}/{{key}}"
+    write = f"{title}Write"
+    return [
+        ApiRoute(
+            "GET",
+            base,
+            partial(documents.list_docs, kind=kind),
+            operation_id=f"list{title}s",
+            summary=f"List {plural}",
+            tag=plural,
+            responses={200: f"{title}List"},
+            errors=(400, 404),
+            query=(
+                Param("tag", {"type": "string"}, "only documents with this tag"),
+                Param("q", {"type": "string"}, "substring of key, name or description"),
+            ),
+        ),
+        ApiRoute(
+            "POST",
+            base,
+            partial(documents.create, kind=kind),
+            operation_id=f"create{title}",
+            summary=f"Create a {kind} (409 if it exists)",
+            tag=plural,
+            responses={201: write},
+            body=f"{title}Input",
+            write=True,
+            errors=_WRITE_ERRORS,
+        ),
+        ApiRoute(
+            "GET",
+            one,
+            partial(documents.get, kind=kind),
+            operation_id=f"get{title}",
+            summary=f"Get a {kind}",
+            tag=plural,
+            responses={200: title},
+            errors=(400, 404),
+        ),
+        ApiRoute(
+            "PUT",
+            one,
+            partial(documents.replace, kind=kind),
+            operation_id=f"replace{title}",
+            summary=f"Replace a {kind} (creates it when absent)",
+            tag=plural,
+            responses={200: write, 201: write},
+            body=f"{title}Input",
+            write=True,
+            errors=_WRITE_ERRORS,
+        ),
+        ApiRoute(
+            "PATCH",
+            one,
+            partial(documents.patch, kind=kind),
+            operation_id=f"patch{title}",
+            summary=f'Merge-patch a {kind} (RFC 7386; {{"on": false}} is the kill switch)',
+            tag=plural,
+            responses={200: write},
+            body="MergePatch",
+            write=True,
+            errors=_WRITE_ERRORS,
+        ),
+        ApiRoute(
+            "DELETE",
+            one,
+            partial(documents.delete, kind=kind),
+            operation_id=f"delete{title}",
+            summary=f"Delete a {kind}",
+            tag=plural,
+            responses={200: write},
+            write=True,
+            errors=(400, 404, 409),
+        ),
+        ApiRoute(
+            "POST",
+            f"{one}/copy",
+            partial(documents.copy, kind=kind),
+            operation_id=f"copy{title}",
+            summary=f"Copy a {kind} to another environment (create or replace there)",
+            tag=plural,
+            responses={200: write, 201: write},
+            body="CopyRequest",
+            write=True,
+            errors=_WRITE_ERRORS,
+        ),
+        ApiRoute(
+            "GET",
+            f"{one}/history",
+            partial(documents.history, kind=kind),
+            operation_id=f"history{title}",
+            summary=f"A {kind}'s versions, newest first (the current one first when it exists)",
+            tag=plural,
+            responses={200: "History"},
+            errors=(400, 404),
+        ),
+        ApiRoute(
+            "POST",
+            f"{one}/restore",
+            partial(documents.restore, kind=kind),
+            operation_id=f"restore{title}",
+            summary=f"Restore an earlier version of a {kind} as a new change",
+            tag=plural,
+            responses={200: write, 201: write},
+            body="RestoreRequest",
+            write=True,
+            errors=_WRITE_ERRORS,
+        ),
+    ]
+
+
+async def _openapi(request: Request, who: Principal | None) -> Response:
+    return json_response(document(OPERATIONS))
+
+
+OPERATIONS: Final[tuple[ApiRoute, ...]] = (
+    *_documents("flag"),
+    *_documents("segment"),
+    ApiRoute(
+        "GET",
+        "/environments",
+        environments.list_envs,
+        operation_id="listEnvironments",
+        summary="List environments",
+        tag="environments",
+        responses={200: "EnvironmentList"},
+    ),
+    ApiRoute(
+        "POST",
+        "/environments",
+        environments.create_env,
+        operation_id="createEnvironment",
+        summary="Create an environment (409 if it exists)",
+        tag="environments",
+        responses={201: "Environment"},
+        body="EnvironmentInput",
+        errors=(400, 409, 413, 415, 422),
+    ),
+    ApiRoute(
+        "GET",
+        "/environments/{env}",
+        environments.get_env,
+        operation_id="getEnvironment",
+        summary="Get an environment",
+        tag="environments",
+        responses={200: "Environment"},
+        errors=(404,),
+    ),
+    ApiRoute(
+        "DELETE",
+        "/environments/{env}",
+        environments.delete_env,
+        operation_id="deleteEnvironment",
+        summary="Delete an environment and all its flags, segments, history and audit",
+        tag="environments",
+        responses={204: None},
+        errors=(404,),
+    ),
+    ApiRoute(
+        "GET",
+        "/environments/{env}/audit",
+        environments.audit,
+        operation_id="listAudit",
+        summary="The audit log of an environment, newest first",
+        tag="environments",
+        responses={200: "AuditPage"},
+        errors=(400, 404),
+        query=(
+            Param("limit", {"type": "integer", "minimum": 1, "maximum": 500, "default": 50}),
+            Param(
+                "before",
+                {"type": "string", "pattern": r"^\d{1,20}-\d{1,20}$"},
+                "the cursor from the previous page's next",
+            ),
+        ),
+    ),
+    ApiRoute(
+        "GET",
+        "/environments/{env}/changes/{version}",
+        environments.change,
+        operation_id="getChange",
+        summary="Propagation figures of a recent change",
+        tag="environments",
+        responses={200: "Change"},
+        errors=(404,),
+    ),
+    ApiRoute(
+        "POST",
+        "/environments/{env}/evaluate",
+        environments.evaluate,
+        operation_id="evaluate",
+        summary="Evaluate one flag or all flags for a context (admin key or an SDK key of env)",
+        tag="evaluation",
+        responses={200: "Evaluation"},
+        body="EvaluateRequest",
+        auth="sdk",
+        errors=(400, 404, 413, 415, 422),
+    ),
+    ApiRoute(
+        "GET",
+        "/keys",
+        keys.list_keys,
+        operation_id="listKeys",
+        summary="List API keys (never their secrets)",
+        tag="keys",
+        responses={200: "KeyList"},
+    ),
+    ApiRoute(
+        "POST",
+        "/keys",
+        keys.create_key,
+        operation_id="createKey",
+        summary="Create an SDK or admin key; the secret is in this response only",
+        tag="keys",
+        responses={201: "NewKey"},
+        body="KeyInput",
+        errors=(400, 413, 415, 422),
+    ),
+    ApiRoute(
+        "DELETE",
+        "/keys/{id}",
+        keys.revoke_key,
+        operation_id="revokeKey",
+        summary="Revoke a key; its streams close within a second",
+        tag="keys",
+        responses={200: "RevokedKey"},
+        errors=(404,),
+    ),
+    ApiRoute(
+        "GET",
+        "/openapi.json",
+        _openapi,
+        operation_id="openapi",
+        summary="This document",
+        tag="meta",
+        responses={200: "OpenAPI"},
+        auth="none",
+    ),
+)
+
+
+def routes() -> list[BaseRoute]:
+    """Starlette routes for the whole table; add them after every other ``/api/v1`` route."""
+    return starlette_routes(OPERATIONS)
