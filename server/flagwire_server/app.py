@@ -37,6 +37,7 @@ from flagwire_server.observability import health
 from flagwire_server.observability.metrics import Metrics, RequestMetricsMiddleware
 from flagwire_server.process import freeze_gc, raise_nofile
 from flagwire_server.store.keyspace import Keyspace
+from flagwire_server.store.migrate import migrate_v1
 from flagwire_server.store.redisurl import connect
 from flagwire_server.stream import endpoint as stream
 from flagwire_server.stream.fanout import READ_BLOCK_MS, Fanout
@@ -191,6 +192,7 @@ async def bootstrap(settings: Settings, redis: aioredis.Redis, store: Any, keys:
             raise RuntimeError("another process holds the bootstrap lock for too long")
         await asyncio.sleep(0.05)
     try:
+        await migrate_v1(redis, ks)
         if await redis.hexists(ks.store, "epoch"):
             return False
         envs = await store.list_envs()

@@ -205,8 +205,8 @@ class AckReporter:
             pipe = self.redis.pipeline(transaction=False)
             pipe.zrem(self.ks.instances, self.instance_id)
             for env in self._connected():
-                pipe.hdel(self.ks.env(env, "conns"), self.instance_id)
-                pipe.hdel(self.ks.env(env, "floors"), self.instance_id)
+                pipe.hdel(self.ks.conns(env), self.instance_id)
+                pipe.hdel(self.ks.floors(env), self.instance_id)
             await pipe.execute()
 
     def poke(self) -> None:
@@ -256,7 +256,7 @@ class AckReporter:
         pipe.zadd(self.ks.instances, {self.instance_id: now})
         pipe.zremrangebyscore(self.ks.instances, "-inf", now - 3_600_000)
         for env, count in self._connected().items():
-            pipe.hset(self.ks.env(env, "conns"), self.instance_id, count)
+            pipe.hset(self.ks.conns(env), self.instance_id, count)
         await pipe.execute()
 
     async def _heartbeat_loop(self) -> None:
@@ -279,7 +279,7 @@ class AckReporter:
         live = await self.live_instances()
         pipe = self.redis.pipeline(transaction=False)
         pipe.hgetall(self.ks.acks(env, version))
-        pipe.hgetall(self.ks.env(env, "floors"))
+        pipe.hgetall(self.ks.floors(env))
         raw, floors = await pipe.execute()
         reports: dict[str, dict[str, Any]] = {}
         for k, v in raw.items():
@@ -304,7 +304,7 @@ class AckReporter:
     async def connected_all(self, env: str) -> int:
         """Connected clients of ``env`` over every live instance (heartbeat-fresh, ~1 s)."""
         live = await self.live_instances()
-        raw = await self.redis.hgetall(self.ks.env(env, "conns"))
+        raw = await self.redis.hgetall(self.ks.conns(env))
         total = 0
         for k, v in raw.items():
             if (k.decode() if isinstance(k, bytes) else str(k)) in live:

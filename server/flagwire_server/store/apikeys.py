@@ -4,9 +4,9 @@ Why: every stream handshake and admin request authenticates, so the check
 must not cost a Redis round trip; and a leaked Redis dump must not leak
 usable keys.  A secret (``fw_sdk_…`` / ``fw_admin_…``, 32 random URL-safe
 characters) is shown to its creator once; Redis keeps only
-``sha256(secret)`` hex in ``P:{keys}:byhash`` and the record in
-``P:{keys}:records``.  Every instance keeps all records in memory and polls
-``P:{keys}:version`` (bumped by every create and revoke) about every 250 ms;
+``sha256(secret)`` hex in ``P:sys:{keys}:byhash`` and the record in
+``P:sys:{keys}:records``.  Every instance keeps all records in memory and polls
+``P:sys:{keys}:version`` (bumped by every create and revoke) about every 250 ms;
 when a key disappears or is revoked it calls the ``on_revoke`` callbacks, so
 streams of a revoked key close within a second on every instance.
 
@@ -35,6 +35,7 @@ import redis.exceptions
 
 from flagwire.core.errors import ValidationError
 from flagwire_server.store.documents import StoreUnavailable
+from flagwire_server.store.keyspace import Keyspace
 
 __all__ = ["ENV_ADMIN_ID", "KeyRecord", "KeyRing"]
 
@@ -82,7 +83,7 @@ class KeyRing:
         redis: an asyncio Redis client.
         prefix: the key prefix ``P``.
         admin_key: ``FLAGWIRE_ADMIN_KEY``; always accepted as an admin key.
-        poll_interval: seconds between checks of ``P:{keys}:version``.
+        poll_interval: seconds between checks of ``P:sys:{keys}:version``.
     """
 
     def __init__(
@@ -95,6 +96,7 @@ class KeyRing:
     ) -> None:
         self.redis = redis
         self.prefix = prefix
+        self.keyspace = Keyspace(prefix)
         self.admin_key = admin_key or None
         self.poll_interval = poll_interval
         self._records: dict[str, KeyRecord] = {}
@@ -115,8 +117,8 @@ class KeyRing:
             created_at="",
         )
 
-    def _k(self, suffix: str) -> str:
-        return f"{self.prefix}:{{keys}}:{suffix}"
+    def _k(self, suffix: Literal["records", "byhash", "version"]) -> str:
+        return self.keyspace.keyring(suffix)
 
     # --- lifecycle ----------------------------------------------------------
 

@@ -37,6 +37,7 @@ import redis.asyncio as aioredis
 from flagwire.core.errors import ValidationError
 from flagwire.core.model import KEY_RE
 from flagwire.core.protocol import patch_template
+from flagwire_server.store.keyspace import Keyspace
 from flagwire_server.store.types import (
     ENV_RE,
     SERVER_FIELDS,
@@ -98,6 +99,7 @@ class Store:
     def __init__(self, redis: aioredis.Redis, prefix: str = "fw") -> None:
         self.redis = redis
         self._prefix = prefix
+        self.keyspace = Keyspace(prefix)
         self._write = redis.register_script(_script("write"))
         self._load = redis.register_script(_script("load"))
         self._create_env = redis.register_script(_script("create_env"))
@@ -113,20 +115,20 @@ class Store:
 
     def key(self, env: str, suffix: str) -> str:
         """The Redis key ``P:{env}:suffix`` (hash-tagged so an env stays in one slot)."""
-        return f"{self._prefix}:{{{env}}}:{suffix}"
+        return self.keyspace.env(env, suffix)
 
     def _docs_key(self, env: str, kind: Kind) -> str:
-        return self.key(env, "flags" if kind == "flag" else "segments")
+        return self.keyspace.docs(env, kind)
 
     def _history_key(self, env: str, kind: Kind, key: str) -> str:
-        return self.key(env, f"history:{key}" if kind == "flag" else f"seghistory:{key}")
+        return self.keyspace.history(env, kind, key)
 
     # --- environments -------------------------------------------------------
 
     @_translated
     async def list_envs(self) -> list[dict[str, Any]]:
         """Every environment's ``{key, name, created_at}``, sorted by key."""
-        raw = await self.redis.hgetall(f"{self._prefix}:envs")
+        raw = await self.redis.hgetall(self.keyspace.envs)
         envs = [doc for doc in (_loads(v) for v in raw.values()) if doc is not None]
         return sorted(envs, key=lambda e: str(e.get("key", "")))
 
@@ -140,8 +142,8 @@ class Store:
         return {**info, "version": int(meta.get("version", "0")), "epoch": meta.get("epoch", "")}
 
     async def _env_info(self, env: str) -> tuple[dict[str, Any] | None, dict[str, str] | None]:
-        raw = await self.redis.hget(f"{self._prefix}:envs", env)
-        meta_raw = await self.redis.hgetall(self.key(env, "meta"))
+        raw = await self.redis.hget(self.keyspace.envs, env)
+        meta_raw = await self.redis.hgetall(self.keyspace.meta(env))
         meta = {_s(k): _s(v) for k, v in meta_raw.items()} if meta_raw else None
         return _loads(raw), meta
 
@@ -157,13 +159,20 @@ class Store:
             raise ValidationError([("key", "expected 1-64 of a-z 0-9 _ - starting alphanumeric")])
         if not isinstance(name, str) or len(name) > 200:
             raise ValidationError([("name", "expected a string of at most 200 characters")])
+        ks = self.keyspace
         created_at = _now()
         listing = orjson.dumps({"key": key, "name": name or key, "created_at": created_at})
         made = await self._create_env(
-            keys=[self.key(key, k) for k in ("meta", "flags", "segments", "changes", "audit")],
+            keys=[
+                ks.meta(key),
+                ks.docs(key, "flag"),
+                ks.docs(key, "segment"),
+                ks.changes(key),
+                ks.audit(key),
+            ],
             args=[secrets.token_hex(8), created_at],
         )
-        envs_key = f"{self._prefix}:envs"
+        envs_key = self.keyspace.envs
         if not int(made):
             # The meta exists; repair a missing listing entry (a crash between the two writes).
             if await self.redis.hsetnx(envs_key, key, listing):
@@ -185,12 +194,12 @@ class Store:
         """Delete an environment and every key it owns; raises :class:`NotFound`."""
         # The meta goes first: from here on the environment does not exist for writers,
         # and a create of the same name starts from empty keys (see create_env.lua).
-        gone = await self.redis.unlink(self.key(env, "meta"))
-        removed = await self.redis.hdel(f"{self._prefix}:envs", env)
+        gone = await self.redis.unlink(self.keyspace.meta(env))
+        removed = await self.redis.hdel(self.keyspace.envs, env)
         if not removed and not gone:
             raise NotFound(f"environment {env!r} does not exist")
         batch: list[Any] = []
-        async for k in self.redis.scan_iter(match=self.key(env, "*"), count=500):
+        async for k in self.redis.scan_iter(match=self.keyspace.env_pattern(env), count=500):
             batch.append(k)
             if len(batch) >= 500:
                 await self.redis.unlink(*batch)
@@ -202,7 +211,11 @@ class Store:
     async def load_env(self, env: str) -> EnvState:
         """Version, epoch, flags and segments of ``env`` read atomically (one script)."""
         res = await self._load(
-            keys=[self.key(env, "meta"), self.key(env, "flags"), self.key(env, "segments")]
+            keys=[
+                self.keyspace.meta(env),
+                self.keyspace.docs(env, "flag"),
+                self.keyspace.docs(env, "segment"),
+            ]
         )
         if not res:
             raise NotFound(f"environment {env!r} does not exist")
@@ -215,7 +228,7 @@ class Store:
     @_translated
     async def list_docs(self, env: str, kind: Kind) -> list[dict[str, Any]]:
         """Every flag (or segment) of ``env`` sorted by key; raises :class:`NotFound`."""
-        if not await self.redis.exists(self.key(env, "meta")):
+        if not await self.redis.exists(self.keyspace.meta(env)):
             raise NotFound(f"environment {env!r} does not exist")
         raw = await self.redis.hgetall(self._docs_key(env, kind))
         docs = [d for d in (_loads(v) for v in raw.values()) if d is not None]
@@ -226,7 +239,7 @@ class Store:
         raw = await self.redis.hget(self._docs_key(env, kind), key)
         doc = _loads(raw)
         if doc is None:
-            if not await self.redis.exists(self.key(env, "meta")):
+            if not await self.redis.exists(self.keyspace.meta(env)):
                 raise NotFound(f"environment {env!r} does not exist")
             raise NotFound(f"{kind} {key!r} does not exist in {env!r}")
         return doc
@@ -297,7 +310,7 @@ class Store:
         raw = await self.redis.lrange(self._history_key(env, kind, key), 0, HISTORY_CAP - 1)
         docs = [d for d in (_loads(v) for v in raw) if d is not None]
         if not docs and not await self.redis.hexists(self._docs_key(env, kind), key):
-            if not await self.redis.exists(self.key(env, "meta")):
+            if not await self.redis.exists(self.keyspace.meta(env)):
                 raise NotFound(f"environment {env!r} does not exist")
             raise NotFound(f"{kind} {key!r} has no history in {env!r}")
         return docs
@@ -352,11 +365,11 @@ class Store:
         self, env: str, limit: int = 50, before: str | None = None
     ) -> tuple[list[AuditEntry], str | None]:
         """Audit entries newest first; returns ``(entries, cursor for the next page)``."""
-        if not await self.redis.exists(self.key(env, "meta")):
+        if not await self.redis.exists(self.keyspace.meta(env)):
             raise NotFound(f"environment {env!r} does not exist")
         top = f"({before}" if before else "+"
         raw: list[Any] = list(
-            await self.redis.xrevrange(self.key(env, "audit"), max=top, min="-", count=limit + 1)
+            await self.redis.xrevrange(self.keyspace.audit(env), max=top, min="-", count=limit + 1)
             or []
         )
         entries = [_audit_entry(_s(i), f) for i, f in raw[:limit]]
@@ -403,7 +416,7 @@ class Store:
                 await asyncio.sleep(random.uniform(0, 0.005 * attempt))
             cur = _loads(await self.redis.hget(docs_key, key))
             cur_version = _version_of(cur)
-            if cur is None and not await self.redis.exists(self.key(env, "meta")):
+            if cur is None and not await self.redis.exists(self.keyspace.meta(env)):
                 raise NotFound(f"environment {env!r} does not exist")
             if mode == "create" and cur is not None:
                 raise AlreadyExists(f"{kind} {key!r} already exists", cur_version)
@@ -432,11 +445,11 @@ class Store:
             prefix, suffix = patch_template(kind, key, new)
             res = await self._write(
                 keys=[
-                    self.key(env, "meta"),
+                    self.keyspace.meta(env),
                     docs_key,
-                    self.key(env, "changes"),
+                    self.keyspace.changes(env),
                     hist_key,
-                    self.key(env, "audit"),
+                    self.keyspace.audit(env),
                 ],
                 args=[
                     key,
