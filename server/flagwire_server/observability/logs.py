@@ -92,10 +92,19 @@ class ConsoleFormatter(logging.Formatter):
         return line
 
 
-class QuietStreamsFilter(logging.Filter):
-    """Drop uvicorn's per-WebSocket "[accepted]" lines (thousands in a reconnect storm).
+_PER_HANDSHAKE: Final = (
+    '"WebSocket %s" [accepted]',  # uvicorn, each accepted stream
+    '"WebSocket %s" %d',  # uvicorn, each denial response (flagwire.stream logs those)
+    "connection rejected (%d %s)",  # websockets, each non-101 response, again
+)
 
-    Refused handshakes (their status line) are kept; at debug level everything is.
+
+class QuietStreamsFilter(logging.Filter):
+    """Drop uvicorn's and websockets' line per WebSocket handshake.
+
+    Thousands arrive in a reconnect storm or a flood of bad keys.  Refused
+    handshakes are logged by ``flagwire.stream`` instead, with the reason and
+    summarised under a flood; at debug level everything is kept.
     """
 
     def filter(self, record: logging.LogRecord) -> bool:
@@ -104,7 +113,7 @@ class QuietStreamsFilter(logging.Filter):
         ):
             return True
         msg = record.msg
-        return not (isinstance(msg, str) and msg.endswith('"WebSocket %s" [accepted]'))
+        return not (isinstance(msg, str) and msg.endswith(_PER_HANDSHAKE))
 
 
 def log_config(settings: Settings) -> dict[str, Any]:

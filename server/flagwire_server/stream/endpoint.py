@@ -34,6 +34,7 @@ from starlette.websockets import WebSocket
 
 from flagwire.core.errors import ProtocolError
 from flagwire.core.protocol import MAX_CLIENT_FRAME, Ack, CloseCode, Resync, decode
+from flagwire_server.observability.refusals import RefusalLog
 from flagwire_server.stream.fanout import Conn, EnvNotFound
 from flagwire_server.stream.uvicorn_fence import FlagwireWebSocketProtocol, protocol_of
 
@@ -43,6 +44,8 @@ log = logging.getLogger("flagwire.stream")
 
 PATH: Final = "/api/v1/stream"
 _MAX_REASON: Final = 123  # bytes: the limit of a close frame's reason
+#: Refusals are answers, not faults: info, and one line per second under a flood.
+_refusals: Final = RefusalLog(log)
 
 
 class FailureLimiter:
@@ -94,7 +97,13 @@ def _reason(text: str) -> str:
 
 
 async def _deny(ws: WebSocket, status: int, code: str, detail: str) -> None:
+    """Refuse the handshake with an HTTP response: ``status`` and an RFC 9457 problem body.
+
+    The client shows ``detail`` to its user and decides from ``status``
+    whether retrying can help (429/503 say when in ``Retry-After``).
+    """
     ws.app.state.metrics.refused.labels(str(status)).inc()
+    _refusals.record(status, code, ws.client.host if ws.client else "?", detail)
     titles = {
         400: "Bad Request",
         401: "Unauthorized",

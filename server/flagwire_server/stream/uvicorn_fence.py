@@ -10,6 +10,10 @@
    queue, a task wake-up and a pause/resume of reading.
 3. On server shutdown, streams are closed with 1001 "going away" (clients
    reconnect elsewhere and resume) instead of uvicorn's 1012.
+4. A handshake refused with a denial response (the ASGI
+   ``websocket.http.response`` extension) counts as finished: uvicorn would
+   otherwise log "ASGI callable returned without completing handshake" at
+   ERROR for every refusal.
 
 Server frames are unmasked and uncompressed (``ws_per_message_deflate`` is
 off), so writing a frame built elsewhere never disturbs the sans-I/O state
@@ -26,6 +30,7 @@ import asyncio
 from collections.abc import Callable
 from typing import Any, Final
 
+from uvicorn._types import ASGISendEvent
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 from websockets.http11 import Request
 
@@ -52,6 +57,13 @@ class FlagwireWebSocketProtocol(WebSocketsSansIOProtocol):
         data = frames[0] if len(frames) == 1 else b"".join(frames)
         # Text frames stay bytes: the decoder takes UTF-8 bytes and refuses invalid ones.
         hook(bytes(data))
+
+    async def send(self, message: ASGISendEvent) -> None:
+        await super().send(message)
+        if message["type"] == "websocket.http.response.body" and not message.get("more_body"):
+            # The response is written and the transport closing: the handshake is over,
+            # answered.  uvicorn only counts an accept as that, then logs an ERROR.
+            self.handshake_complete = True
 
     def handle_connect(self, event: Request) -> None:
         super().handle_connect(event)
