@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import json
 import time
 import uuid
 from collections.abc import Iterator
@@ -10,6 +12,7 @@ from typing import Any
 import httpx
 import pytest
 import redis
+import websockets
 
 from tests.support.builders import flag, segment
 from tests.test_admin_support import Live, live_server, redis_dump
@@ -352,3 +355,35 @@ def test_evaluate_reads_its_own_writes(live: Live, env: str) -> None:
     assert r.json()["error_kind"] == "FLAG_NOT_FOUND"
     api.post(f"/environments/{env}/flags", json=flag("g"))
     assert value("g", {"key": "u"}) == (True, "FALLTHROUGH")
+
+
+async def test_patch_that_changes_nothing_sends_nothing(live: Live, env: str) -> None:
+    api = live.api
+    base = f"/environments/{env}/flags"
+    api.post(base, json=flag("kill", on=False))
+    sdk = api.post("/keys", json={"name": "noop", "kind": "sdk", "env": env}).json()["secret"]
+    ws_url = live.url.replace("http://", "ws://") + "/api/v1/stream"
+    async with websockets.connect(
+        ws_url, additional_headers={"Authorization": f"Bearer {sdk}"}
+    ) as ws:
+        assert json.loads(await ws.recv())["type"] == "hello"
+        assert json.loads(await ws.recv())["version"] == 1
+        before = redis_dump(live, env)
+        for body in ({"on": False}, {"on": False, "tags": []}, {"description": None}):
+            r = api.patch(f"{base}/kill", json=body, params={"wait": "1"})
+            assert r.status_code == 200, r.text
+            out = r.json()
+            assert (out["changed"], out["version"], out["env_version"]) == (False, 1, 1)
+            assert out["flag"]["on"] is False
+            assert "propagation" not in out
+        # A stale expected version is still a conflict, not a silent success.
+        assert (
+            api.patch(f"{base}/kill", json={"on": False}, headers={"If-Match": '"9"'}).status_code
+            == 409
+        )
+        assert redis_dump(live, env) == before  # no version, change-log or audit entry
+        r = api.patch(f"{base}/kill", json={"on": True})
+        assert (r.json()["changed"], r.json()["version"], r.json()["env_version"]) == (True, 2, 2)
+        # The first frame after the no-ops is the real change: none was sent for them.
+        msg = json.loads(await asyncio.wait_for(ws.recv(), 5))
+        assert (msg["type"], msg["version"], msg["data"]["on"]) == ("patch", 2, True)

@@ -172,8 +172,10 @@ async def write_response(
         res.kind: res.doc,
         "version": res.version,
         "env_version": res.env_version,
+        "changed": res.changed,
     }
-    prop = await propagation(request, env, res.env_version, wait)
+    # Nothing was sent for an unchanged document, so there is nothing to wait for.
+    prop = await propagation(request, env, res.env_version, wait) if res.changed else None
     if prop is not None:
         body["propagation"] = prop
     return json_response(body, 201 if created else 200, headers={"ETag": f'"{res.version}"'})

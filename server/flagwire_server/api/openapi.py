@@ -110,9 +110,13 @@ def _write(kind: str) -> _S:
             kind: {"oneOf": [_ref(kind.capitalize()), {"type": "null"}]},
             "version": _INT,
             "env_version": _INT,
+            "changed": {
+                "type": "boolean",
+                "description": "false when a merge patch changed nothing (nothing was sent)",
+            },
             "propagation": _ref("Propagation"),
         },
-        (kind, "version", "env_version"),
+        (kind, "version", "env_version", "changed"),
     )
 
 

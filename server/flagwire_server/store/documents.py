@@ -82,6 +82,15 @@ __all__ = [
     "merge_patch",
 ]
 
+
+def _same(kind: Kind, key: str, cur: dict[str, Any], new: dict[str, Any]) -> bool:
+    """True when ``new`` is the stored ``cur`` apart from the server's bookkeeping."""
+    try:
+        return validate_doc(kind, _body(cur, key)) == new
+    except ValidationError:  # a stored document that no longer validates: not the same
+        return False
+
+
 CHANGES_MAXLEN: Final = 10_000
 HISTORY_CAP: Final = 100
 AUDIT_MAXLEN: Final = 10_000
@@ -377,6 +386,18 @@ class Store:
 
     # --- the one write path ------------------------------------------------
 
+    async def _unchanged(self, env: str, kind: Kind, key: str, cur: dict[str, Any]) -> WriteResult:
+        """A merge patch that changes nothing: answer with what is there, send nothing.
+
+        Why not write it anyway: every write bumps the environment version and is
+        sent to every client, so a repeated kill switch would notify them all.
+        """
+        raw = await self.redis.hget(self.keyspace.meta(env), "version")
+        if raw is None:
+            raise NotFound(f"environment {env!r} does not exist")
+        cur_version = _version_of(cur)
+        return WriteResult(kind, key, cur, cur_version, int(_s(raw)), 0, cur, changed=False)
+
     @_translated
     async def _commit(
         self,
@@ -437,6 +458,8 @@ class Store:
             new: dict[str, Any] | None = None
             if body is not None:
                 new = validate_doc(kind, body)
+                if mode == "update" and cur is not None and _same(kind, key, cur, new):
+                    return await self._unchanged(env, kind, key, cur)
                 now = _now()
                 new["version"] = base + 1
                 new["created_at"] = cur.get("created_at", now) if cur else now

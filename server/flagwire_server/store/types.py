@@ -86,6 +86,8 @@ class WriteResult:
     env_version: int
     committed_ms: int
     previous: dict[str, Any] | None
+    #: False for a merge patch that changed nothing: no version, no change-log entry, no frame.
+    changed: bool = True
 
 
 @dataclass(frozen=True, slots=True)
