@@ -16,6 +16,11 @@ uvicorn settings that matter here (issue 6):
 ``--workers N`` runs N uvicorn worker processes sharing the socket, each with
 its own fan-out (each reads every environment's change log); metrics are then
 aggregated through ``PROMETHEUS_MULTIPROC_DIR``.
+
+Before anything starts: with the embedded store, the data directory's lock is
+taken (a second server on it stops here, naming the first; see ``datadir.py``),
+then the port is checked, so neither failure comes after the store started or
+first-start keys were generated.
 """
 
 from __future__ import annotations
@@ -33,6 +38,7 @@ from typing import Any
 import uvicorn
 
 from flagwire.core.protocol import MAX_CLIENT_FRAME
+from flagwire_server.cli.datadir import DataDirLock, check_port_free, make_private
 from flagwire_server.config import Settings
 from flagwire_server.observability import logs
 from flagwire_server.process import raise_nofile
@@ -79,9 +85,15 @@ def serve(settings: Settings) -> None:
     logs.configure(settings)
     raise_nofile()
     embedded: EmbeddedStore | None = None
+    lock: DataDirLock | None = None
     metrics_dir: str | None = None
     try:
         if not settings.redis_url:
+            lock = DataDirLock(settings.data_dir)
+            lock.acquire(host=settings.host, port=settings.port)
+        check_port_free(settings.host, settings.port)
+        if lock is not None:
+            make_private(lock.dir)
             embedded = EmbeddedStore(settings.data_dir)
             settings = settings.with_(redis_url=embedded.start())
         log.info(
@@ -118,6 +130,8 @@ def serve(settings: Settings) -> None:
     finally:
         if embedded is not None:
             embedded.stop()
+        if lock is not None:
+            lock.release()
         if metrics_dir is not None:
             with contextlib.suppress(OSError):
                 shutil.rmtree(metrics_dir)

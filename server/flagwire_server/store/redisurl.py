@@ -56,6 +56,9 @@ def connect(url: str, **options: Any) -> aioredis.Redis:
         "health_check_interval": 10,
         "retry_on_timeout": False,
     }
+    if scheme == "unix":
+        # TCP keep-alive is a TCP option: redis-py's unix connection refuses the argument.
+        del kwargs["socket_keepalive"]
     kwargs.update(options)
     if scheme.endswith("+sentinel"):
         return _sentinel(parts.netloc, parts.path, parts.query, scheme.startswith("rediss"), kwargs)
