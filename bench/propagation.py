@@ -26,9 +26,7 @@ receive time of the last client, as that client stamped it.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import math
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -46,12 +44,13 @@ from bench._harness import (
     FloorServer,
     bench_flag,
     cpus,
-    print_table,
     redis_server,
     rss_tree,
     summary_ms,
     write_result,
 )
+from bench._profile import start_profile, stop_profile, summarize_profile
+from bench._propagation_report import chart, print_report, summary_line, verdicts
 from bench._swarm import Swarm
 
 ENV = "bench"
@@ -171,7 +170,7 @@ def run_flagwire(
             spy = None
             for i in range(a.warmup + flips):
                 if profile is not None and i == a.warmup:
-                    spy = _start_profile(server.pid, profile)
+                    spy = start_profile(server.pid, profile)
                 t0, t_api, w = _flip(admin, swarm, doc)
                 if i >= a.warmup:
                     lat.append(w["max_t"] - t0)
@@ -179,7 +178,7 @@ def run_flagwire(
                     api.append(t_api - t0)
                 time.sleep(a.pause)
             if spy is not None:
-                _stop_profile(spy)
+                stop_profile(spy)
             stats = swarm.stats()
             rss = server.rss()
         admin.close()
@@ -268,127 +267,6 @@ def _closes(url: str) -> dict[str, float]:
     return out
 
 
-def _start_profile(pid: int, out: Path) -> subprocess.Popen[bytes] | None:
-    exe = Path(sys.executable).with_name("py-spy")
-    if not exe.exists():
-        print("(py-spy not installed in the venv: no profile)", file=sys.stderr)
-        return None
-    return subprocess.Popen(
-        [
-            str(exe),
-            "record",
-            "--pid",
-            str(pid),
-            "--subprocesses",
-            "--rate",
-            "250",
-            "--format",
-            "speedscope",
-            "--output",
-            str(out),
-            "--nonblocking",
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-
-
-def summarize_profile(path: Path, top: int = 25) -> str:
-    """Self and inclusive time of the hottest frames in a py-spy speedscope file."""
-    import collections
-    import json
-
-    d = json.loads(path.read_text())
-    frames = d["shared"]["frames"]
-    self_t: collections.Counter[int] = collections.Counter()
-    incl: collections.Counter[int] = collections.Counter()
-    total = 0.0
-    for prof in d["profiles"]:
-        for stack, w in zip(prof["samples"], prof["weights"], strict=True):
-            total += w
-            if stack:
-                self_t[stack[-1]] += w
-            for f in set(stack):
-                incl[f] += w
-
-    def name(i: int) -> str:
-        f = frames[i]
-        where = str(f.get("file", "")).split("site-packages/")[-1].split("/work/main/")[-1]
-        return f"{f['name']} ({where}:{f.get('line', '')})"
-
-    lines = [f"py-spy samples: {total:.1f} s of server time", "", "self time:"]
-    lines += [f"  {w / total:6.1%}  {name(i)}" for i, w in self_t.most_common(top)]
-    lines += ["", "inclusive time (frames under the event loop):"]
-    lines += [
-        f"  {w / total:6.1%}  {name(i)}" for i, w in incl.most_common(top + 20) if w / total < 0.9
-    ]
-    return "\n".join(lines) + "\n"
-
-
-def _stop_profile(proc: subprocess.Popen[bytes] | None) -> None:
-    if proc is None:
-        return
-    import signal
-
-    proc.send_signal(signal.SIGINT)
-    with contextlib.suppress(subprocess.TimeoutExpired):
-        proc.wait(30)
-
-
-def chart(rows: list[dict[str, Any]], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
-    for ax, metric in zip(axes, ("p50_ms", "p99_ms"), strict=True):
-        for run in ("floor", "flagwire", "flagwire-w2"):
-            pts = sorted((r["clients"], r[metric]) for r in rows if r["run"] == run)
-            if pts:
-                ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=run)
-        ax.set_xscale("log")
-        ax.set_yscale("log")
-        ax.set_xlabel("connected clients")
-        ax.set_ylabel(f"{metric[:3]} trigger → last client (ms)")
-        ax.grid(True, which="both", alpha=0.3)
-        ax.legend()
-    fig.suptitle("flagwire propagation vs bare-broadcast floor (2 cores: server 1, clients 1)")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-
-
-TARGETS = {1000: 25.0, 10000: 250.0}
-
-
-def verdicts(rows: list[dict[str, Any]]) -> list[str]:
-    out = []
-    by = {(r["run"], r["clients"]): r for r in rows if "p99_ms" in r}
-    for (run, n), r in sorted(by.items()):
-        if run == "floor":
-            continue
-        floor = by.get(("floor", n))
-        if floor:
-            ratio = r["p99_ms"] / floor["p99_ms"]
-            r["ratio_p99"] = round(ratio, 2)
-            r["ratio_p50"] = round(r["p50_ms"] / floor["p50_ms"], 2)
-        if n in TARGETS and run == "flagwire":
-            ok = r["p99_ms"] < TARGETS[n]
-            out.append(
-                f"{run} N={n}: p99 {r['p99_ms']:.1f} ms {'meets' if ok else 'MISSES'} "
-                f"the {TARGETS[n]:.0f} ms target"
-            )
-        if n == 1000 and run == "flagwire" and floor:
-            ok = r["ratio_p99"] <= 1.5
-            out.append(
-                f"{run} N={n}: p99 is {r['ratio_p99']:.2f}x the floor: "
-                f"{'meets' if ok else 'MISSES'} "
-                "the 1.5x target"
-            )
-    return out
-
-
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -457,58 +335,10 @@ def main(argv: list[str] | None = None) -> int:
             if run.startswith("flagwire") and not frame:
                 frame = int(r.get("frame_bytes") or 0)
             rows.append(r)
-            print(f"  {run:12} N={n:<6} {_line(r)}", flush=True)
+            print(f"  {run:12} N={n:<6} {summary_line(r)}", flush=True)
     notes = verdicts(rows)
     table = [r for r in rows if "p99_ms" in r]
-    print()
-    print_table(
-        ["run", "clients", "p50 ms", "p99 ms", "max ms", "first p50", "x floor p99", "RSS MiB"],
-        [
-            [
-                r["run"],
-                r["clients"],
-                r["p50_ms"],
-                r["p99_ms"],
-                r["max_ms"],
-                r.get("first_p50_ms", ""),
-                r.get("ratio_p99", ""),
-                r.get("server_rss", 0) / 2**20,
-            ]
-            for r in table
-        ],
-    )
-    for r in rows:
-        if r["run"] == "stalled" and "all_reading" in r:
-            print(
-                f"\nserver closed streams (by code): {r['server_closes']}"
-                f"\n1% stalled ({r['stalled_clients']} of {r['clients']} never read, "
-                f"{r['frame_bytes']} B frames):"
-            )
-            print_table(
-                [
-                    "phase",
-                    "p50 ms",
-                    "p99 ms",
-                    "max ms",
-                    "RSS before MiB",
-                    "RSS peak MiB",
-                    "RSS after MiB",
-                ],
-                [
-                    [
-                        ph,
-                        r[ph]["p50_ms"],
-                        r[ph]["p99_ms"],
-                        r[ph]["max_ms"],
-                        r[ph]["rss_before"] / 2**20,
-                        r[ph]["rss_peak"] / 2**20,
-                        r[ph]["rss_after"] / 2**20,
-                    ]
-                    for ph in ("all_reading", "with_stalled")
-                ],
-            )
-    for note in notes:
-        print(note)
+    print_report(rows, table, notes)
     png = RESULTS / f"{a.name}.png"
     RESULTS.mkdir(parents=True, exist_ok=True)
     if table:
@@ -528,17 +358,6 @@ def main(argv: list[str] | None = None) -> int:
     )
     print(f"\nwrote {path} and {png}")
     return 0
-
-
-def _line(r: dict[str, Any]) -> str:
-    if "error" in r:
-        return "error"
-    if "p50_ms" in r:
-        return (
-            f"p50 {r['p50_ms']:.2f} ms  p99 {r['p99_ms']:.2f} ms  max {r['max_ms']:.2f} ms"
-            f"  ({r['seconds']} s)"
-        )
-    return f"stalled: {r['all_reading']['p99_ms']:.2f} → {r['with_stalled']['p99_ms']:.2f} ms p99"
 
 
 if __name__ == "__main__":

@@ -1,0 +1,132 @@
+"""What a propagation run reports: the printed tables, the verdicts against targets, the chart.
+
+Why apart from ``bench/propagation.py``: that module runs the servers and the
+clients; this one only reads the rows they produced.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from bench._harness import print_table
+
+__all__ = ["TARGETS", "chart", "print_report", "summary_line", "verdicts"]
+
+
+def chart(rows: list[dict[str, Any]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    for ax, metric in zip(axes, ("p50_ms", "p99_ms"), strict=True):
+        for run in ("floor", "flagwire", "flagwire-w2"):
+            pts = sorted((r["clients"], r[metric]) for r in rows if r["run"] == run)
+            if pts:
+                ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=run)
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel("connected clients")
+        ax.set_ylabel(f"{metric[:3]} trigger → last client (ms)")
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend()
+    fig.suptitle("flagwire propagation vs bare-broadcast floor (2 cores: server 1, clients 1)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+TARGETS = {1000: 25.0, 10000: 250.0}
+
+
+def verdicts(rows: list[dict[str, Any]]) -> list[str]:
+    out = []
+    by = {(r["run"], r["clients"]): r for r in rows if "p99_ms" in r}
+    for (run, n), r in sorted(by.items()):
+        if run == "floor":
+            continue
+        floor = by.get(("floor", n))
+        if floor:
+            ratio = r["p99_ms"] / floor["p99_ms"]
+            r["ratio_p99"] = round(ratio, 2)
+            r["ratio_p50"] = round(r["p50_ms"] / floor["p50_ms"], 2)
+        if n in TARGETS and run == "flagwire":
+            ok = r["p99_ms"] < TARGETS[n]
+            out.append(
+                f"{run} N={n}: p99 {r['p99_ms']:.1f} ms {'meets' if ok else 'MISSES'} "
+                f"the {TARGETS[n]:.0f} ms target"
+            )
+        if n == 1000 and run == "flagwire" and floor:
+            ok = r["ratio_p99"] <= 1.5
+            out.append(
+                f"{run} N={n}: p99 is {r['ratio_p99']:.2f}x the floor: "
+                f"{'meets' if ok else 'MISSES'} "
+                "the 1.5x target"
+            )
+    return out
+
+
+def print_report(rows: list[dict[str, Any]], table: list[dict[str, Any]], notes: list[str]) -> None:
+    """The run table, the stalled run's phases and the verdicts, on stdout."""
+    print()
+    print_table(
+        ["run", "clients", "p50 ms", "p99 ms", "max ms", "first p50", "x floor p99", "RSS MiB"],
+        [
+            [
+                r["run"],
+                r["clients"],
+                r["p50_ms"],
+                r["p99_ms"],
+                r["max_ms"],
+                r.get("first_p50_ms", ""),
+                r.get("ratio_p99", ""),
+                r.get("server_rss", 0) / 2**20,
+            ]
+            for r in table
+        ],
+    )
+    for r in rows:
+        if r["run"] == "stalled" and "all_reading" in r:
+            print(
+                f"\nserver closed streams (by code): {r['server_closes']}"
+                f"\n1% stalled ({r['stalled_clients']} of {r['clients']} never read, "
+                f"{r['frame_bytes']} B frames):"
+            )
+            print_table(
+                [
+                    "phase",
+                    "p50 ms",
+                    "p99 ms",
+                    "max ms",
+                    "RSS before MiB",
+                    "RSS peak MiB",
+                    "RSS after MiB",
+                ],
+                [
+                    [
+                        ph,
+                        r[ph]["p50_ms"],
+                        r[ph]["p99_ms"],
+                        r[ph]["max_ms"],
+                        r[ph]["rss_before"] / 2**20,
+                        r[ph]["rss_peak"] / 2**20,
+                        r[ph]["rss_after"] / 2**20,
+                    ]
+                    for ph in ("all_reading", "with_stalled")
+                ],
+            )
+    for note in notes:
+        print(note)
+
+
+def summary_line(r: dict[str, Any]) -> str:
+    if "error" in r:
+        return "error"
+    if "p50_ms" in r:
+        return (
+            f"p50 {r['p50_ms']:.2f} ms  p99 {r['p99_ms']:.2f} ms  max {r['max_ms']:.2f} ms"
+            f"  ({r['seconds']} s)"
+        )
+    return f"stalled: {r['all_reading']['p99_ms']:.2f} → {r['with_stalled']['p99_ms']:.2f} ms p99"
