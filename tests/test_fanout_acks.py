@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from flagwire_server.store.acks import AckBook, merge_reports
-from flagwire_server.stream.fanout import frame_of, payload_of
+from flagwire_server.stream.frames import frame_of, payload_of
 
 
 def test_book_counts_acks_latency_and_losses() -> None:

@@ -36,11 +36,14 @@ from flagwire_server.config import Settings
 from flagwire_server.observability import health
 from flagwire_server.observability.metrics import Metrics, RequestMetricsMiddleware
 from flagwire_server.process import freeze_gc, raise_nofile
+from flagwire_server.store.acks import AckReporter
+from flagwire_server.store.changelog import ChangeLog
 from flagwire_server.store.keyspace import Keyspace
 from flagwire_server.store.migrate import migrate_v1
 from flagwire_server.store.redisurl import connect
 from flagwire_server.stream import endpoint as stream
-from flagwire_server.stream.fanout import READ_BLOCK_MS, Fanout
+from flagwire_server.stream.fanout import Fanout
+from flagwire_server.stream.reader import READ_BLOCK_MS
 
 __all__ = ["bootstrap", "create_app", "create_app_from_env"]
 
@@ -131,15 +134,22 @@ async def _lifespan(app: Starlette) -> AsyncIterator[None]:
     store = Store(redis, settings.redis_prefix)
     keys = KeyRing(redis, settings.redis_prefix, admin_key=settings.admin_key)
     await bootstrap(settings, redis, store, keys)
+    keyspace = Keyspace(settings.redis_prefix)
+
+    async def env_names() -> list[str]:
+        return [str(e["key"]) for e in await store.list_envs()]
+
     fanout = Fanout(
         settings,
-        redis,
-        store,
-        app.state.metrics,
-        app.state.instance_id,
+        changelog=ChangeLog(redis, keyspace),
+        reporter=AckReporter(redis, keyspace, app.state.instance_id),
+        load_env=store.load_env,
+        list_envs=env_names,
+        metrics=app.state.metrics,
         # Each reader blocks in XREAD on a connection of its own.
-        reader_factory=lambda: connect(
-            url, socket_timeout=READ_BLOCK_MS / 1000 + 1, health_check_interval=0
+        reader_changelog=lambda: ChangeLog(
+            connect(url, socket_timeout=READ_BLOCK_MS / 1000 + 1, health_check_interval=0),
+            keyspace,
         ),
     )
     app.state.redis, app.state.store, app.state.keys, app.state.fanout = (

@@ -34,6 +34,7 @@ import redis.asyncio as aioredis
 import redis.exceptions
 
 from flagwire_server.store.keyspace import Keyspace
+from flagwire_server.store.types import StoreUnavailable
 
 __all__ = ["AckBook", "AckReporter", "Tally", "merge_reports"]
 
@@ -173,8 +174,8 @@ class AckReporter:
         redis: aioredis.Redis,
         keyspace: Keyspace,
         instance_id: str,
-        books: Callable[[], Iterable[AckBook]],
-        connected: Callable[[], dict[str, int]],
+        books: Callable[[], Iterable[AckBook]] = tuple,
+        connected: Callable[[], dict[str, int]] = dict,
         on_error: Callable[[str, BaseException], None] | None = None,
     ) -> None:
         self.redis = redis
@@ -185,6 +186,26 @@ class AckReporter:
         self._on_error = on_error
         self._wake = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
+
+    def bind(
+        self,
+        books: Callable[[], Iterable[AckBook]],
+        connected: Callable[[], dict[str, int]],
+        on_error: Callable[[str, BaseException], None] | None = None,
+    ) -> None:
+        """Say where this process's tallies and connection counts come from."""
+        self._books, self._connected, self._on_error = books, connected, on_error
+
+    async def set_floor(self, env: str, version: int) -> None:
+        """This process loaded ``env`` at ``version``: it reports later versions only.
+
+        Raises:
+            StoreUnavailable: Redis did not answer.
+        """
+        try:
+            await self.redis.hset(self.ks.floors(env), self.instance_id, version)
+        except (redis.exceptions.RedisError, OSError) as exc:
+            raise StoreUnavailable(f"{type(exc).__name__}: {exc}") from None
 
     async def start(self) -> None:
         await self._heartbeat_once()

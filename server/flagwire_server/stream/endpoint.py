@@ -14,7 +14,7 @@ problem body, never an accepted-then-closed socket):
 
 Then ``hello`` and the snapshot (or only the missed changes) are written and
 the stream is registered with the environment's feed in one synchronous step
-(:meth:`flagwire_server.stream.fanout.EnvFeed.attach`), and the endpoint only reads:
+(:meth:`flagwire_server.stream.feed.EnvFeed.attach`), and the endpoint only reads:
 ``ack`` and ``resync`` messages; anything else closes the stream (see
 ``docs/protocol.md`` for codes).
 """
@@ -35,7 +35,8 @@ from starlette.websockets import WebSocket
 from flagwire.core.errors import ProtocolError
 from flagwire.core.protocol import MAX_CLIENT_FRAME, Ack, CloseCode, Resync, decode
 from flagwire_server.observability.refusals import RefusalLog
-from flagwire_server.stream.fanout import Conn, EnvNotFound
+from flagwire_server.stream.conn import Conn
+from flagwire_server.stream.feed import EnvFeed, EnvNotFound
 from flagwire_server.stream.uvicorn_fence import FlagwireWebSocketProtocol, protocol_of
 
 __all__ = ["FailureLimiter", "origin_allowed", "routes", "stream_endpoint"]
@@ -226,7 +227,7 @@ async def stream_endpoint(ws: WebSocket) -> None:
     proto = protocol_of(ws.scope, ws._send)
     # Fallback when the transport is not reachable (not flagwire's uvicorn protocol):
     # frames then go through ws.send_text via a bounded per-connection queue.
-    conn = Conn(feed, key_id, proto, ws=None if proto is not None else ws)
+    conn = Conn(key_id, proto, ws=None if proto is not None else ws)
     if fanout.feed(env) is not feed:  # deleted while we accepted
         conn.closed = True
         await ws.close(CloseCode.RESYNC, "environment deleted")
@@ -240,9 +241,9 @@ async def stream_endpoint(ws: WebSocket) -> None:
         # reading per message; acks from every client after a change are the
         # server's largest cost after the fan-out itself (bench/results).
         rate = settings.client_msg_rate
-        proto.on_message = lambda data: _handle(conn, data, rate, burst)
+        proto.on_message = lambda data: _handle(feed, conn, data, rate, burst)
     try:
-        await _read_loop(ws, conn, settings.client_msg_rate, burst)
+        await _read_loop(ws, feed, conn, settings.client_msg_rate, burst)
     finally:
         if isinstance(proto, FlagwireWebSocketProtocol):
             proto.on_message = None
@@ -250,7 +251,7 @@ async def stream_endpoint(ws: WebSocket) -> None:
         conn.closed = True
 
 
-def _handle(conn: Conn, data: str | bytes, rate: float, burst: float) -> None:
+def _handle(feed: EnvFeed, conn: Conn, data: str | bytes, rate: float, burst: float) -> None:
     """Act on one client frame: rate limit, decode, ack / resync / close."""
     if conn.closed:
         return
@@ -258,23 +259,23 @@ def _handle(conn: Conn, data: str | bytes, rate: float, burst: float) -> None:
     conn.tokens = min(burst, conn.tokens + (now - conn.stamp) * rate)
     conn.stamp = now
     if conn.tokens < 1.0:
-        conn.close(CloseCode.RATE_LIMITED, "too many messages")
+        feed.close(conn, CloseCode.RATE_LIMITED, "too many messages")
         return
     conn.tokens -= 1.0
     try:
         msg = decode(data, max_size=MAX_CLIENT_FRAME)
     except ProtocolError as exc:
-        conn.close(CloseCode.BAD_MESSAGE, _reason(str(exc)))
+        feed.close(conn, CloseCode.BAD_MESSAGE, _reason(str(exc)))
         return
     if isinstance(msg, Ack):
-        conn.ack(msg.version)
+        feed.ack(conn, msg.version)
     elif isinstance(msg, Resync):
-        conn.feed.resnapshot(conn, "client")
+        feed.resnapshot(conn, "client")
     else:
-        conn.close(CloseCode.BAD_MESSAGE, _reason(f"a client may not send {msg.type}"))
+        feed.close(conn, CloseCode.BAD_MESSAGE, _reason(f"a client may not send {msg.type}"))
 
 
-async def _read_loop(ws: WebSocket, conn: Conn, rate: float, burst: float) -> None:
+async def _read_loop(ws: WebSocket, feed: EnvFeed, conn: Conn, rate: float, burst: float) -> None:
     # With the fast path installed only the disconnect arrives here.
     while True:
         message = await ws.receive()
@@ -283,7 +284,7 @@ async def _read_loop(ws: WebSocket, conn: Conn, rate: float, burst: float) -> No
         data = message.get("text")
         if data is None:
             data = message.get("bytes") or b""
-        _handle(conn, data, rate, burst)
+        _handle(feed, conn, data, rate, burst)
 
 
 def routes() -> list[WebSocketRoute]:

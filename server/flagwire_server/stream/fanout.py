@@ -1,15 +1,20 @@
 """Fan-out: one change-log reader per environment per process, one write per client.
 
-Per process and environment an :class:`EnvFeed` keeps
+Per process and environment an :class:`~flagwire_server.stream.feed.EnvFeed` keeps
 
 * a mirror of the environment (raw flag and segment documents, version, epoch)
   and, built lazily once per version, the encoded ``hello`` and ``snapshot``
   frames;
 * a ring of the last ``ring_size`` changes as ready-to-write WebSocket frames,
   so a client resuming with ``since`` gets only what it missed;
-* the set of its open streams (:class:`~flagwire_server.stream.feed.Conn`);
-* a reader task doing a blocking ``XREAD`` on ``P:{env}:changes`` from the last
-  id it applied, on a Redis connection of its own.
+* the set of its open streams (:class:`~flagwire_server.stream.conn.Conn`);
+* a reader task (:class:`~flagwire_server.stream.reader.ChangeReader`) blocking
+  on the environment's change log from the last version it applied, on a
+  Redis connection of its own.
+
+The mirror, ring and stream set are the pure
+:class:`~flagwire_server.stream.mirror.Mirror`; the feed writes what it
+decides to the connections.
 
 A change is decoded once (to update the mirror), framed once, and the same
 bytes are written to every stream in a plain synchronous loop: one
@@ -19,9 +24,10 @@ and awaiting sends lets one stalled client freeze everyone).  A client whose
 transport already buffers more than ``max_buffer`` bytes is closed with 4000
 "too slow; resync" instead, so memory per client stays bounded.
 
-Because :meth:`EnvFeed.attach` reads the mirror, writes ``hello`` plus the
-snapshot (or the missed changes) and registers the stream without an
-``await``, a change is either in what the client got on connect or among the
+Because :meth:`Mirror.attach <flagwire_server.stream.mirror.Mirror.attach>`
+reads the mirror and says what a new stream gets (``hello`` plus the
+snapshot or the missed changes) and the feed writes it and registers the stream
+without an ``await``, a change is either in what the client got on connect or among the
 live changes it gets after — never both, never neither.
 
 Redis trouble (see ``docs/storage.md``, "When Redis goes away"): the feed keeps
@@ -40,36 +46,25 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, Final
-
-import redis.asyncio as aioredis
 
 from flagwire.core.protocol import CloseCode
 from flagwire_server.store.acks import AckReporter
-from flagwire_server.store.documents import NotFound
-from flagwire_server.store.keyspace import Keyspace
-from flagwire_server.stream.feed import (
-    READ_BLOCK_MS,
-    REDIS_ERRORS,
-    Conn,
-    EnvFeed,
-    EnvNotFound,
-    _s,
-    frame_of,
-    payload_of,
-)
+from flagwire_server.store.changelog import ChangeLog
+from flagwire_server.store.types import EnvState, NotFound, StoreUnavailable
+from flagwire_server.stream.feed import EnvFeed, EnvNotFound
+from flagwire_server.stream.reader import READ_BLOCK_MS, ChangeReader
 
 if TYPE_CHECKING:
     from flagwire_server.config import Settings
     from flagwire_server.observability.metrics import Metrics
 
-__all__ = ["READ_BLOCK_MS", "Conn", "EnvFeed", "EnvNotFound", "Fanout", "frame_of", "payload_of"]
+__all__ = ["READ_BLOCK_MS", "EnvFeed", "EnvNotFound", "Fanout"]
 
 log = logging.getLogger("flagwire.fanout")
 
 DISCOVER_EVERY_S: Final = 2.0
-_REDIS_ERRORS = REDIS_ERRORS
 
 
 class Fanout:
@@ -77,43 +72,42 @@ class Fanout:
 
     Args:
         settings: server settings (ring size, buffer limit, heartbeat).
-        redis: the shared client (store reads, acks, heartbeat).
-        store: a ``Store`` (``load_env``, ``list_envs``).
+        changelog: change-log and store-identity reads on the shared client.
+        reporter: publishes this process's acknowledgements, heartbeat and floors.
+        load_env: reads one environment from the store (raises ``NotFound``).
+        list_envs: the names of every environment in the store.
         metrics: the process's metrics.
-        instance_id: this process's id in ``P:instances``.
-        reader_factory: makes the Redis client of one reader (its own connection).
+        reader_changelog: opens the change log of one reader (a connection of its own).
     """
 
     def __init__(
         self,
         settings: Settings,
-        redis: aioredis.Redis,
-        store: Any,
+        *,
+        changelog: ChangeLog,
+        reporter: AckReporter,
+        load_env: Callable[[str], Awaitable[EnvState]],
+        list_envs: Callable[[], Awaitable[list[str]]],
         metrics: Metrics,
-        instance_id: str,
-        reader_factory: Callable[[], aioredis.Redis],
+        reader_changelog: Callable[[], ChangeLog],
     ) -> None:
         self.settings = settings
-        self.redis = redis
-        self.store = store
+        self.changelog = changelog
+        self.reporter = reporter
         self.metrics = metrics
-        self.instance_id = instance_id
-        self.reader_factory = reader_factory
-        self.keyspace = Keyspace(settings.redis_prefix)
+        self._load_env = load_env
+        self._list_envs = list_envs
+        self._reader_changelog = reader_changelog
         self.feeds: dict[str, EnvFeed] = {}
         self.store_epoch: str | None = None
         self.started = False
         self.discover_error: str | None = None
         self._loading: dict[str, asyncio.Future[EnvFeed]] = {}
-        self._held: set[asyncio.Task[Any]] = set()
         self._discover: asyncio.Task[None] | None = None
         self._watch: asyncio.Task[None] | None = None
         #: A feed that has not heard from Redis for this long cannot vouch for its data.
         self.stale_after = settings.heartbeat + READ_BLOCK_MS / 1000
-        self.reporter = AckReporter(
-            redis,
-            self.keyspace,
-            instance_id,
+        reporter.bind(
             books=lambda: [f.book for f in self.feeds.values()],
             connected=lambda: {env: len(f.conns) for env, f in self.feeds.items()},
             on_error=self._redis_error,
@@ -122,20 +116,11 @@ class Fanout:
     def _redis_error(self, op: str, exc: BaseException) -> None:
         self.metrics.redis_errors.labels(op).inc()
 
-    def reporter_poke(self) -> None:
-        self.reporter.poke()
-
-    def hold(self, task: asyncio.Task[Any]) -> None:
-        """Keep a fire-and-forget task referenced until it ends."""
-        self._held.add(task)
-        task.add_done_callback(self._held.discard)
-
     # --- lifecycle ------------------------------------------------------------
 
     async def start(self) -> None:
-        raw = await self.redis.hget(self.keyspace.store, "epoch")
-        self.store_epoch = _s(raw) if raw is not None else None
-        for env in await self._env_names():
+        self.store_epoch = await self.changelog.store_epoch()
+        for env in await self._list_envs():
             with contextlib.suppress(EnvNotFound):
                 await self.ensure(env)
         await self.reporter.start()
@@ -153,13 +138,10 @@ class Fanout:
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await task
         for feed in list(self.feeds.values()):
-            await feed.stop()
+            if feed.reader is not None:
+                await feed.reader.stop()
         await self.reporter.stop()
         self.started = False
-
-    async def _env_names(self) -> list[str]:
-        envs = await self.store.list_envs()
-        return [str(e["key"]) if isinstance(e, dict) else str(e) for e in envs]
 
     async def _watchdog(self) -> None:
         """Close the streams of feeds cut off from Redis for longer than ``stale_after``.
@@ -177,12 +159,15 @@ class Fanout:
             await asyncio.sleep(0.25)
             now = time.monotonic()
             for feed in list(self.feeds.values()):
-                stale = feed.reset_reason is None and now - feed.last_ok > self.stale_after
+                reader = feed.reader
+                if reader is None:
+                    continue
+                stale = reader.reset_reason is None and now - reader.last_ok > self.stale_after
                 if stale and not feed.stale:
                     log.warning(
                         "cut off from Redis for %.1fs: closing streams (1013) until "
                         "the change log can be read again",
-                        now - feed.last_ok,
+                        now - reader.last_ok,
                         extra={"env": feed.env, "streams": len(feed.conns)},
                     )
                 elif feed.stale and not stale:
@@ -199,7 +184,7 @@ class Fanout:
         while True:
             await asyncio.sleep(DISCOVER_EVERY_S)
             try:
-                for env in await self._env_names():
+                for env in await self._list_envs():
                     if env not in self.feeds:
                         with contextlib.suppress(EnvNotFound):
                             await self.ensure(env)
@@ -215,7 +200,7 @@ class Fanout:
 
         Raises:
             EnvNotFound: no such environment.
-            StoreUnavailable (or a Redis error): the store could not be read.
+            StoreUnavailable (or another store error): the store could not be read.
         """
         feed = self.feeds.get(env)
         if feed is not None:
@@ -227,19 +212,27 @@ class Fanout:
         self._loading[env] = fut
         try:
             try:
-                state = await self.store.load_env(env)
+                state = await self._load_env(env)
             except NotFound:
                 raise EnvNotFound(env) from None
-            feed = EnvFeed(self, env)
+            feed = EnvFeed(
+                env, settings=self.settings, metrics=self.metrics, on_acks=self.reporter.poke
+            )
             feed.load(state)
+            feed.reader = ChangeReader(
+                feed,
+                changelog=self._reader_changelog,
+                load_env=self._load_env,
+                store_epoch=lambda: self.store_epoch,
+                on_gone=self.forget,
+                metrics=self.metrics,
+            )
             # Published before any client can attach: this process fans out, and
             # reports acknowledgements of, versions above this one only.
-            with contextlib.suppress(*_REDIS_ERRORS):
-                await self.redis.hset(
-                    self.keyspace.env(env, "floors"), self.instance_id, feed.version
-                )
+            with contextlib.suppress(StoreUnavailable):
+                await self.reporter.set_floor(env, feed.version)
             self.feeds[env] = feed
-            feed.start()
+            feed.reader.start()
             fut.set_result(feed)
             return feed
         except BaseException as exc:
@@ -283,8 +276,9 @@ class Fanout:
         if not self.started:
             reasons.append({"reason": "starting", "detail": "fan-out not started"})
         for env, feed in sorted(self.feeds.items()):
-            if feed.reset_reason:
-                reasons.append({"reason": "store_reset", "env": env, "detail": feed.reset_reason})
+            reader = feed.reader
+            if reader is not None and reader.reset_reason:
+                reasons.append({"reason": "store_reset", "env": env, "detail": reader.reset_reason})
             elif feed.stale:
                 reasons.append(
                     {
@@ -293,10 +287,10 @@ class Fanout:
                         "detail": f"change log unread for over {self.stale_after:.0f}s",
                     }
                 )
-            elif not feed.running:
+            elif reader is None or not reader.running:
                 reasons.append({"reason": "reader_stopped", "env": env, "detail": "no reader"})
-            elif feed.reader_error:
-                reasons.append({"reason": "reader_error", "env": env, "detail": feed.reader_error})
+            elif reader.error:
+                reasons.append({"reason": "reader_error", "env": env, "detail": reader.error})
         return reasons
 
     # --- control ------------------------------------------------------------
@@ -312,9 +306,9 @@ class Fanout:
         with "do not retry" then would turn a store reset into an outage, so a
         revocation is only honoured while the store's identity is intact.
         """
-        with contextlib.suppress(*_REDIS_ERRORS):
-            raw = await self.redis.hget(self.keyspace.store, "epoch")
-            if raw is None or _s(raw) != self.store_epoch:
+        with contextlib.suppress(StoreUnavailable):
+            epoch = await self.changelog.store_epoch()
+            if epoch is None or epoch != self.store_epoch:
                 log.error(
                     "ignoring the revocation of key %s: the store lost its identity (reset?)",
                     key_id,
@@ -326,4 +320,4 @@ class Fanout:
         """Close every stream of ``key_id`` with 4001."""
         for feed in list(self.feeds.values()):
             for conn in [c for c in feed.conns if c.key_id == key_id]:
-                conn.close(CloseCode.UNAUTHORIZED, "key revoked")
+                feed.close(conn, CloseCode.UNAUTHORIZED, "key revoked")
