@@ -1,5 +1,7 @@
 """``flagwire flags ...``: list, get, create, on/off, rollout, targets, delete, history, restore.
 
+The YAML/JSON document format is in docs/cli.md.
+
 Why the read-modify-write commands send ``If-Match``: ``rollout`` and
 ``targets`` change part of an array the merge patch would replace whole, so
 they read the flag, change it, and write it back only if nobody changed it in
@@ -13,279 +15,272 @@ from typing import Annotated, Any
 
 import typer
 
-from flagwire_server.cli.admin import (
-    DEFAULT_URL,
-    Api,
-    Env,
-    Json,
-    Key,
-    Url,
-    Wait,
-    _errors,
-    _wait,
-    _write_summary,
-    emit,
-    fail,
-    load_file,
-)
+from flagwire.core.model import WEIGHT_TOTAL
+from flagwire_server.cli.files import load_file
+from flagwire_server.cli.http import Api, cli_errors, fail, wait_params
+from flagwire_server.cli.options import DEFAULT_URL, Env, Json, Key, Url, Wait
+from flagwire_server.cli.output import emit, write_summary
 
-__all__ = ["register_flags"]
+__all__ = ["flags"]
 
-WEIGHT_TOTAL = 100_000  # rollout weights: 100% in thousandths of a percent
+flags = typer.Typer(help="Feature flags of one environment.", no_args_is_help=True)
 
 
-def register_flags(flags: typer.Typer) -> None:
-    @flags.command("list")
-    def flags_list(
-        env: Env = "production",
-        tag: Annotated[str | None, typer.Option()] = None,
-        q: Annotated[str | None, typer.Option(help="search key/name/description")] = None,
-        url: Url = DEFAULT_URL,
-        admin_key: Key = "",
-        as_json: Json = False,
-    ) -> None:
-        """List the flags of an environment."""
-        with _errors():
-            data = Api(url, admin_key).call(
-                "GET", f"/environments/{env}/flags", params={"tag": tag, "q": q}
-            )
-            emit(
-                data,
-                as_json,
-                [
-                    (
-                        f["key"],
-                        f.get("on"),
-                        f.get("version"),
-                        _serves(f),
-                        ",".join(f.get("tags") or []),
-                        f.get("updated_by"),
-                    )
-                    for f in data["flags"]
-                ],
-                ("key", "state", "version", "serves", "tags", "updated by"),
-            )
+@flags.command("list")
+def flags_list(
+    env: Env = "production",
+    tag: Annotated[str | None, typer.Option()] = None,
+    q: Annotated[str | None, typer.Option(help="search key/name/description")] = None,
+    url: Url = DEFAULT_URL,
+    admin_key: Key = "",
+    as_json: Json = False,
+) -> None:
+    """List the flags of an environment."""
+    with cli_errors():
+        data = Api(url, admin_key).call(
+            "GET", f"/environments/{env}/flags", params={"tag": tag, "q": q}
+        )
+        emit(
+            data,
+            as_json,
+            [
+                (
+                    f["key"],
+                    f.get("on"),
+                    f.get("version"),
+                    _serves(f),
+                    ",".join(f.get("tags") or []),
+                    f.get("updated_by"),
+                )
+                for f in data["flags"]
+            ],
+            ("key", "state", "version", "serves", "tags", "updated by"),
+        )
 
-    @flags.command("get")
-    def flags_get(
-        key: str,
-        env: Env = "production",
-        url: Url = DEFAULT_URL,
-        admin_key: Key = "",
-        as_json: Json = True,
-    ) -> None:
-        """Print one flag's document (JSON)."""
-        with _errors():
-            emit(Api(url, admin_key).call("GET", f"/environments/{env}/flags/{key}"), True)
 
-    @flags.command("create")
-    def flags_create(
-        file: Path,
-        env: Env = "production",
-        url: Url = DEFAULT_URL,
-        admin_key: Key = "",
-        as_json: Json = False,
-    ) -> None:
-        """Create a flag from a JSON or YAML file (fails if it exists)."""
-        with _errors():
-            doc = load_file(file)
-            data = Api(url, admin_key).call("POST", f"/environments/{env}/flags", body=doc)
-            _write_summary(data, "flag", as_json)
+@flags.command("get")
+def flags_get(
+    key: str,
+    env: Env = "production",
+    url: Url = DEFAULT_URL,
+    admin_key: Key = "",
+    as_json: Json = True,
+) -> None:
+    """Print one flag's document (JSON)."""
+    with cli_errors():
+        emit(Api(url, admin_key).call("GET", f"/environments/{env}/flags/{key}"), True)
 
-    def _toggle(
-        key: str, on: bool, env: str, url: str, admin_key: str, wait: float | None, as_json: bool
-    ) -> None:
-        with _errors():
-            data = Api(url, admin_key).call(
-                "PATCH", f"/environments/{env}/flags/{key}", body={"on": on}, params=_wait(wait)
-            )
-            _write_summary(data, "flag", as_json)
 
-    @flags.command("on")
-    def flags_on(
-        key: str,
-        env: Env = "production",
-        wait: Wait = None,
-        url: Url = DEFAULT_URL,
-        admin_key: Key = "",
-        as_json: Json = False,
-    ) -> None:
-        """Turn a flag on."""
-        _toggle(key, True, env, url, admin_key, wait, as_json)
+@flags.command("create")
+def flags_create(
+    file: Path,
+    env: Env = "production",
+    url: Url = DEFAULT_URL,
+    admin_key: Key = "",
+    as_json: Json = False,
+) -> None:
+    """Create a flag from a JSON or YAML file (fails if it exists)."""
+    with cli_errors():
+        doc = load_file(file)
+        data = Api(url, admin_key).call("POST", f"/environments/{env}/flags", body=doc)
+        write_summary(data, "flag", as_json)
 
-    @flags.command("off")
-    def flags_off(
-        key: str,
-        env: Env = "production",
-        wait: Wait = None,
-        url: Url = DEFAULT_URL,
-        admin_key: Key = "",
-        as_json: Json = False,
-    ) -> None:
-        """Turn a flag off (the kill switch)."""
-        _toggle(key, False, env, url, admin_key, wait, as_json)
 
-    @flags.command("rollout")
-    def flags_rollout(
-        key: str,
-        percent: float,
-        env: Env = "production",
-        variation: Annotated[
-            int | None,
-            typer.Option(
-                help="variation served to PERCENT (default: the one that is true, else 0)"
-            ),
-        ] = None,
-        rest: Annotated[int | None, typer.Option(help="variation served to the others")] = None,
-        wait: Wait = None,
-        url: Url = DEFAULT_URL,
-        admin_key: Key = "",
-        as_json: Json = False,
-    ) -> None:
-        """Serve a variation to PERCENT % of contexts (the fallthrough), the rest another."""
-        with _errors():
-            if not 0 <= percent <= 100:
-                fail("PERCENT must be between 0 and 100")
-            api = Api(url, admin_key)
-            doc = api.call("GET", f"/environments/{env}/flags/{key}")
-            variations = doc.get("variations") or []
-            if len(variations) < 2:
-                fail(f"flag {key} has fewer than two variations")
-            chosen = (
-                variation
-                if variation is not None
-                else (variations.index(True) if True in variations else 0)
-            )
-            other = (
-                rest if rest is not None else next(i for i in range(len(variations)) if i != chosen)
-            )
-            for name, idx in (("--variation", chosen), ("--rest", other)):
-                if not 0 <= idx < len(variations):
-                    fail(f"{name} {idx} is not a variation index of {key}")
-            weight = round(percent * 1000)
-            slots = [
-                {"variation": chosen, "weight": weight},
-                {"variation": other, "weight": WEIGHT_TOTAL - weight},
-            ]
-            bucket_by = ((doc.get("fallthrough") or {}).get("rollout") or {}).get(
-                "bucket_by", "key"
-            )
-            patch = {
-                "fallthrough": {
-                    "variation": None,
-                    "rollout": {"variations": slots, "bucket_by": bucket_by},
-                }
+def _toggle(
+    key: str, on: bool, env: str, url: str, admin_key: str, wait: float | None, as_json: bool
+) -> None:
+    with cli_errors():
+        data = Api(url, admin_key).call(
+            "PATCH", f"/environments/{env}/flags/{key}", body={"on": on}, params=wait_params(wait)
+        )
+        write_summary(data, "flag", as_json)
+
+
+@flags.command("on")
+def flags_on(
+    key: str,
+    env: Env = "production",
+    wait: Wait = None,
+    url: Url = DEFAULT_URL,
+    admin_key: Key = "",
+    as_json: Json = False,
+) -> None:
+    """Turn a flag on."""
+    _toggle(key, True, env, url, admin_key, wait, as_json)
+
+
+@flags.command("off")
+def flags_off(
+    key: str,
+    env: Env = "production",
+    wait: Wait = None,
+    url: Url = DEFAULT_URL,
+    admin_key: Key = "",
+    as_json: Json = False,
+) -> None:
+    """Turn a flag off (the kill switch)."""
+    _toggle(key, False, env, url, admin_key, wait, as_json)
+
+
+@flags.command("rollout")
+def flags_rollout(
+    key: str,
+    percent: float,
+    env: Env = "production",
+    variation: Annotated[
+        int | None,
+        typer.Option(help="variation served to PERCENT (default: the one that is true, else 0)"),
+    ] = None,
+    rest: Annotated[int | None, typer.Option(help="variation served to the others")] = None,
+    wait: Wait = None,
+    url: Url = DEFAULT_URL,
+    admin_key: Key = "",
+    as_json: Json = False,
+) -> None:
+    """Serve a variation to PERCENT % of contexts (the fallthrough), the rest another."""
+    with cli_errors():
+        if not 0 <= percent <= 100:
+            fail("PERCENT must be between 0 and 100")
+        api = Api(url, admin_key)
+        doc = api.call("GET", f"/environments/{env}/flags/{key}")
+        variations = doc.get("variations") or []
+        if len(variations) < 2:
+            fail(f"flag {key} has fewer than two variations")
+        chosen = (
+            variation
+            if variation is not None
+            else (variations.index(True) if True in variations else 0)
+        )
+        other = rest if rest is not None else next(i for i in range(len(variations)) if i != chosen)
+        for name, idx in (("--variation", chosen), ("--rest", other)):
+            if not 0 <= idx < len(variations):
+                fail(f"{name} {idx} is not a variation index of {key}")
+        weight = round(percent * 1000)
+        slots = [
+            {"variation": chosen, "weight": weight},
+            {"variation": other, "weight": WEIGHT_TOTAL - weight},
+        ]
+        bucket_by = ((doc.get("fallthrough") or {}).get("rollout") or {}).get("bucket_by", "key")
+        patch = {
+            "fallthrough": {
+                "variation": None,
+                "rollout": {"variations": slots, "bucket_by": bucket_by},
             }
-            data = api.call(
-                "PATCH",
-                f"/environments/{env}/flags/{key}",
-                body=patch,
-                params=_wait(wait),
-                headers={"If-Match": f'"{doc["version"]}"'},
-            )
-            _write_summary(data, "flag", as_json)
-            if not as_json and not data["flag"].get("on"):
-                typer.echo(f"note: {key} is off; `flagwire flags on {key}` to serve the rollout")
+        }
+        data = api.call(
+            "PATCH",
+            f"/environments/{env}/flags/{key}",
+            body=patch,
+            params=wait_params(wait),
+            headers={"If-Match": f'"{doc["version"]}"'},
+        )
+        write_summary(data, "flag", as_json)
+        if not as_json and not data["flag"].get("on"):
+            typer.echo(f"note: {key} is off; `flagwire flags on {key}` to serve the rollout")
 
-    @flags.command("targets")
-    def flags_targets(
-        key: str,
-        variation: int,
-        values: list[str],
-        env: Env = "production",
-        wait: Wait = None,
-        url: Url = DEFAULT_URL,
-        admin_key: Key = "",
-        as_json: Json = False,
-    ) -> None:
-        """Serve VARIATION to exactly these context keys (replaces that variation's targets)."""
-        with _errors():
-            api = Api(url, admin_key)
-            doc = api.call("GET", f"/environments/{env}/flags/{key}")
-            targets = [t for t in doc.get("targets") or [] if t.get("variation") != variation]
-            moved = set(values)
-            targets = [
-                {**t, "values": [v for v in t.get("values", []) if v not in moved]} for t in targets
-            ]
-            targets = [t for t in targets if t["values"]]
-            if values:
-                targets.append({"variation": variation, "values": list(dict.fromkeys(values))})
-            data = api.call(
-                "PATCH",
-                f"/environments/{env}/flags/{key}",
-                body={"targets": targets},
-                params=_wait(wait),
-                headers={"If-Match": f'"{doc["version"]}"'},
-            )
-            _write_summary(data, "flag", as_json)
 
-    @flags.command("delete")
-    def flags_delete(
-        key: str,
-        env: Env = "production",
-        wait: Wait = None,
-        url: Url = DEFAULT_URL,
-        admin_key: Key = "",
-        as_json: Json = False,
-    ) -> None:
-        """Delete a flag (its history stays restorable)."""
-        with _errors():
-            data = Api(url, admin_key).call(
-                "DELETE", f"/environments/{env}/flags/{key}", params=_wait(wait)
-            )
-            if as_json:
-                emit(data, True)
-            else:
-                typer.echo(f"flag {key} deleted: environment version {data['env_version']}")
+@flags.command("targets")
+def flags_targets(
+    key: str,
+    variation: int,
+    values: list[str],
+    env: Env = "production",
+    wait: Wait = None,
+    url: Url = DEFAULT_URL,
+    admin_key: Key = "",
+    as_json: Json = False,
+) -> None:
+    """Serve VARIATION to exactly these context keys (replaces that variation's targets)."""
+    with cli_errors():
+        api = Api(url, admin_key)
+        doc = api.call("GET", f"/environments/{env}/flags/{key}")
+        targets = [t for t in doc.get("targets") or [] if t.get("variation") != variation]
+        moved = set(values)
+        targets = [
+            {**t, "values": [v for v in t.get("values", []) if v not in moved]} for t in targets
+        ]
+        targets = [t for t in targets if t["values"]]
+        if values:
+            targets.append({"variation": variation, "values": list(dict.fromkeys(values))})
+        data = api.call(
+            "PATCH",
+            f"/environments/{env}/flags/{key}",
+            body={"targets": targets},
+            params=wait_params(wait),
+            headers={"If-Match": f'"{doc["version"]}"'},
+        )
+        write_summary(data, "flag", as_json)
 
-    @flags.command("history")
-    def flags_history(
-        key: str,
-        env: Env = "production",
-        url: Url = DEFAULT_URL,
-        admin_key: Key = "",
-        as_json: Json = False,
-    ) -> None:
-        """A flag's versions, newest first."""
-        with _errors():
-            data = Api(url, admin_key).call("GET", f"/environments/{env}/flags/{key}/history")
-            cur = data.get("current_version")
-            emit(
-                data,
-                as_json,
-                [
-                    (
-                        d.get("version"),
-                        "current" if d.get("version") == cur else "",
-                        d.get("on"),
-                        _serves(d),
-                        d.get("updated_at"),
-                        d.get("updated_by"),
-                    )
-                    for d in data["versions"]
-                ],
-                ("version", "", "state", "serves", "updated", "by"),
-            )
 
-    @flags.command("restore")
-    def flags_restore(
-        key: str,
-        version: int,
-        env: Env = "production",
-        wait: Wait = None,
-        url: Url = DEFAULT_URL,
-        admin_key: Key = "",
-        as_json: Json = False,
-    ) -> None:
-        """Restore an earlier version of a flag as a new change."""
-        with _errors():
-            data = Api(url, admin_key).call(
-                "POST",
-                f"/environments/{env}/flags/{key}/restore",
-                body={"version": version},
-                params=_wait(wait),
-            )
-            _write_summary(data, "flag", as_json)
+@flags.command("delete")
+def flags_delete(
+    key: str,
+    env: Env = "production",
+    wait: Wait = None,
+    url: Url = DEFAULT_URL,
+    admin_key: Key = "",
+    as_json: Json = False,
+) -> None:
+    """Delete a flag (its history stays restorable)."""
+    with cli_errors():
+        data = Api(url, admin_key).call(
+            "DELETE", f"/environments/{env}/flags/{key}", params=wait_params(wait)
+        )
+        if as_json:
+            emit(data, True)
+        else:
+            typer.echo(f"flag {key} deleted: environment version {data['env_version']}")
+
+
+@flags.command("history")
+def flags_history(
+    key: str,
+    env: Env = "production",
+    url: Url = DEFAULT_URL,
+    admin_key: Key = "",
+    as_json: Json = False,
+) -> None:
+    """A flag's versions, newest first."""
+    with cli_errors():
+        data = Api(url, admin_key).call("GET", f"/environments/{env}/flags/{key}/history")
+        cur = data.get("current_version")
+        emit(
+            data,
+            as_json,
+            [
+                (
+                    d.get("version"),
+                    "current" if d.get("version") == cur else "",
+                    d.get("on"),
+                    _serves(d),
+                    d.get("updated_at"),
+                    d.get("updated_by"),
+                )
+                for d in data["versions"]
+            ],
+            ("version", "", "state", "serves", "updated", "by"),
+        )
+
+
+@flags.command("restore")
+def flags_restore(
+    key: str,
+    version: int,
+    env: Env = "production",
+    wait: Wait = None,
+    url: Url = DEFAULT_URL,
+    admin_key: Key = "",
+    as_json: Json = False,
+) -> None:
+    """Restore an earlier version of a flag as a new change."""
+    with cli_errors():
+        data = Api(url, admin_key).call(
+            "POST",
+            f"/environments/{env}/flags/{key}/restore",
+            body={"version": version},
+            params=wait_params(wait),
+        )
+        write_summary(data, "flag", as_json)
 
 
 def _serves(doc: dict[str, Any]) -> str:

@@ -1,4 +1,10 @@
-"""The ``flagwire`` command: ``serve`` here, admin subcommands from ``cli_admin``."""
+"""The ``flagwire`` command and its command table.
+
+Every subcommand is defined at module level in the module named for what it
+manages (``admin``: environments, keys, audit, export/import; ``flags``;
+``segments``; ``watch``) and is added here, in one place, so that no command
+module imports another.  Every command is documented in docs/cli.md.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +14,10 @@ from typing import Annotated
 
 import typer
 
+from flagwire_server.cli import admin
+from flagwire_server.cli.flags import flags
+from flagwire_server.cli.segments import segments
+from flagwire_server.cli.watch import watch
 from flagwire_server.config import Settings
 
 __all__ = ["app", "main"]
@@ -49,7 +59,11 @@ def serve(
         typer.Option(help="Worker processes, each serving clients [FLAGWIRE_WORKERS, 1]."),
     ] = None,
 ) -> None:
-    """Run the flagwire server (environment variables FLAGWIRE_*: see docs/design.md)."""
+    """Run the flagwire server.
+
+    Every setting is also a FLAGWIRE_* environment variable; the full list, with
+    defaults, is in docs/operations.md (Configuration reference).
+    """
     try:
         settings = Settings.from_env(
             host=host, port=port, redis_url=redis_url, data_dir=data_dir, workers=workers
@@ -73,12 +87,14 @@ def main() -> None:
     app(prog_name="flagwire")
 
 
-try:
-    from flagwire_server.cli.admin import register
-except ImportError:  # the admin subcommands are optional
-    pass
-else:
-    register(app)
+app.add_typer(admin.envs, name="envs")
+app.add_typer(admin.keys, name="keys")
+app.add_typer(flags, name="flags")
+app.add_typer(segments, name="segments")
+app.command("audit")(admin.audit)
+app.command("export")(admin.export)
+app.command("import")(admin.import_)
+app.command("watch")(watch)
 
 if __name__ == "__main__":  # pragma: no cover
     main()
