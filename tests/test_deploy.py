@@ -9,6 +9,7 @@ WebSocket upgrades (see ``test_deploy_nginx.py``).
 
 from __future__ import annotations
 
+import ipaddress
 import re
 import shlex
 import subprocess
@@ -190,8 +191,14 @@ def test_compose_runs_three_instances_on_persistent_redis_behind_one_port() -> N
     example = (DEPLOY / ".env.example").read_text()
     assert "FLAGWIRE_ADMIN_KEY=" in example
     assert "FLAGWIRE_SESSION_SECRET=" in example
-    # behind nginx, uvicorn must trust its X-Forwarded-For (per-IP auth limits)
-    assert all(svc["environment"].get("FORWARDED_ALLOW_IPS") for svc in instances.values())
+    # behind nginx, uvicorn must trust its X-Forwarded-For (per-IP auth limits) and
+    # nobody else's: the one trusted address is nginx's fixed one on the compose network
+    nginx_ip = services["nginx"]["networks"]["default"]["ipv4_address"]
+    subnet = compose["networks"]["default"]["ipam"]["config"][0]["subnet"]
+    assert ipaddress.ip_address(nginx_ip) in ipaddress.ip_network(subnet)
+    assert all(
+        svc["environment"].get("FORWARDED_ALLOW_IPS") == nginx_ip for svc in instances.values()
+    )
     ids = {svc["environment"]["FLAGWIRE_INSTANCE_ID"] for svc in instances.values()}
     assert len(ids) == 3
     redis = services["redis"]
@@ -217,6 +224,16 @@ def test_nginx_config_passes_upgrades_with_long_timeouts() -> None:
     assert timeout
     assert int(timeout.group(1)) >= 3600
     assert "least_conn;" in conf
+
+
+def test_nginx_sets_forwarded_for_instead_of_appending() -> None:
+    """An appended header keeps the client's own left-most entry (issue 10, item 7)."""
+    conf = re.sub(r"#[^\n]*", "", (DEPLOY / "nginx" / "nginx.conf").read_text())
+    assert "$proxy_add_x_forwarded_for" not in conf
+    locations = re.split(r"(?m)^\s*location\b", conf)[1:]
+    assert locations
+    for loc in locations:
+        assert "proxy_set_header X-Forwarded-For $remote_addr;" in loc, loc[:40]
 
 
 # --- Kubernetes ----------------------------------------------------------------
@@ -264,6 +281,23 @@ def test_deployment_probes_grace_and_resources() -> None:
     set_vars = set(config) | set(secret) | {e["name"] for e in ctr.get("env", [])}
     assert {v for v in set_vars if v.startswith("FLAGWIRE_")} <= _env_vars()
     assert set_vars - _env_vars() == {"FORWARDED_ALLOW_IPS"}, "only uvicorn's own variable"
+    # forwarded headers are trusted from the ingress controller's network only, and a
+    # NetworkPolicy lets nothing else reach the pods
+    trusted = config["FORWARDED_ALLOW_IPS"]
+    assert "*" not in trusted
+    for net in trusted.split(","):
+        ipaddress.ip_network(net.strip())
+    policy = objs["NetworkPolicy/flagwire"]["spec"]
+    assert policy["podSelector"]["matchLabels"] == dep_labels(objs)
+    (rule,) = policy["ingress"]
+    (peer,) = rule["from"]
+    assert peer["namespaceSelector"]["matchLabels"] == {
+        "kubernetes.io/metadata.name": "ingress-nginx"
+    }
+
+
+def dep_labels(objs: dict[str, dict[str, Any]]) -> dict[str, str]:
+    return dict(objs["Deployment/flagwire"]["spec"]["selector"]["matchLabels"])
 
 
 def test_ingress_pdb_hpa_and_redis() -> None:

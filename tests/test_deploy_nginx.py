@@ -32,6 +32,7 @@ import httpx
 import orjson
 import pytest
 import websockets
+import yaml
 
 from tests.support.redisproc import free_port
 from tests.support.server import ServerProcess, _cleanup_prefix
@@ -218,3 +219,121 @@ def _connected(metrics: str) -> int:
         if line.startswith("flagwire_connected_clients"):
             total += float(line.rsplit(" ", 1)[1])
     return int(total)
+
+
+# --- forwarded headers (issue 10, item 7) --------------------------------------------
+
+#: Loopback addresses of our own for the two parties (Linux routes all of 127/8 to lo).
+ATTACKER, VICTIM = "127.0.0.2", "127.0.0.3"
+FAIL_LIMIT = 4
+
+
+def compose_trusted_proxies() -> str:
+    """docker-compose.yml's FORWARDED_ALLOW_IPS, nginx's address there mapped to its
+    address here (nginx reaches its upstreams from 127.0.0.1 in this test)."""
+    compose = yaml.safe_load((DEPLOY / "docker-compose.yml").read_text())
+    trusted = str(compose["x-flagwire-env"]["FORWARDED_ALLOW_IPS"])
+    nets = compose["services"]["nginx"].get("networks") or {}
+    nginx_ip = (nets.get("default") or {}).get("ipv4_address") if isinstance(nets, dict) else None
+    return trusted.replace(nginx_ip, "127.0.0.1") if nginx_ip else trusted
+
+
+@pytest.fixture
+def guarded_server(redis_url: str, redis_prefix: str, admin_key: str) -> Iterator[ImageServer]:
+    """One server configured as compose configures the instances behind nginx."""
+    env = {
+        "FORWARDED_ALLOW_IPS": compose_trusted_proxies(),
+        "FLAGWIRE_AUTH_FAIL_LIMIT": str(FAIL_LIMIT),
+    }
+    server = ImageServer(redis_url, prefix=redis_prefix, admin_key=admin_key, env=env)
+    try:
+        server.start()
+        yield server
+    finally:
+        server.kill()
+        _cleanup_prefix(redis_url, redis_prefix)
+
+
+async def _stream_status(addr: str, key: str, source: str, forwarded: str | None) -> int:
+    """The HTTP status of a stream handshake from ``source`` (101 when it was accepted)."""
+    headers = {"Authorization": f"Bearer {key}"}
+    if forwarded is not None:
+        headers["X-Forwarded-For"] = forwarded
+    try:
+        async with websockets.connect(
+            f"ws://{addr}/api/v1/stream",
+            additional_headers=headers,
+            compression=None,
+            open_timeout=10,
+            local_addr=(source, 0),
+        ) as ws:
+            assert orjson.loads(await asyncio.wait_for(ws.recv(), 10))["type"] == "hello"
+            return 101
+    except websockets.InvalidStatus as exc:
+        return exc.response.status_code
+
+
+@pytest.mark.timeout(120)
+async def test_forged_forwarded_for_neither_bypasses_nor_locks_out(
+    guarded_server: ImageServer, admin_key: str
+) -> None:
+    sdk = guarded_server.api(
+        "POST", "/keys", {"name": "victim", "kind": "sdk", "env": "production"}
+    )
+    secret = sdk["secret"]
+    with nginx([guarded_server.port]) as addr:
+        attacker = httpx.AsyncClient(
+            base_url=f"http://{addr}/api/v1",
+            timeout=10,
+            transport=httpx.AsyncHTTPTransport(local_address=ATTACKER),
+        )
+        victim = httpx.AsyncClient(
+            base_url=f"http://{addr}/api/v1",
+            timeout=10,
+            transport=httpx.AsyncHTTPTransport(local_address=VICTIM),
+        )
+        async with attacker, victim:
+            # The key ring of the server learns the new key within about 250 ms.
+            deadline = time.monotonic() + 10
+            while await _stream_status(addr, secret, VICTIM, None) != 101:
+                assert time.monotonic() < deadline, "the new SDK key was never accepted"
+                await asyncio.sleep(0.1)
+
+            # Lock-out attempt: bad keys in the victim's name, over the stream and the API.
+            bad = "fw_sdk_" + "0" * 32
+            stream = [
+                await _stream_status(addr, bad, ATTACKER, VICTIM) for _ in range(FAIL_LIMIT + 2)
+            ]
+            api = [
+                (
+                    await attacker.get(
+                        "/environments",
+                        headers={"Authorization": f"Bearer {bad}", "X-Forwarded-For": VICTIM},
+                    )
+                ).status_code
+                for _ in range(FAIL_LIMIT + 2)
+            ]
+            # ... are charged to the attacker's own address, which is throttled,
+            assert stream == [401] * FAIL_LIMIT + [429, 429], stream
+            assert api == [401] * FAIL_LIMIT + [429, 429], api
+            # ... while the victim's address is untouched: its valid keys still work.
+            assert await _stream_status(addr, secret, VICTIM, None) == 101
+            r = await victim.get("/environments", headers={"Authorization": f"Bearer {admin_key}"})
+            assert r.status_code == 200, r.text
+
+            # Bypass attempt: a fresh forged address on every try changes nothing.
+            forged = [f"198.51.100.{i}" for i in range(1, 5)]
+            assert [await _stream_status(addr, bad, ATTACKER, f) for f in forged] == [429] * 4
+            statuses = [
+                (
+                    await attacker.get(
+                        "/environments",
+                        headers={"Authorization": f"Bearer {bad}", "X-Forwarded-For": f},
+                    )
+                ).status_code
+                for f in forged
+            ]
+            assert statuses == [429] * 4, statuses
+            # An entry put in front of the attacker's own is no way out either.
+            spoofed = f"{forged[0]}, {VICTIM}"
+            assert await _stream_status(addr, bad, ATTACKER, spoofed) == 429
