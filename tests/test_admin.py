@@ -14,6 +14,7 @@ import pytest
 import redis
 import websockets
 
+from flagwire.core.limits import STREAM_PATH
 from tests.support.builders import flag, segment
 from tests.test_admin_support import Live, live_server, redis_dump
 
@@ -286,7 +287,7 @@ async def test_wait_reports_acknowledgements(live: Live, env: str) -> None:
     api = live.api
     api.post(f"/environments/{env}/flags", json=flag("kill", on=True))
     secret = api.post("/keys", json={"name": "w", "kind": "sdk", "env": env}).json()["secret"]
-    ws_url = live.url.replace("http://", "ws://") + "/api/v1/stream"
+    ws_url = live.url.replace("http://", "ws://") + STREAM_PATH
     async with websockets.connect(
         ws_url, additional_headers={"Authorization": f"Bearer {secret}"}
     ) as ws:
@@ -362,7 +363,7 @@ async def test_patch_that_changes_nothing_sends_nothing(live: Live, env: str) ->
     base = f"/environments/{env}/flags"
     api.post(base, json=flag("kill", on=False))
     sdk = api.post("/keys", json={"name": "noop", "kind": "sdk", "env": env}).json()["secret"]
-    ws_url = live.url.replace("http://", "ws://") + "/api/v1/stream"
+    ws_url = live.url.replace("http://", "ws://") + STREAM_PATH
     async with websockets.connect(
         ws_url, additional_headers={"Authorization": f"Bearer {sdk}"}
     ) as ws:

@@ -10,6 +10,7 @@ from typing import Any
 import httpx
 import pytest
 
+from flagwire.core.limits import STREAM_PATH
 from tests.support.builders import clause, flag, rule
 from tests.support.redisproc import RedisProcess
 from tests.test_admin_support import Live, live_server, redis_dump, start_server, stop_server
@@ -126,7 +127,7 @@ def test_refusals_store_nothing(live: Live, env: str) -> None:
 def test_unknown_api_path_is_a_problem(live: Live) -> None:
     problem(live.api.get("/no/such/thing"), 404)
     problem(live.api.post("/environments/x/unknown", json={}), 404)
-    problem(httpx.get(live.url + "/api/v1/stream"), 404)  # the stream is WebSocket only
+    problem(httpx.get(live.url + STREAM_PATH), 404)  # the stream is WebSocket only
 
 
 @pytest.fixture

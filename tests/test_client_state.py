@@ -19,8 +19,10 @@ def hello(version: int, epoch: str = "e1") -> proto.Hello:
     return proto.Hello(env="prod", epoch=epoch, version=version)
 
 
-def snapshot(version: int, epoch: str = "e1", **flags: dict[str, Any]) -> proto.Snapshot:
-    return proto.Snapshot(env="prod", epoch=epoch, version=version, flags=dict(flags), segments={})
+def snapshot(version: int, epoch: str = "e1", **flags: dict[str, Any]) -> proto.SnapshotMessage:
+    return proto.SnapshotMessage(
+        env="prod", epoch=epoch, version=version, flags=dict(flags), segments={}
+    )
 
 
 def patch(key: str, version: int, on: bool = True) -> proto.Patch:

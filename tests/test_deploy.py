@@ -20,6 +20,8 @@ from typing import Any
 import pytest
 import yaml
 
+from flagwire.core.limits import STREAM_PATH
+
 ROOT = Path(__file__).resolve().parent.parent
 DEPLOY = ROOT / "deploy"
 K8S = DEPLOY / "kubernetes"
@@ -216,7 +218,7 @@ def test_compose_runs_three_instances_on_persistent_redis_behind_one_port() -> N
 
 def test_nginx_config_passes_upgrades_with_long_timeouts() -> None:
     conf = (DEPLOY / "nginx" / "nginx.conf").read_text()
-    stream = conf.split("location = /api/v1/stream", 1)[1].split("}", 1)[0]
+    stream = conf.split(f"location = {STREAM_PATH}", 1)[1].split("}", 1)[0]
     assert "proxy_http_version 1.1;" in stream
     assert "proxy_set_header Upgrade $http_upgrade;" in stream
     assert "proxy_set_header Connection $connection_upgrade;" in stream

@@ -34,6 +34,7 @@ import pytest
 import websockets
 import yaml
 
+from flagwire.core.limits import STREAM_PATH
 from tests.support.redisproc import free_port
 from tests.support.server import ServerProcess, _cleanup_prefix
 from tests.test_deploy import DEPLOY, image_command
@@ -183,7 +184,7 @@ async def test_stream_through_nginx_is_upgraded_and_receives_changes(
             try:
                 for _ in range(4):
                     ws = await websockets.connect(
-                        f"ws://{addr}/api/v1/stream",
+                        f"ws://{addr}{STREAM_PATH}",
                         compression=None,
                         open_timeout=10,
                         additional_headers={"Authorization": f"Bearer {sdk}"},

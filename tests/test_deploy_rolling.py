@@ -21,6 +21,7 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
+from flagwire.core.limits import STREAM_PATH
 from tests.support.server import _cleanup_prefix
 from tests.test_deploy_nginx import NGINX, ImageServer, _connected, nginx
 
@@ -77,7 +78,7 @@ def test_rolling_restart_loses_nothing_and_rebalances(
         sdk = http.post("/keys", json={"name": "roll", "kind": "sdk", "env": ENV}).json()["secret"]
         time.sleep(0.6)  # key ring poll on every instance
         swarm = Swarm(
-            f"ws://{addr}/api/v1/stream",
+            f"ws://{addr}{STREAM_PATH}",
             CLIENTS,
             processes=1,
             headers={"Authorization": f"Bearer {sdk}"},

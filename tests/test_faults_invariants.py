@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 import pytest
 
+from flagwire.core.limits import STREAM_PATH
 from tests.support.builders import flag
 from tests.support.faultkit import FAST_ENV
 from tests.support.invariants import (
@@ -124,7 +125,7 @@ async def test_ready_while_behind_is_caught(bench: Bench) -> None:
     # A subscriber behind a silent partition, without keepalive: it never notices.
     async with FaultProxy("127.0.0.1", bench.server.port) as proxy:
         blind = RawSubscriber(
-            f"ws://127.0.0.1:{proxy.port}/api/v1/stream",
+            f"ws://127.0.0.1:{proxy.port}{STREAM_PATH}",
             bench.sdk,
             "blind",
             timeout=1.0,

@@ -30,6 +30,7 @@ import pytest
 import websockets
 
 from flagwire import ClientStatus
+from flagwire.core.limits import STREAM_PATH
 from flagwire.core.protocol import CloseCode
 from tests.support.builders import flag
 from tests.support.faultkit import (
@@ -76,7 +77,7 @@ def _stalled_stream(port: int, key: str) -> socket.socket:
     nonce = base64.b64encode(os.urandom(16)).decode()
     s.sendall(
         (
-            f"GET /api/v1/stream HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
+            f"GET {STREAM_PATH} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
             "Upgrade: websocket\r\nConnection: Upgrade\r\n"
             f"Sec-WebSocket-Key: {nonce}\r\nSec-WebSocket-Version: 13\r\n"
             f"Authorization: Bearer {key}\r\n\r\n"

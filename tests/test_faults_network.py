@@ -16,6 +16,7 @@ from urllib.parse import urlsplit
 import pytest
 
 from flagwire import ClientStatus
+from flagwire.core.limits import STREAM_PATH
 from tests.support.builders import flag
 from tests.support.faultkit import CLIENT_TIMEOUT, FAST_ENV, Writer, fast_client, readyz
 from tests.support.invariants import (
@@ -64,7 +65,7 @@ async def test_partition_between_clients_and_server(
         await asyncio.gather(*(w.client.start() for w in cut + direct))
         raws = [
             RawSubscriber(
-                f"ws://127.0.0.1:{proxy.port}/api/v1/stream",
+                f"ws://127.0.0.1:{proxy.port}{STREAM_PATH}",
                 sdk,
                 f"rawcut{i}",
                 timeout=CLIENT_TIMEOUT,

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from flagwire.core.errors import ProtocolError
-from flagwire.core.protocol import Delete, Hello, Patch, Snapshot, decode, encode
+from flagwire.core.protocol import Delete, Hello, Patch, SnapshotMessage, decode, encode
 from flagwire_server.stream.backoff import RetryDelay
 from flagwire_server.stream.frames import frame_of, payload_of
 from flagwire_server.stream.mirror import Mirror
@@ -38,7 +38,7 @@ def test_new_stream_gets_hello_then_snapshot_of_current_version() -> None:
     assert g.kind == "snapshot"
     assert g.version == 3
     assert hello == Hello(env="prod", epoch="ep1", version=3, heartbeat=15.0)
-    assert isinstance(snap, Snapshot)
+    assert isinstance(snap, SnapshotMessage)
     assert (snap.version, snap.epoch, set(snap.flags), set(snap.segments)) == (
         3,
         "ep1",
@@ -101,7 +101,7 @@ def test_resume_outside_the_ring_or_epoch_gets_a_snapshot(since: int, epoch: str
     # since=2: the ring starts at 4 (loaded at 3), so 3 is missing.
     g = m.attach("c", since=since, epoch=epoch)
     assert g.kind == "snapshot"
-    assert isinstance(_msgs(g.frames)[1], Snapshot)
+    assert isinstance(_msgs(g.frames)[1], SnapshotMessage)
 
 
 def test_ring_is_bounded_and_coverage_follows_it() -> None:

@@ -11,9 +11,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from flagwire.core.errors import ProtocolError
+from flagwire.core.limits import MAX_CLIENT_FRAME, PROTOCOL_VERSION
 from flagwire.core.protocol import (
-    MAX_CLIENT_FRAME,
-    PROTOCOL_VERSION,
     Ack,
     CloseCode,
     Delete,
@@ -22,7 +21,7 @@ from flagwire.core.protocol import (
     Message,
     Patch,
     Resync,
-    Snapshot,
+    SnapshotMessage,
     decode,
     encode,
     patch_template,
@@ -42,7 +41,7 @@ VALID: list[tuple[bytes, Message]] = [
     (
         b'{"type":"snapshot","env":"p","epoch":"e","version":2,"flags":{"f":{"key":"f","on":true}},'
         b'"segments":{}}',
-        Snapshot(env="p", epoch="e", version=2, flags={"f": DOC}, segments={}),
+        SnapshotMessage(env="p", epoch="e", version=2, flags={"f": DOC}, segments={}),
     ),
     (
         b'{"type":"patch","kind":"flag","key":"f","data":{"key":"f","on":true},"version":4}',
@@ -123,6 +122,17 @@ INVALID: list[tuple[bytes, str]] = [
     ),
     (b'{"type":"patch","kind":"flag","key":"f","data":{"key":"f"}}', "patch.version"),
     (b'{"type":"delete","kind":"flag","version":1}', "delete.key: expected a string"),
+    # the model refuses "f\n" as a key; the protocol must too (one pattern, ending in \Z)
+    (
+        b'{"type":"patch","kind":"flag","key":"f\\n","data":{"key":"f\\n"},"version":1}',
+        "is not a valid key",
+    ),
+    (b'{"type":"delete","kind":"flag","key":"f\\n","version":1}', "is not a valid key"),
+    (
+        b'{"type":"snapshot","env":"p","epoch":"e","version":1,'
+        b'"flags":{"f\\n":{"key":"f\\n"}},"segments":{}}',
+        "is not a valid key",
+    ),
     (
         b'{"type":"snapshot","env":"p","epoch":"e","version":1,"flags":[],"segments":{}}',
         "snapshot.flags: expected an object",
@@ -233,7 +243,7 @@ messages: st.SearchStrategy[Message] = st.one_of(
         server=text,
     ),
     st.builds(
-        Snapshot,
+        SnapshotMessage,
         env=text.filter(bool),
         epoch=text,
         version=versions,

@@ -32,7 +32,8 @@ import redis.asyncio as aioredis
 import websockets
 
 from flagwire import ClientStatus, FlagClient
-from flagwire.core.protocol import MAX_CLIENT_FRAME, CloseCode
+from flagwire.core.limits import MAX_CLIENT_FRAME, STREAM_PATH
+from flagwire.core.protocol import CloseCode
 from tests.support.builders import flag
 from tests.support.invariants import Admin, RawSubscriber, poll, wait_key_known
 from tests.support.server import ServerProcess
@@ -249,7 +250,7 @@ def _deflate_probe(port: int, key: str) -> dict[str, Any]:
         nonce = base64.b64encode(os.urandom(16)).decode()
         s.sendall(
             (
-                f"GET /api/v1/stream HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
+                f"GET {STREAM_PATH} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
                 "Upgrade: websocket\r\nConnection: Upgrade\r\n"
                 f"Sec-WebSocket-Key: {nonce}\r\nSec-WebSocket-Version: 13\r\n"
                 "Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits\r\n"

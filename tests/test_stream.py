@@ -11,7 +11,7 @@ import pytest
 import redis.asyncio as aioredis
 import websockets
 
-from flagwire.core.protocol import Delete, Hello, Patch, Snapshot, decode
+from flagwire.core.protocol import Delete, Hello, Patch, SnapshotMessage, decode
 from flagwire_server.store.apikeys import KeyRing
 from flagwire_server.store.documents import Store
 from tests.support.builders import flag
@@ -81,7 +81,7 @@ async def test_hello_snapshot_then_live_patches(world: World) -> None:
         assert isinstance(hello, Hello)
         assert hello.env == "production"
         assert hello.version == v2
-        assert isinstance(snap, Snapshot)
+        assert isinstance(snap, SnapshotMessage)
         assert snap.version == v2
         assert snap.epoch == hello.epoch
         assert set(snap.flags) == {"alpha", "beta"}

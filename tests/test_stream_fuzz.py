@@ -26,7 +26,8 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from flagwire.core.errors import ProtocolError
-from flagwire.core.protocol import MAX_CLIENT_FRAME, Ack, CloseCode, Resync, decode
+from flagwire.core.limits import MAX_CLIENT_FRAME
+from flagwire.core.protocol import Ack, CloseCode, Resync, decode
 from tests.support.builders import flag
 from tests.support.invariants import Admin, RawSubscriber, poll, wait_key_known
 from tests.support.server import ServerProcess

@@ -32,6 +32,7 @@ import httpx
 import pytest
 import redis
 
+from flagwire.core.limits import STREAM_PATH
 from tests.support.redisproc import RedisProcess, free_port, server_binary
 from tests.support.server import ServerProcess
 
@@ -285,7 +286,7 @@ class Site:
         from bench._swarm import Swarm
 
         sw = Swarm(
-            f"ws://127.0.0.1:{self.server.port}/api/v1/stream",
+            f"ws://127.0.0.1:{self.server.port}{STREAM_PATH}",
             n,
             processes=1,
             headers={"Authorization": f"Bearer {self.sdk}"},

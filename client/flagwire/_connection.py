@@ -25,10 +25,10 @@ from flagwire._backoff import Action, Backoff, Closed, Refused, classify
 from flagwire._state import Outcome, StreamState
 from flagwire.core import protocol as proto
 from flagwire.core.errors import ClientError, ProtocolError
+from flagwire.core.limits import MAX_SERVER_FRAME, STREAM_PATH
 
 __all__ = ["Listener", "Subscription", "stream_url"]
 
-STREAM_PATH = "/api/v1/stream"
 #: At most one ack per this many seconds (the server allows 50 client messages/s).
 ACK_INTERVAL = 0.05
 
@@ -177,7 +177,7 @@ class Subscription:
                 additional_headers=self._headers,
                 user_agent_header=self.user_agent,
                 compression=None,
-                max_size=proto.MAX_SERVER_FRAME,
+                max_size=MAX_SERVER_FRAME,
                 max_queue=64,
                 open_timeout=self.open_timeout,
                 # A ping every hb/3, hb/3 to answer, hb/3 to tear down: a dead
@@ -223,8 +223,8 @@ class Subscription:
             while True:
                 raw = await ws.recv(decode=False)
                 try:
-                    msg = proto.decode(raw, max_size=proto.MAX_SERVER_FRAME)
-                    if isinstance(msg, proto.Snapshot):
+                    msg = proto.decode(raw, max_size=MAX_SERVER_FRAME)
+                    if isinstance(msg, proto.SnapshotMessage):
                         self.snapshots += 1
                     elif isinstance(msg, proto.Patch | proto.Delete):
                         self.changes += 1

@@ -70,7 +70,7 @@ def snapshot_from_document(doc: bytes) -> tuple[Snapshot, str, float | None]:
         ProtocolError: the bytes are not a snapshot document.
     """
     msg = proto.decode(doc)
-    if not isinstance(msg, proto.Snapshot):
+    if not isinstance(msg, proto.SnapshotMessage):
         raise ProtocolError(f"expected a snapshot document, got {msg.type}")
     saved_at = orjson.loads(doc).get("saved_at")
     snap = Snapshot(msg.flags, msg.segments, msg.version, msg.epoch)

@@ -105,7 +105,7 @@ class StreamState:
             raise ProtocolError(f"expected hello first, got {msg.type}")
         if isinstance(msg, proto.Patch | proto.Delete):
             return self._on_change(msg)
-        if isinstance(msg, proto.Snapshot):
+        if isinstance(msg, proto.SnapshotMessage):
             return self._on_snapshot(msg)
         if isinstance(msg, proto.Error):
             return Outcome(error=msg)
@@ -136,7 +136,7 @@ class StreamState:
             out.caught_up = True
         return out
 
-    def _on_snapshot(self, msg: proto.Snapshot) -> Outcome:
+    def _on_snapshot(self, msg: proto.SnapshotMessage) -> Outcome:
         old = self.snapshot
         try:
             new = Snapshot(msg.flags, msg.segments, msg.version, msg.epoch)

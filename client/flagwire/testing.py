@@ -31,11 +31,11 @@ from typing import Any
 from flagwire._changes import diff
 from flagwire._client import ClientStatus, FlagClient
 from flagwire.core.evaluation import Snapshot
+from flagwire.core.limits import WEIGHT_TOTAL
 
 __all__ = ["TestFlags", "make_client"]
 
 _UNSET: Any = object()
-_WEIGHT_TOTAL = 100_000
 
 
 def _same(a: Any, b: Any) -> bool:
@@ -178,7 +178,7 @@ class TestFlags:
         """
         pairs = list(weights.items()) if isinstance(weights, Mapping) else list(weights)
         thousandths = [round(p * 1000) for _, p in pairs]
-        if sum(thousandths) != _WEIGHT_TOTAL:
+        if sum(thousandths) != WEIGHT_TOTAL:
             raise ValueError(
                 f"rollout percentages must add up to 100, not {sum(thousandths) / 1000}"
             )

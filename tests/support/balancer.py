@@ -19,6 +19,8 @@ import asyncio
 import contextlib
 import time
 
+from flagwire.core.limits import STREAM_PATH
+
 __all__ = ["Balancer"]
 
 _CHUNK = 65536
@@ -44,7 +46,7 @@ class Balancer:
 
     @property
     def ws_url(self) -> str:
-        return f"ws://127.0.0.1:{self.port}/api/v1/stream"
+        return f"ws://127.0.0.1:{self.port}{STREAM_PATH}"
 
     async def start(self) -> Balancer:
         self._server = await asyncio.start_server(

@@ -46,14 +46,14 @@ import redis.asyncio as aioredis
 import websockets
 
 from flagwire import ClientStatus, FlagClient
+from flagwire.core.limits import MAX_SERVER_FRAME
 from flagwire.core.protocol import (
-    MAX_SERVER_FRAME,
     Ack,
     Delete,
     Hello,
     Patch,
     Resync,
-    Snapshot,
+    SnapshotMessage,
     decode,
     encode,
 )
@@ -572,7 +572,7 @@ class RawSubscriber(Watched):
                     self._need_snapshot = True
                 self.events.append(Applied(now, "hello", msg.version, self._version, self.epoch))
                 continue
-            if isinstance(msg, Snapshot):
+            if isinstance(msg, SnapshotMessage):
                 self.flags, self.segments = dict(msg.flags), dict(msg.segments)
                 self._version, self.epoch = msg.version, msg.epoch
                 self._need_snapshot = False

@@ -39,6 +39,7 @@ from typing import Any
 
 import pytest
 
+from flagwire.core.limits import STREAM_PATH
 from tests.support.redisproc import free_port
 
 __all__ = ["ServerProcess", "admin_key", "make_server", "server"]
@@ -94,7 +95,7 @@ class ServerProcess:
     @property
     def ws_url(self) -> str:
         """The stream endpoint, ``ws://127.0.0.1:<port>/api/v1/stream``."""
-        return f"ws://127.0.0.1:{self.port}/api/v1/stream"
+        return f"ws://127.0.0.1:{self.port}{STREAM_PATH}"
 
     @property
     def pid(self) -> int | None:

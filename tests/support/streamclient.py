@@ -16,14 +16,14 @@ from urllib.parse import urlencode
 import websockets
 from websockets.asyncio.client import ClientConnection
 
+from flagwire.core.limits import MAX_SERVER_FRAME
 from flagwire.core.protocol import (
-    MAX_SERVER_FRAME,
     Ack,
     Delete,
     Hello,
     Patch,
     Resync,
-    Snapshot,
+    SnapshotMessage,
     decode,
     encode,
 )
@@ -126,7 +126,7 @@ class StreamClient:
             async for raw in ws:
                 msg = decode(raw)
                 self.messages.append(msg)
-                if isinstance(msg, Snapshot):
+                if isinstance(msg, SnapshotMessage):
                     self.flags, self.segments = dict(msg.flags), dict(msg.segments)
                     self.version, self.epoch = msg.version, msg.epoch
                 elif isinstance(msg, Patch | Delete):

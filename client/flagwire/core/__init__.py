@@ -1,1 +1,65 @@
-"""core"""
+"""The flagwire core: the flag model, the evaluator and the wire protocol, with no I/O.
+
+The core is public because two programs share it: the server validates,
+evaluates and encodes with exactly the code the client evaluates and decodes
+with, so the two cannot disagree about what a flag means or what a frame
+says.  It imports nothing of asyncio, sockets, Redis, Starlette or the rest
+of ``flagwire``; the server may import these modules (and only these: never
+a ``flagwire.core._private`` one).
+
+Modules:
+
+- :mod:`~flagwire.core.limits`: every constant and limit server and clients
+  must agree on (stream path, frame sizes, key and environment patterns,
+  rollout weight total, document limits).  One home, so copies cannot drift.
+- :mod:`~flagwire.core.errors`: the exception tree below.
+- :mod:`~flagwire.core.model`: strict validation and normalisation of flag
+  and segment documents, each problem named by its JSON path.
+- :mod:`~flagwire.core.operators`: clause operators and the value parsers
+  (semantic versions, RFC 3339 timestamps) that validation and evaluation
+  share.
+- :mod:`~flagwire.core.bucketing`: deterministic percentage bucketing,
+  reproducible bit for bit in any language.
+- :mod:`~flagwire.core.evaluation`: :class:`~flagwire.core.evaluation.Snapshot`,
+  an immutable, precompiled environment whose ``evaluate`` never raises.
+- :mod:`~flagwire.core.detail`: what an evaluation returns
+  (``EvaluationDetail``, ``Reason``, ``ErrorKind``).
+- :mod:`~flagwire.core.protocol`: the frames of the stream as frozen
+  dataclasses with one ``encode``/``decode`` pair.
+
+Errors (all from :mod:`~flagwire.core.errors`)::
+
+    FlagwireError
+    ├── ProtocolError          a frame that is not a valid flagwire message
+    ├── ValidationError        a flag or segment document that breaks the model
+    └── ClientError            raised by FlagClient and friends
+        ├── AuthenticationError   the server refused the SDK key (do not retry)
+        ├── InitializationError   no data within the start-up timeout
+        └── ClientClosedError     the client was used after close()
+
+The core raises only ``ProtocolError`` (``protocol.decode``) and
+``ValidationError`` (``model``, and ``Snapshot.with_*`` for a document
+without a valid key); evaluation never raises.
+"""
+
+from flagwire.core import (
+    bucketing,
+    detail,
+    errors,
+    evaluation,
+    limits,
+    model,
+    operators,
+    protocol,
+)
+
+__all__ = [
+    "bucketing",
+    "detail",
+    "errors",
+    "evaluation",
+    "limits",
+    "model",
+    "operators",
+    "protocol",
+]

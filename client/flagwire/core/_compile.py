@@ -43,9 +43,10 @@ from flagwire.core._clauses import (
     fast_parts,
     match_all,
 )
-from flagwire.core.bucketing import BUCKETS, bucket_text
+from flagwire.core.bucketing import bucket_text
 from flagwire.core.detail import EvaluationDetail, Reason
 from flagwire.core.errors import ValidationError
+from flagwire.core.limits import BUCKETS
 from flagwire.core.model import validate_flag
 from flagwire.core.operators import is_number
 

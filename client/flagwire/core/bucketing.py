@@ -23,10 +23,9 @@ from __future__ import annotations
 import hashlib
 from typing import Final
 
-__all__ = ["BUCKETS", "bucket", "bucket_text"]
+from flagwire.core.limits import BUCKETS
 
-#: Number of buckets: 100% in thousandths of a percent.
-BUCKETS: Final = 100_000
+__all__ = ["bucket", "bucket_text"]
 
 # Numbers beyond 2**53 are refused: many languages parse JSON numbers as
 # doubles, where such integers are not exact and print differently ("1e+21").

@@ -16,6 +16,16 @@ boundary; evaluation never raises at all.
 
 from __future__ import annotations
 
+__all__ = [
+    "AuthenticationError",
+    "ClientClosedError",
+    "ClientError",
+    "FlagwireError",
+    "InitializationError",
+    "ProtocolError",
+    "ValidationError",
+]
+
 
 class FlagwireError(Exception):
     """Root of every exception flagwire raises on purpose."""

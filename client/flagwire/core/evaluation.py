@@ -29,7 +29,7 @@ from flagwire.core._compile import (
 )
 from flagwire.core.detail import ErrorKind, EvaluationDetail, Reason
 from flagwire.core.errors import ValidationError
-from flagwire.core.model import KEY_RE, LIMITS
+from flagwire.core.limits import KEY_RE, LIMITS
 
 __all__ = ["ErrorKind", "EvaluationDetail", "Reason", "Snapshot"]
 

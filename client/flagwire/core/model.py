@@ -15,12 +15,12 @@ from __future__ import annotations
 import difflib
 import re
 from collections.abc import Callable, Iterable
-from dataclasses import asdict, dataclass
 from typing import Any, Final
 
 import orjson
 
 from flagwire.core.errors import ValidationError
+from flagwire.core.limits import KEY_RE, LIMITS, WEIGHT_TOTAL
 from flagwire.core.operators import (
     DATE_OPS,
     NUMBER_OPS,
@@ -32,44 +32,7 @@ from flagwire.core.operators import (
     parse_timestamp,
 )
 
-__all__ = ["KEY_RE", "LIMITS", "Limits", "validate_flag", "validate_segment"]
-
-#: Flag, segment and prerequisite keys. ``\Z`` (not ``$``) so "a\n" is refused.
-KEY_RE: Final = re.compile(r"^[a-z0-9][a-z0-9._-]{0,127}\Z")
-
-
-@dataclass(frozen=True, slots=True)
-class Limits:
-    """Size limits on documents, enforced by validation with a path-naming error.
-
-    They bound memory, snapshot size and worst-case evaluation time; each is
-    far above what a hand-written flag needs.  ``as_dict()`` gives the table.
-    """
-
-    max_document_bytes: int = 512 * 1024  #: orjson-encoded size of one document
-    max_variations: int = 100
-    max_targets: int = 100  #: target entries per flag
-    max_target_values: int = 10_000  #: context keys per target entry
-    max_rules: int = 200  #: rules per flag or segment
-    max_clauses: int = 30  #: clauses per rule
-    max_clause_values: int = 1_000  #: values per clause
-    max_regex_length: int = 256  #: characters in a ``matches`` pattern
-    max_prerequisites: int = 20  #: prerequisites per flag
-    max_prerequisite_depth: int = 16  #: prerequisite hops below a flag; more is a CYCLE error
-    max_segment_values: int = 50_000  #: keys in a segment's included or excluded list
-    max_tags: int = 20
-    max_tag_length: int = 64
-    max_name_length: int = 256  #: flag, segment, rule and attribute names, salt, rule ids
-    max_description_length: int = 4_096
-    max_errors: int = 100  #: problems reported before the rest are summarised
-
-    def as_dict(self) -> dict[str, int]:
-        """The limits as a plain mapping (for docs, the API and error pages)."""
-        return asdict(self)
-
-
-#: The limits in force.
-LIMITS: Final = Limits()
+__all__ = ["validate_flag", "validate_segment"]
 
 _SERVER_FIELDS: Final = ("version", "created_at", "updated_at", "updated_by")
 _FLAG_FIELDS: Final = frozenset(
@@ -100,9 +63,6 @@ _WEIGHTED_FIELDS: Final = frozenset({"variation", "weight"})
 _TARGET_FIELDS: Final = frozenset({"variation", "values"})
 _PREREQ_FIELDS: Final = frozenset({"key", "variation"})
 _SERVE_FIELDS: Final = frozenset({"variation", "rollout"})
-
-#: Total of the weights in a rollout: 100% in thousandths of a percent.
-WEIGHT_TOTAL: Final = 100_000
 
 
 def _show(value: Any) -> str:

@@ -10,22 +10,22 @@ Client → server: ``ack``, ``resync``.
 Every state-changing message carries the environment ``version`` it
 produces; versions rise by exactly one per change, so a receiver that sees
 ``version != current + 1`` has missed something and must resync.
+
+The protocol's constants (``PROTOCOL_VERSION``, ``STREAM_PATH``, the frame
+limits, the key pattern) live in :mod:`flagwire.core.limits`.
 """
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 from typing import Any, Final, Literal, TypeAlias
 
 import orjson
 
 from flagwire.core.errors import ProtocolError
+from flagwire.core.limits import KEY_RE, PROTOCOL_VERSION
 
 __all__ = [
-    "MAX_CLIENT_FRAME",
-    "MAX_SERVER_FRAME",
-    "PROTOCOL_VERSION",
     "Ack",
     "CloseCode",
     "Delete",
@@ -35,22 +35,14 @@ __all__ = [
     "Message",
     "Patch",
     "Resync",
-    "Snapshot",
+    "SnapshotMessage",
     "decode",
     "encode",
     "patch_template",
 ]
 
-PROTOCOL_VERSION: Final = 1
-
-#: Largest frame a client accepts from the server (a snapshot of a big environment).
-MAX_SERVER_FRAME: Final = 16 * 1024 * 1024
-#: Largest frame the server accepts from a client (acks and resync requests are tiny).
-MAX_CLIENT_FRAME: Final = 4 * 1024
-
 Kind: TypeAlias = Literal["flag", "segment"]
 _KINDS: Final = ("flag", "segment")
-_KEY_RE: Final = re.compile(r"^[a-z0-9][a-z0-9._-]{0,127}$")
 
 
 class CloseCode:
@@ -82,7 +74,7 @@ class Hello:
 
 
 @dataclass(frozen=True, slots=True)
-class Snapshot:
+class SnapshotMessage:
     """The whole environment at ``version``; replaces whatever the receiver had."""
 
     env: str
@@ -138,7 +130,7 @@ class Resync:
     type: Literal["resync"] = field(default="resync", init=False, repr=False)
 
 
-Message: TypeAlias = Hello | Snapshot | Patch | Delete | Error | Ack | Resync
+Message: TypeAlias = Hello | SnapshotMessage | Patch | Delete | Error | Ack | Resync
 
 
 def encode(message: Message) -> bytes:
@@ -164,7 +156,7 @@ def encode(message: Message) -> bytes:
         }
     elif isinstance(message, Ack):
         obj = {"type": "ack", "version": message.version}
-    elif isinstance(message, Snapshot):
+    elif isinstance(message, SnapshotMessage):
         obj = {
             "type": "snapshot",
             "env": message.env,
@@ -233,7 +225,7 @@ def _str(obj: dict[str, Any], name: str, where: str, *, empty: bool = True) -> s
 
 def _key(obj: dict[str, Any], where: str) -> str:
     key = _str(obj, "key", where)
-    if not _KEY_RE.match(key):
+    if not KEY_RE.match(key):
         raise _fail(f"{where}.key: {key[:140]!r} is not a valid key")
     return key
 
@@ -260,7 +252,7 @@ def _docs(obj: dict[str, Any], name: str, where: str) -> dict[str, dict[str, Any
     if not isinstance(value, dict):
         raise _fail(f"{where}.{name}: expected an object, got {_show(value)}")
     for key, doc in value.items():
-        if not _KEY_RE.match(key):
+        if not KEY_RE.match(key):
             raise _fail(f"{where}.{name}: {key[:140]!r} is not a valid key")
         _doc(doc, key, f"{where}.{name}[{key!r}]")
     return value
@@ -313,7 +305,7 @@ def decode(data: bytes | str, *, max_size: int | None = None) -> Message:
         if kind == "ack":
             return Ack(version=_int(obj, "version", "ack"))
         if kind == "snapshot":
-            return Snapshot(
+            return SnapshotMessage(
                 env=_str(obj, "env", "snapshot", empty=False),
                 epoch=_str(obj, "epoch", "snapshot"),
                 version=_int(obj, "version", "snapshot"),

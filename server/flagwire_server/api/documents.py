@@ -16,7 +16,7 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import Response
 
-from flagwire.core.model import KEY_RE
+from flagwire.core.limits import KEY_RE
 from flagwire_server.api.auth import Principal
 from flagwire_server.api.helpers import (
     env_param,

@@ -28,6 +28,7 @@ from flagwire_server.api.helpers import (
     store,
 )
 from flagwire_server.api.problems import Problem
+from flagwire_server.store.types import as_str
 from flagwire_server.stream.fanout import EnvNotFound
 
 _SNAPSHOTS_MAX = 64
@@ -112,10 +113,7 @@ async def change(request: Request, who: Principal | None) -> Response:
     if not entries:
         await s.get_env(env)  # 404 for a missing environment first
         raise Problem(404, f"change {version} of {env!r} is not in the change log")
-    fields = {
-        (k.decode() if isinstance(k, bytes) else k): (v.decode() if isinstance(v, bytes) else v)
-        for k, v in entries[0][1].items()
-    }
+    fields = {as_str(k): as_str(v) for k, v in entries[0][1].items()}
     out: dict[str, Any] = {
         "version": version,
         "key": fields.get("k", ""),

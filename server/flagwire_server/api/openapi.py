@@ -13,6 +13,7 @@ import re
 from collections.abc import Iterable
 from typing import Any, Final
 
+from flagwire.core.limits import ENV_PATTERN, KEY_PATTERN
 from flagwire_server.api.helpers import MAX_WAIT
 from flagwire_server.api.routing import API_PREFIX, ApiRoute
 
@@ -39,7 +40,7 @@ def _ref(name: str) -> _S:
 
 
 _DOC_FIELDS: Final[_S] = {
-    "key": {"type": "string", "pattern": r"^[a-z0-9][a-z0-9._-]{0,127}$"},
+    "key": {"type": "string", "pattern": f"^{KEY_PATTERN}$"},
     "name": _STR,
     "description": _STR,
     "tags": {"type": "array", "items": _STR},
@@ -172,7 +173,7 @@ SCHEMAS: Final[dict[str, _S]] = {
     "RestoreRequest": _obj({"version": {**_INT, "minimum": 1}}, ("version",)),
     "Propagation": _PROPAGATION,
     "EnvironmentInput": _obj(
-        {"key": {"type": "string", "pattern": r"^[a-z0-9][a-z0-9_-]{0,63}$"}, "name": _STR},
+        {"key": {"type": "string", "pattern": f"^{ENV_PATTERN}$"}, "name": _STR},
         ("key",),
         extra=False,
     ),

@@ -15,7 +15,7 @@ from typing import Annotated, Any
 
 import typer
 
-from flagwire.core.model import WEIGHT_TOTAL
+from flagwire.core.limits import WEIGHT_TOTAL
 from flagwire_server.cli.files import load_file
 from flagwire_server.cli.http import Api, cli_errors, fail, wait_params
 from flagwire_server.cli.options import DEFAULT_URL, Env, Json, Key, Url, Wait

@@ -37,7 +37,7 @@ from typing import Any
 
 import uvicorn
 
-from flagwire.core.protocol import MAX_CLIENT_FRAME
+from flagwire.core.limits import MAX_CLIENT_FRAME
 from flagwire_server.cli.datadir import DataDirLock, check_port_free, make_private
 from flagwire_server.config import Settings
 from flagwire_server.observability import logs

@@ -44,7 +44,8 @@ async def _watch(url: str, env: str, key: str, count: int, as_json: bool) -> Non
     from websockets.exceptions import ConnectionClosed, InvalidStatus
 
     from flagwire.core.errors import ProtocolError
-    from flagwire.core.protocol import MAX_SERVER_FRAME, Ack, Delete, Hello, Patch, Snapshot
+    from flagwire.core.limits import MAX_SERVER_FRAME, STREAM_PATH
+    from flagwire.core.protocol import Ack, Delete, Hello, Patch, SnapshotMessage
     from flagwire.core.protocol import decode as decode_msg
     from flagwire.core.protocol import encode as encode_msg
 
@@ -52,7 +53,7 @@ async def _watch(url: str, env: str, key: str, count: int, as_json: bool) -> Non
     seen = 0
     try:
         async with websockets.connect(
-            f"{ws_url}/api/v1/stream?env={env}",
+            f"{ws_url}{STREAM_PATH}?env={env}",
             additional_headers={"Authorization": f"Bearer {key}"},
             max_size=MAX_SERVER_FRAME,
         ) as ws:
@@ -66,7 +67,7 @@ async def _watch(url: str, env: str, key: str, count: int, as_json: bool) -> Non
                     typer.echo(raw.decode())
                 elif isinstance(msg, Hello):
                     typer.echo(f"connected to {msg.env} at version {msg.version}")
-                elif isinstance(msg, Snapshot):
+                elif isinstance(msg, SnapshotMessage):
                     typer.echo(
                         f"v{msg.version} snapshot: {len(msg.flags)} flags, "
                         f"{len(msg.segments)} segments"
@@ -88,7 +89,7 @@ async def _watch(url: str, env: str, key: str, count: int, as_json: bool) -> Non
                     typer.echo(str(msg))
                 sys.stdout.flush()
                 version = getattr(msg, "version", None)
-                if isinstance(msg, Patch | Delete | Snapshot) and isinstance(version, int):
+                if isinstance(msg, Patch | Delete | SnapshotMessage) and isinstance(version, int):
                     await ws.send(encode_msg(Ack(version)).decode())
                 if isinstance(msg, Patch | Delete):
                     seen += 1

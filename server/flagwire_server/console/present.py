@@ -6,11 +6,12 @@ import datetime as dt
 import json
 from typing import Any, Final
 
+from flagwire.core.limits import WEIGHT_TOTAL
+
 __all__ = ["diff", "label", "serving", "when"]
 
 #: Fields every write changes; a diff that shows them says nothing.
 _NOISE: Final = frozenset({"version", "updated_at", "updated_by", "created_at"})
-_TOTAL: Final = 100_000
 
 
 def label(value: Any) -> str:
@@ -46,7 +47,7 @@ def _serve(doc: dict[str, Any], serve: Any) -> str:
     parts = [p for p in parts if isinstance(p[0], int) and p[0] > 0]
     if not parts:
         return "?"
-    if len(parts) == 1 and parts[0][0] == _TOTAL:
+    if len(parts) == 1 and parts[0][0] == WEIGHT_TOTAL:
         return parts[0][1]
     variations = doc.get("variations") or []
     if variations and variations[0] is True and len(parts) <= 2:

@@ -28,6 +28,8 @@ from itsdangerous import BadSignature, URLSafeTimedSerializer
 from starlette.requests import HTTPConnection, Request
 from starlette.responses import Response
 
+from flagwire_server.store.types import as_str
+
 __all__ = [
     "COOKIE",
     "LOGIN_COOKIE",
@@ -76,10 +78,6 @@ def _key(conn: HTTPConnection, sid: str) -> str:
     return f"{_prefix(conn)}:sessions:{sid}"
 
 
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
-
-
 async def _secret(conn: HTTPConnection) -> str:
     """``FLAGWIRE_SESSION_SECRET``, or one random secret shared by all processes via Redis."""
     settings = getattr(conn.app.state, "settings", None)
@@ -92,7 +90,7 @@ async def _secret(conn: HTTPConnection) -> str:
     redis = _redis(conn)
     name = f"{_prefix(conn)}:console:secret"
     await redis.set(name, secrets.token_urlsafe(32), nx=True)
-    secret = _text(await redis.get(name))
+    secret = as_str(await redis.get(name))
     conn.app.state.console_secret = secret
     return secret
 

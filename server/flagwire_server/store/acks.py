@@ -34,7 +34,7 @@ import redis.asyncio as aioredis
 import redis.exceptions
 
 from flagwire_server.store.keyspace import Keyspace
-from flagwire_server.store.types import StoreUnavailable
+from flagwire_server.store.types import StoreUnavailable, as_str
 
 __all__ = ["AckBook", "AckReporter", "Tally", "merge_reports"]
 
@@ -160,10 +160,6 @@ def merge_reports(
         "max_ms": round(lats[-1] / 1000, 3) if lats else None,
         "instances": len(reports),
     }
-
-
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 class AckReporter:
@@ -292,7 +288,7 @@ class AckReporter:
     async def live_instances(self) -> set[str]:
         now = int(time.time() * 1000)
         ids = await self.redis.zrangebyscore(self.ks.instances, now - LIVE_MS, "+inf")
-        return {i.decode() if isinstance(i, bytes) else str(i) for i in ids}
+        return {as_str(i) for i in ids}
 
     async def propagation(self, env: str, version: int) -> dict[str, Any]:
         """Figures for ``version`` of ``env`` merged over every instance (see module doc)."""
@@ -305,10 +301,10 @@ class AckReporter:
         reports: dict[str, dict[str, Any]] = {}
         for k, v in raw.items():
             with contextlib.suppress(orjson.JSONDecodeError):
-                reports[_text(k)] = orjson.loads(v)
+                reports[as_str(k)] = orjson.loads(v)
         required = {
             i
-            for i, f in ((_text(k), v) for k, v in floors.items())
+            for i, f in ((as_str(k), v) for k, v in floors.items())
             if i in live and int(f) < version
         }
         return merge_reports(version, reports, live, required)
@@ -328,6 +324,6 @@ class AckReporter:
         raw = await self.redis.hgetall(self.ks.conns(env))
         total = 0
         for k, v in raw.items():
-            if (k.decode() if isinstance(k, bytes) else str(k)) in live:
+            if as_str(k) in live:
                 total += int(v)
         return total

@@ -34,6 +34,7 @@ import redis.asyncio as aioredis
 import redis.exceptions
 
 from flagwire.core.errors import ValidationError
+from flagwire.core.limits import ENV_RE
 from flagwire_server.store.documents import StoreUnavailable
 from flagwire_server.store.keyspace import Keyspace
 
@@ -45,7 +46,6 @@ KeyKind = Literal["admin", "sdk"]
 #: The id of the record that stands for ``FLAGWIRE_ADMIN_KEY``.
 ENV_ADMIN_ID: Final = "admin-env"
 _NAME_RE: Final = re.compile(r"^[^\x00-\x1f\x7f]{1,100}\Z")
-_ENV_RE: Final = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}\Z")
 _SHOWN: Final = 4  # random characters of the secret kept as a recognisable prefix
 
 
@@ -234,7 +234,7 @@ class KeyRing:
             problems.append(("name", "expected 1-100 printable characters"))
         if kind not in ("admin", "sdk"):
             problems.append(("kind", 'expected "sdk" or "admin"'))
-        if kind == "sdk" and (not isinstance(env, str) or not _ENV_RE.match(env)):
+        if kind == "sdk" and (not isinstance(env, str) or not ENV_RE.match(env)):
             problems.append(("env", "an SDK key needs the environment it may read"))
         if kind == "admin" and env is not None:
             problems.append(("env", "admin keys are not bound to an environment"))

@@ -19,7 +19,7 @@ import redis.asyncio as aioredis
 import redis.exceptions
 
 from flagwire_server.store.keyspace import Keyspace
-from flagwire_server.store.types import StoreUnavailable
+from flagwire_server.store.types import StoreUnavailable, as_str
 
 __all__ = ["ACTOR", "COMMITTED", "KEY", "MESSAGE", "Change", "ChangeLog", "Identity"]
 
@@ -55,12 +55,8 @@ class Identity:
     env_version: int
 
 
-def _s(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
-
-
 def _version_of(entry_id: Any) -> int:
-    return int(_s(entry_id).split("-", 1)[0])
+    return int(as_str(entry_id).split("-", 1)[0])
 
 
 def _unavailable(fn: Callable[P, Coroutine[Any, Any, T]]) -> Callable[P, Coroutine[Any, Any, T]]:
@@ -103,7 +99,7 @@ class ChangeLog:
                     Change(
                         _version_of(entry_id),
                         bytes(message) if message is not None else b"",
-                        int(_s(t_ms)),
+                        int(as_str(t_ms)),
                     )
                 )
         return out
@@ -122,16 +118,16 @@ class ChangeLog:
         pipe.hget(self.ks.store, "epoch")
         (epoch_raw, version_raw), store_raw = await pipe.execute()
         return Identity(
-            store_epoch=_s(store_raw) if store_raw is not None else None,
-            env_epoch=_s(epoch_raw) if epoch_raw is not None else None,
-            env_version=int(_s(version_raw or b"0")),
+            store_epoch=as_str(store_raw) if store_raw is not None else None,
+            env_epoch=as_str(epoch_raw) if epoch_raw is not None else None,
+            env_version=int(as_str(version_raw or b"0")),
         )
 
     @_unavailable
     async def store_epoch(self) -> str | None:
         """The store's identity (None: Redis lost it, or it was never bootstrapped)."""
         raw = await self.redis.hget(self.ks.store, "epoch")
-        return _s(raw) if raw is not None else None
+        return as_str(raw) if raw is not None else None
 
     async def aclose(self) -> None:
         await self.redis.aclose()

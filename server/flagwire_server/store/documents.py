@@ -35,11 +35,10 @@ import orjson
 import redis.asyncio as aioredis
 
 from flagwire.core.errors import ValidationError
-from flagwire.core.model import KEY_RE
+from flagwire.core.limits import ENV_RE, KEY_RE
 from flagwire.core.protocol import patch_template
 from flagwire_server.store.keyspace import Keyspace
 from flagwire_server.store.types import (
-    ENV_RE,
     SERVER_FIELDS,
     AlreadyExists,
     AuditEntry,
@@ -57,10 +56,10 @@ from flagwire_server.store.types import (
     _loads,
     _now,
     _pairs,
-    _s,
     _script,
     _translated,
     _version_of,
+    as_str,
     merge_patch,
     validate_doc,
 )
@@ -153,7 +152,7 @@ class Store:
     async def _env_info(self, env: str) -> tuple[dict[str, Any] | None, dict[str, str] | None]:
         raw = await self.redis.hget(self.keyspace.envs, env)
         meta_raw = await self.redis.hgetall(self.keyspace.meta(env))
-        meta = {_s(k): _s(v) for k, v in meta_raw.items()} if meta_raw else None
+        meta = {as_str(k): as_str(v) for k, v in meta_raw.items()} if meta_raw else None
         return _loads(raw), meta
 
     @_translated
@@ -229,7 +228,10 @@ class Store:
         if not res:
             raise NotFound(f"environment {env!r} does not exist")
         return EnvState(
-            version=int(_s(res[0])), epoch=_s(res[1]), flags=_pairs(res[2]), segments=_pairs(res[3])
+            version=int(as_str(res[0])),
+            epoch=as_str(res[1]),
+            flags=_pairs(res[2]),
+            segments=_pairs(res[3]),
         )
 
     # --- documents ----------------------------------------------------------
@@ -381,7 +383,7 @@ class Store:
             await self.redis.xrevrange(self.keyspace.audit(env), max=top, min="-", count=limit + 1)
             or []
         )
-        entries = [_audit_entry(_s(i), f) for i, f in raw[:limit]]
+        entries = [_audit_entry(as_str(i), f) for i, f in raw[:limit]]
         return entries, (entries[-1].id if len(raw) > limit and entries else None)
 
     # --- the one write path ------------------------------------------------
@@ -396,7 +398,7 @@ class Store:
         if raw is None:
             raise NotFound(f"environment {env!r} does not exist")
         cur_version = _version_of(cur)
-        return WriteResult(kind, key, cur, cur_version, int(_s(raw)), 0, cur, changed=False)
+        return WriteResult(kind, key, cur, cur_version, int(as_str(raw)), 0, cur, changed=False)
 
     @_translated
     async def _commit(
@@ -490,15 +492,15 @@ class Store:
                     AUDIT_MAXLEN,
                 ],
             )
-            status = _s(res[0])
+            status = as_str(res[0])
             if status == "ok":
                 return WriteResult(
                     kind,
                     key,
                     new,
                     base + 1 if new is not None else cur_version,
-                    int(_s(res[1])),
-                    int(_s(res[2])),
+                    int(as_str(res[1])),
+                    int(as_str(res[2])),
                     cur,
                 )
             if status == "noenv":
@@ -506,8 +508,10 @@ class Store:
             if status == "missing":
                 raise NotFound(f"{kind} {key!r} does not exist in {env!r}")
             if status == "corrupt":
-                raise StoreCorrupt(f"key {_s(res[1])} has an unexpected type; nothing was written")
-            now_version = int(_s(res[1]))
+                raise StoreCorrupt(
+                    f"key {as_str(res[1])} has an unexpected type; nothing was written"
+                )
+            now_version = int(as_str(res[1]))
             if status == "exists":
                 raise AlreadyExists(f"{kind} {key!r} already exists", now_version)
             if expected is not None or attempt == _RETRIES - 1:

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import datetime as dt
 import functools
-import re
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from importlib import resources
@@ -31,8 +30,6 @@ from flagwire.core.model import validate_flag, validate_segment
 
 Kind = Literal["flag", "segment"]
 
-#: Environment keys: no ``{``/``}``/``:`` so that they are safe inside the hash tag.
-ENV_RE: Final = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}\Z")
 #: Fields the server owns; callers' values for them are ignored.
 SERVER_FIELDS: Final = ("version", "created_at", "updated_at", "updated_by")
 
@@ -139,7 +136,9 @@ def _translated(fn: Callable[P, Coroutine[Any, Any, T]]) -> Callable[P, Coroutin
     return wrapper
 
 
-def _s(value: Any) -> str:
+def as_str(value: Any) -> str:
+    """A Redis reply as text: the clients are made without ``decode_responses``,
+    so replies are bytes (payloads are forwarded as bytes, unchanged)."""
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
@@ -167,7 +166,7 @@ def _pairs(flat: list[Any]) -> dict[str, dict[str, Any]]:
     for i in range(0, len(flat), 2):
         doc = _loads(flat[i + 1])
         if doc is not None:
-            out[_s(flat[i])] = doc
+            out[as_str(flat[i])] = doc
     return out
 
 
@@ -222,7 +221,7 @@ def merge_patch(target: Any, patch: Any) -> Any:
 
 
 def _audit_entry(entry_id: str, fields: dict[Any, Any]) -> AuditEntry:
-    f = {_s(k): _s(v) for k, v in fields.items()}
+    f = {as_str(k): as_str(v) for k, v in fields.items()}
     return AuditEntry(
         id=entry_id,
         actor=f.get("actor", ""),

@@ -33,7 +33,8 @@ from starlette.routing import WebSocketRoute
 from starlette.websockets import WebSocket
 
 from flagwire.core.errors import ProtocolError
-from flagwire.core.protocol import MAX_CLIENT_FRAME, Ack, CloseCode, Resync, decode
+from flagwire.core.limits import MAX_CLIENT_FRAME, STREAM_PATH
+from flagwire.core.protocol import Ack, CloseCode, Resync, decode
 from flagwire_server.observability.refusals import RefusalLog
 from flagwire_server.stream.conn import Conn
 from flagwire_server.stream.feed import EnvFeed, EnvNotFound
@@ -43,7 +44,6 @@ __all__ = ["FailureLimiter", "origin_allowed", "routes", "stream_endpoint"]
 
 log = logging.getLogger("flagwire.stream")
 
-PATH: Final = "/api/v1/stream"
 _MAX_REASON: Final = 123  # bytes: the limit of a close frame's reason
 #: Refusals are answers, not faults: info, and one line per second under a flood.
 _refusals: Final = RefusalLog(log)
@@ -288,4 +288,4 @@ async def _read_loop(ws: WebSocket, feed: EnvFeed, conn: Conn, rate: float, burs
 
 
 def routes() -> list[WebSocketRoute]:
-    return [WebSocketRoute(PATH, stream_endpoint, name="stream")]
+    return [WebSocketRoute(STREAM_PATH, stream_endpoint, name="stream")]

@@ -25,7 +25,7 @@ from itertools import islice
 from typing import Any, Generic, TypeVar
 
 from flagwire.core.errors import ProtocolError
-from flagwire.core.protocol import Delete, Hello, Patch, Snapshot, decode, encode
+from flagwire.core.protocol import Delete, Hello, Patch, SnapshotMessage, decode, encode
 from flagwire_server.stream.frames import frame_of
 
 __all__ = ["Greeting", "Mirror"]
@@ -100,7 +100,7 @@ class Mirror(Generic[C]):
             )
             snap = frame_of(
                 encode(
-                    Snapshot(
+                    SnapshotMessage(
                         env=self.env,
                         epoch=self.epoch,
                         version=self.version,
