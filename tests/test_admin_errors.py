@@ -241,3 +241,69 @@ def test_failed_script_leaves_nothing_half_written(live: Live, env: str) -> None
         live.redis.xadd(audit_key, fields)
     r = live.api.patch(f"/environments/{env}/flags/f", json={"on": False})
     assert (r.json()["version"], r.json()["env_version"]) == (2, 2)
+
+
+def test_deeply_nested_bodies_are_a_problem_not_a_500(live: Live, env: str) -> None:
+    deep = b'{"a":' * 990 + b"{}" + b"}" * 990
+    json_type = {"Content-Type": "application/json"}
+    before = redis_dump(live, env)
+    body = problem(
+        live.api.patch(f"/environments/{env}/flags/f", content=deep, headers=json_type), 422
+    )
+    assert "deeper than 64" in body["detail"]
+    nested: Any = [0]
+    for _ in range(200):
+        nested = [nested]
+    problem(
+        live.api.put(f"/environments/{env}/flags/f", json=flag("f", variations=[nested, [1]])), 422
+    )
+    problem(live.api.post("/keys", content=b'{"name":' + deep + b"}", headers=json_type), 422)
+    assert redis_dump(live, env) == before
+    # 64 levels are still accepted (a JSON variation may be nested).
+    ok: Any = 1
+    for _ in range(60):
+        ok = [ok]
+    r = live.api.put(f"/environments/{env}/flags/f", json=flag("f", variations=[ok, [2]]))
+    assert r.status_code == 200, r.text
+
+
+def test_a_write_that_would_overflow_the_clients_snapshot_is_refused(live: Live) -> None:
+    name = f"big{uuid.uuid4().hex[:6]}"
+    live.api.post("/environments", json={"key": name})
+    base = f"/environments/{name}/flags"
+    # ~500 KiB each: 32 of them pass the 16 MiB frame limit of clients.
+    big = ["x" * 250_000, "y" * 250_000]
+    written = 0
+    while True:
+        r = live.api.put(f"{base}/f{written}", json=flag(f"f{written}", variations=big))
+        if r.status_code != 201:
+            break
+        written += 1
+    body = problem(r, 422)
+    assert "snapshot would be" in body["errors"][0]["message"]
+    assert 30 <= written <= 33
+    before = redis_dump(live, name)
+    # Nothing was stored, segments count too, and the environment still answers.
+    big_segment = {"key": "s", "included": [f"user-{i:06d}" for i in range(36_000)]}
+    problem(live.api.put(f"/environments/{name}/segments/s", json=big_segment), 422)
+    assert redis_dump(live, name) == before
+    # Shrinking is always allowed, and frees room for the write that was refused.
+    assert live.api.delete(f"{base}/f0").status_code == 200
+    again = live.api.put(f"{base}/f{written}", json=flag(f"f{written}", variations=big))
+    assert again.status_code == 201, again.text
+    # A new client of this environment gets the whole snapshot in one frame.
+    from flagwire.core.protocol import MAX_SERVER_FRAME
+
+    sdk = live.api.post("/keys", json={"name": "big", "kind": "sdk", "env": name}).json()
+    import websockets.sync.client as wsc
+
+    with wsc.connect(
+        live.url.replace("http://", "ws://") + "/api/v1/stream",
+        additional_headers={"Authorization": f"Bearer {sdk['secret']}"},
+        max_size=MAX_SERVER_FRAME,
+    ) as ws:
+        ws.recv(timeout=10)
+        snap = ws.recv(timeout=30)
+        assert len(snap) <= MAX_SERVER_FRAME
+        assert b'"snapshot"' in (snap.encode() if isinstance(snap, str) else snap)[:40]
+    live.api.delete(f"/environments/{name}")

@@ -23,6 +23,7 @@ from flagwire_server.store.documents import ENV_RE, Store, WriteResult
 
 __all__ = [
     "MAX_BODY",
+    "MAX_JSON_DEPTH",
     "MAX_WAIT",
     "env_param",
     "expected_version",
@@ -39,6 +40,9 @@ log = logging.getLogger("flagwire.admin")
 
 #: Largest request body accepted (a flag document is limited to 512 KiB by the model).
 MAX_BODY: Final = 512 * 1024 + 4096
+#: Deepest nesting of arrays and objects in a request body.  Deeper bodies are refused
+#: before any handler walks them recursively (a merge patch 990 deep was a RecursionError).
+MAX_JSON_DEPTH: Final = 64
 #: Longest ``?wait=`` in seconds.
 MAX_WAIT: Final = 30.0
 _JSON_TYPES: Final = ("application/json", "application/merge-patch+json")
@@ -84,9 +88,33 @@ async def read_json(request: Request, *, required: bool = True) -> Any:
     if media not in _JSON_TYPES:
         raise Problem(415, f"expected Content-Type application/json, got {media or 'none'!r}")
     try:
-        return orjson.loads(raw)
+        data = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
         raise Problem(400, f"the body is not valid JSON: {exc}") from None
+    if _depth_over(data, MAX_JSON_DEPTH):
+        raise Problem(
+            422,
+            f"the body nests arrays and objects deeper than {MAX_JSON_DEPTH} levels",
+            errors=[("", f"nesting deeper than {MAX_JSON_DEPTH}")],
+        )
+    return data
+
+
+def _depth_over(data: Any, limit: int) -> bool:
+    """True when ``data`` nests containers deeper than ``limit`` (iterative: no recursion)."""
+    stack: list[tuple[Any, int]] = [(data, 1)]
+    while stack:
+        value, depth = stack.pop()
+        if isinstance(value, dict):
+            children: Any = value.values()
+        elif isinstance(value, list):
+            children = value
+        else:
+            continue
+        if depth > limit:
+            return True
+        stack.extend((child, depth + 1) for child in children if isinstance(child, dict | list))
+    return False
 
 
 def expected_version(request: Request, body: Any = None, *, from_body: bool = True) -> int | None:

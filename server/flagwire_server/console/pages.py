@@ -24,6 +24,7 @@ from starlette.staticfiles import StaticFiles
 from flagwire.core.operators import OPERATORS
 from flagwire_server.api.ratelimit import RateLimiter
 from flagwire_server.console import present
+from flagwire_server.console.forms import FormRefused, read_form
 from flagwire_server.console.session import (
     LOGIN_COOKIE,
     Session,
@@ -86,14 +87,8 @@ def _render(request: Request, name: str, status: int = 200, **context: Any) -> H
 
 
 def _store(request: Request) -> Store:
-    state = request.app.state
-    store = getattr(state, "store", None)
-    if isinstance(store, Store):
-        return store
-    settings = getattr(state, "settings", None)
-    made = Store(state.redis, getattr(settings, "redis_prefix", "fw") or "fw")
-    state.store = made
-    return made
+    store: Store = request.app.state.store
+    return store
 
 
 def _to_signin(request: Request) -> RedirectResponse:
@@ -230,7 +225,10 @@ def _limiter(request: Request) -> RateLimiter:
 
 
 async def signin_post(request: Request) -> Response:
-    form = await request.form()
+    try:
+        form = await read_form(request)
+    except FormRefused as exc:
+        return Response(str(exc), status_code=exc.status, media_type="text/plain")
     token = str(form.get("csrf", ""))
     cookie = request.cookies.get(LOGIN_COOKIE, "")
     if not same_origin(request) or not token or not secrets.compare_digest(token, cookie):
@@ -258,8 +256,11 @@ async def signin_post(request: Request) -> Response:
 
 
 async def signout(request: Request) -> Response:
+    try:
+        form = await read_form(request)
+    except FormRefused as exc:
+        return Response(str(exc), status_code=exc.status, media_type="text/plain")
     session = await read_session(request)
-    form = await request.form()
     token = str(form.get("csrf", ""))
     if session is not None and not (same_origin(request) and session.csrf_ok(token)):
         return Response("missing or wrong CSRF token", status_code=403)

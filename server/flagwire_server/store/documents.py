@@ -35,7 +35,7 @@ import orjson
 import redis.asyncio as aioredis
 
 from flagwire.core.errors import ValidationError
-from flagwire.core.limits import ENV_RE, KEY_RE
+from flagwire.core.limits import ENV_RE, KEY_RE, MAX_SERVER_FRAME
 from flagwire.core.protocol import patch_template
 from flagwire_server.store.keyspace import Keyspace
 from flagwire_server.store.types import (
@@ -46,6 +46,7 @@ from flagwire_server.store.types import (
     EnvState,
     Kind,
     NotFound,
+    SnapshotTooLarge,
     StoreCorrupt,
     StoreError,
     StoreUnavailable,
@@ -73,6 +74,7 @@ __all__ = [
     "EnvState",
     "Kind",
     "NotFound",
+    "SnapshotTooLarge",
     "Store",
     "StoreCorrupt",
     "StoreError",
@@ -94,6 +96,10 @@ CHANGES_MAXLEN: Final = 10_000
 HISTORY_CAP: Final = 100
 AUDIT_MAXLEN: Final = 10_000
 _RETRIES: Final = 8
+#: The documents of one snapshot may fill the client's frame limit but for this much
+#: (the snapshot's own fields: type, env, epoch, version).
+SNAPSHOT_HEADROOM: Final = 1024
+MAX_SNAPSHOT_DOCS: Final = MAX_SERVER_FRAME - SNAPSHOT_HEADROOM
 
 
 class Store:
@@ -475,6 +481,7 @@ class Store:
                     self.keyspace.changes(env),
                     hist_key,
                     self.keyspace.audit(env),
+                    self.keyspace.docs(env, "segment" if kind == "flag" else "flag"),
                 ],
                 args=[
                     key,
@@ -490,6 +497,7 @@ class Store:
                     CHANGES_MAXLEN,
                     HISTORY_CAP,
                     AUDIT_MAXLEN,
+                    MAX_SNAPSHOT_DOCS,
                 ],
             )
             status = as_str(res[0])
@@ -507,6 +515,8 @@ class Store:
                 raise NotFound(f"environment {env!r} does not exist")
             if status == "missing":
                 raise NotFound(f"{kind} {key!r} does not exist in {env!r}")
+            if status == "toolarge":
+                raise SnapshotTooLarge(int(_s(res[1])), MAX_SNAPSHOT_DOCS)
             if status == "corrupt":
                 raise StoreCorrupt(
                     f"key {as_str(res[1])} has an unexpected type; nothing was written"

@@ -10,7 +10,9 @@ Errors (all :class:`StoreError`, itself a ``FlagwireError``)::
     ├── Conflict          expected version mismatch (``current_version``)
     │   └── AlreadyExists create of something that exists
     ├── StoreUnavailable  Redis unreachable or timing out
-    └── StoreCorrupt      a key of the wrong type (nothing was written)
+    ├── StoreCorrupt      a key of the wrong type (nothing was written)
+    └── SnapshotTooLarge  the write would make the environment too big for clients
+                          (also a ValidationError: the API answers 422)
 """
 
 from __future__ import annotations
@@ -60,6 +62,23 @@ class StoreUnavailable(StoreError):
 
 class StoreCorrupt(StoreError):
     """A Redis key had an unexpected type; the script refused before writing."""
+
+
+class SnapshotTooLarge(StoreError, ValidationError):
+    """The environment's snapshot would exceed what clients accept; nothing was written."""
+
+    def __init__(self, size: int, limit: int) -> None:
+        ValidationError.__init__(
+            self,
+            [
+                (
+                    "",
+                    f"the environment's snapshot would be {size} bytes; clients accept at most "
+                    f"{limit} (remove or shrink other flags and segments first)",
+                )
+            ],
+        )
+        self.size, self.limit = size, limit
 
 
 @dataclass(frozen=True, slots=True)

@@ -4,5 +4,5 @@
 -- same name whose deletion was interrupted are removed, so a new environment starts empty.
 if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
 redis.call('DEL', KEYS[2], KEYS[3], KEYS[4], KEYS[5])
-redis.call('HSET', KEYS[1], 'version', '0', 'epoch', ARGV[1], 'created_at', ARGV[2])
+redis.call('HSET', KEYS[1], 'version', '0', 'epoch', ARGV[1], 'created_at', ARGV[2], 'bytes', '0')
 return 1

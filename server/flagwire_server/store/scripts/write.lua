@@ -1,16 +1,23 @@
 -- One flag or segment write: the whole change or nothing.
 --
--- KEYS: 1 meta, 2 docs hash (flags|segments), 3 changes stream, 4 history list, 5 audit stream
+-- KEYS: 1 meta, 2 docs hash (flags|segments), 3 changes stream, 4 history list, 5 audit stream,
+--       6 the other docs hash (segments|flags)
 -- ARGV: 1 key, 2 mode (create|replace|update|delete), 3 flag version the caller read (0 = absent),
 --       4 new document JSON ("" for delete), 5 message prefix, 6 message suffix, 7 actor,
 --       8 audit action, 9 kind, 10 new flag version, 11 changes maxlen, 12 history cap,
---       13 audit maxlen
+--       13 audit maxlen, 14 largest snapshot in bytes (the client's frame limit, less headroom)
 -- Returns {"ok", env_version, commit_ms} or {"noenv"} / {"exists", v} / {"missing", 0} /
--- {"conflict", v} / {"corrupt", key}.  Every check happens before the first write, and the
+-- {"conflict", v} / {"corrupt", key} / {"toolarge", bytes}.
+--
+-- meta.bytes is the size of every document in a snapshot (key, document, quoting), kept with
+-- the version so the check costs nothing per write; a store without it (v1) counts it once.
+-- A write that would grow the snapshot past the limit is refused; one that shrinks it is not,
+-- so an environment already over the limit can be repaired.  Every check happens before the first write, and the
 -- only write that could still fail (XADD with an explicit id) goes first, so an error never
 -- leaves half a change behind.
-local expect = {meta = 'hash', docs = 'hash', changes = 'stream', history = 'list', audit = 'stream'}
-local names = {'meta', 'docs', 'changes', 'history', 'audit'}
+local expect = {meta = 'hash', docs = 'hash', changes = 'stream', history = 'list', audit = 'stream',
+  other = 'hash'}
+local names = {'meta', 'docs', 'changes', 'history', 'audit', 'other'}
 for i, name in ipairs(names) do
   local t = redis.call('TYPE', KEYS[i])['ok']
   if t ~= 'none' and t ~= expect[name] then return {'corrupt', KEYS[i]} end
@@ -28,6 +35,22 @@ if mode == 'create' and cur then return {'exists', curver} end
 if (mode == 'update' or mode == 'delete') and not cur then return {'missing', 0} end
 if curver ~= tonumber(ARGV[3]) then return {'conflict', curver} end
 
+local function entry(k, v) return string.len(k) + string.len(v) + 4 end
+local size = tonumber(redis.call('HGET', KEYS[1], 'bytes') or '')
+if not size then
+  size = 0
+  for _, h in ipairs({KEYS[2], KEYS[6]}) do
+    local all = redis.call('HGETALL', h)
+    for i = 1, #all, 2 do size = size + entry(all[i], all[i + 1]) end
+  end
+end
+local newsize = size
+if cur then newsize = newsize - entry(ARGV[1], cur) end
+if mode ~= 'delete' then newsize = newsize + entry(ARGV[1], ARGV[4]) end
+if newsize > tonumber(ARGV[14]) and newsize > size then
+  return {'toolarge', string.format('%d', newsize)}
+end
+
 local ver = tonumber(redis.call('HGET', KEYS[1], 'version') or '0') + 1
 local sver = string.format('%d', ver)
 local now = redis.call('TIME')
@@ -35,7 +58,7 @@ local ms = string.format('%d', tonumber(now[1]) * 1000 + math.floor(tonumber(now
 
 redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[11], sver .. '-0',
   'm', ARGV[5] .. sver .. ARGV[6], 't', ms, 'k', ARGV[1], 'a', ARGV[7])
-redis.call('HSET', KEYS[1], 'version', sver)
+redis.call('HSET', KEYS[1], 'version', sver, 'bytes', string.format('%d', newsize))
 if mode == 'delete' then
   redis.call('HDEL', KEYS[2], ARGV[1])
 else
