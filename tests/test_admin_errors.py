@@ -292,7 +292,7 @@ def test_a_write_that_would_overflow_the_clients_snapshot_is_refused(live: Live)
     again = live.api.put(f"{base}/f{written}", json=flag(f"f{written}", variations=big))
     assert again.status_code == 201, again.text
     # A new client of this environment gets the whole snapshot in one frame.
-    from flagwire.core.protocol import MAX_SERVER_FRAME
+    from flagwire.core.limits import MAX_SERVER_FRAME
 
     sdk = live.api.post("/keys", json={"name": "big", "kind": "sdk", "env": name}).json()
     import websockets.sync.client as wsc

@@ -21,10 +21,10 @@ import websockets
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from flagwire.core.limits import ENV_RE
 from flagwire_server.store.apikeys import KeyRing, hash_secret
 from flagwire_server.store.keyspace import Keyspace, glob_escape
 from flagwire_server.store.migrate import migrate_v1
-from flagwire_server.store.types import ENV_RE
 from tests.support.builders import flag
 from tests.support.server import ServerProcess
 

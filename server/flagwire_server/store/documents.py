@@ -516,7 +516,7 @@ class Store:
             if status == "missing":
                 raise NotFound(f"{kind} {key!r} does not exist in {env!r}")
             if status == "toolarge":
-                raise SnapshotTooLarge(int(_s(res[1])), MAX_SNAPSHOT_DOCS)
+                raise SnapshotTooLarge(int(as_str(res[1])), MAX_SNAPSHOT_DOCS)
             if status == "corrupt":
                 raise StoreCorrupt(
                     f"key {as_str(res[1])} has an unexpected type; nothing was written"
