@@ -6,8 +6,21 @@ import itertools
 import random
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
-from flagwire._backoff import Action, Backoff, BackoffSettings, Closed, Refused, classify
+from flagwire._backoff import (
+    Action,
+    Backoff,
+    BackoffSettings,
+    Closed,
+    Pace,
+    Refused,
+    classify,
+    pace_of,
+    parse_retry_after,
+    retry_hint,
+)
 from flagwire.core.errors import AuthenticationError, ProtocolError
 
 
@@ -64,6 +77,11 @@ def test_many_failures_do_not_overflow() -> None:
         (Closed(4001, "revoked"), Action.GIVE_UP),
         (Refused(401), Action.GIVE_UP),
         (Refused(403), Action.GIVE_UP),
+        (Refused(400, "an admin key or console session must pass ?env=NAME"), Action.GIVE_UP),
+        (Refused(404), Action.GIVE_UP),
+        (Refused(429, retry_after=60), Action.RETRY),
+        (Refused(502), Action.RETRY),
+        (Closed(1012), Action.SOON),
         (AuthenticationError("no"), Action.GIVE_UP),
         (Closed(4000), Action.RESYNC),
         (Closed(4002), Action.RESYNC),
@@ -84,3 +102,155 @@ def test_many_failures_do_not_overflow() -> None:
 )
 def test_classify(event: BaseException | Closed | Refused, action: Action) -> None:
     assert classify(event) is action
+
+
+@pytest.mark.parametrize(
+    ("event", "pace"),
+    [
+        (Closed(1001), Pace.RESTART),
+        (Closed(1012), Pace.RESTART),
+        (Closed(None), Pace.RESTART),
+        (ConnectionRefusedError(), Pace.RESTART),
+        (ConnectionResetError(), Pace.RESTART),
+        (TimeoutError(), Pace.RESTART),
+        (OSError("unreachable"), Pace.RESTART),
+        (Refused(502), Pace.RESTART),
+        (Refused(504), Pace.RESTART),
+        (Refused(500), Pace.ERROR),
+        (Refused(503), Pace.ERROR),
+        (Closed(1011), Pace.ERROR),
+        (Closed(1013), Pace.ERROR),
+        (Closed(1000), Pace.ERROR),
+        (Closed(4000), Pace.ERROR),
+        (Closed(4003), Pace.ERROR),
+        (ProtocolError("bad frame"), Pace.ERROR),
+        (Refused(503, retry_after=1.0), Pace.HINTED),
+        (Refused(429, retry_after=60.0), Pace.HINTED),
+        (Closed(1013, "store unreachable; retry-after=5"), Pace.HINTED),
+    ],
+)
+def test_pace(event: BaseException | Closed | Refused, pace: Pace) -> None:
+    assert pace_of(event) is pace
+
+
+def test_retry_hints() -> None:
+    assert retry_hint(Refused(503, retry_after=2.0)) == 2.0
+    assert retry_hint(Closed(1013, "try later; Retry-After: 7")) == 7.0
+    assert retry_hint(Closed(1013, "retry_after=0.5")) == 0.5
+    assert retry_hint(Closed(1013, "try again later")) is None
+    assert retry_hint(Refused(503)) is None
+    assert retry_hint(OSError()) is None
+
+
+def test_parse_retry_after() -> None:
+    now = 1_700_000_000.0
+    assert parse_retry_after("5", now) == 5.0
+    assert parse_retry_after(" 120 ", now) == 120.0
+    assert parse_retry_after("Tue, 14 Nov 2023 22:13:40 GMT", now) == 20.0
+    assert parse_retry_after("Tue, 14 Nov 2023 22:12:00 GMT", now) == 0.0  # in the past
+    assert parse_retry_after("soon", now) is None
+    assert parse_retry_after("-3", now) is None
+    assert parse_retry_after(None, now) is None
+
+
+def test_restarts_stay_within_the_restart_cap_however_many() -> None:
+    """The issue-10 schedule: three restarts within a minute left the next attempt 29 s away."""
+    b = Backoff(rng=lambda: 0.999999)
+    outage = 0.0
+    for _restart in range(10):
+        b.going_away_delay()  # close 1001
+        for _ in range(20):  # connection refused while the server starts again
+            d = b.restart_delay(outage)
+            assert d <= 1.5
+            outage += d
+        b.current()
+        outage = 0.0
+    assert b.ceiling() <= 2.0  # going away never grew the error schedule past its window
+
+
+def test_restart_failures_do_not_grow_the_error_schedule_nor_the_reverse() -> None:
+    b = Backoff()
+    for _ in range(50):
+        b.restart_delay(10.0)
+    assert b.failures == 0
+    assert b.ceiling() == pytest.approx(0.2)
+    for _ in range(50):
+        b.next_delay()
+    assert b.ceiling() == 30.0
+    assert b.restart_ceiling(10.0) == 1.5
+
+
+def test_current_data_ends_the_outage_but_errors_need_a_healthy_period() -> None:
+    b = Backoff()
+    for _ in range(5):
+        b.restart_delay()
+        b.next_delay()
+    b.current()
+    assert b.restart_ceiling() == pytest.approx(0.2)
+    assert b.ceiling() == pytest.approx(0.2 * 2**5)
+
+
+def test_a_long_outage_backs_off_further_up_to_the_cap() -> None:
+    b = Backoff(BackoffSettings(restart_cap=1.5, patience=60, cap=30))
+    for _ in range(10):
+        b.restart_delay()
+    assert b.restart_ceiling(59) == 1.5
+    assert b.restart_ceiling(120) == pytest.approx(3.0)
+    assert b.restart_ceiling(180) == pytest.approx(6.0)
+    assert b.restart_ceiling(3600) == 30.0
+    assert b.restart_ceiling(1e12) == 30.0  # no overflow
+
+
+def test_the_restart_cap_is_never_above_the_cap() -> None:
+    b = Backoff(BackoffSettings(initial=0.1, cap=1.0))
+    for _ in range(10):
+        b.restart_delay()
+    assert b.restart_ceiling() == 1.0
+
+
+def test_hinted_delay_waits_at_least_the_hint_and_spreads_after_it() -> None:
+    rng = random.Random(3)
+    b = Backoff(rng=rng.random)
+    delays = [b.hinted_delay(1.0) for _ in range(2000)]
+    assert all(1.0 <= d <= 2.0 for d in delays)
+    assert max(delays) - min(delays) > 0.9
+    long = [b.hinted_delay(60.0) for _ in range(200)]
+    assert all(60.0 <= d <= 90.0 for d in long)
+    assert b.hinted_delay(10_000.0) <= 300.0 * 1.5  # a hostile hint is capped
+    assert b.failures == 0
+    assert b.restarts == 0
+    assert b.delay(Pace.HINTED, retry_after=5.0) >= 5.0
+
+
+def test_delay_dispatches_on_pace() -> None:
+    b = Backoff(rng=lambda: 0.999999)
+    for _ in range(10):
+        b.delay(Pace.ERROR)
+    assert b.failures == 10
+    assert b.delay(Pace.RESTART, outage=1.0) <= 0.2
+    assert b.restarts == 1
+
+
+@given(
+    st.lists(
+        st.sampled_from(["restart", "going_away", "error", "hint", "current"]),
+        max_size=200,
+    ),
+    st.floats(min_value=0, max_value=59.9),
+)
+def test_within_patience_no_restart_delay_exceeds_the_restart_cap(
+    events: list[str], outage: float
+) -> None:
+    b = Backoff(rng=lambda: 0.999999)
+    for ev in events:
+        if ev == "restart":
+            assert b.restart_delay(outage) <= 1.5
+        elif ev == "going_away":
+            assert b.going_away_delay() <= 2.0
+        elif ev == "error":
+            assert b.next_delay() <= 30.0
+        elif ev == "hint":
+            b.hinted_delay(1.0)
+        else:
+            b.current()
+    assert b.restart_ceiling(outage) <= 1.5

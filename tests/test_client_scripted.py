@@ -8,13 +8,23 @@ frames, refusals, a dead connection.  The real-server tests are in
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
+import re
 from collections.abc import Callable
 from typing import Any
 
 import pytest
 
-from flagwire import BackoffSettings, ClientStatus, ErrorKind, FlagClient, Reason
+from flagwire import (
+    AuthenticationError,
+    BackoffSettings,
+    ClientStatus,
+    ErrorKind,
+    FlagClient,
+    Reason,
+    RefusedError,
+)
 from tests.support.builders import flag
 from tests.support.proxy import FaultProxy
 from tests.support.scripted import ScriptedConn, ScriptedServer
@@ -256,3 +266,104 @@ async def test_acks_are_coalesced_in_a_burst() -> None:
         assert len(acks) < 60  # far below the server's 50 messages/s with a burst of 250
         await asyncio.sleep(0.2)
         assert [m["version"] for m in conn.received if m["type"] == "ack"] == acks
+
+
+ENV_REQUIRED = "an admin key or console session must pass ?env=NAME"
+
+
+@pytest.mark.parametrize(
+    ("status", "code", "detail"),
+    [
+        (400, "env_required", ENV_REQUIRED),
+        (404, "not_found", "environment 'prod' does not exist"),
+    ],
+)
+async def test_a_refusal_retrying_cannot_fix_stops_with_the_servers_reason(
+    status: int, code: str, detail: str
+) -> None:
+    async with ScriptedServer(
+        serve_v1, reject=status, reject_code=code, reject_detail=detail
+    ) as server:
+        flags = client(server.url, start_timeout=5.0)
+        loop = asyncio.get_running_loop()
+        t0 = loop.time()
+        assert await flags.start() is ClientStatus.UNAUTHORIZED
+        assert loop.time() - t0 < 1.0  # at once, not after the start timeout
+        assert detail in flags.status_message
+        assert str(status) in flags.status_message
+        refusal = flags.refusal
+        assert isinstance(refusal, RefusedError)
+        assert not isinstance(refusal, AuthenticationError)
+        assert (refusal.status, refusal.code, refusal.detail) == (status, code, detail)
+        with pytest.raises(RefusedError, match=re.escape(detail)):
+            await flags.wait_for_status(ClientStatus.READY, timeout=1)
+        await asyncio.sleep(0.5)  # several backoff periods
+        assert server.handshakes == 1
+        await flags.close()
+
+        failing = client(server.url, fail_on_timeout=True)
+        with pytest.raises(RefusedError) as info:
+            await failing.start()
+        assert info.value.status == status
+        assert info.value.detail == detail
+        assert failing.status is ClientStatus.CLOSED
+
+
+async def test_a_refused_key_is_an_authentication_error_with_the_reason() -> None:
+    async with ScriptedServer(serve_v1, reject=401, reject_code="unauthorized") as server:
+        flags = client(server.url, fail_on_timeout=True)
+        with pytest.raises(AuthenticationError, match="unknown or revoked SDK key") as info:
+            await flags.start()
+        assert isinstance(info.value, RefusedError)
+        assert (info.value.status, info.value.code) == (401, "unauthorized")
+
+
+@pytest.mark.parametrize(("status", "retry_after"), [(503, 1), (429, 2)])
+async def test_a_shedding_server_is_retried_when_its_retry_after_says(
+    status: int, retry_after: int
+) -> None:
+    async with ScriptedServer(
+        serve_v1,
+        reject=status,
+        reject_detail="the flag store is unavailable; retry",
+        reject_headers={"Retry-After": str(retry_after)},
+    ) as server:
+        flags = client(server.url, start_timeout=0.3)  # FAST: the cap alone would be 0.2 s
+        assert await flags.start() is ClientStatus.INITIALIZING
+        assert str(status) in flags.status_message
+        assert "the flag store is unavailable" in flags.status_message
+        await until(lambda: server.handshakes >= 3, within=4 * retry_after + 2)
+        gaps = [b - a for a, b in itertools.pairwise(server.handshake_times)]
+        assert all(retry_after <= g <= retry_after + max(1.0, retry_after / 2) + 0.3 for g in gaps)
+        assert flags.refusal is None
+        await flags.close()
+
+
+async def test_a_close_reason_with_a_retry_hint_is_honoured() -> None:
+    async def script(conn: ScriptedConn) -> None:
+        await conn.hello(1)
+        await conn.snapshot(1, {"a": flag("a", version=1)})
+        await conn.close(1013, "store unreachable; retry-after=1")
+
+    async with ScriptedServer(script) as server:
+        flags = client(server.url)
+        await flags.start()
+        await server.wait_connections(2, within=5)
+        t = server.handshake_times
+        assert 1.0 <= t[1] - t[0] <= 2.3
+        await flags.close()
+
+
+async def test_close_1012_service_restart_reconnects_soon() -> None:
+    async def script(conn: ScriptedConn) -> None:
+        await serve_v1(conn)
+        if len(conn.received) == 0 and conn.query.get("since") is None:
+            await conn.close(1012, "service restart")
+
+    async with ScriptedServer(script) as server:
+        flags = client(server.url)
+        async with flags:
+            await server.wait_connections(2, within=3)
+            await flags.wait_for_status(ClientStatus.READY, timeout=3)
+            t = server.handshake_times
+            assert t[1] - t[0] <= 0.1 + 0.2  # FAST.going_away, not an error's backoff

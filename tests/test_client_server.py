@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 import redis.asyncio as aioredis
 
-from flagwire import AuthenticationError, BackoffSettings, ClientStatus, FlagClient
+from flagwire import AuthenticationError, BackoffSettings, ClientStatus, FlagClient, RefusedError
 from flagwire_server.store.documents import Store
 from tests.support.builders import flag
 from tests.support.proxy import FaultProxy
@@ -159,6 +159,61 @@ async def test_fail_on_timeout_raises_for_a_refused_key(world: World) -> None:
     with pytest.raises(AuthenticationError, match="401"):
         await flags.start()
     assert flags.status is ClientStatus.CLOSED
+
+
+async def test_an_admin_key_as_sdk_key_is_refused_at_once_with_the_servers_reason(
+    world: World,
+) -> None:
+    """Issue 10 item 9: it sat INITIALIZING for the start timeout, retrying, showing "HTTP 400"."""
+    flags = FlagClient(world.server.url, world.server.admin_key, backoff=FAST, start_timeout=5)
+    t0 = time.monotonic()
+    status = await flags.start()
+    try:
+        assert status is ClientStatus.UNAUTHORIZED
+        assert time.monotonic() - t0 < 2.0
+        assert "must pass ?env=NAME" in flags.status_message
+        assert "400" in flags.status_message
+        refusal = flags.refusal
+        assert isinstance(refusal, RefusedError)
+        assert (refusal.status, refusal.code) == (400, "env_required")
+        await asyncio.sleep(1.0)  # ten backoff ceilings
+        assert flags.connection_attempts == 1
+    finally:
+        await flags.close()
+    strict = FlagClient(world.server.url, world.server.admin_key, fail_on_timeout=True)
+    with pytest.raises(RefusedError, match=r"must pass \?env=NAME"):
+        await strict.start()
+
+
+async def test_a_change_after_three_restarts_arrives_within_3s_of_readiness(
+    world: World,
+) -> None:
+    """Issue 10 item 1: after restarts within a minute the next attempt was up to 30 s away.
+
+    Default reconnect settings: the policy itself is under test.
+    """
+    await world.put(flag("kill", on=True))
+    clients = [
+        FlagClient(world.server.url, world.sdk, heartbeat_timeout=5.0, start_timeout=10)
+        for _ in range(20)
+    ]
+    await asyncio.gather(*(c.start() for c in clients))
+    seen: dict[int, float] = {}
+    for i, c in enumerate(clients):
+        c.on_change(lambda ch, i=i: seen.setdefault(i, time.monotonic()), key="kill")
+    try:
+        t0 = time.monotonic()
+        for _ in range(3):
+            await asyncio.to_thread(world.server.restart)
+        ready = time.monotonic()
+        assert ready - t0 < 30, f"three restarts took {ready - t0:.1f}s"
+        await world.toggle("kill", False)
+        await until(lambda: len(seen) == len(clients), within=15, what="the change everywhere")
+        late = sorted(round(t - ready, 2) for t in seen.values())
+        assert late[-1] <= 3.0, f"seconds after readiness: {late}"
+        assert not any(c.bool_variation("kill", CTX, True) for c in clients)
+    finally:
+        await asyncio.gather(*(c.close() for c in clients))
 
 
 async def test_partition_detected_then_replayed_from_the_ring(world: World) -> None:

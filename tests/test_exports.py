@@ -25,6 +25,7 @@ EXPECTED = {
     "InitializationError",
     "ProtocolError",
     "Reason",
+    "RefusedError",
     "Snapshot",
     "ValidationError",
     "ValueWatch",

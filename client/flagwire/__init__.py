@@ -25,6 +25,7 @@ from flagwire.core.errors import (
     FlagwireError,
     InitializationError,
     ProtocolError,
+    RefusedError,
     ValidationError,
 )
 from flagwire.core.evaluation import Snapshot
@@ -44,6 +45,7 @@ __all__ = [
     "InitializationError",
     "ProtocolError",
     "Reason",
+    "RefusedError",
     "Snapshot",
     "ValidationError",
     "ValueWatch",

@@ -34,6 +34,7 @@ from flagwire.core.errors import (
     ClientError,
     InitializationError,
     ProtocolError,
+    RefusedError,
 )
 from flagwire.core.evaluation import Snapshot
 
@@ -48,7 +49,8 @@ class ClientStatus(StrEnum):
     INITIALIZING = "INITIALIZING"  #: no data yet: evaluations serve the caller's defaults
     READY = "READY"  #: connected and current
     STALE = "STALE"  #: serving cached flags (disconnected, or from a persisted file)
-    UNAUTHORIZED = "UNAUTHORIZED"  #: the server refused the SDK key; not retrying
+    #: the server refused the stream for good (the key, its kind, the environment); not retrying
+    UNAUTHORIZED = "UNAUTHORIZED"
     CLOSED = "CLOSED"  #: close() was called
 
 
@@ -81,8 +83,10 @@ class FlagClient:
         heartbeat_timeout: a connection that answers no ping within this many
             seconds is considered dead and replaced.
         open_timeout: limit on each connection's handshake.
-        backoff: the reconnect schedule (full jitter, capped, reset after a
-            healthy period).
+        backoff: the reconnect schedule (see ``docs/client.md``: a restarting
+            server is retried at most ``restart_cap`` apart, an erroring one
+            with exponential backoff, a loaded one when its ``Retry-After``
+            says; all with full jitter).
         persist_debounce: seconds to wait after a change before writing the
             snapshot file, so a burst of changes costs one write.
         logger: where to report (default ``logging.getLogger("flagwire")``).
@@ -127,6 +131,7 @@ class FlagClient:
         self.logger = logger or _log
         self._status = ClientStatus.INITIALIZING
         self._status_message = "not started"
+        self._refusal: RefusedError | None = None
         self._fresh_at: float | None = None  # wall time the data was last known current
         self._status_callbacks: list[StatusCallback] = []
         self._waiters: list[tuple[frozenset[ClientStatus], asyncio.Future[ClientStatus]]] = []
@@ -242,6 +247,16 @@ class FlagClient:
         return self._status_message
 
     @property
+    def refusal(self) -> RefusedError | None:
+        """Why the server refused the stream for good (status UNAUTHORIZED), else None.
+
+        An :class:`AuthenticationError` for a refused key (HTTP 401/403, close
+        4001), a :class:`RefusedError` otherwise (e.g. HTTP 400 for an admin
+        key used as an SDK key); ``detail`` is the server's own reason.
+        """
+        return self._refusal
+
+    @property
     def data_age(self) -> float | None:
         """Seconds since the data was last known current: 0.0 when READY, None without data."""
         if self._snapshot is None:
@@ -304,12 +319,17 @@ class FlagClient:
         Raises:
             TimeoutError: not within ``timeout`` seconds.
             ClientClosedError: the client closed while waiting (unless CLOSED was awaited).
+            RefusedError: the server refused the stream for good, so the status
+                will not change (unless UNAUTHORIZED was awaited);
+                :class:`AuthenticationError` for a refused key.
         """
         wanted = frozenset(statuses or (ClientStatus.READY,))
         if self._status in wanted:
             return self._status
         if self._closed:
             raise ClientClosedError("the client is closed")
+        if self._status is ClientStatus.UNAUTHORIZED and self._refusal is not None:
+            raise self._refusal
         future: asyncio.Future[ClientStatus] = asyncio.get_running_loop().create_future()
         entry = (wanted, future)
         self._waiters.append(entry)
@@ -339,6 +359,8 @@ class FlagClient:
                 future.set_result(status)
             elif status is ClientStatus.CLOSED:
                 future.set_exception(ClientClosedError("the client closed"))
+            elif status is ClientStatus.UNAUTHORIZED and self._refusal is not None:
+                future.set_exception(self._refusal)
         for callback in list(self._status_callbacks):
             try:
                 callback(status)
@@ -412,6 +434,9 @@ class FlagClient:
                 is set (the client is closed).
             AuthenticationError: the server refused the SDK key and
                 ``fail_on_timeout`` is set (the client is closed).
+            RefusedError: the server refused the stream for another reason
+                retrying cannot fix (e.g. an admin key, HTTP 400) and
+                ``fail_on_timeout`` is set (the client is closed).
             ClientError: the offline file cannot be read.
         """
         if self._closed:
@@ -471,9 +496,9 @@ class FlagClient:
                 self.logger.warning("flagwire: %s; serving defaults while still trying", why)
                 self._status_message = f"{why}; serving defaults while still trying"
         elif status is ClientStatus.UNAUTHORIZED and self.fail_on_timeout:
-            message = self._status_message
+            error = self._refusal or AuthenticationError(self._status_message)
             await self.close()
-            raise AuthenticationError(message)
+            raise error
         self.start_status = self._status
         return self._status
 
@@ -552,10 +577,11 @@ class FlagClient:
         else:
             self._status_message = f"{why}; reconnecting"
 
-    def refused(self, message: str) -> None:
+    def refused(self, error: RefusedError) -> None:
         if self._status is ClientStatus.READY:
             self._fresh_at = time.time()
-        self._set_status(ClientStatus.UNAUTHORIZED, message)
+        self._refusal = error
+        self._set_status(ClientStatus.UNAUTHORIZED, str(error))
 
     # --- installing data -----------------------------------------------------------
 

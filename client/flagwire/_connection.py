@@ -21,10 +21,19 @@ import orjson
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus, WebSocketException
 
-from flagwire._backoff import Action, Backoff, Closed, Refused, classify
+from flagwire._backoff import (
+    Action,
+    Backoff,
+    Closed,
+    Refused,
+    classify,
+    pace_of,
+    parse_retry_after,
+    retry_hint,
+)
 from flagwire._state import Outcome, StreamState
 from flagwire.core import protocol as proto
-from flagwire.core.errors import ClientError, ProtocolError
+from flagwire.core.errors import AuthenticationError, ClientError, ProtocolError, RefusedError
 from flagwire.core.limits import MAX_SERVER_FRAME, STREAM_PATH
 
 __all__ = ["Listener", "Subscription", "stream_url"]
@@ -51,17 +60,30 @@ def stream_url(base: str, query: Mapping[str, str] | None = None) -> str:
     return urlunsplit((scheme, parts.netloc, path, urlencode(dict(query or {})), ""))
 
 
-def _problem_detail(body: bytes | bytearray) -> str:
-    """The ``detail`` of an RFC 9457 problem body, else the start of the body."""
+def _problem(body: bytes | bytearray) -> tuple[str, str]:
+    """``(detail, code)`` of an RFC 9457 problem body; else the start of the body and ""."""
     try:
         problem = orjson.loads(body)
     except orjson.JSONDecodeError:
         problem = None
     if isinstance(problem, dict):
         detail = problem.get("detail") or problem.get("title")
+        code = problem.get("code")
         if isinstance(detail, str) and detail:
-            return detail[:300]
-    return body[:300].decode("utf-8", "replace")
+            return detail[:300], code[:64] if isinstance(code, str) else ""
+    return body[:300].decode("utf-8", "replace").strip(), ""
+
+
+def refusal_error(event: Closed | Refused | BaseException, why: str) -> RefusedError:
+    """The typed error for a refusal that ends the subscription, carrying the server's reason."""
+    if isinstance(event, RefusedError):
+        return event
+    if isinstance(event, Refused):
+        cls = AuthenticationError if event.status in (401, 403) else RefusedError
+        return cls(why, status=event.status, code=event.code, detail=event.detail)
+    if isinstance(event, Closed):
+        return AuthenticationError(why, detail=event.reason)
+    return RefusedError(why)
 
 
 class Listener(Protocol):
@@ -70,7 +92,7 @@ class Listener(Protocol):
     def connection_opened(self) -> None: ...
     def outcome(self, out: Outcome) -> None: ...
     def connection_lost(self, why: str) -> None: ...
-    def refused(self, message: str) -> None: ...
+    def refused(self, error: RefusedError) -> None: ...
 
 
 def _describe(event: BaseException | Closed | Refused) -> str:
@@ -79,7 +101,8 @@ def _describe(event: BaseException | Closed | Refused) -> str:
             return "the connection was lost" + (f" ({event.reason})" if event.reason else "")
         return f"the server closed the connection ({event.code} {event.reason})".rstrip()
     if isinstance(event, Refused):
-        return f"the server answered the handshake with HTTP {event.status}"
+        text = f"the server answered the handshake with HTTP {event.status}"
+        return f"{text}: {event.detail}" if event.detail else text
     text = str(event) or type(event).__name__
     return f"{type(event).__name__}: {text}" if not isinstance(event, ProtocolError) else text
 
@@ -132,37 +155,41 @@ class Subscription:
         self.last_error: str | None = None
         self._ws: ClientConnection | None = None
         self._was_open = False
-        self._refusal = ""
+        self._outage_started: float | None = None  # monotonic; None while current
         self._ack_version = 0
         self._ack_last = 0.0  # time.monotonic() of the last ack sent on this connection
         self._ack_task: asyncio.Task[None] | None = None
 
     async def run(self) -> None:
-        """Connect, serve, back off, repeat; returns only when the key is refused."""
+        """Connect, serve, back off, repeat; returns only when the server refuses for good."""
         while True:
             self._was_open = False
-            self._refusal = ""
             event = await self._attempt()
+            if self._outage_started is None:  # current data until now: the outage starts
+                self._outage_started = time.monotonic()
             action = classify(event)
             why = _describe(event)
-            if self._refusal:
-                why = f"{why}: {self._refusal}"
             self.last_error = why
             if self._was_open:
                 self.listener.connection_lost(why)
             if action is Action.GIVE_UP:
-                why = f"the server refused the SDK key ({why}); not retrying"
+                key = not isinstance(event, Refused) or event.status in (401, 403)
+                what = "the SDK key" if key else "the stream"
+                why = f"the server refused {what} ({why}); not retrying"
                 self.last_error = why
                 self.logger.error("flagwire: %s", why)
-                self.listener.refused(why)
+                self.listener.refused(refusal_error(event, why))
                 return
             if action is Action.RESYNC:
                 self.state.request_snapshot()
-            delay = (
-                self.backoff.going_away_delay()
-                if action is Action.SOON
-                else self.backoff.next_delay()
-            )
+            if action is Action.SOON:
+                delay = self.backoff.going_away_delay()
+            else:
+                delay = self.backoff.delay(
+                    pace_of(event),
+                    outage=time.monotonic() - self._outage_started,
+                    retry_after=retry_hint(event),
+                )
             self.logger.info("flagwire: %s; reconnecting in %.2fs", why, delay)
             await asyncio.sleep(delay)
 
@@ -196,11 +223,10 @@ class Subscription:
                     self._ws = None
                     self.backoff.connected_for(time.monotonic() - opened)
         except InvalidStatus as exc:
-            status = exc.response.status_code
-            body = exc.response.body or b""
-            if status in (401, 403) and body:
-                self._refusal = _problem_detail(body)
-            return Refused(status)
+            response = exc.response
+            detail, code = _problem(response.body or b"")
+            retry_after = parse_retry_after(response.headers.get("Retry-After"), time.time())
+            return Refused(response.status_code, detail, code, retry_after)
         except (OSError, TimeoutError, WebSocketException, ProtocolError) as exc:
             return exc
 
@@ -229,6 +255,11 @@ class Subscription:
                     elif isinstance(msg, proto.Patch | proto.Delete):
                         self.changes += 1
                     out = state.receive(msg)
+                    if out.caught_up:
+                        # The server answers and we are current: a restart that
+                        # follows starts a new outage with the short schedule.
+                        self.backoff.current()
+                        self._outage_started = None
                 except ProtocolError as exc:
                     self.malformed += 1
                     self.logger.error(

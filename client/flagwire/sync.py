@@ -30,7 +30,7 @@ from typing import Any, TypeVar
 from flagwire._changes import FlagChange
 from flagwire._client import ClientStatus, FlagClient
 from flagwire.core.detail import ErrorKind, EvaluationDetail, Reason
-from flagwire.core.errors import ClientClosedError
+from flagwire.core.errors import ClientClosedError, RefusedError
 from flagwire.core.evaluation import Snapshot
 
 __all__ = ["SyncFlagClient"]
@@ -64,7 +64,8 @@ class SyncFlagClient:
 
     Raises:
         InitializationError: no data in time and ``fail_on_timeout=True``.
-        AuthenticationError: the key was refused and ``fail_on_timeout=True``.
+        AuthenticationError: the key was refused and ``fail_on_timeout=True``
+            (a :class:`~flagwire.RefusedError` for other refusals, e.g. an admin key).
         ClientError: bad arguments (see :class:`~flagwire.FlagClient`).
     """
 
@@ -188,6 +189,11 @@ class SyncFlagClient:
         return self.client.status_message
 
     @property
+    def refusal(self) -> RefusedError | None:
+        """See :attr:`flagwire.FlagClient.refusal`."""
+        return self.client.refusal
+
+    @property
     def data_age(self) -> float | None:
         """See :attr:`flagwire.FlagClient.data_age`."""
         return self.client.data_age
@@ -204,6 +210,8 @@ class SyncFlagClient:
         Raises:
             TimeoutError: not within ``timeout`` seconds.
             ClientClosedError: the client is closed.
+            RefusedError: the server refused the stream for good
+                (:class:`~flagwire.AuthenticationError` for a refused key).
         """
         if self._closed:
             raise ClientClosedError("the client is closed")

@@ -112,11 +112,26 @@ class ScriptedServer:
         script: run for each connection; when it returns the connection is
             held open until the client goes (so a script can just say its piece).
         reject: an HTTP status to answer every handshake with (e.g. 401).
+        reject_detail: the problem body's ``detail`` in that answer.
+        reject_code: the problem body's ``code`` (none by default).
+        reject_headers: extra headers of that answer (e.g. ``Retry-After``).
     """
 
-    def __init__(self, script: Script, *, reject: int | None = None) -> None:
+    def __init__(
+        self,
+        script: Script,
+        *,
+        reject: int | None = None,
+        reject_detail: str = "unknown or revoked SDK key",
+        reject_code: str | None = None,
+        reject_headers: dict[str, str] | None = None,
+    ) -> None:
         self.script = script
         self.reject = reject
+        self.reject_detail = reject_detail
+        self.reject_code = reject_code
+        self.reject_headers = dict(reject_headers or {})
+        self.handshake_times: list[float] = []  #: loop time of each handshake
         self.connections: list[ScriptedConn] = []
         self.handshakes = 0
         self._server: Server | None = None
@@ -128,15 +143,21 @@ class ScriptedServer:
 
     def _process_request(self, ws: ServerConnection, request: Request) -> Response | None:
         self.handshakes += 1
+        self.handshake_times.append(asyncio.get_running_loop().time())
         if self.reject is not None:
-            body = orjson.dumps(
-                {
-                    "title": "Unauthorized",
-                    "status": self.reject,
-                    "detail": "unknown or revoked SDK key",
-                }
-            ).decode()
-            return ws.respond(self.reject, body)
+            problem: dict[str, Any] = {
+                "title": "Unauthorized",
+                "status": self.reject,
+                "detail": self.reject_detail,
+            }
+            if self.reject_code is not None:
+                problem["code"] = self.reject_code
+            response = ws.respond(self.reject, orjson.dumps(problem).decode())
+            del response.headers["Content-Type"]  # Headers is a multidict: set appends
+            response.headers["Content-Type"] = "application/problem+json"
+            for name, value in self.reject_headers.items():
+                response.headers[name] = value
+            return response
         return None
 
     async def _handler(self, ws: ServerConnection) -> None:

@@ -6,7 +6,8 @@
     ├── ProtocolError          a frame that is not a valid flagwire message
     ├── ValidationError        a flag or segment document that breaks the model
     └── ClientError            raised by FlagClient and friends
-        ├── AuthenticationError   the server refused the SDK key (do not retry)
+        ├── RefusedError          the server refused the stream for good (HTTP 400/404)
+        │   └── AuthenticationError   the server refused the SDK key (HTTP 401/403, close 4001)
         ├── InitializationError   no data within the start-up timeout (fail_on_timeout=True)
         └── ClientClosedError     the client was used after close()
 
@@ -51,8 +52,29 @@ class ClientError(FlagwireError):
     """Base of the errors raised by the client."""
 
 
-class AuthenticationError(ClientError):
-    """The server refused the SDK key; the client stops retrying."""
+class RefusedError(ClientError):
+    """The server refused the stream for a reason retrying cannot fix; the client stops.
+
+    The message ends with the server's own reason (its problem body's
+    ``detail``, e.g. "an admin key or console session must pass ?env=NAME").
+
+    Attributes:
+        status: the HTTP status of the refused handshake (None for a close code).
+        code: the problem body's ``code`` (e.g. ``env_required``), or "".
+        detail: the server's reason, or "".
+    """
+
+    def __init__(
+        self, message: str, *, status: int | None = None, code: str = "", detail: str = ""
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.detail = detail
+
+
+class AuthenticationError(RefusedError):
+    """The server refused the SDK key (unknown, revoked, wrong kind or environment)."""
 
 
 class InitializationError(ClientError):
