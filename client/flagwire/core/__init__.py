@@ -33,7 +33,8 @@ Errors (all from :mod:`~flagwire.core.errors`)::
     ├── ProtocolError          a frame that is not a valid flagwire message
     ├── ValidationError        a flag or segment document that breaks the model
     └── ClientError            raised by FlagClient and friends
-        ├── AuthenticationError   the server refused the SDK key (do not retry)
+        ├── RefusedError          the server refused the stream for good (HTTP 400/404)
+        │   └── AuthenticationError   the server refused the SDK key (HTTP 401/403, close 4001)
         ├── InitializationError   no data within the start-up timeout
         └── ClientClosedError     the client was used after close()
 
