@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import html
 import os
+import tempfile
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -80,10 +81,17 @@ def create_app(flags: FlagClient | None = None) -> Starlette:
     async def checkout(request: Request) -> HTMLResponse:
         ctx = context(request)
         on = client.bool_variation(FLAG, ctx, False)  # microseconds, no I/O
-        return HTMLResponse(PAGE.format(
-            user=html.escape(ctx["key"]), user_q=html.escape(ctx["key"], quote=True),
-            status=client.status, cls="new" if on else "old", text=NEW if on else OLD,
-            new=NEW, old=OLD))
+        return HTMLResponse(
+            PAGE.format(
+                user=html.escape(ctx["key"]),
+                user_q=html.escape(ctx["key"], quote=True),
+                status=client.status,
+                cls="new" if on else "old",
+                text=NEW if on else OLD,
+                new=NEW,
+                old=OLD,
+            )
+        )
 
     async def events(request: Request) -> StreamingResponse:
         ctx = context(request)
@@ -92,11 +100,11 @@ def create_app(flags: FlagClient | None = None) -> Starlette:
             async for value in client.watch(FLAG, ctx, default=False):
                 yield b"data: " + orjson.dumps({"flag": FLAG, "value": value}) + b"\n\n"
 
-        return StreamingResponse(stream(), media_type="text/event-stream",
-                                 headers={"Cache-Control": "no-cache"})
+        return StreamingResponse(
+            stream(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"}
+        )
 
-    return Starlette(routes=[Route("/", checkout), Route("/events", events)],
-                     lifespan=lifespan)
+    return Starlette(routes=[Route("/", checkout), Route("/events", events)], lifespan=lifespan)
 
 
 def client_from_env() -> FlagClient:
@@ -104,10 +112,13 @@ def client_from_env() -> FlagClient:
     offline = os.environ.get("FLAGWIRE_OFFLINE")
     if offline:
         return FlagClient(offline_path=offline)
+    # The saved snapshot lives in the OS temp dir, not in the working directory
+    # (which is often a checkout): FLAGWIRE_PERSIST chooses another file.
+    default_persist = os.path.join(tempfile.gettempdir(), "flagwire-checkout", "flags.json")
     return FlagClient(
         os.environ.get("FLAGWIRE_URL", "http://127.0.0.1:8080"),
         os.environ["FLAGWIRE_SDK_KEY"],
-        persist_path=os.environ.get("FLAGWIRE_PERSIST", ".flagwire-client/flags.json"),
+        persist_path=os.environ.get("FLAGWIRE_PERSIST", default_persist),
     )
 
 
