@@ -271,3 +271,47 @@ def test_watch_follows_changes(live: Live, env: str) -> None:
     refused = run(live, "watch", env, ok=False, key="fw_sdk_wrong")
     assert refused.returncode == 1
     assert refused.stderr.startswith("error: the stream refused")
+
+
+DOCS = Path(__file__).resolve().parents[1] / "docs" / "cli.md"
+README = Path(__file__).resolve().parents[1] / "README.md"
+
+
+def test_documented_file_examples_create(live: Live, env: str, tmp_path: Path) -> None:
+    import re
+
+    flag_doc, segment_doc = re.findall(r"```yaml\n(.*?)```", DOCS.read_text(), flags=re.S)
+    (readme_doc,) = re.findall(r"```yaml\n(.*?)```", README.read_text(), flags=re.S)
+    other = f"c{uuid.uuid4().hex[:8]}"
+    run(live, "envs", "create", other)
+    for name, text, group, where in (
+        ("segment", segment_doc, "segments", env),  # the flag's rule refers to it
+        ("flag", flag_doc, "flags", env),
+        ("readme", readme_doc, "flags", other),
+    ):
+        path = tmp_path / f"{name}.yaml"
+        path.write_text(text)
+        run(live, group, "create", str(path), "-e", where)
+    created = run_json(live, "flags", "get", "new-checkout", "-e", env)
+    assert created["rules"][1]["clauses"][0]["op"] == "segment_match"
+    assert created["on"] is False
+
+
+def test_every_command_is_documented() -> None:
+    import typer.main
+
+    from flagwire_server.cli.main import app
+
+    root = typer.main.get_command(app)
+    doc = DOCS.read_text()
+    names = []
+    for name, cmd in root.commands.items():  # type: ignore[attr-defined]
+        subs = getattr(cmd, "commands", None)
+        names += [f"{name} {sub}" for sub in subs] if subs else [name]
+    assert {"serve", "segments list", "segments create", "flags create", "watch"} <= set(names)
+    missing = [
+        n for n in names if f"`flagwire {n}" not in doc and f"/ `{n.split()[-1]} " not in doc
+    ]
+    assert not missing, missing
+    assert "FLAGWIRE_URL" in doc
+    assert "docs/cli.md" in README.read_text()
