@@ -104,6 +104,8 @@ class Settings:
             raise ValueError(f"port {self.port} is out of range")
         if self.workers < 1:
             raise ValueError("workers must be at least 1")
+        if self.rate_limit < 1 or self.auth_fail_limit < 1:
+            raise ValueError("FLAGWIRE_RATE_LIMIT and FLAGWIRE_AUTH_FAIL_LIMIT must be at least 1")
         if self.max_buffer < 4096:
             raise ValueError("FLAGWIRE_MAX_BUFFER must be at least 4096 bytes")
         if self.heartbeat <= 0 or self.ping_timeout <= 0:

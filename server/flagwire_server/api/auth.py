@@ -4,16 +4,14 @@ Why here and not in each handler: every admin route must refuse the same way
 (401 no or unknown key, 403 an SDK key where an admin key is needed, 403 a
 session write without its CSRF token, 429 too many requests or too many bad
 keys from one address) before it touches the store.  Keys are checked by
-:class:`~flagwire_server.store.apikeys.KeyRing` from memory; the console's session
-reader is imported lazily so the API works without the console package.
+:class:`~flagwire_server.store.apikeys.KeyRing` from memory; a browser without a
+key is recognised by the console's session reader.
 """
 
 from __future__ import annotations
 
 import hmac
-import inspect
 import math
-import os
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,6 +19,8 @@ from starlette.requests import HTTPConnection, Request
 
 from flagwire_server.api.problems import Problem
 from flagwire_server.api.ratelimit import RateLimiter
+from flagwire_server.console.session import read_session
+from flagwire_server.services import services_of
 from flagwire_server.store.apikeys import KeyRing
 
 __all__ = ["Principal", "authenticate", "client_ip"]
@@ -39,25 +39,9 @@ class Principal:
     via: str  # "key" | "session"
 
 
-def _setting(conn: HTTPConnection, name: str, default: int) -> int:
-    settings = getattr(conn.app.state, "settings", None)
-    value = getattr(settings, name, None)
-    if isinstance(value, int) and value > 0:
-        return value
-    env = os.environ.get(f"FLAGWIRE_{name.upper()}", "")
-    return int(env) if env.isdigit() and int(env) > 0 else default
-
-
 def _limiters(conn: HTTPConnection) -> tuple[RateLimiter, RateLimiter]:
-    state = conn.app.state
-    limiters: tuple[RateLimiter, RateLimiter] | None = getattr(state, "admin_limiters", None)
-    if limiters is None:
-        limiters = (
-            RateLimiter.per_minute(_setting(conn, "rate_limit", 600)),
-            RateLimiter.per_minute(_setting(conn, "auth_fail_limit", 20)),
-        )
-        state.admin_limiters = limiters
-    return limiters
+    """Per key (``FLAGWIRE_RATE_LIMIT``) and failed keys per IP (``FLAGWIRE_AUTH_FAIL_LIMIT``)."""
+    return services_of(conn).admin_limiters
 
 
 def client_ip(conn: HTTPConnection) -> str:
@@ -79,14 +63,7 @@ def _bearer(conn: HTTPConnection) -> str | None:
 
 
 async def _session(conn: HTTPConnection) -> Any:
-    try:
-        from flagwire_server.console.session import read_session  # type: ignore[import-not-found,unused-ignore]
-    except ImportError:
-        return None
-    session: Any = read_session(conn)
-    if inspect.isawaitable(session):
-        session = await session
-    return session
+    return await read_session(conn)
 
 
 async def authenticate(request: Request, *, sdk_env: str | None = None) -> Principal:
@@ -96,7 +73,7 @@ async def authenticate(request: Request, *, sdk_env: str | None = None) -> Princ
         request: the request.
         sdk_env: also accept an SDK key of this environment (``evaluate``).
     """
-    keys: KeyRing = request.app.state.keys
+    keys: KeyRing = services_of(request).keys
     per_key, bad_keys = _limiters(request)
     ip = client_ip(request)
     secret = _bearer(request)

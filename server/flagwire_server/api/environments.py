@@ -10,9 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import inspect
 import time
-from collections import OrderedDict
 from typing import Any
 
 from starlette.requests import Request
@@ -28,7 +26,7 @@ from flagwire_server.api.helpers import (
     store,
 )
 from flagwire_server.api.problems import Problem
-from flagwire_server.store.types import as_str
+from flagwire_server.services import services_of
 from flagwire_server.stream.fanout import EnvNotFound
 
 _SNAPSHOTS_MAX = 64
@@ -39,19 +37,11 @@ _INCREMENTAL_MAX = 32
 
 
 async def _connected(request: Request, env: str) -> int | None:
-    """Connected clients of ``env`` across instances, when the fan-out can tell."""
-    fanout = getattr(request.app.state, "fanout", None)
-    for name in ("connected_all", "connected_total", "connected"):
-        fn = getattr(fanout, name, None)
-        if callable(fn):
-            try:
-                value = fn(env)
-                if inspect.isawaitable(value):
-                    value = await value
-            except Exception:
-                return None
-            return value if isinstance(value, int) else None
-    return None
+    """Connected clients of ``env`` across instances (None when Redis cannot tell)."""
+    try:
+        return await services_of(request).fanout.connected_all(env)
+    except Exception:
+        return None
 
 
 async def list_envs(request: Request, who: Principal | None) -> Response:
@@ -78,9 +68,7 @@ async def get_env(request: Request, who: Principal | None) -> Response:
 async def delete_env(request: Request, who: Principal | None) -> Response:
     env = env_param(request)
     await store(request).delete_env(env)
-    snapshots = getattr(request.app.state, "admin_snapshots", None)
-    if snapshots is not None:
-        snapshots.pop(env, None)
+    services_of(request).snapshots.pop(env, None)
     return Response(status_code=204)
 
 
@@ -106,19 +94,16 @@ async def change(request: Request, who: Principal | None) -> Response:
     if not raw.isdigit() or not 0 < int(raw) < 2**53:
         raise Problem(404, f"no change {raw[:40]!r} in {env!r}")
     version = int(raw)
-    s = store(request)
-    entries: list[Any] = list(
-        await s.redis.xrange(s.key(env, "changes"), f"{version}-0", f"{version}-0") or []
-    )
-    if not entries:
-        await s.get_env(env)  # 404 for a missing environment first
+    services = services_of(request)
+    record = await services.changelog.record(env, version)
+    if record is None:
+        await store(request).get_env(env)  # 404 for a missing environment first
         raise Problem(404, f"change {version} of {env!r} is not in the change log")
-    fields = {as_str(k): as_str(v) for k, v in entries[0][1].items()}
     out: dict[str, Any] = {
         "version": version,
-        "key": fields.get("k", ""),
-        "actor": fields.get("a", ""),
-        "committed_ms": int(fields.get("t", "0") or 0),
+        "key": record.key,
+        "actor": record.actor,
+        "committed_ms": record.committed_ms,
         "connected": None,
         "acknowledged": None,
         "lost": None,
@@ -127,23 +112,9 @@ async def change(request: Request, who: Principal | None) -> Response:
         "p99_ms": None,
         "max_ms": None,
     }
-    fanout = getattr(request.app.state, "fanout", None)
-    figures = getattr(fanout, "propagation", None)
-    if callable(figures):
-        result = figures(env, version)
-        if inspect.isawaitable(result):
-            result = await result
-        if isinstance(result, dict):
-            out.update({k: v for k, v in result.items() if k != "version"})
+    result = await services.fanout.propagation(env, version)
+    out.update({k: v for k, v in result.items() if k != "version"})
     return json_response(out)
-
-
-def _snapshot_cache(request: Request) -> OrderedDict[str, Snapshot]:
-    cache: OrderedDict[str, Snapshot] | None = getattr(request.app.state, "admin_snapshots", None)
-    if cache is None:
-        cache = OrderedDict()
-        request.app.state.admin_snapshots = cache
-    return cache
 
 
 async def evaluate(request: Request, who: Principal | None) -> Response:
@@ -181,7 +152,7 @@ async def _current_snapshot(request: Request, env: str) -> Snapshot:
     request is reflected in it.
     """
     info = await store(request).get_env(env)  # NotFound → 404
-    fanout = request.app.state.fanout
+    fanout = services_of(request).fanout
     try:
         feed = await fanout.ensure(env)
     except EnvNotFound:
@@ -192,7 +163,7 @@ async def _current_snapshot(request: Request, env: str) -> Snapshot:
             state = await store(request).load_env(env)
             return Snapshot(state.flags, state.segments, state.version, state.epoch)
         await asyncio.sleep(0.002)  # the mirror has no version event to wait on
-    cache = _snapshot_cache(request)
+    cache = services_of(request).snapshots
     snap = cache.get(env)
     if snap is None or snap.epoch != feed.epoch or snap.version > feed.version:
         snap = Snapshot(feed.flags, feed.segments, feed.version, feed.epoch)

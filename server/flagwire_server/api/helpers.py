@@ -19,6 +19,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from flagwire_server.api.problems import Problem
+from flagwire_server.services import services_of
 from flagwire_server.store.documents import ENV_RE, Store, WriteResult
 
 __all__ = [
@@ -50,8 +51,7 @@ _ETAG_RE: Final = re.compile(r'^\s*(?:W/)?"?(\d{1,15})"?\s*$')
 
 
 def store(request: Request) -> Store:
-    s: Store = request.app.state.store
-    return s
+    return services_of(request).store
 
 
 def json_response(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
@@ -181,12 +181,8 @@ async def propagation(
     """Wait for clients to acknowledge ``version`` (``?wait=``); None when not asked."""
     if wait is None:
         return None
-    fanout = getattr(request.app.state, "fanout", None)
-    wait_for = getattr(fanout, "wait_for", None)
-    if wait_for is None:
-        return None
     try:
-        result = await wait_for(env, version, wait)
+        result = await services_of(request).fanout.wait_for(env, version, wait)
     except Exception:
         log.exception("propagation wait failed for %s@%s", env, version)
         return None

@@ -13,12 +13,12 @@ from starlette.responses import Response
 from flagwire_server.api.auth import Principal
 from flagwire_server.api.helpers import json_response, read_json, store
 from flagwire_server.api.problems import Problem
+from flagwire_server.services import services_of
 from flagwire_server.store.apikeys import KeyRing
 
 
 def _ring(request: Request) -> KeyRing:
-    ring: KeyRing = request.app.state.keys
-    return ring
+    return services_of(request).keys
 
 
 async def list_keys(request: Request, who: Principal | None) -> Response:

@@ -33,6 +33,7 @@ from flagwire_server.console.session import (
     read_session,
     same_origin,
 )
+from flagwire_server.services import services_of
 from flagwire_server.store.documents import NotFound, Store, StoreUnavailable
 
 __all__ = ["build_routes"]
@@ -87,8 +88,7 @@ def _render(request: Request, name: str, status: int = 200, **context: Any) -> H
 
 
 def _store(request: Request) -> Store:
-    store: Store = request.app.state.store
-    return store
+    return services_of(request).store
 
 
 def _to_signin(request: Request) -> RedirectResponse:
@@ -217,11 +217,7 @@ async def signin_page(request: Request) -> Response:
 
 
 def _limiter(request: Request) -> RateLimiter:
-    limiter: RateLimiter | None = getattr(request.app.state, "console_signin_limiter", None)
-    if limiter is None:
-        limiter = RateLimiter.per_minute(20)
-        request.app.state.console_signin_limiter = limiter
-    return limiter
+    return services_of(request).signin_limiter
 
 
 async def signin_post(request: Request) -> Response:
@@ -240,7 +236,7 @@ async def signin_post(request: Request) -> Response:
     if limiter.blocked(ip):
         return _signin_form(request, "Too many failed attempts; wait a minute.", 429)
     secret = str(form.get("key", "")).strip()
-    record = request.app.state.keys.authenticate(secret)
+    record = services_of(request).keys.authenticate(secret)
     if record is None or record.kind != "admin":
         limiter.take(ip)
         why = (
@@ -405,7 +401,7 @@ async def _keys(request: Request, session: Session) -> Response:
         env = _PROTECTED_ENV if _PROTECTED_ENV in names else names[0]
     if env in names:
         ctx["env"] = env
-    keys = await request.app.state.keys.list_keys()
+    keys = await services_of(request).keys.list_keys()
     return _render(request, "keys.html", keys=keys, **ctx)
 
 

@@ -28,6 +28,7 @@ from itsdangerous import BadSignature, URLSafeTimedSerializer
 from starlette.requests import HTTPConnection, Request
 from starlette.responses import Response
 
+from flagwire_server.services import services_of
 from flagwire_server.store.types import as_str
 
 __all__ = [
@@ -66,12 +67,11 @@ class Session:
 
 
 def _prefix(conn: HTTPConnection) -> str:
-    settings = getattr(conn.app.state, "settings", None)
-    return str(getattr(settings, "redis_prefix", None) or "fw")
+    return services_of(conn).settings.redis_prefix
 
 
 def _redis(conn: HTTPConnection) -> Any:
-    return conn.app.state.redis
+    return services_of(conn).redis
 
 
 def _key(conn: HTTPConnection, sid: str) -> str:
@@ -80,8 +80,7 @@ def _key(conn: HTTPConnection, sid: str) -> str:
 
 async def _secret(conn: HTTPConnection) -> str:
     """``FLAGWIRE_SESSION_SECRET``, or one random secret shared by all processes via Redis."""
-    settings = getattr(conn.app.state, "settings", None)
-    configured = getattr(settings, "session_secret", None)
+    configured = services_of(conn).settings.session_secret
     if configured:
         return str(configured)
     cached: str | None = getattr(conn.app.state, "console_secret", None)
@@ -100,9 +99,7 @@ async def _serializer(conn: HTTPConnection) -> URLSafeTimedSerializer:
 
 
 def _key_alive(conn: HTTPConnection, key_id: str) -> bool:
-    keys = getattr(conn.app.state, "keys", None)
-    if keys is None:
-        return False
+    keys = services_of(conn).keys
     if key_id == _ENV_ADMIN_ID:
         return getattr(keys, "admin_key", None) is not None
     record = keys.get(key_id)

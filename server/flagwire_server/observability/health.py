@@ -9,33 +9,33 @@ detected (``store_reset``: see ``docs/storage.md``).
 from __future__ import annotations
 
 import asyncio
-from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from flagwire_server.observability.metrics import metrics_endpoint
+from flagwire_server.services import Services, services_of
 
 __all__ = ["readiness", "routes"]
 
 
 async def healthz(request: Request) -> JSONResponse:
-    return JSONResponse({"status": "ok", "instance": request.app.state.instance_id})
+    return JSONResponse({"status": "ok", "instance": services_of(request).instance_id})
 
 
-async def readiness(state: Any) -> list[dict[str, str]]:
+async def readiness(services: Services) -> list[dict[str, str]]:
     reasons: list[dict[str, str]] = []
     try:
-        await asyncio.wait_for(state.redis.ping(), 0.5)
+        await asyncio.wait_for(services.identity.ping(), 0.5)
     except Exception as exc:
         reasons.append({"reason": "redis_unreachable", "detail": f"{type(exc).__name__}: {exc}"})
-    reasons.extend(state.fanout.not_ready())
+    reasons.extend(services.fanout.not_ready())
     return reasons
 
 
 async def readyz(request: Request) -> JSONResponse:
-    state = request.app.state
+    state = services_of(request)
     reasons = await readiness(state)
     body = {
         "ready": not reasons,

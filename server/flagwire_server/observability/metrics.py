@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import time
-from typing import Any
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -23,6 +22,8 @@ from prometheus_client import (
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from flagwire_server.services import services_of
 
 __all__ = ["Metrics", "RequestMetricsMiddleware", "metrics_endpoint"]
 
@@ -127,7 +128,7 @@ class Metrics:
 
 
 async def metrics_endpoint(request: Request) -> Response:
-    metrics: Metrics = request.app.state.metrics
+    metrics = services_of(request).metrics
     return Response(metrics.exposition(), media_type=CONTENT_TYPE_LATEST)
 
 
@@ -149,7 +150,7 @@ def _route_of(scope: Scope) -> str:
 class RequestMetricsMiddleware:
     """Counts HTTP requests by route template, method and status (pure ASGI; WebSockets pass)."""
 
-    def __init__(self, app: ASGIApp, metrics: Metrics | None = None) -> None:
+    def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
         self.app = app
         self.metrics = metrics
 
@@ -158,9 +159,6 @@ class RequestMetricsMiddleware:
             await self.app(scope, receive, send)
             return
         metrics = self.metrics
-        if metrics is None:
-            app_obj: Any = scope.get("app")
-            metrics = getattr(getattr(app_obj, "state", None), "metrics", None)
         status = 500
         start = time.perf_counter()
 
@@ -173,7 +171,6 @@ class RequestMetricsMiddleware:
         try:
             await self.app(scope, receive, counting_send)
         finally:
-            if metrics is not None:
-                route = _route_of(scope)
-                metrics.requests.labels(route, scope.get("method", ""), str(status)).inc()
-                metrics.request_duration.labels(route).observe(time.perf_counter() - start)
+            route = _route_of(scope)
+            metrics.requests.labels(route, scope.get("method", ""), str(status)).inc()
+            metrics.request_duration.labels(route).observe(time.perf_counter() - start)

@@ -21,7 +21,7 @@ import redis.exceptions
 from flagwire_server.store.keyspace import Keyspace
 from flagwire_server.store.types import StoreUnavailable, as_str
 
-__all__ = ["ACTOR", "COMMITTED", "KEY", "MESSAGE", "Change", "ChangeLog", "Identity"]
+__all__ = ["ACTOR", "COMMITTED", "KEY", "MESSAGE", "Change", "ChangeLog", "Identity", "Record"]
 
 #: Fields of a change-log entry (written by ``scripts/write.lua``).
 MESSAGE: Final = "m"
@@ -40,6 +40,16 @@ class Change:
     version: int
     message: bytes
     t_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class Record:
+    """Who made change ``version``, of which document, and when (ms)."""
+
+    version: int
+    key: str
+    actor: str
+    committed_ms: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,6 +113,20 @@ class ChangeLog:
                     )
                 )
         return out
+
+    @_unavailable
+    async def record(self, env: str, version: int) -> Record | None:
+        """Change ``version`` of ``env`` as recorded (None: not, or no longer, in the log)."""
+        entries: Any = await self.redis.xrange(self.ks.changes(env), f"{version}-0", f"{version}-0")
+        if not entries:
+            return None
+        fields = {as_str(k): as_str(v) for k, v in entries[0][1].items() if as_str(k) != MESSAGE}
+        return Record(
+            version=version,
+            key=fields.get(KEY, ""),
+            actor=fields.get(ACTOR, ""),
+            committed_ms=int(fields.get(COMMITTED, "0") or 0),
+        )
 
     @_unavailable
     async def first_after(self, env: str, after: int) -> int | None:

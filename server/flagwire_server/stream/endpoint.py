@@ -21,7 +21,6 @@ the stream is registered with the environment's feed in one synchronous step
 
 from __future__ import annotations
 
-import inspect
 import logging
 import time
 from collections import OrderedDict, deque
@@ -35,7 +34,9 @@ from starlette.websockets import WebSocket
 from flagwire.core.errors import ProtocolError
 from flagwire.core.limits import MAX_CLIENT_FRAME, STREAM_PATH
 from flagwire.core.protocol import Ack, CloseCode, Resync, decode
+from flagwire_server.console.session import read_session
 from flagwire_server.observability.refusals import RefusalLog
+from flagwire_server.services import services_of
 from flagwire_server.stream.conn import Conn
 from flagwire_server.stream.feed import EnvFeed, EnvNotFound
 from flagwire_server.stream.uvicorn_fence import FlagwireWebSocketProtocol, protocol_of
@@ -103,7 +104,7 @@ async def _deny(ws: WebSocket, status: int, code: str, detail: str) -> None:
     The client shows ``detail`` to its user and decides from ``status``
     whether retrying can help (429/503 say when in ``Retry-After``).
     """
-    ws.app.state.metrics.refused.labels(str(status)).inc()
+    services_of(ws).metrics.refused.labels(str(status)).inc()
     _refusals.record(status, code, ws.client.host if ws.client else "?", detail)
     titles = {
         400: "Bad Request",
@@ -130,20 +131,12 @@ async def _deny(ws: WebSocket, status: int, code: str, detail: str) -> None:
     )
 
 
-async def _maybe(value: Any) -> Any:
-    return await value if inspect.isawaitable(value) else value
-
-
 async def _read_session(ws: WebSocket) -> Any:
-    try:
-        from flagwire_server.console.session import read_session
-    except ImportError:
-        return None
-    return await _maybe(read_session(ws))
+    return await read_session(ws)
 
 
 async def stream_endpoint(ws: WebSocket) -> None:
-    state = ws.app.state
+    state = services_of(ws)
     settings = state.settings
     ip = ws.client.host if ws.client else "?"
     limiter: FailureLimiter = state.auth_failures
@@ -166,7 +159,7 @@ async def stream_endpoint(ws: WebSocket) -> None:
         scheme, _, secret = auth.strip().partition(" ")
         record = None
         if scheme.lower() == "bearer" and secret.strip():
-            record = await _maybe(state.keys.authenticate(secret.strip()))
+            record = state.keys.authenticate(secret.strip())
         if record is None:
             limiter.fail(ip)
             return await _deny(ws, 401, "unauthorized", "unknown or revoked key")

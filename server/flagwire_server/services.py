@@ -1,0 +1,63 @@
+"""What every handler of one server process shares, built once by the app's lifespan.
+
+One typed object on ``app.state.services`` instead of attributes added to
+``app.state`` one by one (some lazily, on first use, behind ``getattr``
+fallbacks): a handler reads ``services_of(request).store`` and mypy knows
+what it gets; nothing is created on first use, so nothing races.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from starlette.requests import HTTPConnection
+
+if TYPE_CHECKING:
+    import redis.asyncio as aioredis
+
+    from flagwire.core.evaluation import Snapshot
+    from flagwire_server.api.ratelimit import RateLimiter
+    from flagwire_server.config import Settings
+    from flagwire_server.observability.metrics import Metrics
+    from flagwire_server.store.apikeys import KeyRing
+    from flagwire_server.store.changelog import ChangeLog
+    from flagwire_server.store.documents import Store
+    from flagwire_server.store.identity import StoreIdentity
+    from flagwire_server.store.keyspace import Keyspace
+    from flagwire_server.stream.endpoint import FailureLimiter
+    from flagwire_server.stream.fanout import Fanout
+
+__all__ = ["Services", "services_of"]
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class Services:
+    """The process's settings, store, key ring, fan-out, metrics and limiters."""
+
+    settings: Settings
+    metrics: Metrics
+    instance_id: str
+    #: The shared client, for store modules built per request (console sessions).
+    redis: aioredis.Redis
+    keyspace: Keyspace
+    identity: StoreIdentity
+    changelog: ChangeLog
+    store: Store
+    keys: KeyRing
+    fanout: Fanout
+    #: Failed stream authentications per client IP (429 past ``auth_fail_limit``).
+    auth_failures: FailureLimiter
+    #: Admin API: requests per key, and failed authentications per IP.
+    admin_limiters: tuple[RateLimiter, RateLimiter]
+    #: Console sign-in attempts per IP.
+    signin_limiter: RateLimiter
+    #: Compiled snapshots of the evaluate endpoint, by environment (most recent last).
+    snapshots: OrderedDict[str, Snapshot] = field(default_factory=OrderedDict)
+
+
+def services_of(conn: HTTPConnection) -> Services:
+    """The services of the app serving ``conn`` (a request or a WebSocket)."""
+    services: Services = conn.app.state.services
+    return services
