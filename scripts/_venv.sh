@@ -32,14 +32,21 @@ flagwire_uv() {
             echo "$uv"; return 0
         fi
     done
-    "$VENV/bin/python" -m pip install --quiet uv >/dev/null 2>&1 || return 1
+    # Whichever pip there is: the venv's, else the interpreter's aimed at the venv.
+    if "$VENV/bin/python" -m pip --version >/dev/null 2>&1; then
+        "$VENV/bin/python" -m pip install --quiet uv >/dev/null 2>&1 || return 1
+    else
+        "$(find_python)" -m pip --python "$VENV/bin/python" install --quiet uv \
+            >/dev/null 2>&1 || return 1
+    fi
     [ -x "$VENV/bin/uv" ] && echo "$VENV/bin/uv"
 }
 
 if [ ! -x "$VENV/bin/python" ]; then
     PY="$(find_python)"
     echo "creating $VENV with $PY" >&2
-    "$PY" -m venv "$VENV"
+    # Without pip: seeding it costs seconds, and uv (or ensurepip, below) adds it.
+    "$PY" -m venv --without-pip "$VENV"
 fi
 
 STAMP="$VENV/.flagwire-$EXTRA"
@@ -48,9 +55,13 @@ if [ ! -f "$STAMP" ] || [ "$(cat "$STAMP")" != "$WANT" ]; then
     echo "installing flagwire[$EXTRA] into $VENV, pinned by requirements/$EXTRA.txt" >&2
     if UV="$(flagwire_uv)" &&
        "$UV" pip install --quiet --python "$VENV/bin/python" -c "$LOCK" -e "$ROOT[$EXTRA]" >&2; then
-        :
+        # pip too, for whoever runs .venv/bin/pip by hand.
+        "$VENV/bin/python" -m pip --version >/dev/null 2>&1 ||
+            "$UV" pip install --quiet --python "$VENV/bin/python" pip >&2
     else
         echo "(uv not available or failed: installing with pip)" >&2
+        "$VENV/bin/python" -m pip --version >/dev/null 2>&1 ||
+            "$VENV/bin/python" -m ensurepip --default-pip >/dev/null
         "$VENV/bin/python" -m pip install --quiet -c "$LOCK" -e "$ROOT[$EXTRA]" >&2
     fi
     echo "$WANT" > "$STAMP"
