@@ -84,7 +84,7 @@ class BackoffSettings:
     factor: float = 2.0
     cap: float = 30.0
     reset_after: float = 60.0
-    going_away: float = 2.0
+    going_away: float = 1.5
     restart_cap: float = 1.5
     patience: float = 60.0
     max_retry_after: float = 300.0
