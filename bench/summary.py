@@ -138,6 +138,39 @@ def main() -> int:
             *[f"- {v}" for v in cap.get("verdicts", [])],
             "",
         ]
+    rs = _load("restarts")
+    if rs:
+        machine = machine or rs["machine"]
+        k = rs["kill_switch"]
+        lines += [
+            f"## Restarts (`{rs['command']}`, {rs['when']})",
+            "",
+            f"{rs['clients']:,} real `FlagClient`s (default reconnect policy) in "
+            f"{rs['processes']} processes; the server restarted (SIGTERM) "
+            f"{len(rs['restarts'])} times within {rs['restarts_within_s']} s; load average "
+            f"{rs['machine']['loadavg_at_start'][0]:.1f} at the start.",
+            "",
+            "| restart | down s | READY again | attempt that succeeded began, p50 / max s "
+            "after readiness | READY p50 / p99 / max s after readiness |",
+            "|---:|---:|---:|---:|---:|",
+        ]
+        for i, r in enumerate(rs["restarts"], 1):
+            b = r["successful_attempt_began_after_readiness_s"]
+            y = r["ready_after_readiness_s"]
+            lines.append(
+                f"| {i} | {r['down_s']} | {r['ready_again']:,} | {b['p50']} / {b['max']} | "
+                f"{y['p50']} / {y['p99']} / {y['max']} |"
+            )
+        a = k["after_readiness_s"]
+        lines += [
+            "",
+            f"- kill switch written right after the last restart was ready: "
+            f"{k['clients_with_it']:,}/{rs['clients']:,} clients had it, p50 {a['p50']} s, "
+            f"p99 {a['p99']} s, max **{a['max']} s** after readiness "
+            f"(max {k['after_write_s']['max']} s after the write)",
+            *[f"- {v}" for v in rs.get("verdicts", [])],
+            "",
+        ]
     wp = _load("write_path")
     if wp:
         lines += [
