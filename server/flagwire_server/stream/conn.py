@@ -7,7 +7,7 @@ from collections import deque
 from typing import TYPE_CHECKING, Any
 
 from flagwire_server.stream.frames import payload_of
-from flagwire_server.stream.uvicorn_fence import close_now
+from flagwire_server.stream.uvicorn_fence import close_now, close_sent, transport_of
 
 if TYPE_CHECKING:
     from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
@@ -47,7 +47,7 @@ class Conn:
     def __init__(self, key_id: str, proto: WebSocketsSansIOProtocol | None, ws: Any = None) -> None:
         self.key_id = key_id
         self.proto = proto
-        self.transport: asyncio.Transport | None = proto.transport if proto is not None else None
+        self.transport: asyncio.Transport | None = transport_of(proto) if proto else None
         self.ws = ws
         #: The version this stream was attached or last resnapshotted at.
         self.base = 0
@@ -74,7 +74,7 @@ class Conn:
             return False
         t = self.transport
         if t is not None:
-            if t.is_closing() or (self.proto is not None and self.proto.close_sent):
+            if t.is_closing() or (self.proto is not None and close_sent(self.proto)):
                 return False
             t.write(frame)
             return True

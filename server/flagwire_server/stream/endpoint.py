@@ -217,7 +217,7 @@ async def stream_endpoint(ws: WebSocket) -> None:
         )
 
     await ws.accept()
-    proto = protocol_of(ws.scope, ws._send)
+    proto = protocol_of(ws)
     # Fallback when the transport is not reachable (not flagwire's uvicorn protocol):
     # frames then go through ws.send_text via a bounded per-connection queue.
     conn = Conn(key_id, proto, ws=None if proto is not None else ws)

@@ -1,4 +1,17 @@
-"""uvicorn's ``websockets-sansio`` protocol with two changes flagwire needs.
+"""Every touch of uvicorn's and Starlette's internals, fenced in one module.
+
+Why internals at all: writing each change's pre-built frame straight to every
+connection's transport is the measured floor of the fan-out (issue 6), and
+uvicorn's ASGI ``send`` costs a task wake-up and a copy per client.  So this
+module, and no other, reads and writes the private state of uvicorn's
+``websockets-sansio`` protocol (and finds it behind Starlette's ``WebSocket``).
+``pyproject.toml`` caps uvicorn and Starlette below their next minor/major
+release, and ``tests/test_uvicorn_fence.py`` fails with a plain message when
+an attribute or method relied on here changes.  Everything else reaches the
+protocol through :func:`protocol_of`, :func:`transport_of`,
+:func:`close_sent` and :func:`close_now`.
+
+uvicorn's ``websockets-sansio`` protocol with four changes flagwire needs:
 
 1. The protocol object is put in the ASGI scope (``scope["flagwire.protocol"]``)
    so the fan-out can write pre-built frames straight to the connection's
@@ -28,13 +41,21 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
-from typing import Any, Final
+from typing import Final
 
+from starlette.websockets import WebSocket
 from uvicorn._types import ASGISendEvent
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 from websockets.http11 import Request
 
-__all__ = ["SCOPE_KEY", "FlagwireWebSocketProtocol", "close_now", "protocol_of"]
+__all__ = [
+    "SCOPE_KEY",
+    "FlagwireWebSocketProtocol",
+    "close_now",
+    "close_sent",
+    "protocol_of",
+    "transport_of",
+]
 
 SCOPE_KEY: Final = "flagwire.protocol"
 #: Seconds a closing peer gets to read what is buffered and echo the close.
@@ -82,12 +103,27 @@ class FlagwireWebSocketProtocol(WebSocketsSansIOProtocol):
         super().shutdown()
 
 
-def protocol_of(scope: Any, send: Any) -> WebSocketsSansIOProtocol | None:
-    """The uvicorn sans-I/O protocol behind a WebSocket, or None under other servers."""
-    proto = scope.get(SCOPE_KEY)
+def protocol_of(ws: WebSocket) -> WebSocketsSansIOProtocol | None:
+    """The uvicorn sans-I/O protocol behind a WebSocket, or None under other servers.
+
+    flagwire's protocol puts itself in the scope; under plain uvicorn
+    ``websockets-sansio`` the protocol is found as the owner of the ASGI
+    ``send`` that Starlette keeps in ``WebSocket._send``.
+    """
+    proto = ws.scope.get(SCOPE_KEY)
     if proto is None:
-        proto = getattr(send, "__self__", None)
+        proto = getattr(getattr(ws, "_send", None), "__self__", None)
     return proto if isinstance(proto, WebSocketsSansIOProtocol) else None
+
+
+def transport_of(proto: WebSocketsSansIOProtocol) -> asyncio.Transport:
+    """The connection's asyncio transport (written to directly by the fan-out)."""
+    return proto.transport
+
+
+def close_sent(proto: WebSocketsSansIOProtocol) -> bool:
+    """True once a close frame went out: nothing may be written after it."""
+    return proto.close_sent
 
 
 def close_now(

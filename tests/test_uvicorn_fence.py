@@ -1,0 +1,134 @@
+"""The contract of ``flagwire_server/stream/uvicorn_fence.py`` with uvicorn and Starlette.
+
+The fence subclasses uvicorn's ``websockets-sansio`` protocol, reads and writes
+its private state and finds it behind Starlette's ``WebSocket``.  These checks
+fail with a plain message naming what changed, so an upgrade past the upper
+bounds in pyproject.toml is reviewed instead of breaking the stream at runtime.
+"""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any
+
+import starlette
+import uvicorn
+from starlette.websockets import WebSocket
+from uvicorn.config import Config
+from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
+from uvicorn.server import ServerState
+
+from flagwire_server.stream import uvicorn_fence
+from flagwire_server.stream.uvicorn_fence import FlagwireWebSocketProtocol
+
+#: Methods the fence overrides or calls, with their parameters.
+METHODS = {
+    "send_receive_event_to_app": ["self"],
+    "handle_connect": ["self", "event"],
+    "shutdown": ["self"],
+    "stop_keepalive": ["self"],
+    "send": ["self", "message"],
+}
+#: Instance state the fence reads or writes.
+ATTRIBUTES = (
+    "transport",
+    "close_sent",
+    "disconnected",
+    "handshake_complete",
+    "queue",
+    "read_paused",
+    "close_timer",
+    "frames",
+    "conn",
+)
+
+
+def _broken(what: str) -> str:
+    return (
+        f"uvicorn {uvicorn.__version__} / starlette {starlette.__version__}: {what}. "
+        "flagwire_server/stream/uvicorn_fence.py relies on it: adapt the fence, "
+        "then move the upper bound in pyproject.toml"
+    )
+
+
+async def _app(scope: Any, receive: Any, send: Any) -> None:
+    """Never called: the protocol only needs a loaded app."""
+
+
+def _protocol(ws: str = "websockets-sansio") -> Any:
+    config = Config(app=_app, ws=ws, ws_per_message_deflate=False, log_config=None)
+    config.load()
+    return config.ws_protocol_class(config, ServerState(), app_state={})  # type: ignore[misc]
+
+
+def test_methods_the_fence_overrides_or_calls_keep_their_signatures() -> None:
+    for name, params in METHODS.items():
+        fn = getattr(WebSocketsSansIOProtocol, name, None)
+        assert callable(fn), _broken(f"WebSocketsSansIOProtocol.{name} is gone")
+        got = list(inspect.signature(fn).parameters)
+        assert got == params, _broken(
+            f"WebSocketsSansIOProtocol.{name} takes {got}, the fence passes {params}"
+        )
+    assert inspect.iscoroutinefunction(WebSocketsSansIOProtocol.send), _broken(
+        "WebSocketsSansIOProtocol.send is no longer a coroutine function"
+    )
+
+
+async def test_state_the_fence_reads_and_writes_exists() -> None:
+    proto = _protocol()
+    for name in ATTRIBUTES:
+        assert hasattr(proto, name), _broken(f"WebSocketsSansIOProtocol has no .{name}")
+    assert (proto.close_sent, proto.disconnected, proto.read_paused) == (False, False, False), (
+        _broken("close_sent / disconnected / read_paused no longer start False")
+    )
+    assert proto.frames == [], _broken(".frames no longer starts as an empty list")
+    for name in ("send_close", "data_to_send"):
+        assert callable(getattr(proto.conn, name, None)), _broken(
+            f"the protocol's .conn (websockets' ServerProtocol) has no .{name}()"
+        )
+    assert callable(getattr(proto.queue, "put_nowait", None)), _broken(
+        ".queue is not an asyncio.Queue any more"
+    )
+
+
+def test_handshake_still_sets_the_scope_and_response_the_fence_reads() -> None:
+    source = inspect.getsource(WebSocketsSansIOProtocol.handle_connect)
+    for name in ("self.scope", "self.response"):
+        assert name in source, _broken(f"handle_connect no longer sets {name}")
+
+
+async def test_uvicorn_loads_flagwire_protocol_by_its_dotted_name() -> None:
+    from flagwire_server.cli.serve import WS_PROTOCOL
+
+    proto = _protocol(WS_PROTOCOL)
+    assert isinstance(proto, FlagwireWebSocketProtocol), _broken(
+        f"Config(ws={WS_PROTOCOL!r}) did not load flagwire's protocol class"
+    )
+    assert uvicorn_fence.close_sent(proto) is False
+
+
+def test_starlette_websocket_keeps_the_asgi_send_it_was_given() -> None:
+    async def send(message: Any) -> None:
+        pass
+
+    async def receive() -> Any:
+        return {}
+
+    ws = WebSocket({"type": "websocket", "path": "/", "headers": []}, receive, send)
+    assert getattr(ws, "_send", None) is send, _broken(
+        "starlette's WebSocket no longer keeps the ASGI send as ._send "
+        "(protocol_of's plain-uvicorn fallback finds the protocol through it)"
+    )
+
+
+def test_only_the_fence_touches_the_internals() -> None:
+    """Other stream modules reach uvicorn's protocol through the fence's functions."""
+    from pathlib import Path
+
+    stream = Path(uvicorn_fence.__file__).parent
+    for path in sorted(stream.glob("*.py")):
+        if path.name == "uvicorn_fence.py":
+            continue
+        text = path.read_text()
+        for needle in ("._send", ".close_sent", "proto.transport", "proto.conn", "proto.queue"):
+            assert needle not in text, f"{path.name} touches {needle}: go through uvicorn_fence"
