@@ -9,6 +9,13 @@ the same way in the same run shows what "free" costs on this machine.
 
 Writes ``bench/results/eval.json`` (machine, Python, figures, targets and
 PASS/MISS) and ``bench/results/eval.png`` (a bar chart).
+
+Then the adversarial cases (``--adversarial-only`` runs just those): the
+slowest contexts and flags we know how to build within the documented
+limits (``docs/evaluation.md``), in milliseconds per call, written to
+``bench/results/eval_adversarial.json``.  The first row is issue 10's
+incident: ``\\w+@example\\.com$`` against an 80,000-character email took
+39.6 s with Python's ``re``.
 """
 
 from __future__ import annotations
@@ -18,6 +25,8 @@ import asyncio
 import json
 import os
 import platform
+import random
+import re
 import statistics
 import sys
 import tempfile
@@ -45,6 +54,8 @@ from tests.support.builders import (  # noqa: E402
 )
 
 from flagwire import Snapshot  # noqa: E402
+from flagwire.core.limits import LIMITS, MAX_STRING_ATTRIBUTE  # noqa: E402
+from flagwire.core.operators import regex_budget_overrun  # noqa: E402
 
 #: Median targets (ns) from the design brief, CPython 3.11 on a 2-core machine.
 TARGETS = {"reference flag": 1500, "5 rules, mixed operators": 3000}
@@ -190,13 +201,107 @@ async def with_client(
             return then(client)
 
 
+INCIDENT = r"\w+@example\.com$"
+#: A pattern that defeats RE2's DFA (2**20 states): RE2 falls back to its NFA,
+#: linear in the text but with a factor of the program size.
+THRASH = r"(?:a|b)*a(?:a|b){1000}c"
+
+
+def adversarial_cases() -> list[tuple[str, Callable[[], object], str]]:
+    """(label, call, note): the costliest evaluations we could build, and the old engine."""
+    rng = random.Random(7)
+    ab = "".join(rng.choice("ab") for _ in range(MAX_STRING_ATTRIBUTE))
+    at_cap = "a" * (MAX_STRING_ATTRIBUTE - len("@example.org")) + "@example.org"
+    heavy = [f"{THRASH}{i}" for i in range(LIMITS.max_clause_values)]
+    # as many heavy patterns as the per-document budget accepts
+    fitting = regex_budget_overrun(heavy) or len(heavy)
+    docs = {
+        "incident": flag("incident", rules=[rule(clause("email", "matches", INCIDENT))]),
+        "heavy": flag("heavy", rules=[rule(clause("a", "matches", *heavy[:fitting]))]),
+        "contains": flag(
+            "contains",
+            rules=[rule(clause("a", "contains", *[f"{'b' * 200}{i}" for i in range(1000)]))],
+        ),
+    }
+    snap = Snapshot(docs)
+    for key in docs:
+        assert snap.evaluate(key, {"key": "k"}, None).reason != "ERROR", key
+    old = re.compile(INCIDENT)
+    return [
+        (
+            "incident: 80,000-char email",
+            lambda: snap.evaluate("incident", {"key": "k", "email": "a" * 80_000 + "@x.org"}, 0),
+            f"{INCIDENT}; over the {MAX_STRING_ATTRIBUTE}-char cap: does not match, not searched",
+        ),
+        (
+            f"incident: {MAX_STRING_ATTRIBUTE}-char email",
+            lambda: snap.evaluate("incident", {"key": "k", "email": at_cap}, 0),
+            f"{INCIDENT}; at the cap, searched by RE2",
+        ),
+        (
+            f"old engine (Python re): {MAX_STRING_ATTRIBUTE}-char email",
+            lambda: old.search(at_cap),
+            "v1's matches on the same input, for comparison (80,000 chars: 39.6 s, issue 10)",
+        ),
+        (
+            f"{fitting} DFA-defeating patterns (budget-full)",
+            lambda: snap.evaluate("heavy", {"key": "k", "a": ab}, 0),
+            f"{THRASH} x{fitting}, as many as max_regex_memory="
+            f"{LIMITS.max_regex_memory} accepts; {MAX_STRING_ATTRIBUTE} random a/b",
+        ),
+        (
+            "contains: 1,000 values",
+            lambda: snap.evaluate("contains", {"key": "k", "a": "b" * MAX_STRING_ATTRIBUTE}, 0),
+            f"1,000 values of 201 chars, none found in a {MAX_STRING_ATTRIBUTE}-char value",
+        ),
+    ]
+
+
+def run_adversarial(rounds: int) -> list[dict[str, Any]]:
+    cases = adversarial_cases()
+    print(f"adversarial cases: ms per call, wall clock, {rounds} calls each")
+    print(f"  {'case':<48}{'median':>10}{'max':>10}")
+    rows = []
+    for label, call, note in cases:
+        call()  # warm up (RE2 builds its DFA lazily)
+        times = []
+        for _ in range(rounds):
+            started = time.perf_counter()
+            call()
+            times.append((time.perf_counter() - started) * 1000)
+        median, worst = statistics.median(times), max(times)
+        print(f"  {label:<48}{median:>10.3f}{worst:>10.3f}")
+        rows.append(
+            {"case": label, "median_ms": round(median, 4), "max_ms": round(worst, 4), "note": note}
+        )
+    result = {
+        "benchmark": "evaluation, adversarial",
+        "machine": machine(),
+        "method": {"rounds": rounds, "clock": "wall (perf_counter)", "after": "one warm-up call"},
+        "limits": {
+            "max_string_attribute": MAX_STRING_ATTRIBUTE,
+            **{k: v for k, v in LIMITS.as_dict().items() if "regex" in k},
+        },
+        "results": rows,
+    }
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "eval_adversarial.json").write_text(json.dumps(result, indent=2) + "\n")
+    print(f"wrote {RESULTS / 'eval_adversarial.json'}")
+    return rows
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--number", type=int, default=2_000, help="calls per timed batch")
     parser.add_argument("--repeat", type=int, default=201, help="rounds (batches per case)")
     parser.add_argument("--wall", action="store_true", help="wall clock instead of CPU time")
     parser.add_argument("--no-chart", action="store_true")
+    parser.add_argument("--adversarial-only", action="store_true", help="only the slow cases")
+    parser.add_argument("--adversarial-rounds", type=int, default=21)
     args = parser.parse_args()
+    if args.adversarial_only:
+        run_adversarial(args.adversarial_rounds)
+        return 0
     clock = time.perf_counter if args.wall else time.thread_time
 
     docs, segments = flags()
@@ -290,6 +395,7 @@ def main() -> int:
     print(f"wrote {RESULTS / 'eval.json'}" + ("" if args.no_chart else " and eval.png"))
     missed = [r["case"] for r in rows if r["result"] == "MISS"]
     print("targets: " + (f"MISS {', '.join(missed)}" if missed else "all PASS"))
+    run_adversarial(args.adversarial_rounds)
     return 0
 
 

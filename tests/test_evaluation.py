@@ -12,7 +12,8 @@ from hypothesis import strategies as st
 
 from flagwire.core.errors import ValidationError
 from flagwire.core.evaluation import ErrorKind, EvaluationDetail, Reason, Snapshot
-from flagwire.core.model import LIMITS, validate_flag
+from flagwire.core.limits import LIMITS, MAX_STRING_ATTRIBUTE
+from flagwire.core.model import validate_flag
 from flagwire.core.operators import OPERATORS
 from tests.support.builders import (
     clause,
@@ -71,6 +72,21 @@ OPERATOR_CASES: list[tuple[str, list[Any], Any, bool]] = [
     ("matches", ["^x", "c$"], "abc", True),
     ("matches", ["^x", "^y"], "abc", False),
     ("matches", ["(?i)^ABC$"], "abc", True),
+    # RE2 semantics: \d is ASCII only, $ is the end of the text (not before a final newline)
+    ("matches", [r"^\d+$"], "\u0661\u0662\u0663", False),
+    ("matches", [r"^\d+$"], "123", True),
+    ("matches", ["^a$"], "a\n", False),
+    ("matches", ["^caf\u00e9$", "x"], "caf\u00e9", True),
+    ("matches", ["b"], "\udc80b", True),  # a lone surrogate (not JSON, but a Python str)
+    # string operators look at most MAX_STRING_ATTRIBUTE characters: a longer value does not match
+    ("starts_with", ["a"], "a" * MAX_STRING_ATTRIBUTE, True),
+    ("starts_with", ["a"], "a" * (MAX_STRING_ATTRIBUTE + 1), False),
+    ("ends_with", ["a"], "a" * (MAX_STRING_ATTRIBUTE + 1), False),
+    ("contains", ["a"], "a" * (MAX_STRING_ATTRIBUTE + 1), False),
+    ("contains", ["a"], ["a" * (MAX_STRING_ATTRIBUTE + 1), "a"], True),
+    ("matches", ["a"], "a" * MAX_STRING_ATTRIBUTE, True),
+    ("matches", ["a"], "a" * (MAX_STRING_ATTRIBUTE + 1), False),
+    ("matches", ["^x", "a"], "a" * (MAX_STRING_ATTRIBUTE + 1), False),
     ("lt", [10], 5, True),
     ("lt", [10], 10, False),
     ("lt", [10], 10.5, False),
@@ -692,3 +708,33 @@ def test_huge_flags_run_their_rules_as_a_loop() -> None:
     for i in range(30):
         ctx = {"key": f"user-{i}", "n": 1}
         assert snap.evaluate("huge", ctx, None).value == snap.evaluate("small", ctx, None).value
+
+
+# --- bounded cost: no context can stall the caller ------------------------------
+
+
+@pytest.mark.parametrize("length", [MAX_STRING_ATTRIBUTE - 20, 80_000])
+def test_matches_is_linear_time(length: int) -> None:
+    """The incident: this pattern took 39.6 s on an 80,000-character email with Python's re."""
+    import time
+
+    snap = snap_for(clause("email", "matches", r"\w+@example\.com$"))
+    email = "a" * length + "@example.org"
+    snap.evaluate("f", {"key": "k", "email": "warm-up@example.com"}, None)
+    started = time.perf_counter()
+    detail = snap.evaluate("f", {"key": "k", "email": email}, None)
+    elapsed = time.perf_counter() - started
+    assert detail.reason == Reason.FALLTHROUGH
+    assert elapsed < 0.05, f"{elapsed * 1000:.1f} ms"
+    # A value at the cap is still searched, and found when it is there.
+    hit = "a" * (MAX_STRING_ATTRIBUTE - len("@example.com")) + "@example.com"
+    assert matched(snap, {"key": "k", "email": hit})
+
+
+def test_a_stored_pattern_re2_refuses_is_a_malformed_flag_not_an_exception() -> None:
+    """A v1 document with a lookahead is kept, and answers the default with a reason."""
+    snap = Snapshot({"f": flag("f", rules=[rule(clause("a", "matches", "^(?=x)"))])})
+    detail = snap.evaluate("f", {"key": "k", "a": "x"}, "default")
+    assert detail == EvaluationDetail(
+        "default", None, Reason.ERROR, error_kind=ErrorKind.MALFORMED_FLAG
+    )

@@ -11,7 +11,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from flagwire.core.errors import ValidationError
-from flagwire.core.model import KEY_RE, LIMITS, validate_flag, validate_segment
+from flagwire.core.limits import KEY_RE, LIMITS
+from flagwire.core.model import validate_flag, validate_segment
 from tests.support.builders import clause, flag, prerequisite, rollout, rule, segment, target
 from tests.test_evaluation import valid_flags
 
@@ -372,6 +373,30 @@ FLAG_CASES: list[tuple[str, Any, str, str]] = [
         "invalid regular expression",
     ),
     (
+        "lookahead: RE2 has none",
+        with_rule_clause(op="matches", values=["^(?=admin)"]),
+        "rules[0].clauses[0].values[0]",
+        "invalid regular expression (RE2 syntax): invalid perl operator: (?=",
+    ),
+    (
+        "backreference: RE2 has none",
+        with_rule_clause(op="matches", values=[r"(a)\1"]),
+        "rules[0].clauses[0].values[0]",
+        "invalid regular expression (RE2 syntax): invalid escape sequence",
+    ),
+    (
+        "\\Z is Python's; RE2 spells it \\z",
+        with_rule_clause(op="matches", values=[r"x\Z"]),
+        "rules[0].clauses[0].values[0]",
+        "invalid escape sequence: \\Z",
+    ),
+    (
+        "repetition too large",
+        with_rule_clause(op="matches", values=["((a{100}){100}){100}"]),
+        "rules[0].clauses[0].values[0]",
+        "invalid repetition size",
+    ),
+    (
         "long regex",
         with_rule_clause(op="matches", values=["a" * (LIMITS.max_regex_length + 1)]),
         "rules[0].clauses[0].values[0]",
@@ -499,6 +524,27 @@ FLAG_CASES: list[tuple[str, Any, str, str]] = [
 def test_flag_problem(name: str, doc: Any, path: str, fragment: str) -> None:
     found = problems(doc)
     assert any(p == path and fragment in msg for p, msg in found), found
+
+
+def test_regex_budget_is_per_document_and_names_the_pattern_that_overruns_it() -> None:
+    heavy = [rf"(?:a|b)*a(?:a|b){{1000}}c{i}" for i in range(40)]
+    # Each pattern is fine alone, and in a document of its own.
+    validate_flag(with_rule_clause(op="matches", values=heavy[:1]))
+    # Together they need more than the budget; the first pattern past it is named,
+    # wherever the patterns are (here one per rule, in a segment too).
+    rules = [{"clauses": [clause("a", "matches", p)], "variation": 0} for p in heavy]
+    found = problems(flag("f", rules=rules))
+    assert len(found) == 1, found
+    path, message = found[0]
+    assert path.startswith("rules[")
+    assert path.endswith("].clauses[0].values[0]")
+    assert 0 < int(path[len("rules[") : path.index("]")]) < len(heavy)
+    assert f"{LIMITS.max_regex_memory} bytes compiled together" in message
+    with pytest.raises(ValidationError, match="RE2's budget"):
+        validate_segment(segment("s", rules=[rule(clause("a", "matches", *heavy))]))
+    # Ordinary patterns: a hundred fit easily.
+    emails = [rf"^[a-z0-9._%+-]+@example{i}\.com$" for i in range(100)]
+    validate_flag(with_rule_clause(op="matches", values=emails))
 
 
 SEGMENT_CASES: list[tuple[str, Any, str, str]] = [

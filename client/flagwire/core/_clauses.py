@@ -2,26 +2,29 @@
 
 Every clause becomes a callable ``clause(context, env) -> bool``.  Values
 are prepared here once (frozensets for ``in``, a tuple for ``starts_with`` so
-one ``str.startswith`` call tests every prefix, compiled regexes, parsed
+one ``str.startswith`` call tests every prefix, one RE2 for all the patterns
+of a ``matches`` clause, parsed
 versions and timestamps, and a single min or max for ordered comparisons,
 since "any value matches" for ``lt`` is just "less than the largest").
 
 Semantics shared by every operator: an absent (or null) attribute never
 matches, even negated; a list attribute matches when any element does;
 ``negate`` inverts the result otherwise; a value of the wrong type (a number
-for ``starts_with``, a string for ``lt``) simply does not match.
+for ``starts_with``, a string for ``lt``) simply does not match, and neither
+does a string longer than ``MAX_STRING_ATTRIBUTE`` for the string operators,
+which bounds the cost of a clause whatever the context.
 """
 
 from __future__ import annotations
 
 import functools
-import re
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, Final, Protocol
 
 from flagwire.core.errors import ValidationError
+from flagwire.core.limits import MAX_STRING_ATTRIBUTE
 from flagwire.core.model import validate_segment
-from flagwire.core.operators import is_number, parse_semver, parse_timestamp
+from flagwire.core.operators import compile_matcher, is_number, parse_semver, parse_timestamp
 
 if TYPE_CHECKING:
     from flagwire.core.detail import EvaluationDetail
@@ -89,10 +92,10 @@ _NUM: Final = "({v}.__class__ is int or v.__class__ is float)"
 #: ``arg``; ``{v}`` in the guard is the first use of the attribute.
 FAST_EXPRS: Final = {
     "in": (_STR, "v in arg"),
-    "starts_with": (_STR, "v.startswith(arg)"),
-    "ends_with": (_STR, "v.endswith(arg)"),
-    "contains": (_STR, "arg in v"),  # single value
-    "matches": (_STR, "arg(v) is not None"),  # single value; arg is pattern.search
+    "starts_with": (_STR, "len(v) <= CAP and v.startswith(arg)"),
+    "ends_with": (_STR, "len(v) <= CAP and v.endswith(arg)"),
+    "contains": (_STR, "len(v) <= CAP and arg in v"),  # single value
+    "matches": (_STR, "len(v) <= CAP and arg(v)"),  # arg: compile_matcher(values)
     "lt": (_NUM, "v < arg"),  # arg: the largest value
     "lte": (_NUM, "v <= arg"),
     "gt": (_NUM, "v > arg"),  # arg: the smallest value
@@ -108,6 +111,7 @@ FAST_EXPRS: Final = {
 # lot, so the parse of a string is cached (bounded; a hit allocates nothing).
 #: Names the fast expressions use besides ``v``, ``k`` and ``arg``.
 FAST_GLOBALS: Final[dict[str, Any]] = {
+    "CAP": MAX_STRING_ATTRIBUTE,
     "semver": functools.lru_cache(maxsize=4096)(parse_semver),
     "stamp": functools.lru_cache(maxsize=4096)(parse_timestamp),
 }
@@ -152,8 +156,8 @@ def fast_parts(c: dict[str, Any]) -> tuple[str, Any, Clause] | None:
         arg = tuple(values)
     elif op == "contains" and len(values) == 1:
         arg = values[0]
-    elif op == "matches" and len(values) == 1:
-        arg = re.compile(values[0]).search
+    elif op == "matches":
+        arg = compile_matcher(values)
     elif op in ("lt", "lte"):
         arg = max(values)
     elif op in ("gt", "gte"):
@@ -236,7 +240,7 @@ def _in(values: list[Any]) -> Test:
 
 
 def _string_test(check: Callable[[str], bool]) -> Test:
-    return lambda x: x.__class__ is str and check(x)
+    return lambda x: x.__class__ is str and len(x) <= MAX_STRING_ATTRIBUTE and check(x)
 
 
 def _contains(values: list[Any]) -> Test:
@@ -245,8 +249,7 @@ def _contains(values: list[Any]) -> Test:
 
 
 def _matches(values: list[Any]) -> Test:
-    searches = tuple(re.compile(v).search for v in values)
-    return _string_test(lambda s: any(search(s) is not None for search in searches))
+    return _string_test(compile_matcher(values))
 
 
 def _ordered(parse: Callable[[Any], Any], op: str, values: list[Any]) -> Test:

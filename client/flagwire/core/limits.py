@@ -28,6 +28,7 @@ __all__ = [
     "LIMITS",
     "MAX_CLIENT_FRAME",
     "MAX_SERVER_FRAME",
+    "MAX_STRING_ATTRIBUTE",
     "PROTOCOL_VERSION",
     "STREAM_PATH",
     "WEIGHT_TOTAL",
@@ -60,6 +61,12 @@ ENV_PATTERN: Final = r"[a-z0-9][a-z0-9_-]{0,63}"
 #: :data:`ENV_PATTERN` anchored with ``\Z``.
 ENV_RE: Final = re.compile(rf"^{ENV_PATTERN}\Z")
 
+#: Longest string attribute value the string operators (``starts_with``,
+#: ``ends_with``, ``contains``, ``matches``) look at.  A longer value does not
+#: match, as a value of the wrong type does not (so a negated clause matches
+#: it).  With RE2's linear-time search it bounds what one clause can cost.
+MAX_STRING_ATTRIBUTE: Final = 4_096
+
 
 @dataclass(frozen=True, slots=True)
 class Limits:
@@ -77,6 +84,9 @@ class Limits:
     max_clauses: int = 30  #: clauses per rule
     max_clause_values: int = 1_000  #: values per clause
     max_regex_length: int = 256  #: characters in a ``matches`` pattern
+    #: RE2 memory budget (bytes) of all ``matches`` patterns of one document compiled
+    #: together; it caps their program size, so the regex work of one evaluation.
+    max_regex_memory: int = 64 * 1024
     max_prerequisites: int = 20  #: prerequisites per flag
     max_prerequisite_depth: int = 16  #: prerequisite hops below a flag; more is a CYCLE error
     max_segment_values: int = 50_000  #: keys in a segment's included or excluded list

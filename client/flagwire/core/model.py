@@ -13,7 +13,6 @@ JSON path where it was found, and raised together in one ``ValidationError``.
 from __future__ import annotations
 
 import difflib
-import re
 from collections.abc import Callable, Iterable
 from typing import Any, Final
 
@@ -30,6 +29,8 @@ from flagwire.core.operators import (
     is_number,
     parse_semver,
     parse_timestamp,
+    regex_budget_overrun,
+    regex_problem,
 )
 
 __all__ = ["validate_flag", "validate_segment"]
@@ -96,6 +97,7 @@ class _Checker:
 
     def __init__(self) -> None:
         self.errors: list[tuple[str, str]] = []
+        self.patterns: list[tuple[str, str]] = []  #: (path, pattern) of every ``matches`` value
 
     def err(self, path: str, msg: str) -> None:
         self.errors.append((path, msg))
@@ -160,6 +162,15 @@ class _Checker:
         return False
 
     def raise_if_any(self) -> None:
+        if not self.errors and self.patterns:
+            at = regex_budget_overrun([pattern for _, pattern in self.patterns])
+            if at is not None:
+                self.err(
+                    self.patterns[at][0],
+                    f"the document's matches patterns up to this one need more than "
+                    f"{LIMITS.max_regex_memory} bytes compiled together (RE2's budget); "
+                    "use fewer or simpler patterns (counted repetition such as {1000} is costly)",
+                )
         if self.errors:
             errors = self.errors[: LIMITS.max_errors]
             if len(self.errors) > LIMITS.max_errors:
@@ -477,6 +488,8 @@ def _clause(check: _Checker, clause: Any, path: str, *, segment: bool) -> None:
             problem = _value_problem(op, value)
             if problem:
                 check.err(f"{path}.values[{i}]", problem)
+            elif op == "matches":
+                check.patterns.append((f"{path}.values[{i}]", value))
 
 
 def _value_problem(op: str, value: Any) -> str | None:
@@ -494,10 +507,7 @@ def _value_problem(op: str, value: Any) -> str | None:
                     f"regular expression is {len(value)} characters; "
                     f"limit {LIMITS.max_regex_length}"
                 )
-            try:
-                re.compile(value)
-            except (re.error, RecursionError, OverflowError) as exc:
-                return f"invalid regular expression: {exc}"
+            return regex_problem(value)
         return None
     if op in NUMBER_OPS:
         return None if is_number(value) else f"expected a number, got {_show(value)}"
