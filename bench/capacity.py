@@ -31,13 +31,12 @@ if __package__ in (None, ""):
 from bench._harness import (
     RESULTS,
     Admin,
-    FlagwireServer,
     bench_flag,
     cpus,
     print_table,
-    redis_server,
     write_result,
 )
+from bench._processes import FlagwireServer, redis_server
 from bench._swarm import Swarm
 
 ENV = "bench"

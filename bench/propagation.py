@@ -40,15 +40,12 @@ import orjson
 from bench._harness import (
     RESULTS,
     Admin,
-    FlagwireServer,
-    FloorServer,
     bench_flag,
     cpus,
-    redis_server,
-    rss_tree,
     summary_ms,
     write_result,
 )
+from bench._processes import FlagwireServer, FloorServer, redis_server, rss_tree
 from bench._profile import start_profile, stop_profile, summarize_profile
 from bench._propagation_report import chart, print_report, summary_line, verdicts
 from bench._swarm import Swarm

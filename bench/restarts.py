@@ -47,14 +47,13 @@ import httpx
 
 from bench._harness import (
     Admin,
-    FlagwireServer,
     bench_flag,
     cpus,
     pct,
     print_table,
-    redis_server,
     write_result,
 )
+from bench._processes import FlagwireServer, redis_server
 
 ENV = "bench"
 FLAG = "kill-switch"

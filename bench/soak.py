@@ -38,13 +38,12 @@ import httpx
 from bench._harness import (
     RESULTS,
     Admin,
-    FlagwireServer,
     bench_flag,
     cpus,
     print_table,
-    redis_server,
     write_result,
 )
+from bench._processes import FlagwireServer, redis_server
 from bench._swarm import Swarm
 
 ENV = "bench"

@@ -27,14 +27,13 @@ import httpx
 from bench._harness import (
     RESULTS,
     Admin,
-    FlagwireServer,
     bench_flag,
     cpus,
     print_table,
-    redis_server,
     summary_ms,
     write_result,
 )
+from bench._processes import FlagwireServer, redis_server
 from bench._swarm import Swarm
 
 ENV = "bench"
