@@ -15,6 +15,7 @@ from typing import Any
 
 import httpx
 import pytest
+import redis
 import websockets
 
 from tests.support.server import ServerProcess
@@ -88,3 +89,112 @@ def test_sign_in_and_out_forms_are_bounded_before_parsing(console: ServerProcess
     assert signed.get("/api/v1/environments").status_code == 200
     c.close()
     signed.close()
+
+
+# --- sessions end with their credential, and with sign-out -------------------------------
+
+
+async def test_sign_out_closes_console_streams_on_every_instance_within_a_second(
+    make_server: Callable[..., ServerProcess],
+) -> None:
+    shared = {"FLAGWIRE_SESSION_SECRET": "test-secret-" + "s" * 32}
+    a, b = make_server(env=shared), make_server(env=shared)
+    c, csrf = sign_in(a.url, a.admin_key)
+    here = await open_console_stream(a, c)
+    there = await open_console_stream(b, c)  # the same session, used on another instance
+    copied = cookie_header(c)  # the browser forgets the cookie at sign-out; a copy does not
+    r = c.post("/signout", data={"csrf": csrf}, headers={"Origin": a.url})
+    assert r.status_code == 303
+    (code_here, t_here), (code_there, t_there) = await asyncio.gather(
+        closed_within(here, 5), closed_within(there, 5)
+    )
+    assert (code_here, code_there) == (4001, 4001)
+    assert t_here < 1.0
+    assert t_there < 1.0
+    # The copied cookie is dead on both instances, for the API and the stream.
+    async with httpx.AsyncClient() as http:
+        for server in (a, b):
+            r = await http.get(server.url + "/api/v1/environments", headers=copied)
+            assert r.status_code == 401
+            with pytest.raises(websockets.InvalidStatus):
+                await websockets.connect(
+                    server.ws_url + "?env=production", additional_headers=copied
+                )
+
+
+async def test_revoking_the_key_ends_its_sessions_and_streams(console: ServerProcess) -> None:
+    made = console.api("POST", "/keys", {"name": "on call", "kind": "admin"})
+    c, _ = sign_in(console.url, made["secret"])
+    ws = await open_console_stream(console, c)
+    console.api("DELETE", f"/keys/{made['key']['id']}")
+    code, took = await closed_within(ws, 5)
+    assert code == 4001
+    assert took < 1.0
+    assert c.get("/api/v1/environments").status_code == 401
+    assert c.get("/envs/production/flags").status_code == 303  # back to sign-in
+
+
+async def test_rotating_the_admin_key_ends_sessions_made_with_the_old_one(
+    make_server: Callable[..., ServerProcess],
+) -> None:
+    server = make_server()
+    old, _ = sign_in(server.url, server.admin_key)
+    # A restart with the same key keeps the session (same data directory, same secret) ...
+    server.restart()
+    assert old.get("/api/v1/environments").status_code == 200
+    # ... a restart with a new FLAGWIRE_ADMIN_KEY ends it, and every stream it could open.
+    server.stop()
+    server.admin_key = server.admin_key + "-rotated"
+    server.start()
+    assert old.get("/api/v1/environments").status_code == 401
+    assert old.get("/envs/production/flags").status_code == 303
+    with pytest.raises(websockets.InvalidStatus):
+        await open_console_stream(server, old)
+    # Sessions made with the new key work.
+    new, csrf = sign_in(server.url, server.admin_key)
+    r = new.post(
+        "/api/v1/keys", json={"name": "x", "kind": "admin"}, headers={"X-CSRF-Token": csrf}
+    )
+    assert r.status_code == 201
+
+
+def test_nothing_in_the_store_signs_in(console: ServerProcess, redis_url: str) -> None:
+    c, csrf = sign_in(console.url, console.admin_key)
+    cookie = c.cookies["fw_session"]
+    secret = (console.data_dir / "session-secret").read_bytes()
+    assert (console.data_dir / "session-secret").stat().st_mode & 0o077 == 0
+    r = redis.Redis.from_url(redis_url)
+    values: list[bytes] = []
+    for k in r.scan_iter(match=f"{console.prefix}:*"):
+        t = r.type(k)
+        values.append(k)
+        if t == b"hash":
+            for f, v in r.hgetall(k).items():
+                values += [f, v]
+        elif t == b"string":
+            values.append(r.get(k) or b"")
+        elif t == b"stream":
+            for _id, fields in r.xrange(k):
+                for f, v in fields.items():
+                    values += [f, v]
+        elif t == b"list":
+            values += r.lrange(k, 0, -1)
+    r.close()
+    blob = b"\n".join(values)
+    sid = cookie.split(".")[0]
+    for secret_part in (cookie.encode(), csrf.encode(), secret, console.admin_key.encode()):
+        assert secret_part not in blob
+    assert sid.encode() not in blob
+    # No stored value works as a session cookie, a bearer key or a CSRF token.
+    for value in {v for v in values if 8 <= len(v) <= 400}:
+        text = value.decode(errors="replace")
+        for probe in (
+            {"Cookie": f"fw_session={text}"},
+            {"Authorization": f"Bearer {text}"},
+        ):
+            status = httpx.get(console.url + "/api/v1/keys", headers=probe).status_code
+            assert status in (401, 429), (probe, status)
+        forged = c.post(
+            "/api/v1/environments", json={"key": "forged"}, headers={"X-CSRF-Token": text}
+        )
+        assert forged.status_code in (403, 429)

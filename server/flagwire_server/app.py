@@ -36,6 +36,7 @@ from flagwire_server.api import routes as admin
 from flagwire_server.api.problems import exception_handlers
 from flagwire_server.api.ratelimit import RateLimiter
 from flagwire_server.config import Settings
+from flagwire_server.console.session import load_session_secret
 from flagwire_server.observability import health
 from flagwire_server.observability.metrics import Metrics, RequestMetricsMiddleware
 from flagwire_server.process import freeze_gc, raise_nofile
@@ -48,6 +49,7 @@ from flagwire_server.store.identity import StoreIdentity, open_client
 from flagwire_server.store.keyspace import Keyspace
 from flagwire_server.store.migrate import migrate_v1
 from flagwire_server.store.redisurl import connect
+from flagwire_server.store.sessions import SessionStore
 from flagwire_server.stream import endpoint as stream
 from flagwire_server.stream.fanout import Fanout
 from flagwire_server.stream.reader import READ_BLOCK_MS
@@ -114,6 +116,7 @@ def _lifespan(
             return [str(e["key"]) for e in await store.list_envs()]
 
         changelog = ChangeLog(redis, keyspace)
+        sessions = SessionStore(redis, settings.redis_prefix)
         fanout = Fanout(
             settings,
             changelog=changelog,
@@ -144,8 +147,11 @@ def _lifespan(
                 RateLimiter.per_minute(settings.auth_fail_limit),
             ),
             signin_limiter=RateLimiter.per_minute(SIGNIN_PER_MINUTE),
+            sessions=sessions,
+            session_secret=await asyncio.to_thread(load_session_secret, settings),
         )
         await keys.start()
+        await sessions.start()
         keys.on_revoke(fanout.revoke)
         await fanout.start()
         freeze_gc()
@@ -160,6 +166,7 @@ def _lifespan(
 
             async def cleanup() -> None:
                 await fanout.stop()
+                await sessions.stop()
                 await keys.stop()
                 await redis.aclose()
 

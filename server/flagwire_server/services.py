@@ -26,6 +26,7 @@ if TYPE_CHECKING:
     from flagwire_server.store.documents import Store
     from flagwire_server.store.identity import StoreIdentity
     from flagwire_server.store.keyspace import Keyspace
+    from flagwire_server.store.sessions import SessionStore
     from flagwire_server.stream.endpoint import FailureLimiter
     from flagwire_server.stream.fanout import Fanout
 
@@ -53,6 +54,10 @@ class Services:
     admin_limiters: tuple[RateLimiter, RateLimiter]
     #: Console sign-in attempts per IP.
     signin_limiter: RateLimiter
+    #: Console sessions in Redis, and the watcher that closes their streams.
+    sessions: SessionStore
+    #: Signs console cookies and derives their CSRF tokens; never stored in Redis.
+    session_secret: bytes
     #: Compiled snapshots of the evaluate endpoint, by environment (most recent last).
     snapshots: OrderedDict[str, Snapshot] = field(default_factory=OrderedDict)
 

@@ -155,6 +155,7 @@ async def stream_endpoint(ws: WebSocket) -> None:
     key_id: str
     kind: str
     key_env: str | None = None
+    session_hash: str | None = None
     if auth is not None:
         scheme, _, secret = auth.strip().partition(" ")
         record = None
@@ -175,6 +176,7 @@ async def stream_endpoint(ws: WebSocket) -> None:
                 ws, 401, "unauthorized", "send the SDK key as 'Authorization: Bearer <key>'"
             )
         key_id, kind = str(session.key_id), "admin"
+        session_hash = session.sid_hash
 
     query_env = ws.query_params.get("env") or None
     if kind == "sdk":
@@ -226,6 +228,15 @@ async def stream_endpoint(ws: WebSocket) -> None:
         await ws.close(CloseCode.RESYNC, "environment deleted")
         return
     feed.attach(conn, since, epoch)
+    # A console stream ends with its session (signed out anywhere, or expired).
+    unwatch = (
+        state.sessions.watch(
+            session_hash,
+            lambda: feed.close(conn, CloseCode.UNAUTHORIZED, "console session ended"),
+        )
+        if session_hash is not None
+        else None
+    )
     burst = max(1.0, settings.client_msg_rate * 5)
     conn.tokens, conn.stamp = burst, time.monotonic()
     if isinstance(proto, FlagwireWebSocketProtocol):
@@ -240,6 +251,8 @@ async def stream_endpoint(ws: WebSocket) -> None:
     finally:
         if isinstance(proto, FlagwireWebSocketProtocol):
             proto.on_message = None
+        if unwatch is not None:
+            unwatch()
         feed.detach(conn)
         conn.closed = True
 
