@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 
@@ -56,3 +57,32 @@ async def test_keys_never_reach_the_logs(server: ServerProcess) -> None:
     out = server.output()
     for secret in ("fw_sdk_leakcheck123", "fw_admin_leakcheck456", server.admin_key):
         assert secret not in out
+
+
+def _request_labels(metrics: str) -> set[tuple[str, str]]:
+    """``(route, method)`` of every flagwire_api_requests_total series."""
+    out = set()
+    for line in metrics.splitlines():
+        if line.startswith("flagwire_api_requests_total{"):
+            labels = dict(re.findall(r'(\w+)="([^"]*)"', line))
+            out.add((labels["route"], labels["method"]))
+    return out
+
+
+async def test_metrics_labels_stay_bounded_whatever_clients_send(server: ServerProcess) -> None:
+    """Invented methods and paths must not each add a series (issue 10, item 8)."""
+    _status, before = server.get("/metrics")
+    for i in range(300):
+        server.request(f"BREW{i}", "/api/v1/environments/production")
+        server.request("GET", f"/no/such/path/{i}")
+        server.request("GET", f"/static/nothing-{i}.css")
+    _status, after = server.get("/metrics")
+    labels = _request_labels(after)
+    methods = {method for _route, method in labels}
+    routes = {route for route, _method in labels}
+    assert methods <= {"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "other"}
+    assert ("/api/v1/environments/{env}", "other") in labels
+    assert "<unmatched>" in routes
+    assert not any("BREW" in m or "/no/such" in r or "nothing-" in r for r, m in labels)
+    # 900 odd requests added a handful of series, not hundreds.
+    assert len(after) - len(before) < 20_000, len(after) - len(before)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import time
+from typing import Final
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -21,6 +22,7 @@ from prometheus_client import (
 )
 from starlette.requests import Request
 from starlette.responses import Response
+from starlette.routing import Mount
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from flagwire_server.services import services_of
@@ -132,23 +134,39 @@ async def metrics_endpoint(request: Request) -> Response:
     return Response(metrics.exposition(), media_type=CONTENT_TYPE_LATEST)
 
 
+#: Methods counted under their own name; any other (clients may invent them) is "other".
+METHODS: Final = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+#: The route label of requests no route matched (every unknown path shares it).
+UNMATCHED: Final = "<unmatched>"
+
+
+def _method_of(scope: Scope) -> str:
+    method = str(scope.get("method", ""))
+    return method if method in METHODS else "other"
+
+
 def _route_of(scope: Scope) -> str:
+    """The template of the route that answered (``/api/v1/environments/{env}``), never a raw path.
+
+    Labels are bounded by the route table: a label per raw path or method
+    would let any client grow ``/metrics`` (and this process) without limit.
+    """
     route = scope.get("route")
     path = getattr(route, "path", None)
-    if isinstance(path, str):
-        # Inside a Mount the route's path is relative; root_path holds the mount's prefix.
-        return str(scope.get("root_path", "")) + path
-    endpoint = scope.get("endpoint")
-    if endpoint is None:
-        return "<unmatched>"
-    text = str(scope.get("path", ""))
-    for name, value in (scope.get("path_params") or {}).items():
-        text = text.replace(str(value), "{" + name + "}", 1)
-    return text
+    if not isinstance(path, str):
+        return UNMATCHED
+    if isinstance(route, Mount):
+        return path  # the mount's own prefix (static files), not the file asked for
+    # Inside a Mount the route's path is relative; root_path holds the mount's prefix.
+    return str(scope.get("root_path", "")) + path
 
 
 class RequestMetricsMiddleware:
-    """Counts HTTP requests by route template, method and status (pure ASGI; WebSockets pass)."""
+    """Counts HTTP requests by route template, method and status (pure ASGI; WebSockets pass).
+
+    Every label has a bounded set of values: the route table's templates plus
+    :data:`UNMATCHED`, the common methods plus "other", and the status codes.
+    """
 
     def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
         self.app = app
@@ -172,5 +190,5 @@ class RequestMetricsMiddleware:
             await self.app(scope, receive, counting_send)
         finally:
             route = _route_of(scope)
-            metrics.requests.labels(route, scope.get("method", ""), str(status)).inc()
+            metrics.requests.labels(route, _method_of(scope), str(status)).inc()
             metrics.request_duration.labels(route).observe(time.perf_counter() - start)
