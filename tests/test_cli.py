@@ -315,3 +315,16 @@ def test_every_command_is_documented() -> None:
     assert not missing, missing
     assert "FLAGWIRE_URL" in doc
     assert "docs/cli.md" in README.read_text()
+
+
+def test_serve_help_points_to_the_settings_reference() -> None:
+    proc = subprocess.run(
+        [str(VENV_BIN / "flagwire"), "serve", "--help"],
+        capture_output=True,
+        text=True,
+        timeout=20,
+        env={**os.environ, "COLUMNS": "200"},
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "docs/operations.md" in proc.stdout
+    assert "--port" in proc.stdout
