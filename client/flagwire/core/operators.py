@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Callable, Sequence
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any, Final, TypeAlias
 
 import re2
@@ -51,7 +51,7 @@ OPERATORS: Final = ("in", *STRING_OPS, *NUMBER_OPS, *DATE_OPS, *SEMVER_OPS, "seg
 # identifiers sort below alphanumeric ones; a shorter identifier list sorts first).
 SemverKey: TypeAlias = tuple[int, int, int, tuple[Any, ...]]
 
-_NUM = r"0|[1-9]\d*"
+_NUM = r"0|[1-9][0-9]*"  # ASCII digits only: "1\u0662" is not twelve
 _IDENT = r"[0-9A-Za-z-]+"
 # Lenient in one way only: "1" and "1.2" mean "1.0.0" and "1.2.0", since apps
 # often report short versions.  Leading zeros and a "v" prefix are refused.
@@ -85,22 +85,37 @@ def parse_semver(text: object) -> SemverKey | None:
     return (int(major), int(minor or 0), int(patch or 0), pre_key)
 
 
+# ``[0-9]``, never ``\d``: ``\d`` also matches full-width and Arabic-Indic digits,
+# which ``int()`` then happily reads.
 _RFC3339_RE: Final = re.compile(
-    r"(\d{4})-(\d{2})-(\d{2})[Tt ](\d{2}):(\d{2}):(\d{2})(?:\.(\d{1,9}))?"
-    r"(?:([Zz])|([+-])(\d{2}):(\d{2}))"
+    r"([0-9]{4})-([0-9]{2})-([0-9]{2})[Tt ]([0-9]{2}):([0-9]{2}):([0-9]{2})"
+    r"(?:\.([0-9]{1,9}))?(?:([Zz])|([+-])([0-9]{2}):([0-9]{2}))"
 )
 _EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
+_NS_PER_MS: Final = 1_000_000
+_NS_PER_S: Final = 1_000_000_000
 
 
-def parse_timestamp(value: object) -> float | None:
-    """Return epoch milliseconds for an RFC 3339 string or a number, else None.
+def parse_timestamp(value: object) -> int | None:
+    """Return epoch **nanoseconds** for an RFC 3339 string or a number, else None.
 
-    Numbers are taken as epoch milliseconds.  Strings must carry a zone
+    Numbers are taken as epoch milliseconds (a fraction is kept to the
+    nanosecond, truncated toward earlier).  Strings must carry a zone
     (``Z`` or ``+hh:mm``): an instant without one is ambiguous, so it is
     refused in flags and never matches as an attribute.
+
+    Integers, not floats: a float of milliseconds near today has about
+    0.2 µs of resolution, so ``…T11:59:59.999999999Z`` became exactly noon
+    and was not ``before`` it.  Nine fraction digits are exact here.
     """
-    if is_number(value):
-        return float(value)  # type: ignore[arg-type]
+    if isinstance(value, int) and value.__class__ is int:  # not a bool
+        return value * _NS_PER_MS
+    if isinstance(value, float) and value.__class__ is float:
+        if not math.isfinite(value):
+            return None
+        whole = math.floor(value)
+        # value - whole is exact for a float; the product rounds below 1 ns.
+        return whole * _NS_PER_MS + math.floor((value - whole) * _NS_PER_MS)
     if not isinstance(value, str) or len(value) > 64:
         return None
     m = _RFC3339_RE.fullmatch(value)
@@ -113,13 +128,14 @@ def parse_timestamp(value: object) -> float | None:
         instant = datetime(int(y), int(mo), int(d), int(h), int(mi), int(s), tzinfo=UTC)
     except ValueError:
         return None
-    ms = (instant - _EPOCH) / timedelta(milliseconds=1)
+    delta = instant - _EPOCH  # days and seconds: exact integers
+    ns = (delta.days * 86_400 + delta.seconds) * _NS_PER_S
     if frac:
-        ms += int(frac) / 10 ** len(frac) * 1000
+        ns += int(frac.ljust(9, "0"))
     if not z:
-        offset = (int(oh) * 60 + int(om)) * 60_000
-        ms += -offset if sign == "+" else offset
-    return ms
+        offset = (int(oh) * 60 + int(om)) * 60 * _NS_PER_S
+        ns += -offset if sign == "+" else offset
+    return ns
 
 
 def is_number(value: object) -> bool:
