@@ -339,11 +339,15 @@ async def test_a_shedding_server_is_retried_when_its_retry_after_says(
         await flags.close()
 
 
-async def test_a_close_reason_with_a_retry_hint_is_honoured() -> None:
+@pytest.mark.parametrize(
+    ("code", "reason"),
+    [(1013, "store unreachable; retry-after=1"), (1001, "moving; retry-after=1")],
+)
+async def test_a_close_reason_with_a_retry_hint_is_honoured(code: int, reason: str) -> None:
     async def script(conn: ScriptedConn) -> None:
         await conn.hello(1)
         await conn.snapshot(1, {"a": flag("a", version=1)})
-        await conn.close(1013, "store unreachable; retry-after=1")
+        await conn.close(code, reason)
 
     async with ScriptedServer(script) as server:
         flags = client(server.url)

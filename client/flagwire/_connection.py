@@ -182,13 +182,14 @@ class Subscription:
                 return
             if action is Action.RESYNC:
                 self.state.request_snapshot()
-            if action is Action.SOON:
+            hint = retry_hint(event)
+            if action is Action.SOON and hint is None:
                 delay = self.backoff.going_away_delay()
-            else:
+            else:  # a server's own hint wins, also over "going away"
                 delay = self.backoff.delay(
                     pace_of(event),
                     outage=time.monotonic() - self._outage_started,
-                    retry_after=retry_hint(event),
+                    retry_after=hint,
                 )
             self.logger.info("flagwire: %s; reconnecting in %.2fs", why, delay)
             await asyncio.sleep(delay)
