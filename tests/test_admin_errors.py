@@ -298,7 +298,7 @@ def test_a_write_that_would_overflow_the_clients_snapshot_is_refused(live: Live)
     import websockets.sync.client as wsc
 
     with wsc.connect(
-        live.url.replace("http://", "ws://") + "/api/v1/stream",
+        live.url.replace("http://", "ws://") + STREAM_PATH,
         additional_headers={"Authorization": f"Bearer {sdk['secret']}"},
         max_size=MAX_SERVER_FRAME,
     ) as ws:

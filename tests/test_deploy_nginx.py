@@ -262,7 +262,7 @@ async def _stream_status(addr: str, key: str, source: str, forwarded: str | None
         headers["X-Forwarded-For"] = forwarded
     try:
         async with websockets.connect(
-            f"ws://{addr}/api/v1/stream",
+            f"ws://{addr}{STREAM_PATH}",
             additional_headers=headers,
             compression=None,
             open_timeout=10,
