@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ast
 import importlib
+import inspect
 import pkgutil
 from pathlib import Path
 
@@ -100,6 +101,14 @@ def test_core_all_lists_every_public_core_module() -> None:
         assert module.__doc__, f"flagwire.core.{name} has no docstring"
         for member in module.__all__:
             assert hasattr(module, member), (name, member)
+        defined = {
+            n
+            for n, obj in vars(module).items()
+            if not n.startswith("_")
+            and (inspect.isclass(obj) or inspect.isfunction(obj))
+            and obj.__module__ == module.__name__
+        }
+        assert defined <= set(module.__all__), (name, defined - set(module.__all__))
 
 
 def test_core_constants_have_one_home() -> None:

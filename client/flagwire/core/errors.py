@@ -24,6 +24,7 @@ __all__ = [
     "FlagwireError",
     "InitializationError",
     "ProtocolError",
+    "RefusedError",
     "ValidationError",
 ]
 
