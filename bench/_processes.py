@@ -168,6 +168,9 @@ class FlagwireServer:
             "FLAGWIRE_LOG_LEVEL": "warning",
             # the admin rate limit would throttle the benchmark's own writes
             "FLAGWIRE_RATE_LIMIT": "100000000",
+            # every simulated client shares one key and one address (127.0.0.1)
+            "FLAGWIRE_MAX_STREAMS_PER_KEY": "1000000",
+            "FLAGWIRE_MAX_STREAMS_PER_IP": "1000000",
             **self.extra_env,
         }
         self._log = open(self.log_path, "ab")  # noqa: SIM115 - closed in stop()

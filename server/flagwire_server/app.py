@@ -52,6 +52,7 @@ from flagwire_server.store.redisurl import connect
 from flagwire_server.store.sessions import SessionStore
 from flagwire_server.stream import endpoint as stream
 from flagwire_server.stream.fanout import Fanout
+from flagwire_server.stream.quota import StreamQuota
 from flagwire_server.stream.reader import READ_BLOCK_MS
 
 __all__ = ["bootstrap", "create_app", "create_app_from_env"]
@@ -148,6 +149,7 @@ def _lifespan(
             ),
             signin_limiter=RateLimiter.per_minute(SIGNIN_PER_MINUTE),
             sessions=sessions,
+            stream_quota=StreamQuota(settings.max_streams_per_key, settings.max_streams_per_ip),
             session_secret=await asyncio.to_thread(load_session_secret, settings),
         )
         await keys.start()

@@ -60,6 +60,14 @@ class Settings:
     auth_fail_limit: int = 20
     #: Client messages per second (sustained) before 4003; bursts of 5x are allowed.
     client_msg_rate: float = 50.0
+    #: Seconds a stream must leave between two ``resync`` requests; a sooner one closes it
+    #: with 4003.  Each resync is answered with a whole snapshot, so without this a few
+    #: bytes in would buy megabytes out.
+    resync_interval: float = 1.0
+    #: Open streams one API key (or console session's key) may hold in this process (429 past it).
+    max_streams_per_key: int = 20_000
+    #: Open streams one client address may hold in this process (429 past it).
+    max_streams_per_ip: int = 5_000
     #: Encoded changes each process keeps per environment for ``since`` resumes.
     ring_size: int = 1000
     #: Seconds SIGTERM waits for streams to close before exiting anyway.
@@ -104,6 +112,12 @@ class Settings:
             raise ValueError(f"port {self.port} is out of range")
         if self.workers < 1:
             raise ValueError("workers must be at least 1")
+        if self.resync_interval < 0:
+            raise ValueError("FLAGWIRE_RESYNC_INTERVAL must not be negative")
+        if self.max_streams_per_key < 1 or self.max_streams_per_ip < 1:
+            raise ValueError(
+                "FLAGWIRE_MAX_STREAMS_PER_KEY and FLAGWIRE_MAX_STREAMS_PER_IP must be at least 1"
+            )
         if self.rate_limit < 1 or self.auth_fail_limit < 1:
             raise ValueError("FLAGWIRE_RATE_LIMIT and FLAGWIRE_AUTH_FAIL_LIMIT must be at least 1")
         if self.max_buffer < 4096:
@@ -173,6 +187,9 @@ ENV_VARS: Final[dict[str, tuple[str, Any]]] = {
     "FLAGWIRE_AUTH_FAIL_LIMIT": ("auth_fail_limit", int),
     "FLAGWIRE_CLIENT_MSG_RATE": ("client_msg_rate", float),
     "FLAGWIRE_RING_SIZE": ("ring_size", int),
+    "FLAGWIRE_RESYNC_INTERVAL": ("resync_interval", float),
+    "FLAGWIRE_MAX_STREAMS_PER_KEY": ("max_streams_per_key", int),
+    "FLAGWIRE_MAX_STREAMS_PER_IP": ("max_streams_per_ip", int),
     "FLAGWIRE_SHUTDOWN_TIMEOUT": ("shutdown_timeout", float),
     "FLAGWIRE_BACKLOG": ("backlog", int),
     "FLAGWIRE_METRICS": ("metrics", _bool),

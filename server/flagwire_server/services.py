@@ -29,6 +29,7 @@ if TYPE_CHECKING:
     from flagwire_server.store.sessions import SessionStore
     from flagwire_server.stream.endpoint import FailureLimiter
     from flagwire_server.stream.fanout import Fanout
+    from flagwire_server.stream.quota import StreamQuota
 
 __all__ = ["Services", "services_of"]
 
@@ -54,6 +55,8 @@ class Services:
     admin_limiters: tuple[RateLimiter, RateLimiter]
     #: Console sign-in attempts per IP.
     signin_limiter: RateLimiter
+    #: Open streams per key and per client address in this process.
+    stream_quota: StreamQuota
     #: Console sessions in Redis, and the watcher that closes their streams.
     sessions: SessionStore
     #: Signs console cookies and derives their CSRF tokens; never stored in Redis.

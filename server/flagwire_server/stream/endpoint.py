@@ -24,6 +24,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import OrderedDict, deque
+from dataclasses import dataclass
 from typing import Any, Final
 from urllib.parse import urlsplit
 
@@ -34,6 +35,7 @@ from starlette.websockets import WebSocket
 from flagwire.core.errors import ProtocolError
 from flagwire.core.limits import MAX_CLIENT_FRAME, STREAM_PATH
 from flagwire.core.protocol import Ack, CloseCode, Resync, decode
+from flagwire_server.config import Settings
 from flagwire_server.console.session import read_session
 from flagwire_server.observability.refusals import RefusalLog
 from flagwire_server.services import services_of
@@ -218,12 +220,47 @@ async def stream_endpoint(ws: WebSocket) -> None:
             ws, 503, "unavailable", "this server cannot reach the flag store; retry (elsewhere)"
         )
 
+    quota = state.stream_quota
+    over = quota.admit(key_id, ip)
+    if over is not None:
+        return await _deny(ws, 429, "too_many_streams", over)
+    try:
+        await _stream(ws, feed, key_id, since, epoch, session_hash, _Limits.of(settings))
+    finally:
+        quota.release(key_id, ip)
+
+
+@dataclass(frozen=True, slots=True)
+class _Limits:
+    """What one stream may send: messages per second (burst 5x) and how often to resync."""
+
+    rate: float
+    burst: float
+    resync_interval: float
+
+    @classmethod
+    def of(cls, settings: Settings) -> _Limits:
+        rate = settings.client_msg_rate
+        return cls(rate, max(1.0, rate * 5), settings.resync_interval)
+
+
+async def _stream(
+    ws: WebSocket,
+    feed: EnvFeed,
+    key_id: str,
+    since: int | None,
+    epoch: str | None,
+    session_hash: str | None,
+    limits: _Limits,
+) -> None:
+    """Accept, attach to the feed and read the client's messages until it goes."""
+    state = services_of(ws)
     await ws.accept()
     proto = protocol_of(ws)
     # Fallback when the transport is not reachable (not flagwire's uvicorn protocol):
     # frames then go through ws.send_text via a bounded per-connection queue.
     conn = Conn(key_id, proto, ws=None if proto is not None else ws)
-    if fanout.feed(env) is not feed:  # deleted while we accepted
+    if state.fanout.feed(feed.env) is not feed:  # deleted while we accepted
         conn.closed = True
         await ws.close(CloseCode.RESYNC, "environment deleted")
         return
@@ -237,17 +274,15 @@ async def stream_endpoint(ws: WebSocket) -> None:
         if session_hash is not None
         else None
     )
-    burst = max(1.0, settings.client_msg_rate * 5)
-    conn.tokens, conn.stamp = burst, time.monotonic()
+    conn.tokens, conn.stamp = limits.burst, time.monotonic()
     if isinstance(proto, FlagwireWebSocketProtocol):
         # Fast path: the protocol hands each client frame to on_message as it is
         # parsed, skipping the ASGI queue, the task wake-up and pause/resume of
         # reading per message; acks from every client after a change are the
         # server's largest cost after the fan-out itself (bench/results).
-        rate = settings.client_msg_rate
-        proto.on_message = lambda data: _handle(feed, conn, data, rate, burst)
+        proto.on_message = lambda data: _handle(feed, conn, data, limits)
     try:
-        await _read_loop(ws, feed, conn, settings.client_msg_rate, burst)
+        await _read_loop(ws, feed, conn, limits)
     finally:
         if isinstance(proto, FlagwireWebSocketProtocol):
             proto.on_message = None
@@ -257,12 +292,12 @@ async def stream_endpoint(ws: WebSocket) -> None:
         conn.closed = True
 
 
-def _handle(feed: EnvFeed, conn: Conn, data: str | bytes, rate: float, burst: float) -> None:
+def _handle(feed: EnvFeed, conn: Conn, data: str | bytes, limits: _Limits) -> None:
     """Act on one client frame: rate limit, decode, ack / resync / close."""
     if conn.closed:
         return
     now = time.monotonic()
-    conn.tokens = min(burst, conn.tokens + (now - conn.stamp) * rate)
+    conn.tokens = min(limits.burst, conn.tokens + (now - conn.stamp) * limits.rate)
     conn.stamp = now
     if conn.tokens < 1.0:
         feed.close(conn, CloseCode.RATE_LIMITED, "too many messages")
@@ -276,12 +311,22 @@ def _handle(feed: EnvFeed, conn: Conn, data: str | bytes, rate: float, burst: fl
     if isinstance(msg, Ack):
         feed.ack(conn, msg.version)
     elif isinstance(msg, Resync):
+        # Each resync costs a whole snapshot out: one per interval, or a few
+        # bytes in would buy megabytes out (issue 10, item 8).
+        if conn.snapshot_at and now - conn.snapshot_at < limits.resync_interval:
+            feed.close(
+                conn,
+                CloseCode.RATE_LIMITED,
+                f"too many resyncs: at most one per {limits.resync_interval:g}s",
+            )
+            return
+        conn.snapshot_at = now
         feed.resnapshot(conn, "client")
     else:
         feed.close(conn, CloseCode.BAD_MESSAGE, _reason(f"a client may not send {msg.type}"))
 
 
-async def _read_loop(ws: WebSocket, feed: EnvFeed, conn: Conn, rate: float, burst: float) -> None:
+async def _read_loop(ws: WebSocket, feed: EnvFeed, conn: Conn, limits: _Limits) -> None:
     # With the fast path installed only the disconnect arrives here.
     while True:
         message = await ws.receive()
@@ -290,7 +335,7 @@ async def _read_loop(ws: WebSocket, feed: EnvFeed, conn: Conn, rate: float, burs
         data = message.get("text")
         if data is None:
             data = message.get("bytes") or b""
-        _handle(feed, conn, data, rate, burst)
+        _handle(feed, conn, data, limits)
 
 
 def routes() -> list[WebSocketRoute]:

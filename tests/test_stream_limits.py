@@ -1,0 +1,147 @@
+"""Bounded streams (issue 10, item 8): resyncs that would amplify, and too many streams.
+
+Real server, real sockets: a client that asks for a snapshot 40 times a second
+is closed with 4003 after at most a couple of snapshots, and one key or one
+address past its cap of open streams is refused at the handshake with 429 and
+a problem body.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+import websockets
+
+from flagwire.core.protocol import CloseCode
+from tests.support.builders import flag
+from tests.support.server import ServerProcess
+from tests.support.streamclient import connect_raw, wait_until
+
+pytestmark = pytest.mark.timeout(90)
+
+
+async def _sdk_key(server: ServerProcess, env: str = "production") -> str:
+    secret: str = server.api("POST", "/keys", {"name": "t", "kind": "sdk", "env": env})["secret"]
+
+    async def known() -> bool:
+        try:
+            ws = await connect_raw(server.ws_url, secret)
+        except websockets.InvalidStatus:
+            return False
+        await ws.close()
+        return True
+
+    await wait_until(known, 5, 0.05, "the server to learn the new key")
+    return secret
+
+
+async def _handshake_status(server: ServerProcess, key: str) -> tuple[int, dict[str, Any]]:
+    try:
+        ws = await connect_raw(server.ws_url, key)
+    except websockets.InvalidStatus as exc:
+        return exc.response.status_code, json.loads(exc.response.body or b"{}")
+    await ws.close()
+    return 101, {}
+
+
+async def test_resync_flood_is_closed_instead_of_amplified(server: ServerProcess) -> None:
+    for i in range(15):  # a snapshot of about 60 KB
+        server.api(
+            "PUT", f"/environments/production/flags/f{i}", flag(f"f{i}", description="x" * 4000)
+        )
+    key = await _sdk_key(server)
+    ws = await connect_raw(server.ws_url, key)
+    received = 0
+    snapshots = 0
+
+    async def read() -> None:
+        nonlocal received, snapshots
+        try:
+            async for frame in ws:
+                received += len(frame)
+                if isinstance(frame, str) and frame.startswith('{"type":"snapshot"'):
+                    snapshots += 1
+        except websockets.ConnectionClosed:
+            pass
+
+    reader = asyncio.create_task(read())
+    await asyncio.sleep(0.5)
+    first = received  # hello + the snapshot on connect
+    sent = 0
+    started = time.monotonic()
+    try:
+        while time.monotonic() - started < 3 and ws.close_code is None:
+            await ws.send('{"type":"resync"}')
+            sent += 1
+            await asyncio.sleep(1 / 40)
+    except websockets.ConnectionClosed:
+        pass
+    await asyncio.wait_for(reader, 5)
+    assert ws.close_code == CloseCode.RATE_LIMITED, (ws.close_code, sent, snapshots)
+    assert "resync" in (ws.close_reason or "")
+    # The first resync is answered; the flood is not: a couple of snapshots, not one per resync.
+    assert snapshots <= 3, snapshots
+    assert received <= 3 * first, (received, first, sent)
+
+
+async def test_resyncs_spaced_by_the_interval_are_all_answered(
+    make_server: Callable[..., ServerProcess],
+) -> None:
+    server = make_server(env={"FLAGWIRE_RESYNC_INTERVAL": "0.3"})
+    key = await _sdk_key(server)
+    async with await connect_raw(server.ws_url, key) as ws:
+        assert json.loads(await ws.recv())["type"] == "hello"
+        assert json.loads(await ws.recv())["type"] == "snapshot"
+        for _ in range(3):
+            await asyncio.sleep(0.4)
+            await ws.send('{"type":"resync"}')
+            assert json.loads(await asyncio.wait_for(ws.recv(), 5))["type"] == "snapshot"
+        assert ws.close_code is None
+
+
+async def test_streams_per_address_are_capped(make_server: Callable[..., ServerProcess]) -> None:
+    server = make_server(env={"FLAGWIRE_MAX_STREAMS_PER_IP": "4"})
+    keys = [await _sdk_key(server) for _ in range(2)]
+    # _sdk_key's probes have closed; wait until the server counted them out.
+    open_: list[Any] = []
+    for i in range(4):
+        open_.append(await _open_when_admitted(server, keys[i % 2]))
+    status, body = await _handshake_status(server, keys[0])
+    assert status == 429
+    assert body["code"] == "too_many_streams"
+    assert "address" in body["detail"]
+    # A stream that ends frees its place.
+    await open_.pop().close()
+    open_.append(await _open_when_admitted(server, keys[1]))
+    for ws in open_:
+        await ws.close()
+
+
+async def test_streams_per_key_are_capped(make_server: Callable[..., ServerProcess]) -> None:
+    server = make_server(env={"FLAGWIRE_MAX_STREAMS_PER_KEY": "3"})
+    key, other = await _sdk_key(server), await _sdk_key(server)
+    open_ = [await _open_when_admitted(server, key) for _ in range(3)]
+    status, body = await _handshake_status(server, key)
+    assert (status, body["code"]) == (429, "too_many_streams")
+    assert "key" in body["detail"]
+    # Another key from the same address is not affected.
+    open_.append(await _open_when_admitted(server, other))
+    for ws in open_:
+        await ws.close()
+
+
+async def _open_when_admitted(server: ServerProcess, key: str, patience: float = 5.0) -> Any:
+    """Open a stream, retrying while earlier closed streams are still being counted out."""
+    deadline = time.monotonic() + patience
+    while True:
+        try:
+            return await connect_raw(server.ws_url, key)
+        except websockets.InvalidStatus as exc:
+            if exc.response.status_code != 429 or time.monotonic() > deadline:
+                raise
+            await asyncio.sleep(0.05)
