@@ -15,6 +15,8 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Final
 
+from flagwire.core.limits import DEFAULT_HEARTBEAT
+
 __all__ = ["ENV_VARS", "Settings"]
 
 MiB: Final = 1024 * 1024
@@ -49,7 +51,7 @@ class Settings:
     log_level: str = "info"
     #: Seconds between keep-alive pings (also announced in ``hello``); also how long a process
     #: may be unable to read the change log before it closes its streams with 1013.
-    heartbeat: float = 15.0
+    heartbeat: float = DEFAULT_HEARTBEAT
     #: Seconds without a pong before a connection is dropped.
     ping_timeout: float = 15.0
     #: Outbound bytes a connection may have queued before it is closed with 4000.

@@ -21,6 +21,7 @@ from typing import Final
 
 __all__ = [
     "BUCKETS",
+    "DEFAULT_HEARTBEAT",
     "ENV_PATTERN",
     "ENV_RE",
     "KEY_PATTERN",
@@ -40,6 +41,10 @@ PROTOCOL_VERSION: Final = 1
 
 #: Path of the WebSocket stream every client holds open.
 STREAM_PATH: Final = "/api/v1/stream"
+
+#: Seconds between the server's keep-alive pings: the server's default, and what a
+#: client assumes when ``hello`` does not say.
+DEFAULT_HEARTBEAT: Final = 15.0
 
 #: Largest frame a client accepts from the server (a snapshot of a big environment).
 MAX_SERVER_FRAME: Final = 16 * 1024 * 1024

@@ -23,7 +23,7 @@ from typing import Any, Final, Literal, TypeAlias
 import orjson
 
 from flagwire.core.errors import ProtocolError
-from flagwire.core.limits import KEY_RE, PROTOCOL_VERSION
+from flagwire.core.limits import DEFAULT_HEARTBEAT, KEY_RE, PROTOCOL_VERSION
 
 __all__ = [
     "Ack",
@@ -67,7 +67,7 @@ class Hello:
     env: str
     epoch: str
     version: int
-    heartbeat: float = 15.0
+    heartbeat: float = DEFAULT_HEARTBEAT
     server: str = "flagwire"
     protocol: int = PROTOCOL_VERSION
     type: Literal["hello"] = field(default="hello", init=False, repr=False)
@@ -318,7 +318,7 @@ def decode(data: bytes | str, *, max_size: int | None = None) -> Message:
                 raise _fail(
                     f"hello.protocol: unsupported protocol version {_show(protocol)}; expected 1"
                 )
-            heartbeat = obj.get("heartbeat", 15.0)
+            heartbeat = obj.get("heartbeat", DEFAULT_HEARTBEAT)
             if type(heartbeat) not in (int, float) or not 0 < heartbeat < 86400:
                 got = _show(heartbeat)
                 raise _fail(f"hello.heartbeat: expected a positive number of seconds, got {got}")
