@@ -9,7 +9,11 @@ a problem body.
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
+import os
+import socket
+import sys
 import time
 from collections.abc import Callable
 from typing import Any
@@ -145,3 +149,58 @@ async def _open_when_admitted(server: ServerProcess, key: str, patience: float =
             if exc.response.status_code != 429 or time.monotonic() > deadline:
                 raise
             await asyncio.sleep(0.05)
+
+
+def _rss_mib(pid: int) -> float:
+    with open(f"/proc/{pid}/status") as fh:
+        for line in fh:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    raise AssertionError("no VmRSS")
+
+
+def _stalled_stream(port: int, key: str) -> socket.socket:
+    """A stream whose client completes the handshake and then never reads."""
+    s = socket.create_connection(("127.0.0.1", port))
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    nonce = base64.b64encode(os.urandom(16)).decode()
+    s.sendall(
+        (
+            f"GET /api/v1/stream HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
+            "Upgrade: websocket\r\nConnection: Upgrade\r\n"
+            f"Sec-WebSocket-Key: {nonce}\r\nSec-WebSocket-Version: 13\r\n"
+            f"Authorization: Bearer {key}\r\n\r\n"
+        ).encode()
+    )
+    assert b" 101 " in s.recv(4096).split(b"\r\n")[0]
+    return s
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+async def test_memory_is_returned_after_stalled_streams_go(server: ServerProcess) -> None:
+    """200 streams that stop reading while 12 big changes go out, then drop (issue 10, item 8).
+
+    Seen before: RSS 62 -> 232 MiB, and still 232 MiB after they closed.
+    """
+    key = await _sdk_key(server)
+    assert server.pid is not None
+    await asyncio.sleep(0.5)
+    before = _rss_mib(server.pid)
+    socks = [_stalled_stream(server.port, key) for _ in range(200)]
+    for i in range(12):  # segments of about 400 KB each
+        doc = {"key": f"s{i % 3}", "included": [f"user-{i}-{j:06d}" for j in range(24_000)]}
+        server.api("PUT", f"/environments/production/segments/s{i % 3}", doc)
+    await asyncio.sleep(1)
+    peak = _rss_mib(server.pid)
+    for s in socks:
+        s.close()
+
+    async def all_gone() -> bool:
+        _status, text = server.get("/metrics")
+        return 'flagwire_connected_clients{env="production"} 0.0' in text
+
+    await wait_until(all_gone, 10, 0.1, "the stalled streams to be counted out")
+    await asyncio.sleep(1)
+    after = _rss_mib(server.pid)
+    print(f"RSS before {before:.0f} MiB, with stalled streams {peak:.0f}, after {after:.0f}")
+    assert after - before < 64, (before, peak, after)

@@ -39,7 +39,7 @@ from flagwire_server.config import Settings
 from flagwire_server.console.session import load_session_secret
 from flagwire_server.observability import health
 from flagwire_server.observability.metrics import Metrics, RequestMetricsMiddleware
-from flagwire_server.process import freeze_gc, raise_nofile
+from flagwire_server.process import fix_mmap_threshold, freeze_gc, raise_nofile
 from flagwire_server.services import Services
 from flagwire_server.store.acks import AckReporter
 from flagwire_server.store.apikeys import KeyRing
@@ -106,6 +106,7 @@ def _lifespan(
         url = settings.redis_url
         assert url is not None
         raise_nofile()
+        fix_mmap_threshold()
         redis = await open_client(url)
         keyspace = Keyspace(settings.redis_prefix)
         identity = StoreIdentity(redis, keyspace)
