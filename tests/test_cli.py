@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from tests.support.builders import flag, segment
+from tests.support.builders import clause, flag, rollout, rule, segment, target
 from tests.test_admin_support import VENV_BIN, Live, live_server
 
 pytestmark = pytest.mark.timeout(120)
@@ -108,6 +108,32 @@ def test_flags_commands(live: Live, env: str, tmp_path: Path) -> None:
     assert "test admin" in audit
     assert "restore" in audit
     assert "deleted" in run(live, "flags", "delete", "checkout", "-e", env).stdout
+
+
+def test_flags_get_is_readable_and_json_on_request(live: Live, env: str) -> None:
+    doc = flag(
+        "pricing",
+        variations=["a", "b", "c"],
+        fallthrough=rollout(25, 75),
+        name="Pricing page",
+        tags=["web"],
+        targets=[target(2, "alice", "bob")],
+        rules=[rule(clause("email", "ends_with", "@example.com"), variation=1)],
+    )
+    live.api.post(f"/environments/{env}/flags", json=doc).raise_for_status()
+    text = run(live, "flags", "get", "pricing", "-e", env).stdout
+    with pytest.raises(json.JSONDecodeError):
+        json.loads(text)
+    lines = text.splitlines()
+    assert lines[0] == "flag pricing (Pricing page): on"
+    assert any("tags" in line and "web" in line for line in lines), text
+    assert any(line.split() == ["target", "alice,", "bob", "->", "c"] for line in lines), text
+    assert any('email ends_with ["@example.com"] -> b' in line for line in lines), text
+    assert any(line.split() == ["otherwise", "a:25%", "b:75%"] for line in lines), text
+    assert any(line.split()[:2] == ["version", "1,"] and "by test admin" in line for line in lines)
+    got = run_json(live, "flags", "get", "pricing", "-e", env)
+    assert got["key"] == "pricing"
+    assert got["targets"] == [{"variation": 2, "values": ["alice", "bob"]}]
 
 
 def test_errors_are_one_line(live: Live, env: str, tmp_path: Path) -> None:

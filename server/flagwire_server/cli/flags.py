@@ -10,6 +10,7 @@ between (a 409 then says so, and running the command again is safe).
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -64,11 +65,16 @@ def flags_get(
     env: Env = "production",
     url: Url = DEFAULT_URL,
     admin_key: Key = "",
-    as_json: Json = True,
+    as_json: Json = False,
 ) -> None:
-    """Print one flag's document (JSON)."""
+    """Show one flag: what it serves to whom; its whole document with --json."""
     with cli_errors():
-        emit(Api(url, admin_key).call("GET", f"/environments/{env}/flags/{key}"), True)
+        doc = Api(url, admin_key).call("GET", f"/environments/{env}/flags/{key}")
+        if as_json:
+            emit(doc, True)
+        else:
+            for line in _describe(doc):
+                typer.echo(line)
 
 
 @flags.command("create")
@@ -284,15 +290,60 @@ def flags_restore(
 
 
 def _serves(doc: dict[str, Any]) -> str:
-    ft = doc.get("fallthrough") or {}
-    variations = doc.get("variations") or []
-    if "rollout" in ft:
+    return _serve(doc.get("variations") or [], doc.get("fallthrough") or {})
+
+
+def _serve(variations: list[Any], spec: dict[str, Any]) -> str:
+    """What a fallthrough or a rule serves: one variation, or a rollout's shares."""
+    if spec.get("rollout"):
         parts = [
             f"{_val(variations, s.get('variation'))}:{s.get('weight', 0) / 1000:g}%"
-            for s in (ft["rollout"].get("variations") or [])
+            for s in (spec["rollout"].get("variations") or [])
         ]
         return " ".join(parts)
-    return _val(variations, ft.get("variation"))
+    return _val(variations, spec.get("variation"))
+
+
+def _describe(doc: dict[str, Any]) -> list[str]:
+    """A flag for people: state, then who gets what, in the order the evaluator decides."""
+    variations = doc.get("variations") or []
+    name = f" ({doc['name']})" if doc.get("name") else ""
+    lines = [f"flag {doc.get('key')}{name}: {'on' if doc.get('on') else 'off'}"]
+    fields: list[tuple[str, str]] = []
+    if doc.get("description"):
+        fields.append(("description", str(doc["description"])))
+    if doc.get("tags"):
+        fields.append(("tags", ", ".join(map(str, doc["tags"]))))
+    fields.append(
+        ("variations", "  ".join(f"{i}: {json.dumps(v)}" for i, v in enumerate(variations)))
+    )
+    off = doc.get("off_variation")
+    fields.append(("when off", "the caller's default" if off is None else _val(variations, off)))
+    for p in doc.get("prerequisites") or []:
+        fields.append(("prerequisite", f"{p.get('key')} serves variation {p.get('variation')}"))
+    for t in doc.get("targets") or []:
+        values = ", ".join(map(str, t.get("values") or []))
+        fields.append(("target", f"{values} -> {_val(variations, t.get('variation'))}"))
+    for i, rule in enumerate(doc.get("rules") or []):
+        clauses = " and ".join(_clause(c) for c in rule.get("clauses") or []) or "always"
+        fields.append((f"rule {i}", f"if {clauses} -> {_serve(variations, rule)}"))
+    fields.append(("otherwise", _serves(doc)))
+    fields.append(
+        (
+            "version",
+            f"{doc.get('version')}, updated {doc.get('updated_at', '?')} "
+            f"by {doc.get('updated_by', '?')}",
+        )
+    )
+    width = max(len(label) for label, _ in fields)
+    lines += [f"  {label.ljust(width)}  {value}" for label, value in fields]
+    return lines
+
+
+def _clause(clause: dict[str, Any]) -> str:
+    values = ", ".join(json.dumps(v) for v in clause.get("values") or [])
+    negate = "not " if clause.get("negate") else ""
+    return f"{clause.get('attribute')} {negate}{clause.get('op')} [{values}]"
 
 
 def _val(variations: list[Any], idx: Any) -> str:
