@@ -67,17 +67,17 @@ def env_param(request: Request) -> str:
     return env
 
 
-async def read_json(request: Request, *, required: bool = True) -> Any:
-    """The request's JSON body (415 wrong type, 413 too large, 400 not JSON)."""
+async def read_json(request: Request, *, required: bool = True, limit: int = MAX_BODY) -> Any:
+    """The request's JSON body (415 wrong type, 413 over ``limit`` bytes, 400 not JSON)."""
     length = request.headers.get("content-length")
-    if length is not None and (not length.isdigit() or int(length) > MAX_BODY):
-        raise Problem(413, f"request body over the limit of {MAX_BODY} bytes")
+    if length is not None and (not length.isdigit() or int(length) > limit):
+        raise Problem(413, f"request body over the limit of {limit} bytes")
     chunks: list[bytes] = []
     size = 0
     async for chunk in request.stream():
         size += len(chunk)
-        if size > MAX_BODY:
-            raise Problem(413, f"request body over the limit of {MAX_BODY} bytes")
+        if size > limit:
+            raise Problem(413, f"request body over the limit of {limit} bytes")
         chunks.append(chunk)
     raw = b"".join(chunks)
     if not raw:

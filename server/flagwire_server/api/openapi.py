@@ -169,6 +169,63 @@ SCHEMAS: Final[dict[str, _S]] = {
         },
         ("key", "current_version", "versions"),
     ),
+    "ApplyRequest": _obj(
+        {
+            "name": {
+                "type": "string",
+                "minLength": 1,
+                "maxLength": 200,
+                "description": "names the apply in the audit log (e.g. a commit)",
+            },
+            "documents": {
+                "type": "array",
+                "items": _obj(
+                    {
+                        "kind": {"enum": ["flag", "segment"]},
+                        "key": _STR,
+                        "document": {
+                            "type": ["object", "null"],
+                            "description": "the whole document; null deletes it",
+                        },
+                        "version": {
+                            **_INT,
+                            "minimum": 0,
+                            "description": "the version read (0: absent); another is a 409",
+                        },
+                    },
+                    ("kind", "key", "document"),
+                    extra=False,
+                ),
+            },
+        },
+        ("documents",),
+        extra=False,
+    ),
+    "ApplyResult": _obj(
+        {
+            "name": _STR,
+            "env_version": _INT,
+            "changes": {
+                "type": "array",
+                "items": _obj(
+                    {
+                        "kind": {"enum": ["flag", "segment"]},
+                        "key": _STR,
+                        "action": {"enum": ["create", "update", "delete"]},
+                        "version": _INT,
+                        "env_version": _INT,
+                    },
+                    ("kind", "key", "action", "version", "env_version"),
+                ),
+            },
+            "unchanged": {
+                "type": "array",
+                "items": _obj({"kind": _STR, "key": _STR}, ("kind", "key")),
+            },
+            "propagation": _ref("Propagation"),
+        },
+        ("name", "env_version", "changes", "unchanged"),
+    ),
     "CopyRequest": _obj({"to": _STR, "version": {**_INT, "minimum": 0}}, ("to",)),
     "RestoreRequest": _obj({"version": {**_INT, "minimum": 1}}, ("version",)),
     "Propagation": _PROPAGATION,

@@ -18,9 +18,9 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute
 
-from flagwire_server.api import documents, environments, keys
+from flagwire_server.api import apply, documents, environments, keys
 from flagwire_server.api.auth import Principal
-from flagwire_server.api.helpers import json_response
+from flagwire_server.api.helpers import MAX_WAIT, json_response
 from flagwire_server.api.openapi import document
 from flagwire_server.api.routing import ApiRoute, Param, starlette_routes
 from flagwire_server.store.documents import Kind
@@ -207,6 +207,25 @@ OPERATIONS: Final[tuple[ApiRoute, ...]] = (
                 "before",
                 {"type": "string", "pattern": r"^\d{1,20}-\d{1,20}$"},
                 "the cursor from the previous page's next",
+            ),
+        ),
+    ),
+    ApiRoute(
+        "POST",
+        "/environments/{env}/apply",
+        apply.apply,
+        operation_id="applyDocuments",
+        summary="Write many flags and segments atomically, each at the version read "
+        "(flags as code: all or nothing)",
+        tag="environments",
+        responses={200: "ApplyResult"},
+        body="ApplyRequest",
+        errors=(400, 404, 409, 413, 415, 422),
+        query=(
+            Param(
+                "wait",
+                {"type": "number", "minimum": 0, "maximum": MAX_WAIT},
+                "seconds to wait for connected clients to acknowledge the apply",
             ),
         ),
     ),

@@ -37,6 +37,7 @@ import redis.asyncio as aioredis
 from flagwire.core.errors import ValidationError
 from flagwire.core.limits import ENV_RE, KEY_RE, MAX_SERVER_FRAME
 from flagwire.core.protocol import patch_template
+from flagwire_server.store.apply import Applier, ApplyItem, ApplyResult
 from flagwire_server.store.keyspace import Keyspace
 from flagwire_server.store.types import (
     SERVER_FIELDS,
@@ -69,6 +70,8 @@ __all__ = [
     "ENV_RE",
     "SERVER_FIELDS",
     "AlreadyExists",
+    "ApplyItem",
+    "ApplyResult",
     "AuditEntry",
     "Conflict",
     "EnvState",
@@ -117,6 +120,14 @@ class Store:
         self._write = redis.register_script(_script("write"))
         self._load = redis.register_script(_script("load"))
         self._create_env = redis.register_script(_script("create_env"))
+        self._applier = Applier(
+            redis,
+            self.keyspace,
+            changes_maxlen=CHANGES_MAXLEN,
+            history_cap=HISTORY_CAP,
+            audit_maxlen=AUDIT_MAXLEN,
+            max_snapshot=MAX_SNAPSHOT_DOCS,
+        )
         # Writers of one document in this process queue up instead of racing; the
         # optimistic check in the script still guards against other processes.
         self._locks: weakref.WeakValueDictionary[tuple[str, str, str], asyncio.Lock] = (
@@ -320,6 +331,15 @@ class Store:
         return await self._commit(
             env, kind, key, lambda _cur: None, mode="delete", expected=expected, actor=actor
         )
+
+    async def apply(
+        self, env: str, items: list[ApplyItem], *, actor: str, name: str
+    ) -> ApplyResult:
+        """Write many flags and segments as one atomic change: every one of them or none.
+
+        See ``store/apply.py``; used by ``flagwire apply`` (flags as code).
+        """
+        return await self._applier.apply(env, items, actor=actor, name=name)
 
     @_translated
     async def history(self, env: str, kind: Kind, key: str) -> list[dict[str, Any]]:
