@@ -47,7 +47,6 @@ from flagwire_server.store.changelog import ChangeLog
 from flagwire_server.store.documents import Store
 from flagwire_server.store.identity import StoreIdentity, open_client
 from flagwire_server.store.keyspace import Keyspace
-from flagwire_server.store.migrate import migrate_v1
 from flagwire_server.store.redisurl import connect
 from flagwire_server.store.sessions import SessionStore
 from flagwire_server.stream import endpoint as stream
@@ -136,7 +135,6 @@ def _lifespan(
             settings=settings,
             metrics=metrics,
             instance_id=instance_id,
-            redis=redis,
             keyspace=keyspace,
             identity=identity,
             changelog=changelog,
@@ -195,7 +193,7 @@ async def bootstrap(
     back empty.  Runs under a Redis lock; True when it did the work.
     """
     async with identity.bootstrap_lock():
-        await migrate_v1(identity.redis, identity.ks)
+        await identity.migrate_v1()
         if await identity.exists():
             return False
         envs = await store.list_envs()

@@ -15,8 +15,6 @@ from typing import TYPE_CHECKING
 from starlette.requests import HTTPConnection
 
 if TYPE_CHECKING:
-    import redis.asyncio as aioredis
-
     from flagwire.core.evaluation import Snapshot
     from flagwire_server.api.ratelimit import RateLimiter
     from flagwire_server.config import Settings
@@ -41,8 +39,6 @@ class Services:
     settings: Settings
     metrics: Metrics
     instance_id: str
-    #: The shared client, for store modules built per request (console sessions).
-    redis: aioredis.Redis
     keyspace: Keyspace
     identity: StoreIdentity
     changelog: ChangeLog

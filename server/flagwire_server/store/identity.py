@@ -22,6 +22,7 @@ from typing import Final
 import redis.asyncio as aioredis
 
 from flagwire_server.store.keyspace import Keyspace
+from flagwire_server.store.migrate import migrate_v1
 from flagwire_server.store.redisurl import connect
 
 __all__ = ["StoreIdentity", "open_client", "safe_url"]
@@ -63,6 +64,10 @@ class StoreIdentity:
     def __init__(self, redis: aioredis.Redis, keyspace: Keyspace) -> None:
         self.redis = redis
         self.ks = keyspace
+
+    async def migrate_v1(self) -> dict[str, int]:
+        """Bring a store written by flagwire v1 to today's layout (idempotent; see ``migrate``)."""
+        return await migrate_v1(self.redis, self.ks)
 
     async def ping(self) -> None:
         """Raises when Redis does not answer."""
