@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import random
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
@@ -145,3 +146,28 @@ async def test_ready_while_behind_is_caught(bench: Bench) -> None:
         await blind.close()
     assert "blind@" in str(info.value)  # not converged ...
     assert "READY at version" in str(info.value)  # ... and READY while behind
+
+
+async def test_ready_monitor_stops_even_when_a_cancellation_is_dropped(
+    redis_url: str, redis_prefix: str
+) -> None:
+    """The partition test once hung to its timeout in ``monitor.stop()``.
+
+    Python 3.11's ``asyncio.wait_for`` drops a cancellation that arrives as the
+    awaited call completes, and redis-py sends every command through it when a
+    socket timeout is set; a sampling loop stopped only by ``cancel()`` then
+    samples forever.  Stopping it many times, at random points of its Redis
+    reads, finds that window within a few hundred tries.
+    """
+    view = RedisView(redis_url, redis_prefix)
+    idle = RawSubscriber("ws://127.0.0.1:9/api/v1/stream", "unused", "idle")  # never started
+    rng = random.Random(13)
+    try:
+        for attempt in range(300):
+            monitor = ReadyMonitor(view, [idle], interval=0).start()
+            await asyncio.sleep(rng.uniform(0, 0.003))
+            stopping = asyncio.ensure_future(monitor.stop())
+            done, _ = await asyncio.wait({stopping}, timeout=3)
+            assert done, f"ReadyMonitor.stop() never returned (attempt {attempt})"
+    finally:
+        await view.aclose()

@@ -645,13 +645,14 @@ class ReadyMonitor:
         self.breaches: dict[str, str] = {}
         self.samples = 0
         self._task: asyncio.Task[None] | None = None
+        self._stopping = False
 
     def start(self) -> ReadyMonitor:
         self._task = asyncio.create_task(self._run(), name="ready-monitor")
         return self
 
     async def _run(self) -> None:
-        while True:
+        while not self._stopping:
             await asyncio.sleep(self.interval)
             envs = {w.env for w in self.watched}
             try:
@@ -680,6 +681,16 @@ class ReadyMonitor:
         return list(self.breaches.values())
 
     async def stop(self) -> None:
+        """Stop sampling; the loop also ends by its flag, not by cancellation alone.
+
+        On Python 3.11, ``asyncio.wait_for`` returns the inner result and drops a
+        cancellation that arrives as the inner call completes; redis-py sends
+        every command through ``wait_for`` when a socket timeout is set, so a
+        ``cancel()`` landing there was lost and ``await self._task`` waited for
+        a ``while True`` loop that never ended (issue 10, item 13: the partition
+        test hanging to its timeout).
+        """
+        self._stopping = True
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):

@@ -20,7 +20,13 @@ from urllib.parse import parse_qs, unquote, urlsplit
 
 import redis.asyncio as aioredis
 
-__all__ = ["SCHEMES", "connect"]
+__all__ = ["COMMAND_TIMEOUT_S", "SCHEMES", "connect"]
+
+#: How long one command may wait for Redis's answer before the caller gets
+#: ``StoreUnavailable`` (an admin write answers 503).  Set here, not left to
+#: redis-py: its default was "wait forever" before 8.0, so a write through a
+#: process cut off from Redis hung until the network healed, then succeeded.
+COMMAND_TIMEOUT_S = 5.0
 
 SCHEMES = (
     "redis",
@@ -52,6 +58,7 @@ def connect(url: str, **options: Any) -> aioredis.Redis:
     kwargs: dict[str, Any] = {
         "decode_responses": False,
         "socket_connect_timeout": 2.0,
+        "socket_timeout": COMMAND_TIMEOUT_S,
         "socket_keepalive": True,
         "health_check_interval": 10,
         "retry_on_timeout": False,
