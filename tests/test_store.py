@@ -271,3 +271,19 @@ async def test_snapshot_size_is_kept_with_the_version_and_counted_once_for_v1(st
     await store.put("production", "flag", flag("b"), actor="t")
     await store.delete("production", "flag", "a", actor="t")
     assert int(await store.redis.hget(meta, "bytes")) == await counted()
+
+
+def test_stream_cursors_older_than() -> None:
+    from flagwire_server.store.types import stream_before
+
+    assert stream_before(None) == "+"
+    assert stream_before("5-3") == "5-2"
+    assert stream_before("5-0") == f"4-{2**64 - 1}"
+    assert stream_before("0-0") is None
+    assert stream_before("99999999999999999999-0") == "+"
+
+
+async def test_audit_before_the_first_entry_is_empty(store: Store) -> None:
+    await store.put("production", "flag", flag("a"), actor="t")
+    assert await store.audit("production", 10, "0-0") == ([], None)
+    assert await store.audit("production", 10, "1-99999999999999999999") == ([], None)

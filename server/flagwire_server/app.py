@@ -43,6 +43,7 @@ from flagwire_server.process import fix_mmap_threshold, freeze_gc, raise_nofile
 from flagwire_server.services import Services
 from flagwire_server.store.acks import AckReporter
 from flagwire_server.store.apikeys import KeyRing
+from flagwire_server.store.audit import InstanceAudit
 from flagwire_server.store.changelog import ChangeLog
 from flagwire_server.store.documents import Store
 from flagwire_server.store.identity import StoreIdentity, open_client
@@ -111,7 +112,8 @@ def _lifespan(
         identity = StoreIdentity(redis, keyspace)
         store = Store(redis, settings.redis_prefix)
         keys = KeyRing(redis, settings.redis_prefix, admin_key=settings.admin_key)
-        await bootstrap(settings, identity, store, keys)
+        audit = InstanceAudit(redis, keyspace)
+        await bootstrap(settings, identity, store, keys, audit)
 
         async def env_names() -> list[str]:
             return [str(e["key"]) for e in await store.list_envs()]
@@ -149,6 +151,7 @@ def _lifespan(
             signin_limiter=RateLimiter.per_minute(SIGNIN_PER_MINUTE),
             sessions=sessions,
             stream_quota=StreamQuota(settings.max_streams_per_key, settings.max_streams_per_ip),
+            audit=audit,
             session_secret=await asyncio.to_thread(load_session_secret, settings),
         )
         await keys.start()
@@ -184,7 +187,11 @@ def _lifespan(
 
 
 async def bootstrap(
-    settings: Settings, identity: StoreIdentity, store: Store, keys: KeyRing
+    settings: Settings,
+    identity: StoreIdentity,
+    store: Store,
+    keys: KeyRing,
+    audit: InstanceAudit,
 ) -> bool:
     """First start of an empty store: create ``production`` and (without
     ``FLAGWIRE_ADMIN_KEY``) an admin key and an SDK key, printed once and
@@ -194,6 +201,7 @@ async def bootstrap(
     """
     async with identity.bootstrap_lock():
         await identity.migrate_v1()
+        await audit.note_admin_key(settings.admin_key, address=socket.gethostname())
         if await identity.exists():
             return False
         envs = await store.list_envs()
@@ -202,14 +210,23 @@ async def bootstrap(
             with contextlib.suppress(Exception):
                 await store.create_env(FIRST_ENV, "Production")
             if not settings.admin_key:
-                await _initial_keys(settings, keys)
+                await _initial_keys(settings, keys, audit)
         await identity.create()
         return True
 
 
-async def _initial_keys(settings: Settings, keys: KeyRing) -> None:
+async def _initial_keys(settings: Settings, keys: KeyRing, audit: InstanceAudit) -> None:
     admin, admin_secret = await keys.create("initial admin key", "admin", None)
     sdk, sdk_secret = await keys.create(f"{FIRST_ENV} SDK key", "sdk", FIRST_ENV)
+    for made in (admin, sdk):
+        await audit.record(
+            actor="flagwire serve (first start)",
+            action="create",
+            kind="key",
+            key=made.id,
+            address=socket.gethostname(),
+            detail={"name": made.name, "kind": made.kind, "env": made.env},
+        )
     path = Path(settings.data_dir) / INITIAL_KEYS_FILE
     body = orjson.dumps(
         {

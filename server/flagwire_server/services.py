@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     from flagwire_server.config import Settings
     from flagwire_server.observability.metrics import Metrics
     from flagwire_server.store.apikeys import KeyRing
+    from flagwire_server.store.audit import InstanceAudit
     from flagwire_server.store.changelog import ChangeLog
     from flagwire_server.store.documents import Store
     from flagwire_server.store.identity import StoreIdentity
@@ -55,6 +56,8 @@ class Services:
     stream_quota: StreamQuota
     #: Console sessions in Redis, and the watcher that closes their streams.
     sessions: SessionStore
+    #: The instance-wide audit trail (environments, keys, sign-ins, admin-key rotation).
+    audit: InstanceAudit
     #: Signs console cookies and derives their CSRF tokens; never stored in Redis.
     session_secret: bytes
     #: Compiled snapshots of the evaluate endpoint, by environment (most recent last).

@@ -19,6 +19,7 @@ from starlette.responses import Response
 from flagwire.core.evaluation import Snapshot
 from flagwire_server.api.auth import Principal
 from flagwire_server.api.helpers import (
+    audit_event,
     env_param,
     int_param,
     json_response,
@@ -56,6 +57,14 @@ async def create_env(request: Request, who: Principal | None) -> Response:
     if unknown:
         raise Problem(422, "unknown fields", errors=[(u, "unknown field") for u in unknown])
     info = await store(request).create_env(body.get("key"), body.get("name") or "")  # type: ignore[arg-type]
+    await audit_event(
+        request,
+        who,
+        action="create",
+        kind="environment",
+        key=info["key"],
+        detail={"name": info.get("name")},
+    )
     return json_response({**info, "connected": 0}, 201)
 
 
@@ -69,6 +78,7 @@ async def delete_env(request: Request, who: Principal | None) -> Response:
     env = env_param(request)
     await store(request).delete_env(env)
     services_of(request).snapshots.pop(env, None)
+    await audit_event(request, who, action="delete", kind="environment", key=env)
     return Response(status_code=204)
 
 

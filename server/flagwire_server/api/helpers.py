@@ -26,6 +26,7 @@ __all__ = [
     "MAX_BODY",
     "MAX_JSON_DEPTH",
     "MAX_WAIT",
+    "audit_event",
     "env_param",
     "expected_version",
     "int_param",
@@ -48,6 +49,37 @@ MAX_JSON_DEPTH: Final = 64
 MAX_WAIT: Final = 30.0
 _JSON_TYPES: Final = ("application/json", "application/merge-patch+json")
 _ETAG_RE: Final = re.compile(r'^\s*(?:W/)?"?(\d{1,15})"?\s*$')
+
+
+async def audit_event(
+    request: Request,
+    who: Any,
+    *,
+    action: str,
+    kind: str,
+    key: str,
+    detail: dict[str, Any] | None = None,
+) -> None:
+    """Add an instance-wide audit entry for what ``who`` (a Principal) just did.
+
+    The action has already happened, so a failure to record it is logged
+    loudly rather than turned into an error the caller would retry.
+    """
+    try:
+        await services_of(request).audit.record(
+            actor=str(getattr(who, "name", "") or "unknown"),
+            action=action,
+            kind=kind,
+            key=key,
+            address=request.client.host if request.client else "unknown",
+            detail={
+                "via": getattr(who, "via", None),
+                "actor_key_id": getattr(who, "key_id", None),
+                **(detail or {}),
+            },
+        )
+    except Exception:
+        log.exception("audit: could not record %s %s %s", action, kind, key)
 
 
 def store(request: Request) -> Store:

@@ -11,7 +11,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from flagwire_server.api.auth import Principal
-from flagwire_server.api.helpers import json_response, read_json, store
+from flagwire_server.api.helpers import audit_event, json_response, read_json, store
 from flagwire_server.api.problems import Problem
 from flagwire_server.services import services_of
 from flagwire_server.store.apikeys import KeyRing
@@ -42,6 +42,14 @@ async def create_key(request: Request, who: Principal | None) -> Response:
                 errors=[("env", "no such environment")],
             )
     record, secret = await _ring(request).create(body.get("name"), body.get("kind"), env)  # type: ignore[arg-type]
+    await audit_event(
+        request,
+        who,
+        action="create",
+        kind="key",
+        key=record.id,
+        detail={"name": record.name, "kind": record.kind, "env": record.env},
+    )
     return json_response({"key": record.to_json(), "secret": secret}, 201)
 
 
@@ -50,4 +58,12 @@ async def revoke_key(request: Request, who: Principal | None) -> Response:
     record = await _ring(request).revoke(key_id[:100])
     if record is None:
         raise Problem(404, f"no live key with id {key_id[:80]!r}")
+    await audit_event(
+        request,
+        who,
+        action="revoke",
+        kind="key",
+        key=record.id,
+        detail={"name": record.name, "kind": record.kind, "env": record.env},
+    )
     return json_response({"key": record.to_json()})

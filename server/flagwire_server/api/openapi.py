@@ -270,6 +270,26 @@ SCHEMAS: Final[dict[str, _S]] = {
         },
         ("entries", "next"),
     ),
+    "InstanceAuditEntry": _obj(
+        {
+            "id": _STR,
+            "at": _STR,
+            "actor": _STR,
+            "action": {"type": "string", "examples": ["create", "delete", "revoke", "signin"]},
+            "kind": {"type": "string", "enum": ["environment", "key", "session", "admin_key"]},
+            "key": _STR,
+            "address": _STR,
+            "detail": {"type": "object"},
+        },
+        ("id", "at", "actor", "action", "kind", "key", "address", "detail"),
+    ),
+    "InstanceAuditPage": _obj(
+        {
+            "entries": {"type": "array", "items": _ref("InstanceAuditEntry")},
+            "next": {"type": ["string", "null"]},
+        },
+        ("entries", "next"),
+    ),
     "Change": _obj(
         {**_PROPAGATION["properties"], "key": _STR, "actor": _STR, "committed_ms": _INT},
         ("version", "key", "committed_ms"),

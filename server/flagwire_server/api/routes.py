@@ -18,7 +18,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute
 
-from flagwire_server.api import apply, documents, environments, keys
+from flagwire_server.api import apply, audit, documents, environments, keys
 from flagwire_server.api.auth import Principal
 from flagwire_server.api.helpers import MAX_WAIT, json_response
 from flagwire_server.api.openapi import document
@@ -280,6 +280,28 @@ OPERATIONS: Final[tuple[ApiRoute, ...]] = (
         tag="keys",
         responses={200: "RevokedKey"},
         errors=(404,),
+    ),
+    ApiRoute(
+        "GET",
+        "/audit",
+        audit.instance_audit,
+        operation_id="listInstanceAudit",
+        summary=(
+            "The instance-wide audit trail, newest first: environments created and deleted, "
+            "API keys created and revoked, console sign-ins (also failed) and sign-outs, "
+            "admin-key rotation"
+        ),
+        tag="audit",
+        responses={200: "InstanceAuditPage"},
+        errors=(400,),
+        query=(
+            Param("limit", {"type": "integer", "minimum": 1, "maximum": 500, "default": 50}),
+            Param(
+                "before",
+                {"type": "string", "pattern": r"^\d{1,20}-\d{1,20}$"},
+                "the cursor from the previous page's next",
+            ),
+        ),
     ),
     ApiRoute(
         "GET",

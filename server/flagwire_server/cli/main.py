@@ -15,6 +15,7 @@ from typing import Annotated
 import typer
 
 from flagwire_server.cli import admin
+from flagwire_server.cli.audit import audit
 from flagwire_server.cli.flags import flags
 from flagwire_server.cli.segments import segments
 from flagwire_server.cli.watch import watch
@@ -91,7 +92,7 @@ app.add_typer(admin.envs, name="envs")
 app.add_typer(admin.keys, name="keys")
 app.add_typer(flags, name="flags")
 app.add_typer(segments, name="segments")
-app.command("audit")(admin.audit)
+app.command("audit")(audit)
 app.command("export")(admin.export)
 app.command("import")(admin.import_)
 app.command("watch")(watch)

@@ -9,6 +9,7 @@ is validated, audited and acknowledged exactly like a CLI change, and the
 from __future__ import annotations
 
 import json
+import logging
 import secrets
 from pathlib import Path
 from typing import Any, Final
@@ -37,6 +38,8 @@ from flagwire_server.services import services_of
 from flagwire_server.store.documents import NotFound, Store, StoreUnavailable
 
 __all__ = ["build_routes"]
+
+log = logging.getLogger("flagwire.console")
 
 _HERE: Final = Path(__file__).parent
 _ENV: Final = jinja2.Environment(
@@ -244,11 +247,35 @@ async def signin_post(request: Request) -> Response:
             if record
             else "Unknown or revoked admin key."
         )
+        # What was typed is never recorded; a known SDK key is named by its id.
+        await _record(
+            request,
+            actor=record.name if record else "unknown",
+            action="signin_failed",
+            key=record.id if record else "",
+            reason="an SDK key" if record else "unknown or revoked key",
+        )
         return _signin_form(request, why, 401)
     response = RedirectResponse(_safe_next(str(form.get("next", "/"))), status_code=303)
     await create_session(request, response, record.id, record.name)
     response.delete_cookie(LOGIN_COOKIE, path="/signin", httponly=True, samesite="strict")
+    await _record(request, actor=record.name, action="signin", key=record.id)
     return response
+
+
+async def _record(request: Request, *, actor: str, action: str, key: str, **detail: Any) -> None:
+    """A sign-in, failed sign-in or sign-out in the instance-wide audit trail."""
+    try:
+        await services_of(request).audit.record(
+            actor=actor,
+            action=action,
+            kind="session",
+            key=key,
+            address=request.client.host if request.client else "unknown",
+            detail=detail,
+        )
+    except Exception:  # the answer does not depend on it; the log says it is missing
+        log.exception("audit: could not record console %s", action)
 
 
 async def signout(request: Request) -> Response:
@@ -261,7 +288,9 @@ async def signout(request: Request) -> Response:
     if session is not None and not (same_origin(request) and session.csrf_ok(token)):
         return Response("missing or wrong CSRF token", status_code=403)
     response = RedirectResponse("/signin", status_code=303)
-    await delete_session(request, response)
+    ended = await delete_session(request, response)
+    if ended is not None:
+        await _record(request, actor=ended.name, action="signout", key=ended.key_id)
     return response
 
 
@@ -381,6 +410,17 @@ async def _audit(request: Request, session: Session) -> Response:
     )
 
 
+async def _activity(request: Request, session: Session) -> Response:
+    ctx = await _layout(request, session, None, "activity")
+    before = request.query_params.get("before") or None
+    if before is not None and not all(c.isdigit() or c == "-" for c in before):
+        before = None
+    entries, cursor = await services_of(request).audit.page(limit=50, before=before)
+    return _render(
+        request, "activity.html", entries=[e.to_json() for e in entries], cursor=cursor, **ctx
+    )
+
+
 async def _envs(request: Request, session: Session) -> Response:
     ctx = await _layout(request, session, None, "envs")
     store = _store(request)
@@ -414,6 +454,7 @@ def build_routes() -> list[BaseRoute]:
         Route("/signout", signout, methods=["POST"], name="console-signout"),
         Route("/switch", switch),
         Route("/keys", _guarded(_keys), name="console-keys"),
+        Route("/activity", _guarded(_activity), name="console-activity"),
         Route("/envs", _guarded(_envs), name="console-envs"),
         Route("/envs/{env}/flags", _guarded(_flags), name="console-flags"),
         Route("/envs/{env}/flags/{key}", _guarded(_flag), name="console-flag"),

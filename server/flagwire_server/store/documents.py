@@ -63,6 +63,7 @@ from flagwire_server.store.types import (
     _version_of,
     as_str,
     merge_patch,
+    stream_before,
     validate_doc,
 )
 
@@ -404,7 +405,9 @@ class Store:
         """Audit entries newest first; returns ``(entries, cursor for the next page)``."""
         if not await self.redis.exists(self.keyspace.meta(env)):
             raise NotFound(f"environment {env!r} does not exist")
-        top = f"({before}" if before else "+"
+        top = stream_before(before)
+        if top is None:
+            return [], None
         raw: list[Any] = list(
             await self.redis.xrevrange(self.keyspace.audit(env), max=top, min="-", count=limit + 1)
             or []

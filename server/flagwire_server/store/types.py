@@ -253,3 +253,25 @@ def _audit_entry(entry_id: str, fields: dict[Any, Any]) -> AuditEntry:
         before=_loads(f.get("before")),
         after=_loads(f.get("after")),
     )
+
+
+_U64: Final = 2**64 - 1
+
+
+def stream_before(cursor: str | None) -> str | None:
+    """The inclusive ``XREVRANGE`` max for entries older than ``cursor`` (``ms-seq``).
+
+    ``"+"`` without a cursor; None when nothing can be older (``0-0``).  Computed
+    rather than sent as ``(cursor``, which Redis refuses for ``0-0`` and ids past 2**64.
+    """
+    if not cursor:
+        return "+"
+    left, _, right = cursor.partition("-")
+    ms, seq = int(left or 0), int(right or 0)
+    if ms > _U64:
+        return "+"
+    if seq > _U64:
+        seq = _U64 + 1
+    if seq > 0:
+        return f"{ms}-{seq - 1}"
+    return f"{ms - 1}-{_U64}" if ms > 0 else None
