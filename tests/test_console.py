@@ -23,7 +23,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.support.server import ServerProcess
+from tests.support.inprocess import InProcessServer
 
 pytestmark = [pytest.mark.browser, pytest.mark.timeout(120)]
 
@@ -60,13 +60,13 @@ if CHROMIUM is None and not os.environ.get("CI"):
 
 
 @pytest.fixture(scope="module")
-def console_server(redis_url: str) -> Iterator[ServerProcess]:
-    proc = ServerProcess(redis_url, prefix=f"fwc{uuid.uuid4().hex[:10]}")
+def console_server(redis_url: str) -> Iterator[InProcessServer]:
+    proc = InProcessServer(redis_url, prefix=f"fwc{uuid.uuid4().hex[:10]}")
     proc.start()
     try:
         yield proc
     finally:
-        proc.kill()
+        proc.stop()
 
 
 @pytest.fixture(scope="module")
@@ -131,7 +131,7 @@ def assert_no_sideways_scroll(page: Any) -> None:
     assert width <= inner, f"page is {width}px wide in a {inner}px viewport"
 
 
-def sign_in(page: Any, server: ServerProcess, next_path: str = "/") -> None:
+def sign_in(page: Any, server: InProcessServer, next_path: str = "/") -> None:
     page.goto(server.url + next_path)
     expect(page).to_have_url(re.compile(r"/signin"))
     page.get_by_label("Admin key").fill(server.admin_key)
@@ -201,7 +201,7 @@ def wait_until(check: Callable[[], Any], timeout: float = 5.0, what: str = "cond
 
 
 @pytest.fixture(scope="module")
-def sdk_client(console_server: ServerProcess) -> Iterator[ThreadedClient]:
+def sdk_client(console_server: InProcessServer) -> Iterator[ThreadedClient]:
     created = console_server.api(
         "POST", "/keys", {"name": "console-test-sdk", "kind": "sdk", "env": "production"}
     )
@@ -216,7 +216,7 @@ def sdk_client(console_server: ServerProcess) -> Iterator[ThreadedClient]:
 
 
 def test_sign_in_create_flag_client_sees_it_and_kill_switch(
-    page: Any, console_server: ServerProcess, sdk_client: ThreadedClient
+    page: Any, console_server: InProcessServer, sdk_client: ThreadedClient
 ) -> None:
     sign_in(page, console_server)
     expect(page).to_have_url(re.compile(r"/envs/production/flags$"))
@@ -267,7 +267,7 @@ def test_sign_in_create_flag_client_sees_it_and_kill_switch(
 
 
 def test_thirty_percent_rollout_is_validated_and_saved(
-    page: Any, console_server: ServerProcess
+    page: Any, console_server: InProcessServer
 ) -> None:
     key = new_key("checkout-redesign")
     rule = {
@@ -325,7 +325,7 @@ def test_thirty_percent_rollout_is_validated_and_saved(
 
 
 def test_invalid_regex_is_shown_next_to_its_field(
-    page: Any, page_errors: PageErrors, console_server: ServerProcess
+    page: Any, page_errors: PageErrors, console_server: InProcessServer
 ) -> None:
     page_errors.allow(r"status of 422")
     key = new_key("staff-banner")
@@ -352,7 +352,7 @@ def test_invalid_regex_is_shown_next_to_its_field(
 
 
 def test_change_through_the_api_appears_live_without_reload(
-    page: Any, console_server: ServerProcess
+    page: Any, console_server: InProcessServer
 ) -> None:
     for name in ("dark-mode", "search-v2", "pricing-page"):
         console_server.api(
@@ -401,7 +401,7 @@ def test_change_through_the_api_appears_live_without_reload(
     expect(page.locator("#env-connected")).to_have_text(re.compile(r"^\d+$"))
 
 
-def test_history_diff_and_restore(page: Any, console_server: ServerProcess) -> None:
+def test_history_diff_and_restore(page: Any, console_server: InProcessServer) -> None:
     key = new_key("onboarding-tour")
     base = f"/environments/production/flags/{key}"
     console_server.api("POST", "/environments/production/flags", bool_flag(key, on=False))
@@ -428,7 +428,7 @@ def test_history_diff_and_restore(page: Any, console_server: ServerProcess) -> N
     expect(versions).to_have_count(4)  # the page follows the change live
 
 
-def test_keys_create_copy_and_revoke(page: Any, console_server: ServerProcess) -> None:
+def test_keys_create_copy_and_revoke(page: Any, console_server: InProcessServer) -> None:
     sign_in(page, console_server, "/keys")
     name = f"browser-{secrets.token_hex(2)}"
     page.get_by_label("Name").fill(name)
@@ -469,7 +469,7 @@ def test_keys_create_copy_and_revoke(page: Any, console_server: ServerProcess) -
     assert any(k["name"] == name and k["revoked_at"] for k in listed)
 
 
-def test_sign_out_ends_the_session(page: Any, console_server: ServerProcess) -> None:
+def test_sign_out_ends_the_session(page: Any, console_server: InProcessServer) -> None:
     sign_in(page, console_server)
     cookie = next(c for c in page.context.cookies() if c["name"] == "fw_session")
     assert cookie["httpOnly"]
@@ -497,7 +497,7 @@ def test_sign_out_ends_the_session(page: Any, console_server: ServerProcess) -> 
 
 
 def test_sign_in_refuses_bad_keys_and_foreign_posts(
-    page: Any, page_errors: PageErrors, console_server: ServerProcess
+    page: Any, page_errors: PageErrors, console_server: InProcessServer
 ) -> None:
     page_errors.allow(r"status of 401")
     page.goto(console_server.url + "/signin")
@@ -519,7 +519,7 @@ def test_sign_in_refuses_bad_keys_and_foreign_posts(
 
 
 def test_segments_audit_and_phone_layout(
-    browser: Any, page_errors: PageErrors, console_server: ServerProcess
+    browser: Any, page_errors: PageErrors, console_server: InProcessServer
 ) -> None:
     context = browser.new_context(
         viewport=PHONE, device_scale_factor=2, is_mobile=True, has_touch=True
@@ -577,7 +577,7 @@ def test_segments_audit_and_phone_layout(
 
 
 def test_editor_sections_env_switcher_and_keyboard(
-    page: Any, console_server: ServerProcess
+    page: Any, console_server: InProcessServer
 ) -> None:
     env = f"staging-{secrets.token_hex(2)}"
     sign_in(page, console_server, "/envs")
