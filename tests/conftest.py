@@ -9,7 +9,7 @@ import pytest
 
 from tests.support.redisproc import RedisProcess, shared_redis_url, stop_embedded
 
-pytest_plugins = ["tests.support.server"]
+pytest_plugins = ["tests.support.server", "tests.support.inprocess"]
 
 
 @pytest.fixture(scope="session")

@@ -35,6 +35,7 @@ from flagwire import ClientStatus, FlagClient
 from flagwire.core.limits import MAX_CLIENT_FRAME, STREAM_PATH
 from flagwire.core.protocol import CloseCode
 from tests.support.builders import flag
+from tests.support.inprocess import InProcessServer
 from tests.support.invariants import Admin, RawSubscriber, poll, wait_key_known
 from tests.support.server import ServerProcess
 
@@ -59,7 +60,7 @@ async def _handshake(ws_url: str, key: str | None, headers: dict[str, str] | Non
     return 101
 
 
-async def _setup(server: ServerProcess) -> tuple[Admin, str, str]:
+async def _setup(server: ServerProcess | InProcessServer) -> tuple[Admin, str, str]:
     admin = Admin(server.url, server.admin_key)
     assert (await admin.put_flag(ENV, flag("k0"))).acked
     key_id, sdk = await admin.create_key("sdk", ENV, name="security sdk")
@@ -286,7 +287,8 @@ def _deflate_probe(port: int, key: str) -> dict[str, Any]:
         s.close()
 
 
-async def test_compression_is_off_or_bounded(server: ServerProcess) -> None:
+async def test_compression_is_off_or_bounded(inprocess_server: InProcessServer) -> None:
+    server = inprocess_server
     admin, _id, sdk = await _setup(server)
     try:
         # What a default websockets client (which offers permessage-deflate) is given.
@@ -313,7 +315,8 @@ async def test_compression_is_off_or_bounded(server: ServerProcess) -> None:
         await admin.aclose()
 
 
-async def test_sdk_keys_cannot_call_admin_routes(server: ServerProcess) -> None:
+async def test_sdk_keys_cannot_call_admin_routes(inprocess_server: InProcessServer) -> None:
+    server = inprocess_server
     admin, key_id, sdk = await _setup(server)
     try:
         before = (await admin.request("GET", f"/environments/{ENV}/flags/k0")).json()
@@ -351,7 +354,10 @@ async def test_sdk_keys_cannot_call_admin_routes(server: ServerProcess) -> None:
         await admin.aclose()
 
 
-async def test_keys_are_stored_only_hashed(server: ServerProcess, redis_url: str) -> None:
+async def test_keys_are_stored_only_hashed(
+    inprocess_server: InProcessServer, redis_url: str
+) -> None:
+    server = inprocess_server
     admin, _id, sdk = await _setup(server)
     try:
         _aid, admin2 = await admin.create_key("admin", None, name="hashed admin")

@@ -17,6 +17,9 @@ not need a process of their own, only the app and a real Redis:
   :class:`~tests.support.server.ServerProcess` that such tests use: ``url``,
   ``ws_url``, ``port``, ``admin_key``, ``request``, ``api``, ``stop``.
 
+Fixtures: ``inprocess_server`` (an ``InProcessServer`` with the test's Redis
+prefix and ``admin_key``) and ``asgi`` (``(app, http)`` from :func:`asgi_app`).
+
 Tests that kill, restart or signal the server, run several workers, read its
 logs or measure its process keep using ``ServerProcess``.
 
@@ -42,6 +45,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 import uvicorn
 from starlette.applications import Starlette
 
@@ -49,8 +53,9 @@ from flagwire_server.app import create_app
 from flagwire_server.cli.serve import uvicorn_options
 from flagwire_server.config import Settings
 from tests.support.redisproc import free_port
+from tests.support.server import _cleanup_prefix
 
-__all__ = ["InProcessServer", "asgi_app", "settings_for"]
+__all__ = ["InProcessServer", "asgi", "asgi_app", "inprocess_server", "settings_for"]
 
 
 def settings_for(
@@ -232,3 +237,31 @@ class InProcessServer:
         if not 200 <= status < 300:
             raise AssertionError(f"{method} {path} -> {status}: {text[:500]}")
         return json.loads(text) if text else None
+
+
+# --- fixtures (registered by ``pytest_plugins`` in ``tests/conftest.py``) ---------------
+
+
+@pytest.fixture
+def inprocess_server(
+    redis_url: str, redis_prefix: str, admin_key: str
+) -> Iterator[InProcessServer]:
+    """A running in-process server on the shared Redis, with this test's prefix."""
+    server = InProcessServer(redis_url, prefix=redis_prefix, admin_key=admin_key).start()
+    try:
+        yield server
+    finally:
+        server.stop()
+        _cleanup_prefix(redis_url, redis_prefix)
+
+
+@pytest.fixture
+async def asgi(
+    redis_url: str, redis_prefix: str, admin_key: str
+) -> AsyncIterator[tuple[Starlette, httpx.AsyncClient]]:
+    """The app with its lifespan running and an ASGI client sending the admin key."""
+    try:
+        async with asgi_app(redis_url, redis_prefix, admin_key) as pair:
+            yield pair
+    finally:
+        _cleanup_prefix(redis_url, redis_prefix)
