@@ -21,10 +21,17 @@ import functools
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, Final, Protocol
 
+from flagwire.core.bucketing import launchdarkly_bucket
 from flagwire.core.errors import ValidationError
-from flagwire.core.limits import MAX_STRING_ATTRIBUTE
-from flagwire.core.model import validate_segment
-from flagwire.core.operators import compile_matcher, is_number, parse_semver, parse_timestamp
+from flagwire.core.limits import MAX_STRING_ATTRIBUTE, WEIGHT_TOTAL
+from flagwire.core.model import LAUNCHDARKLY, semantics_of, validate_segment
+from flagwire.core.operators import (
+    NUMBER_OPS,
+    compile_matcher,
+    is_number,
+    parse_semver,
+    parse_timestamp,
+)
 
 if TYPE_CHECKING:
     from flagwire.core.detail import EvaluationDetail
@@ -49,7 +56,12 @@ class Env(Protocol):
     def segment(self, key: str) -> CompiledSegment | None: ...
 
     def prerequisite(
-        self, key: str, ctx: Mapping[str, Any], ckey: str, chain: tuple[str, ...]
+        self,
+        key: str,
+        ctx: Mapping[str, Any],
+        ckey: str,
+        chain: tuple[str, ...],
+        transitive: bool = True,
     ) -> EvaluationDetail | None: ...
 
 
@@ -141,15 +153,19 @@ _FAST: Final = {
 }
 
 
-def fast_parts(c: dict[str, Any]) -> tuple[str, Any, Clause] | None:
+def fast_parts(c: dict[str, Any], *, doubles: bool = False) -> tuple[str, Any, Clause] | None:
     """``(attribute, arg, slow)`` when clause ``c`` has an inline fast path.
 
     ``arg`` is the prepared value used by ``FAST_EXPRS[op]``; ``slow`` is the
     full clause, to call when the attribute's type is not the common one.
+    ``doubles`` (LaunchDarkly semantics) compares numbers as doubles, which
+    the inlined ``v < arg`` would not do for integers past 2**53.
     """
     op: str = c["op"]
     values: list[Any] = c["values"]
     arg: Any
+    if doubles and op in NUMBER_OPS:
+        return None
     if op == "in":
         arg = frozenset(v for v in values if isinstance(v, str))
     elif op in ("starts_with", "ends_with"):
@@ -175,13 +191,14 @@ def fast_parts(c: dict[str, Any]) -> tuple[str, Any, Clause] | None:
     return c["attribute"], arg, _lift(c["attribute"], _TESTS[op](values), c["negate"])
 
 
-def compile_clause(c: dict[str, Any]) -> Clause:
-    """Compile one validated clause."""
+def compile_clause(c: dict[str, Any], *, doubles: bool = False) -> Clause:
+    """Compile one validated clause (``doubles``: numbers compared as LaunchDarkly does)."""
     if c["op"] == "segment_match":
         return _segment_clause(tuple(c["values"]), c["negate"])
-    fast = fast_parts(c)
+    fast = fast_parts(c, doubles=doubles)
     if fast is None:
-        return _lift(c["attribute"], _TESTS[c["op"]](c["values"]), c["negate"])
+        tests = _DOUBLE_TESTS if doubles and c["op"] in NUMBER_OPS else _TESTS
+        return _lift(c["attribute"], tests[c["op"]](c["values"]), c["negate"])
     return _FAST[c["op"], c["negate"]](*fast)
 
 
@@ -276,6 +293,16 @@ def _number(x: Any) -> Any:
     return x if x.__class__ is int or x.__class__ is float else None
 
 
+def _double(x: Any) -> float | None:
+    """A number as the double LaunchDarkly compares (2**53 + 1 equals 2**53 there)."""
+    if x.__class__ is int or x.__class__ is float:
+        try:
+            return float(x)
+        except OverflowError:  # an integer beyond any double matches no comparison
+            return None
+    return None
+
+
 def _semver_eq(values: list[Any]) -> Test:
     keys = frozenset(parse_semver(v) for v in values)
 
@@ -304,6 +331,13 @@ _TESTS: Final[dict[str, Callable[[list[Any]], Test]]] = {
 }
 
 
+def _doubles(op: str) -> Callable[[list[Any]], Test]:
+    return lambda vs: _ordered(_double, op, [float(v) for v in vs])
+
+
+_DOUBLE_TESTS: Final = {op: _doubles(op) for op in NUMBER_OPS}
+
+
 # --- segments --------------------------------------------------------------
 
 
@@ -325,6 +359,8 @@ def compile_segment(doc: Any) -> CompiledSegment:
         return malformed
     excluded = frozenset(d["excluded"])
     included = frozenset(d["included"])
+    if semantics_of(d) == LAUNCHDARKLY:
+        return _launchdarkly_segment(d, included, excluded)
     rules = tuple(match_all(tuple(compile_clause(c) for c in r["clauses"])) for r in d["rules"])
 
     def member(ctx: Mapping[str, Any], env: Env) -> bool:
@@ -336,6 +372,43 @@ def compile_segment(doc: Any) -> CompiledSegment:
         for match in rules:  # noqa: SIM110 - a loop beats any(<genexpr>) on CPython
             if match(ctx, env):
                 return True
+        return False
+
+    return member
+
+
+def _launchdarkly_segment(
+    d: dict[str, Any], included: frozenset[str], excluded: frozenset[str]
+) -> CompiledSegment:
+    """A segment with LaunchDarkly's rules: included wins over excluded; weighted rules.
+
+    A rule with a ``weight`` holds only the contexts whose LaunchDarkly bucket
+    (``salt.value`` of its ``bucket_by``, default the key) is below
+    ``weight / 100000``.
+    """
+    prefix: str = d.get("salt", d["key"])
+    rules = tuple(
+        (
+            match_all(tuple(compile_clause(c, doubles=True) for c in r["clauses"])),
+            r.get("weight"),
+            r.get("bucket_by", "key"),
+        )
+        for r in d["rules"]
+    )
+
+    def member(ctx: Mapping[str, Any], env: Env) -> bool:
+        ckey = ctx.get("key")
+        if ckey in included:
+            return True
+        if ckey in excluded:
+            return False
+        for match, weight, by in rules:
+            if match(ctx, env):
+                if weight is None:
+                    return True
+                value = ckey if by == "key" else ctx.get(by)
+                if launchdarkly_bucket(prefix, value) < weight / WEIGHT_TOTAL:
+                    return True
         return False
 
     return member

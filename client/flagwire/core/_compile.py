@@ -43,11 +43,11 @@ from flagwire.core._clauses import (
     fast_parts,
     match_all,
 )
-from flagwire.core.bucketing import bucket_text
+from flagwire.core.bucketing import bucket_text, launchdarkly_bucket
 from flagwire.core.detail import EvaluationDetail, Reason
 from flagwire.core.errors import ValidationError
-from flagwire.core.limits import BUCKETS
-from flagwire.core.model import validate_flag
+from flagwire.core.limits import BUCKETS, WEIGHT_TOTAL
+from flagwire.core.model import LAUNCHDARKLY, semantics_of, validate_flag
 from flagwire.core.operators import is_number
 
 __all__ = [
@@ -148,7 +148,8 @@ def _compile_valid_flag(d: dict[str, Any]) -> CompiledFlag:
     if not d["on"]:
         return CompiledFlag(key, accepts, False, lambda ctx, ckey, env, chain: off)
 
-    gen = _Generator()
+    ld = semantics_of(d) == LAUNCHDARKLY
+    gen = _Generator(ld)
     if d["prerequisites"]:
         prereqs = tuple(
             (
@@ -160,7 +161,7 @@ def _compile_valid_flag(d: dict[str, Any]) -> CompiledFlag:
             )
             for p in d["prerequisites"]
         )
-        check = gen.bind(_prerequisite_check(key, prereqs))
+        check = gen.bind(_prerequisite_check(key, prereqs, transitive=not ld))
         gen.line(f"failed = {check}(ctx, ckey, env, chain)")
         gen.line("if failed is not None: return failed")
     targets: dict[str, EvaluationDetail] = {}
@@ -181,8 +182,8 @@ def _compile_valid_flag(d: dict[str, Any]) -> CompiledFlag:
         # than it could ever save, so its rules run as a loop over closures.
         table = tuple(
             (
-                match_all(tuple(compile_clause(c) for c in r["clauses"])),
-                *_serve_parts(r, d["salt"], variations, Reason.RULE_MATCH, i, r.get("id")),
+                match_all(tuple(compile_clause(c, doubles=ld) for c in r["clauses"])),
+                *_serve_parts(r, d["salt"], variations, Reason.RULE_MATCH, i, r.get("id"), ld),
             )
             for i, r in enumerate(d["rules"])
         )
@@ -194,9 +195,14 @@ def _compile_valid_flag(d: dict[str, Any]) -> CompiledFlag:
 
 
 def _prerequisite_check(
-    key: str, prereqs: tuple[tuple[str, int, EvaluationDetail], ...]
+    key: str, prereqs: tuple[tuple[str, int, EvaluationDetail], ...], *, transitive: bool
 ) -> Callable[[Mapping[str, Any], str, Env, tuple[str, ...]], EvaluationDetail | None]:
-    """The first failing prerequisite's detail, or None when all are satisfied."""
+    """The first failing prerequisite's detail, or None when all are satisfied.
+
+    ``transitive`` False is LaunchDarkly's rule: a prerequisite that failed its
+    own prerequisites still counts when it is on and the off variation it then
+    serves is the one required.
+    """
 
     alone = (key,)  # the chain when this flag is the one being evaluated: no allocation
 
@@ -205,7 +211,7 @@ def _prerequisite_check(
     ) -> EvaluationDetail | None:
         chain = (*chain, key) if chain else alone
         for pkey, pvar, fail in prereqs:
-            got = env.prerequisite(pkey, ctx, ckey, chain)
+            got = env.prerequisite(pkey, ctx, ckey, chain, transitive)
             if got is None or got.variation_index != pvar:
                 return fail
         return None
@@ -226,6 +232,7 @@ def _serve_parts(
     reason: Reason,
     index: int | None,
     rule_id: str | None,
+    ld: bool = False,
 ) -> tuple[EvaluationDetail, Picker | None]:
     """What a rule or the fallthrough serves: a prebuilt detail, or a rollout picker.
 
@@ -234,6 +241,14 @@ def _serve_parts(
     if "variation" in obj:
         v = obj["variation"]
         return _detail(variations, v, reason, index, rule_id), None
+    if ld:
+        roll = obj["rollout"]
+        details = tuple(
+            _detail(variations, slot["variation"], reason, index, rule_id)
+            for slot in roll["variations"]
+        )
+        prefix = str(roll["seed"]) if "seed" in roll else salt
+        return details[0], _launchdarkly_picker(prefix, roll["bucket_by"], roll, details)
     base, cum, details = _rollout_parts(obj["rollout"], salt, variations, reason, index, rule_id)
     return details[0], _picker(base, obj["rollout"]["bucket_by"], cum, details)
 
@@ -273,9 +288,10 @@ def _rollout_parts(
 class _Generator:
     """Accumulates the source of one flag's ``run`` and the values it closes over."""
 
-    def __init__(self) -> None:
+    def __init__(self, ld: bool = False) -> None:
         self.lines: list[str] = []
         self.values: list[Any] = []
+        self.ld = ld  # LaunchDarkly semantics: its bucketing, numbers as doubles
 
     def bind(self, value: Any) -> str:
         """A name for ``value`` inside the generated function (by position only)."""
@@ -287,9 +303,9 @@ class _Generator:
 
     def clause(self, c: dict[str, Any]) -> str:
         """A boolean expression for clause ``c``: inlined when a fast path exists."""
-        fast = fast_parts(c)
+        fast = fast_parts(c, doubles=self.ld)
         if fast is None:
-            return f"{self.bind(compile_clause(c))}(ctx, env)"
+            return f"{self.bind(compile_clause(c, doubles=self.ld))}(ctx, env)"
         attr, arg, slow = (self.bind(x) for x in fast)
         guard, expr = FAST_EXPRS[c["op"]]
         expr = expr.replace("arg", arg)
@@ -310,8 +326,8 @@ class _Generator:
         *,
         indent: int,
     ) -> None:
-        if "variation" in obj or obj["rollout"]["bucket_by"] != "key":
-            fixed, pick = _serve_parts(obj, salt, variations, reason, index, rule_id)
+        if self.ld or "variation" in obj or obj["rollout"]["bucket_by"] != "key":
+            fixed, pick = _serve_parts(obj, salt, variations, reason, index, rule_id, self.ld)
             if pick is None:
                 self.line(f"return {self.bind(fixed)}", indent)
             else:
@@ -369,5 +385,28 @@ def _picker(
         h = copy()
         h.update(text.encode("utf-8", "surrogatepass"))
         return details[bisect_right(cum, _Q(h.digest())[0] % BUCKETS)]
+
+    return pick
+
+
+def _launchdarkly_picker(
+    prefix: str, by: str, roll: dict[str, Any], details: tuple[EvaluationDetail, ...]
+) -> Picker:
+    """A rollout assigning as LaunchDarkly does (``bucketing.launchdarkly_bucket``).
+
+    The running totals are summed in doubles in slot order, as LaunchDarkly
+    sums them, so a boundary lands on the same double; a bucket past the last
+    total (weights summing under 100%, or rounding) gets the last slot.
+    """
+    cum: list[float] = []
+    total = 0.0
+    for slot in roll["variations"]:
+        total += slot["weight"] / WEIGHT_TOTAL
+        cum.append(total)
+    bounds, last, count = tuple(cum), details[-1], len(details)
+
+    def pick(ctx: Mapping[str, Any], ckey: str) -> EvaluationDetail:
+        i = bisect_right(bounds, launchdarkly_bucket(prefix, ckey if by == "key" else ctx.get(by)))
+        return details[i] if i < count else last
 
     return pick

@@ -16,6 +16,14 @@ test vectors (``tests/vectors/bucketing.json``) are in ``docs/evaluation.md``
 so that a client in another language can reproduce it bit for bit.
 
 The 64-bit prefix modulo 100000 has a bias of under 1e-14: irrelevant.
+
+Flags imported from LaunchDarkly (``"semantics": "launchdarkly"``) keep
+LaunchDarkly's own assignment instead, so nobody changes variation on the
+day of the move: :func:`launchdarkly_bucket` is a float in ``[0, 1]`` from
+the first 15 hex digits of the SHA-1 of ``prefix.value``, where the prefix
+is ``flagKey.salt`` (a flagwire ``salt`` of such a flag holds exactly that)
+or the rollout's ``seed``.  Integers and strings can be bucketed there;
+anything else lands in bucket 0.
 """
 
 from __future__ import annotations
@@ -25,7 +33,10 @@ from typing import Final
 
 from flagwire.core.limits import BUCKETS
 
-__all__ = ["bucket", "bucket_text"]
+__all__ = ["LD_SCALE", "bucket", "bucket_text", "launchdarkly_bucket", "launchdarkly_bucket_text"]
+
+#: LaunchDarkly divides the 60-bit hash prefix by this (not 2**60), as a double.
+LD_SCALE: Final = float(0xFFFFFFFFFFFFFFF)
 
 # Numbers beyond 2**53 are refused: many languages parse JSON numbers as
 # doubles, where such integers are not exact and print differently ("1e+21").
@@ -74,3 +85,41 @@ def bucket(salt: str, value: object) -> int:
     # a Python str) from raising inside evaluation.
     data = f"{salt}.{text}".encode("utf-8", "surrogatepass")
     return int.from_bytes(hashlib.sha1(data, usedforsecurity=False).digest()[:8], "big") % BUCKETS
+
+
+def launchdarkly_bucket_text(value: object) -> str | None:
+    """The text LaunchDarkly hashes for a bucket_by value, or None (then the bucket is 0).
+
+    Strings as themselves and integers as decimal text; booleans, floats
+    (even ``3.0``: LaunchDarkly's Python SDK, which the differential test
+    runs, does not bucket them), None, arrays and objects cannot be bucketed.
+    """
+    cls = value.__class__
+    if cls is str:
+        return value  # type: ignore[return-value]
+    if cls is int:
+        return str(value)
+    if isinstance(value, str | int) and not isinstance(value, bool):
+        return str(value)  # subclasses as LaunchDarkly's SDK formats them
+    return None
+
+
+def launchdarkly_bucket(prefix: str, value: object) -> float:
+    """LaunchDarkly's bucket of ``value`` in ``[0, 1]``, bit for bit.
+
+    ``int(sha1(f"{prefix}.{text}").hexdigest()[:15], 16) / LD_SCALE`` in
+    doubles; 0.0 for a value that cannot be bucketed.  A rollout then serves
+    the first slot whose running total of ``weight / 100000.0`` (summed in
+    doubles, in slot order) is greater than the bucket, else its last slot.
+
+    Args:
+        prefix: ``flagKey.salt`` with LaunchDarkly's key, or the rollout's seed as text.
+        value: the bucket_by attribute's value.
+    """
+    text = launchdarkly_bucket_text(value)
+    if text is None:
+        return 0.0
+    data = f"{prefix}.{text}".encode("utf-8", "surrogatepass")
+    digest = hashlib.sha1(data, usedforsecurity=False).digest()
+    # The first 15 hex digits are the top 60 bits of the first 8 bytes.
+    return (int.from_bytes(digest[:8], "big") >> 4) / LD_SCALE

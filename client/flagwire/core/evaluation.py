@@ -227,14 +227,21 @@ class Snapshot:
         return self._segs.get(key)
 
     def prerequisite(
-        self, key: str, ctx: Mapping[str, Any], ckey: str, chain: tuple[str, ...]
+        self,
+        key: str,
+        ctx: Mapping[str, Any],
+        ckey: str,
+        chain: tuple[str, ...],
+        transitive: bool = True,
     ) -> EvaluationDetail | None:
         """Evaluate prerequisite ``key``; None if it cannot be satisfied.
 
         A prerequisite is satisfied when its flag exists, is valid, is on,
         passes its own prerequisites and serves the required variation (the
         caller compares the index).  ``chain`` holds the flags being
-        evaluated above it, to detect cycles.
+        evaluated above it, to detect cycles.  With ``transitive`` False
+        (LaunchDarkly's rule, for flags imported from it) a prerequisite that
+        failed its own prerequisites still counts by the off variation it serves.
 
         Raises:
             CycleError: ``key`` is already in ``chain`` or the chain is too deep.
@@ -248,7 +255,7 @@ class Snapshot:
             detail = flag.run(ctx, ckey, self, chain)
         except MalformedError:
             return None
-        if detail.reason is _PREREQUISITE_FAILED:
+        if transitive and detail.reason is _PREREQUISITE_FAILED:
             return None
         return detail
 

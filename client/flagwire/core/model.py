@@ -33,7 +33,12 @@ from flagwire.core.operators import (
     regex_problem,
 )
 
-__all__ = ["validate_flag", "validate_segment"]
+__all__ = ["LAUNCHDARKLY", "SEMANTICS", "semantics_of", "validate_flag", "validate_segment"]
+
+#: The ``semantics`` of flags and segments imported from LaunchDarkly (``docs/evaluation.md``).
+LAUNCHDARKLY: Final = "launchdarkly"
+#: Every value ``semantics`` may take; the first is the default.
+SEMANTICS: Final = ("flagwire", LAUNCHDARKLY)
 
 _SERVER_FIELDS: Final = ("version", "created_at", "updated_at", "updated_by")
 _FLAG_FIELDS: Final = frozenset(
@@ -50,16 +55,31 @@ _FLAG_FIELDS: Final = frozenset(
         "fallthrough",
         "prerequisites",
         "salt",
+        "semantics",
         *_SERVER_FIELDS,
     }
 )
 _SEGMENT_FIELDS: Final = frozenset(
-    {"key", "name", "description", "tags", "included", "excluded", "rules", *_SERVER_FIELDS}
+    {
+        "key",
+        "name",
+        "description",
+        "tags",
+        "included",
+        "excluded",
+        "rules",
+        "semantics",
+        "salt",
+        *_SERVER_FIELDS,
+    }
 )
 _RULE_FIELDS: Final = frozenset({"id", "description", "clauses", "variation", "rollout"})
 _SEGMENT_RULE_FIELDS: Final = frozenset({"id", "description", "clauses"})
+#: A rule of a segment with LaunchDarkly semantics may hold only a share of its matches.
+_LD_SEGMENT_RULE_FIELDS: Final = frozenset({*_SEGMENT_RULE_FIELDS, "weight", "bucket_by"})
 _CLAUSE_FIELDS: Final = frozenset({"attribute", "op", "values", "negate"})
 _ROLLOUT_FIELDS: Final = frozenset({"variations", "bucket_by"})
+_LD_ROLLOUT_FIELDS: Final = frozenset({*_ROLLOUT_FIELDS, "seed"})
 _WEIGHTED_FIELDS: Final = frozenset({"variation", "weight"})
 _TARGET_FIELDS: Final = frozenset({"variation", "values"})
 _PREREQ_FIELDS: Final = frozenset({"key", "variation"})
@@ -198,6 +218,25 @@ def _prepare(doc: Any, what: str) -> tuple[_Checker, dict[str, Any]]:
     return _Checker(), copy
 
 
+def semantics_of(d: dict[str, Any]) -> str:
+    """The evaluation rules a validated document asked for (absent means flagwire's)."""
+    value: str = d.get("semantics", SEMANTICS[0])
+    return value
+
+
+def _semantics(check: _Checker, d: dict[str, Any]) -> bool:
+    """Check ``semantics`` (kept out of the normalised copy when absent); True for LaunchDarkly."""
+    if "semantics" not in d:
+        return False
+    if d["semantics"] not in SEMANTICS:
+        check.err(
+            "semantics",
+            f"expected one of {', '.join(map(repr, SEMANTICS))}, got {_show(d['semantics'])}",
+        )
+        return False
+    return bool(d["semantics"] == LAUNCHDARKLY)
+
+
 def _common(check: _Checker, d: dict[str, Any], what: str) -> None:
     """Fields flags and segments share: key, name, description, tags, server fields."""
     check.fields(d, _FLAG_FIELDS if what == "flag" else _SEGMENT_FIELDS, "")
@@ -237,6 +276,7 @@ def validate_flag(doc: object) -> dict[str, Any]:
     check, d = _prepare(doc, "flag")
     _common(check, d, "flag")
     key = d.get("key")
+    ld = _semantics(check, d)
 
     d.setdefault("on", False)
     if d["on"] is not True and d["on"] is not False:
@@ -290,12 +330,12 @@ def validate_flag(doc: object) -> dict[str, Any]:
 
     rules = d.setdefault("rules", [])
     if check.array(rules, "rules", LIMITS.max_rules):
-        _rules(check, rules, in_range, segment=False)
+        _rules(check, rules, in_range, segment=False, ld=ld)
 
     if "fallthrough" not in d:
         check.err("fallthrough", "required: an object with a variation or a rollout")
     else:
-        _serve(check, d["fallthrough"], "fallthrough", in_range, whole=True)
+        _serve(check, d["fallthrough"], "fallthrough", in_range, whole=True, ld=ld)
 
     prereqs = d.setdefault("prerequisites", [])
     if check.array(prereqs, "prerequisites", LIMITS.max_prerequisites):
@@ -348,13 +388,19 @@ def validate_segment(doc: object) -> dict[str, Any]:
     """
     check, d = _prepare(doc, "segment")
     _common(check, d, "segment")
+    ld = _semantics(check, d)
+    if "salt" in d:
+        if ld:
+            check.text(d["salt"], "salt", LIMITS.max_name_length, empty=False)
+        else:
+            check.err("salt", 'a segment has a salt only with "semantics": "launchdarkly"')
     for name in ("included", "excluded"):
         values = d.setdefault(name, [])
         if check.array(values, name, LIMITS.max_segment_values):
             _strings(check, values, name, "a context key (string)")
     rules = d.setdefault("rules", [])
     if check.array(rules, "rules", LIMITS.max_rules):
-        _rules(check, rules, lambda v, p: True, segment=True)
+        _rules(check, rules, lambda v, p: True, segment=True, ld=ld)
     check.raise_if_any()
     return d
 
@@ -366,14 +412,24 @@ def _strings(check: _Checker, values: Iterable[Any], path: str, what: str) -> No
 
 
 def _rules(
-    check: _Checker, rules: list[Any], in_range: Callable[[Any, str], bool], *, segment: bool
+    check: _Checker,
+    rules: list[Any],
+    in_range: Callable[[Any, str], bool],
+    *,
+    segment: bool,
+    ld: bool,
 ) -> None:
     ids: dict[str, int] = {}
     for i, rule in enumerate(rules):
         path = f"rules[{i}]"
         if not check.obj(rule, path):
             continue
-        check.fields(rule, _SEGMENT_RULE_FIELDS if segment else _RULE_FIELDS, path)
+        if segment:
+            check.fields(rule, _LD_SEGMENT_RULE_FIELDS if ld else _SEGMENT_RULE_FIELDS, path)
+            if ld:
+                _segment_share(check, rule, path)
+        else:
+            check.fields(rule, _RULE_FIELDS, path)
         if "id" in rule:
             rid = rule["id"]
             if check.text(rid, f"{path}.id", LIMITS.max_name_length, empty=False):
@@ -389,11 +445,30 @@ def _rules(
             for j, clause in enumerate(clauses):
                 _clause(check, clause, f"{path}.clauses[{j}]", segment=segment)
         if not segment:
-            _serve(check, rule, path, in_range, whole=False)
+            _serve(check, rule, path, in_range, whole=False, ld=ld)
+
+
+def _segment_share(check: _Checker, rule: dict[str, Any], path: str) -> None:
+    """``weight`` and ``bucket_by`` of a LaunchDarkly segment rule (fields checked before)."""
+    if "weight" in rule:
+        w = rule["weight"]
+        if w.__class__ is not int or not 0 <= w <= WEIGHT_TOTAL:
+            check.err(
+                f"{path}.weight",
+                f"expected an integer 0..{WEIGHT_TOTAL} (thousandths of a percent), got {_show(w)}",
+            )
+    if "bucket_by" in rule:
+        check.text(rule["bucket_by"], f"{path}.bucket_by", LIMITS.max_name_length, empty=False)
 
 
 def _serve(
-    check: _Checker, obj: Any, path: str, in_range: Callable[[Any, str], bool], *, whole: bool
+    check: _Checker,
+    obj: Any,
+    path: str,
+    in_range: Callable[[Any, str], bool],
+    *,
+    whole: bool,
+    ld: bool,
 ) -> None:
     """Check what a rule or the fallthrough serves: exactly one of variation/rollout."""
     if not check.obj(obj, path, "an object with a variation or a rollout"):
@@ -409,13 +484,17 @@ def _serve(
     if has_var:
         in_range(obj["variation"], _join(path, "variation"))
     if has_roll:
-        _rollout(check, obj["rollout"], _join(path, "rollout"), in_range)
+        _rollout(check, obj["rollout"], _join(path, "rollout"), in_range, ld=ld)
 
 
-def _rollout(check: _Checker, roll: Any, path: str, in_range: Callable[[Any, str], bool]) -> None:
+def _rollout(
+    check: _Checker, roll: Any, path: str, in_range: Callable[[Any, str], bool], *, ld: bool
+) -> None:
     if not check.obj(roll, path):
         return
-    check.fields(roll, _ROLLOUT_FIELDS, path)
+    check.fields(roll, _LD_ROLLOUT_FIELDS if ld else _ROLLOUT_FIELDS, path)
+    if "seed" in roll and roll["seed"].__class__ is not int:
+        check.err(f"{path}.seed", f"expected an integer, got {_show(roll['seed'])}")
     roll.setdefault("bucket_by", "key")
     check.text(roll["bucket_by"], f"{path}.bucket_by", LIMITS.max_name_length, empty=False)
     slots = roll.get("variations")
@@ -445,7 +524,9 @@ def _rollout(check: _Checker, roll: Any, path: str, in_range: Callable[[Any, str
             ok = False
         else:
             total += weight
-    if ok and total != WEIGHT_TOTAL:
+    # LaunchDarkly lets weights sum to anything and serves the last slot past
+    # their total; flags imported from it keep that (docs/evaluation.md).
+    if ok and total != WEIGHT_TOTAL and not ld:
         check.err(
             f"{path}.variations",
             f"weights sum to {total}; they must sum to "
