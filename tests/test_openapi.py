@@ -12,10 +12,10 @@ import httpx
 import jsonschema
 import pytest
 
-from flagwire_server.api.openapi import SCHEMAS
 from flagwire_server.api.openapi import document as build_document
 from flagwire_server.api.routes import OPERATIONS
 from flagwire_server.api.routing import API_PREFIX, ApiRoute
+from flagwire_server.api.schemas import SCHEMAS
 from tests.support.builders import flag
 from tests.test_admin_support import VENV_BIN, start_server, stop_server
 

@@ -18,7 +18,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute
 
-from flagwire_server.api import apply, audit, documents, environments, keys
+from flagwire_server.api import apply, audit, documents, environments, evaluation, keys
 from flagwire_server.api.auth import Principal
 from flagwire_server.api.helpers import MAX_WAIT, json_response
 from flagwire_server.api.openapi import document
@@ -242,7 +242,7 @@ OPERATIONS: Final[tuple[ApiRoute, ...]] = (
     ApiRoute(
         "POST",
         "/environments/{env}/evaluate",
-        environments.evaluate,
+        evaluation.evaluate,
         operation_id="evaluate",
         summary="Evaluate one flag or all flags for a context (admin key or an SDK key of env)",
         tag="evaluation",

@@ -1,0 +1,321 @@
+"""The component schemas of the admin API's OpenAPI document, written by hand.
+
+Why apart from ``openapi.py``: paths, parameters and status codes are generated
+from the route table there; these are the shapes of the bodies, which only a
+person can say.  Precise enough for schemathesis to check every response.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Final
+
+from flagwire.core.limits import ENV_PATTERN, KEY_PATTERN
+
+__all__ = ["SCHEMAS", "ref"]
+
+_S = dict[str, Any]
+_INT: Final[_S] = {"type": "integer"}
+_STR: Final[_S] = {"type": "string"}
+_NUM_OR_NULL: Final[_S] = {"type": ["number", "null"]}
+_INT_OR_NULL: Final[_S] = {"type": ["integer", "null"]}
+
+
+def _obj(props: _S, required: tuple[str, ...] = (), extra: bool = True) -> _S:
+    return {
+        "type": "object",
+        "properties": props,
+        "required": list(required),
+        "additionalProperties": extra,
+    }
+
+
+def ref(name: str) -> _S:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+_DOC_FIELDS: Final[_S] = {
+    "key": {"type": "string", "pattern": f"^{KEY_PATTERN}$"},
+    "name": _STR,
+    "description": _STR,
+    "tags": {"type": "array", "items": _STR},
+    "created_at": {"type": ["string", "number", "null"]},
+    "updated_at": {"type": ["string", "number", "null"]},
+    "updated_by": {"type": ["string", "number", "null"]},
+}
+_FLAG_FIELDS: Final[_S] = {
+    **_DOC_FIELDS,
+    "on": {"type": "boolean"},
+    "variations": {"type": "array", "minItems": 1},
+    "off_variation": _INT_OR_NULL,
+    "targets": {"type": "array", "items": {"type": "object"}},
+    "rules": {"type": "array", "items": {"type": "object"}},
+    "fallthrough": {"type": "object"},
+    "prerequisites": {"type": "array", "items": {"type": "object"}},
+    "salt": _STR,
+}
+_SEGMENT_FIELDS: Final[_S] = {
+    **_DOC_FIELDS,
+    "included": {"type": "array", "items": _STR},
+    "excluded": {"type": "array", "items": _STR},
+    "rules": {"type": "array", "items": {"type": "object"}},
+}
+_PROPAGATION: Final[_S] = _obj(
+    {
+        "version": _INT,
+        "connected": _INT_OR_NULL,
+        "acknowledged": _INT_OR_NULL,
+        "lost": _INT_OR_NULL,
+        "complete": {"type": ["boolean", "null"]},
+        "p50_ms": _NUM_OR_NULL,
+        "p99_ms": _NUM_OR_NULL,
+        "max_ms": _NUM_OR_NULL,
+    }
+)
+_KEY: Final[_S] = _obj(
+    {
+        "id": _STR,
+        "name": _STR,
+        "kind": {"enum": ["sdk", "admin"]},
+        "env": {"type": ["string", "null"]},
+        "prefix": _STR,
+        "created_at": _STR,
+        "revoked_at": {"type": ["string", "null"]},
+    },
+    ("id", "name", "kind", "env", "prefix", "created_at", "revoked_at"),
+    extra=False,
+)
+_ENV_SUMMARY: Final[_S] = _obj({"key": _STR, "name": _STR, "created_at": _STR}, ("key", "name"))
+_DETAIL: Final[_S] = _obj(
+    {
+        "value": {},
+        "variation_index": _INT_OR_NULL,
+        "reason": _STR,
+        "rule_index": _INT_OR_NULL,
+        "rule_id": {"type": ["string", "null"]},
+        "prerequisite_key": {"type": ["string", "null"]},
+        "error_kind": {"type": ["string", "null"]},
+    },
+    ("value", "variation_index", "reason"),
+)
+
+
+def _write(kind: str) -> _S:
+    return _obj(
+        {
+            kind: {"oneOf": [ref(kind.capitalize()), {"type": "null"}]},
+            "version": _INT,
+            "env_version": _INT,
+            "changed": {
+                "type": "boolean",
+                "description": "false when a merge patch changed nothing (nothing was sent)",
+            },
+            "propagation": ref("Propagation"),
+        },
+        (kind, "version", "env_version", "changed"),
+    )
+
+
+SCHEMAS: Final[dict[str, _S]] = {
+    "Problem": _obj(
+        {
+            "type": _STR,
+            "title": _STR,
+            "status": _INT,
+            "detail": _STR,
+            "errors": {
+                "type": "array",
+                "items": _obj({"path": _STR, "message": _STR}, ("path", "message"), extra=False),
+            },
+            "current_version": _INT,
+        },
+        ("type", "title", "status", "detail", "errors"),
+    ),
+    "Flag": _obj({**_FLAG_FIELDS, "version": _INT}, ("key", "version", "variations")),
+    "FlagInput": _obj(
+        {
+            **_FLAG_FIELDS,
+            "version": {
+                **_INT,
+                "minimum": 0,
+                "description": "the expected current version (optional)",
+            },
+        },
+        ("variations", "fallthrough"),
+    ),
+    "Segment": _obj({**_SEGMENT_FIELDS, "version": _INT}, ("key", "version")),
+    "SegmentInput": _obj({**_SEGMENT_FIELDS, "version": {**_INT, "minimum": 0}}),
+    "MergePatch": {"type": "object", "description": "RFC 7386 JSON merge patch"},
+    "FlagWrite": _write("flag"),
+    "SegmentWrite": _write("segment"),
+    "FlagList": _obj(
+        {"flags": {"type": "array", "items": ref("Flag")}, "env_version": _INT},
+        ("flags", "env_version"),
+    ),
+    "SegmentList": _obj(
+        {"segments": {"type": "array", "items": ref("Segment")}, "env_version": _INT},
+        ("segments", "env_version"),
+    ),
+    "History": _obj(
+        {
+            "key": _STR,
+            "current_version": _INT_OR_NULL,
+            "versions": {"type": "array", "items": {"type": "object"}},
+        },
+        ("key", "current_version", "versions"),
+    ),
+    "ApplyRequest": _obj(
+        {
+            "name": {
+                "type": "string",
+                "minLength": 1,
+                "maxLength": 200,
+                "description": "names the apply in the audit log (e.g. a commit)",
+            },
+            "documents": {
+                "type": "array",
+                "items": _obj(
+                    {
+                        "kind": {"enum": ["flag", "segment"]},
+                        "key": _STR,
+                        "document": {
+                            "type": ["object", "null"],
+                            "description": "the whole document; null deletes it",
+                        },
+                        "version": {
+                            **_INT,
+                            "minimum": 0,
+                            "description": "the version read (0: absent); another is a 409",
+                        },
+                    },
+                    ("kind", "key", "document"),
+                    extra=False,
+                ),
+            },
+        },
+        ("documents",),
+        extra=False,
+    ),
+    "ApplyResult": _obj(
+        {
+            "name": _STR,
+            "env_version": _INT,
+            "changes": {
+                "type": "array",
+                "items": _obj(
+                    {
+                        "kind": {"enum": ["flag", "segment"]},
+                        "key": _STR,
+                        "action": {"enum": ["create", "update", "delete"]},
+                        "version": _INT,
+                        "env_version": _INT,
+                    },
+                    ("kind", "key", "action", "version", "env_version"),
+                ),
+            },
+            "unchanged": {
+                "type": "array",
+                "items": _obj({"kind": _STR, "key": _STR}, ("kind", "key")),
+            },
+            "propagation": ref("Propagation"),
+        },
+        ("name", "env_version", "changes", "unchanged"),
+    ),
+    "CopyRequest": _obj({"to": _STR, "version": {**_INT, "minimum": 0}}, ("to",)),
+    "RestoreRequest": _obj({"version": {**_INT, "minimum": 1}}, ("version",)),
+    "Propagation": _PROPAGATION,
+    "EnvironmentInput": _obj(
+        {"key": {"type": "string", "pattern": f"^{ENV_PATTERN}$"}, "name": _STR},
+        ("key",),
+        extra=False,
+    ),
+    "Environment": _obj(
+        {
+            "key": _STR,
+            "name": _STR,
+            "created_at": _STR,
+            "version": _INT,
+            "epoch": _STR,
+            "connected": _INT_OR_NULL,
+        },
+        ("key", "name", "version", "epoch", "connected"),
+    ),
+    "EnvironmentList": _obj(
+        {"environments": {"type": "array", "items": _ENV_SUMMARY}}, ("environments",)
+    ),
+    "AuditEntry": _obj(
+        {
+            "id": _STR,
+            "at": _STR,
+            "actor": _STR,
+            "action": _STR,
+            "kind": _STR,
+            "key": _STR,
+            "version": _INT,
+            "flag_version": _INT,
+            "before": {"type": ["object", "null"]},
+            "after": {"type": ["object", "null"]},
+        },
+        ("id", "at", "actor", "action", "kind", "key", "version", "flag_version"),
+    ),
+    "AuditPage": _obj(
+        {
+            "entries": {"type": "array", "items": ref("AuditEntry")},
+            "next": {"type": ["string", "null"]},
+        },
+        ("entries", "next"),
+    ),
+    "InstanceAuditEntry": _obj(
+        {
+            "id": _STR,
+            "at": _STR,
+            "actor": _STR,
+            "action": {"type": "string", "examples": ["create", "delete", "revoke", "signin"]},
+            "kind": {"type": "string", "enum": ["environment", "key", "session", "admin_key"]},
+            "key": _STR,
+            "address": _STR,
+            "detail": {"type": "object"},
+        },
+        ("id", "at", "actor", "action", "kind", "key", "address", "detail"),
+    ),
+    "InstanceAuditPage": _obj(
+        {
+            "entries": {"type": "array", "items": ref("InstanceAuditEntry")},
+            "next": {"type": ["string", "null"]},
+        },
+        ("entries", "next"),
+    ),
+    "Change": _obj(
+        {**_PROPAGATION["properties"], "key": _STR, "actor": _STR, "committed_ms": _INT},
+        ("version", "key", "committed_ms"),
+    ),
+    "EvaluateRequest": _obj(
+        {"context": {"type": "object"}, "flag": _STR, "default": {}}, ("context",)
+    ),
+    "Evaluation": {
+        "oneOf": [
+            {
+                **_DETAIL,
+                "properties": {**_DETAIL["properties"], "key": _STR, "env_version": _INT},
+                "required": ["key", "value", "reason", "env_version"],
+            },
+            _obj(
+                {"flags": {"type": "object", "additionalProperties": _DETAIL}, "env_version": _INT},
+                ("flags", "env_version"),
+            ),
+        ]
+    },
+    "KeyInput": _obj(
+        {
+            "name": {"type": "string", "minLength": 1, "maxLength": 100},
+            "kind": {"enum": ["sdk", "admin"]},
+            "env": {"type": ["string", "null"]},
+        },
+        ("name", "kind"),
+        extra=False,
+    ),
+    "Key": _KEY,
+    "KeyList": _obj({"keys": {"type": "array", "items": ref("Key")}}, ("keys",)),
+    "NewKey": _obj({"key": ref("Key"), "secret": _STR}, ("key", "secret")),
+    "RevokedKey": _obj({"key": ref("Key")}, ("key",)),
+    "OpenAPI": {"type": "object"},
+}
