@@ -74,7 +74,11 @@ async def test_resync_flood_is_closed_instead_of_amplified(server: ServerProcess
             pass
 
     reader = asyncio.create_task(read())
-    await asyncio.sleep(0.5)
+
+    async def greeted() -> bool:
+        return snapshots == 1
+
+    await wait_until(greeted, 10, 0.02, "the snapshot on connect")
     first = received  # hello + the snapshot on connect
     sent = 0
     started = time.monotonic()

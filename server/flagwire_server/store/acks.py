@@ -10,10 +10,9 @@ acknowledged.
 
 Every process publishes its tallies to ``P:{env}:acks:<V>`` (HASH, field =
 instance id, JSON ``{sent, acked, lost, lat_us, t}``, 1 h expiry), batched
-every few milliseconds while something changed, and heartbeats in
-``P:instances`` (ZSET, score = ms).  When it loads an environment it records
-the version it loaded at in ``P:{env}:floors`` (instance id → version): it
-fans out, and must report, only later versions.  :meth:`AckReporter.propagation`
+every few milliseconds while something changed.  Which processes are alive,
+and from which version each reports (its *floor*), is
+:mod:`flagwire_server.store.presence`.  :meth:`AckReporter.propagation`
 merges the reports of every instance: a change is *complete* when every live
 instance whose floor is below it reported it and, in each report,
 ``acked + lost == sent``.  A report
@@ -34,7 +33,8 @@ import redis.asyncio as aioredis
 import redis.exceptions
 
 from flagwire_server.store.keyspace import Keyspace
-from flagwire_server.store.types import StoreUnavailable, as_str
+from flagwire_server.store.presence import Presence
+from flagwire_server.store.types import as_str
 
 __all__ = ["AckBook", "AckReporter", "Tally", "merge_reports"]
 
@@ -44,9 +44,6 @@ log = logging.getLogger("flagwire.acks")
 TRACKED_VERSIONS: Final = 256
 REPORT_TTL_S: Final = 3600
 FLUSH_INTERVAL_S: Final = 0.005
-HEARTBEAT_S: Final = 1.0
-#: An instance whose heartbeat is older than this is dead.
-LIVE_MS: Final = 3000
 
 
 class Tally:
@@ -177,11 +174,10 @@ class AckReporter:
         self.redis = redis
         self.ks = keyspace
         self.instance_id = instance_id
-        self._books = books
-        self._connected = connected
-        self._on_error = on_error
+        self.presence = Presence(redis, keyspace, instance_id)
         self._wake = asyncio.Event()
-        self._tasks: list[asyncio.Task[None]] = []
+        self._task: asyncio.Task[None] | None = None
+        self.bind(books, connected, on_error)
 
     def bind(
         self,
@@ -191,40 +187,26 @@ class AckReporter:
     ) -> None:
         """Say where this process's tallies and connection counts come from."""
         self._books, self._connected, self._on_error = books, connected, on_error
+        self.presence.connected, self.presence.on_error = connected, on_error
 
     async def set_floor(self, env: str, version: int) -> None:
-        """This process loaded ``env`` at ``version``: it reports later versions only.
-
-        Raises:
-            StoreUnavailable: Redis did not answer.
-        """
-        try:
-            await self.redis.hset(self.ks.floors(env), self.instance_id, version)
-        except (redis.exceptions.RedisError, OSError) as exc:
-            raise StoreUnavailable(f"{type(exc).__name__}: {exc}") from None
+        """See :meth:`Presence.set_floor <flagwire_server.store.presence.Presence.set_floor>`."""
+        await self.presence.set_floor(env, version)
 
     async def start(self) -> None:
-        await self._heartbeat_once()
-        self._tasks = [
-            asyncio.create_task(self._flush_loop(), name="flagwire-acks-flush"),
-            asyncio.create_task(self._heartbeat_loop(), name="flagwire-heartbeat"),
-        ]
+        await self.presence.start()
+        self._task = asyncio.create_task(self._flush_loop(), name="flagwire-acks-flush")
 
     async def stop(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
+        await self.presence.stop()
+        if self._task is not None:
+            self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
-        self._tasks = []
+                await self._task
+            self._task = None
         with contextlib.suppress(Exception):
             await self.flush()
-            pipe = self.redis.pipeline(transaction=False)
-            pipe.zrem(self.ks.instances, self.instance_id)
-            for env in self._connected():
-                pipe.hdel(self.ks.conns(env), self.instance_id)
-                pipe.hdel(self.ks.floors(env), self.instance_id)
-            await pipe.execute()
+            await self.presence.withdraw(self._connected())
 
     def poke(self) -> None:
         """Something changed: flush soon."""
@@ -267,46 +249,17 @@ class AckReporter:
                 delay = min(1.0, delay * 4)
                 self._wake.set()
 
-    async def _heartbeat_once(self) -> None:
-        now = int(time.time() * 1000)
-        pipe = self.redis.pipeline(transaction=False)
-        pipe.zadd(self.ks.instances, {self.instance_id: now})
-        pipe.zremrangebyscore(self.ks.instances, "-inf", now - 3_600_000)
-        for env, count in self._connected().items():
-            pipe.hset(self.ks.conns(env), self.instance_id, count)
-        await pipe.execute()
-
-    async def _heartbeat_loop(self) -> None:
-        while True:
-            await asyncio.sleep(HEARTBEAT_S)
-            try:
-                await self._heartbeat_once()
-            except (redis.exceptions.RedisError, OSError) as exc:
-                if self._on_error:
-                    self._on_error("heartbeat", exc)
-
-    async def live_instances(self) -> set[str]:
-        now = int(time.time() * 1000)
-        ids = await self.redis.zrangebyscore(self.ks.instances, now - LIVE_MS, "+inf")
-        return {as_str(i) for i in ids}
-
     async def propagation(self, env: str, version: int) -> dict[str, Any]:
         """Figures for ``version`` of ``env`` merged over every instance (see module doc)."""
         await self.flush()
-        live = await self.live_instances()
-        pipe = self.redis.pipeline(transaction=False)
-        pipe.hgetall(self.ks.acks(env, version))
-        pipe.hgetall(self.ks.floors(env))
-        raw, floors = await pipe.execute()
+        live = await self.presence.live_instances()
+        raw = await self.redis.hgetall(self.ks.acks(env, version))
+        floors = await self.presence.floors(env)
         reports: dict[str, dict[str, Any]] = {}
         for k, v in raw.items():
             with contextlib.suppress(orjson.JSONDecodeError):
                 reports[as_str(k)] = orjson.loads(v)
-        required = {
-            i
-            for i, f in ((as_str(k), v) for k, v in floors.items())
-            if i in live and int(f) < version
-        }
+        required = {i for i, f in floors.items() if i in live and f < version}
         return merge_reports(version, reports, live, required)
 
     async def wait_for(self, env: str, version: int, seconds: float) -> dict[str, Any]:
@@ -320,10 +273,4 @@ class AckReporter:
 
     async def connected_all(self, env: str) -> int:
         """Connected clients of ``env`` over every live instance (heartbeat-fresh, ~1 s)."""
-        live = await self.live_instances()
-        raw = await self.redis.hgetall(self.ks.conns(env))
-        total = 0
-        for k, v in raw.items():
-            if as_str(k) in live:
-                total += int(v)
-        return total
+        return await self.presence.connected_all(env)
