@@ -299,6 +299,31 @@ def test_watch_follows_changes(live: Live, env: str) -> None:
     assert refused.stderr.startswith("error: the stream refused")
 
 
+def test_watch_acknowledges_what_it_applied(live: Live, env: str) -> None:
+    live.api.post(f"/environments/{env}/flags", json=flag("k")).raise_for_status()
+    proc = subprocess.Popen(
+        [str(VENV_BIN / "flagwire"), "watch", env, "--count", "1"],
+        env={**os.environ, "FLAGWIRE_URL": live.url, "FLAGWIRE_ADMIN_KEY": live.admin_key},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        head = [proc.stdout.readline(), proc.stdout.readline()]
+        assert head[1].endswith("snapshot: 1 flags, 0 segments\n"), head
+        time.sleep(0.5)  # the stream is counted across instances (~heartbeat)
+        written = run_json(live, "flags", "off", "k", "-e", env, "--wait", "5")
+        out, err = proc.communicate(timeout=15)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, err
+    prop = written["propagation"]
+    assert (prop["connected"], prop["acknowledged"], prop["complete"]) == (1, 1, True)
+    assert f"v{written['env_version']} flag k off (version 2, by test admin)" in out
+
+
 DOCS = Path(__file__).resolve().parents[1] / "docs" / "cli.md"
 README = Path(__file__).resolve().parents[1] / "README.md"
 

@@ -6,10 +6,10 @@ from typing import Any
 
 import pytest
 
-from flagwire._state import StreamState
 from flagwire.core import protocol as proto
 from flagwire.core.errors import ProtocolError
 from flagwire.core.evaluation import Snapshot
+from flagwire.core.subscription import StreamState
 from tests.support.builders import flag
 
 CTX = {"key": "u1"}

@@ -80,6 +80,7 @@ def test_version() -> None:
 
 CORE_MODULES = {
     "bucketing",
+    "changes",
     "detail",
     "errors",
     "evaluation",
@@ -87,6 +88,7 @@ CORE_MODULES = {
     "model",
     "operators",
     "protocol",
+    "subscription",
 }
 
 

@@ -14,9 +14,10 @@ Public modules: :mod:`flagwire.testing` (flags set in code for your tests),
 """
 
 from flagwire._backoff import BackoffSettings
-from flagwire._changes import ChangeStream, FlagChange, ValueWatch
+from flagwire._changes import ChangeStream, ValueWatch
 from flagwire._client import ClientStatus, FlagClient
 from flagwire._version import __version__
+from flagwire.core.changes import FlagChange
 from flagwire.core.detail import ErrorKind, EvaluationDetail, Reason
 from flagwire.core.errors import (
     AuthenticationError,

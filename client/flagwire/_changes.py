@@ -1,8 +1,10 @@
-"""Change notifications: :class:`FlagChange`, callbacks and bounded async streams.
+"""Change notifications: callbacks and bounded async streams.
 
-The client computes the changes a message made (``diff`` for a snapshot, one
-change for a patch) and hands them to a :class:`ChangeHub`, which calls the
-registered callbacks and feeds the async iterators.  Iterators never grow
+The subscription state machine (:mod:`flagwire.core.subscription`) computes
+the changes a message made (:mod:`flagwire.core.changes`: ``diff`` for a
+snapshot, one change for a patch); the client hands them to a
+:class:`ChangeHub`, which calls the registered callbacks and feeds the async
+iterators.  Iterators never grow
 without bound: :class:`ChangeStream` keeps the newest ``maxsize`` changes and
 drops the oldest (``dropped`` counts them); :class:`ValueWatch` keeps only
 the latest value, since a watcher wants to know where a flag *is*, not every
@@ -16,70 +18,12 @@ import logging
 import weakref
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
+from flagwire.core.changes import FlagChange
 from flagwire.core.evaluation import Snapshot
 
-__all__ = ["ChangeHub", "ChangeStream", "FlagChange", "ValueWatch", "diff"]
-
-ChangeKind = Literal["flag", "segment"]
-
-
-@dataclass(frozen=True, slots=True)
-class FlagChange:
-    """A flag (or segment) that changed.
-
-    Attributes:
-        key: the flag or segment key.
-        old_version: its document version before (None: it did not exist).
-        new_version: its document version after (None: it was deleted).
-        kind: ``"flag"`` or ``"segment"``.  A segment change may change the
-            value of any flag that uses it.
-        env_version: the environment version that carried the change.
-    """
-
-    key: str
-    old_version: int | None
-    new_version: int | None
-    kind: ChangeKind = "flag"
-    env_version: int = 0
-
-
-def _doc_version(doc: Mapping[str, Any] | None, fallback: int) -> int | None:
-    if doc is None:
-        return None
-    version = doc.get("version")
-    return version if type(version) is int else fallback
-
-
-def change_of(
-    kind: ChangeKind,
-    key: str,
-    old: Mapping[str, Any] | None,
-    new: Mapping[str, Any] | None,
-    env_version: int,
-) -> FlagChange:
-    """The change from document ``old`` to ``new`` (either may be None)."""
-    return FlagChange(
-        key, _doc_version(old, env_version - 1), _doc_version(new, env_version), kind, env_version
-    )
-
-
-def diff(old: Snapshot | None, new: Snapshot) -> list[FlagChange]:
-    """Every flag and segment that differs between two snapshots (segments after flags)."""
-    changes: list[FlagChange] = []
-    pairs: tuple[tuple[ChangeKind, Mapping[str, Any], Mapping[str, Any]], ...] = (
-        ("flag", old.flags if old else {}, new.flags),
-        ("segment", old.segments if old else {}, new.segments),
-    )
-    for kind, before, after in pairs:
-        for key in sorted(before.keys() | after.keys()):
-            a, b = before.get(key), after.get(key)
-            if a is b or a == b:
-                continue
-            changes.append(change_of(kind, key, a, b, new.version))
-    return changes
+__all__ = ["ChangeHub", "ChangeStream", "ValueWatch"]
 
 
 class ChangeStream:

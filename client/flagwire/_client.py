@@ -22,11 +22,11 @@ from typing import Any, Final
 
 from flagwire import _persistence
 from flagwire._backoff import Backoff, BackoffSettings
-from flagwire._changes import ChangeHub, ChangeStream, FlagChange, ValueWatch, diff
+from flagwire._changes import ChangeHub, ChangeStream, ValueWatch
 from flagwire._connection import Subscription
 from flagwire._offline import load_offline, snapshot_from_values
-from flagwire._state import Outcome, StreamState
 from flagwire._version import __version__
+from flagwire.core.changes import FlagChange, diff
 from flagwire.core.detail import ErrorKind, EvaluationDetail, Reason
 from flagwire.core.errors import (
     AuthenticationError,
@@ -37,6 +37,7 @@ from flagwire.core.errors import (
     RefusedError,
 )
 from flagwire.core.evaluation import Snapshot
+from flagwire.core.subscription import Outcome, StreamState
 
 __all__ = ["ClientStatus", "FlagClient"]
 

@@ -1,7 +1,7 @@
 """The subscription's I/O loop: connect, feed frames to the state machine, reconnect.
 
 Thin by design: everything about *what* a message means lives in
-:mod:`flagwire._state`, everything about *when* to try again in
+:mod:`flagwire.core.subscription`, everything about *when* to try again in
 :mod:`flagwire._backoff`.  This module moves bytes and translates the
 errors of ``websockets`` and the OS into :func:`~flagwire._backoff.classify`
 inputs at the boundary.
@@ -31,10 +31,10 @@ from flagwire._backoff import (
     parse_retry_after,
     retry_hint,
 )
-from flagwire._state import Outcome, StreamState
 from flagwire.core import protocol as proto
 from flagwire.core.errors import AuthenticationError, ClientError, ProtocolError, RefusedError
 from flagwire.core.limits import MAX_SERVER_FRAME, STREAM_PATH
+from flagwire.core.subscription import Outcome, StreamState
 
 __all__ = ["Listener", "Subscription", "stream_url"]
 

@@ -42,8 +42,8 @@ from openfeature.flag_evaluation import FlagResolutionDetails
 from openfeature.flag_evaluation import Reason as OFReason
 from openfeature.provider import AbstractProvider, Metadata
 
-from flagwire._changes import FlagChange
 from flagwire._client import ClientStatus
+from flagwire.core.changes import FlagChange
 from flagwire.core.detail import ErrorKind, EvaluationDetail, Reason
 from flagwire.core.evaluation import Snapshot
 

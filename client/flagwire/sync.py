@@ -27,8 +27,8 @@ from collections.abc import Callable, Coroutine, Mapping
 from concurrent.futures import Future
 from typing import Any, TypeVar
 
-from flagwire._changes import FlagChange
 from flagwire._client import ClientStatus, FlagClient
+from flagwire.core.changes import FlagChange
 from flagwire.core.detail import ErrorKind, EvaluationDetail, Reason
 from flagwire.core.errors import ClientClosedError, RefusedError
 from flagwire.core.evaluation import Snapshot

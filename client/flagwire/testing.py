@@ -28,8 +28,8 @@ import weakref
 from collections.abc import Mapping
 from typing import Any
 
-from flagwire._changes import diff
 from flagwire._client import ClientStatus, FlagClient
+from flagwire.core.changes import diff
 from flagwire.core.evaluation import Snapshot
 from flagwire.core.limits import WEIGHT_TOTAL
 

@@ -26,6 +26,12 @@ Modules:
   (``EvaluationDetail``, ``Reason``, ``ErrorKind``).
 - :mod:`~flagwire.core.protocol`: the frames of the stream as frozen
   dataclasses with one ``encode``/``decode`` pair.
+- :mod:`~flagwire.core.subscription`: the reader's side of a stream as a
+  sans-I/O state machine (decoded messages in; the snapshot to install, the
+  changes to announce, the version to acknowledge out).  The client's
+  connection loop and ``flagwire watch`` are both thin layers over it.
+- :mod:`~flagwire.core.changes`: :class:`~flagwire.core.changes.FlagChange`,
+  what a message or a new snapshot changed.
 
 Errors (all from :mod:`~flagwire.core.errors`)::
 
@@ -38,13 +44,15 @@ Errors (all from :mod:`~flagwire.core.errors`)::
         ├── InitializationError   no data within the start-up timeout
         └── ClientClosedError     the client was used after close()
 
-The core raises only ``ProtocolError`` (``protocol.decode``) and
+The core raises only ``ProtocolError`` (``protocol.decode``, and
+``subscription.StreamState.receive`` for a message out of place) and
 ``ValidationError`` (``model``, and ``Snapshot.with_*`` for a document
 without a valid key); evaluation never raises.
 """
 
 from flagwire.core import (
     bucketing,
+    changes,
     detail,
     errors,
     evaluation,
@@ -52,10 +60,12 @@ from flagwire.core import (
     model,
     operators,
     protocol,
+    subscription,
 )
 
 __all__ = [
     "bucketing",
+    "changes",
     "detail",
     "errors",
     "evaluation",
@@ -63,4 +73,5 @@ __all__ = [
     "model",
     "operators",
     "protocol",
+    "subscription",
 ]

@@ -1,8 +1,12 @@
 """``flagwire watch``: follow an environment's changes live over the stream.
 
-It speaks the same protocol as the client (``flagwire.core.protocol``): it
-acknowledges each version it prints, so the changes it watched count as
-delivered in a write's propagation figures.
+A thin layer over the core's subscription state machine
+(:mod:`flagwire.core.subscription`), like the client's connection loop: this
+module only moves frames between the socket and the machine and prints what
+the machine says happened.  So the watch applies exactly what a client
+applies, in the same order: a duplicate is not shown twice, a gap asks the
+server for a snapshot, and each applied version is acknowledged, so the
+changes it watched count as delivered in a write's propagation figures.
 """
 
 from __future__ import annotations
@@ -13,11 +17,18 @@ import sys
 from typing import Annotated
 
 import typer
+import websockets
+from websockets.exceptions import ConnectionClosed, InvalidStatus
 
+from flagwire.core import protocol as proto
+from flagwire.core.errors import ProtocolError
+from flagwire.core.evaluation import Snapshot
+from flagwire.core.limits import MAX_SERVER_FRAME, STREAM_PATH
+from flagwire.core.subscription import Outcome, StreamState
 from flagwire_server.cli.http import cli_errors, fail
 from flagwire_server.cli.options import DEFAULT_URL, Json, Key, Url
 
-__all__ = ["watch"]
+__all__ = ["describe", "watch"]
 
 
 def watch(
@@ -40,60 +51,38 @@ def watch(
 
 
 async def _watch(url: str, env: str, key: str, count: int, as_json: bool) -> None:
-    import websockets
-    from websockets.exceptions import ConnectionClosed, InvalidStatus
-
-    from flagwire.core.errors import ProtocolError
-    from flagwire.core.limits import MAX_SERVER_FRAME, STREAM_PATH
-    from flagwire.core.protocol import Ack, Delete, Hello, Patch, SnapshotMessage
-    from flagwire.core.protocol import decode as decode_msg
-    from flagwire.core.protocol import encode as encode_msg
-
     ws_url = url.rstrip("/").replace("http://", "ws://", 1).replace("https://", "wss://", 1)
-    seen = 0
+    state = StreamState()
+    applied = 0
     try:
         async with websockets.connect(
             f"{ws_url}{STREAM_PATH}?env={env}",
             additional_headers={"Authorization": f"Bearer {key}"},
             max_size=MAX_SERVER_FRAME,
         ) as ws:
+            state.connection_opened()
             async for frame in ws:
                 raw = frame.encode() if isinstance(frame, str) else frame
                 try:
-                    msg = decode_msg(raw, max_size=MAX_SERVER_FRAME)
+                    msg = proto.decode(raw, max_size=MAX_SERVER_FRAME)
                 except ProtocolError as exc:
                     fail(f"bad frame from server: {exc}")
-                if as_json:
-                    typer.echo(raw.decode())
-                elif isinstance(msg, Hello):
-                    typer.echo(f"connected to {msg.env} at version {msg.version}")
-                elif isinstance(msg, SnapshotMessage):
-                    typer.echo(
-                        f"v{msg.version} snapshot: {len(msg.flags)} flags, "
-                        f"{len(msg.segments)} segments"
-                    )
-                elif isinstance(msg, Patch):
-                    state = (
-                        (" " + ("on" if msg.data.get("on") else "off"))
-                        if msg.kind == "flag"
-                        else ""
-                    )
-                    typer.echo(
-                        f"v{msg.version} {msg.kind} {msg.key}{state} "
-                        f"(version {msg.data.get('version')}, by "
-                        f"{msg.data.get('updated_by', '?')})"
-                    )
-                elif isinstance(msg, Delete):
-                    typer.echo(f"v{msg.version} {msg.kind} {msg.key} deleted")
-                else:
-                    typer.echo(str(msg))
+                before = state.snapshot
+                try:
+                    out = state.receive(msg)
+                except ProtocolError as exc:
+                    fail(f"cannot follow the stream: {exc}")
+                lines = [raw.decode()] if as_json else describe(msg, out, before)
+                for line in lines:
+                    typer.echo(line)
                 sys.stdout.flush()
-                version = getattr(msg, "version", None)
-                if isinstance(msg, Patch | Delete | SnapshotMessage) and isinstance(version, int):
-                    await ws.send(encode_msg(Ack(version)).decode())
-                if isinstance(msg, Patch | Delete):
-                    seen += 1
-                    if count and seen >= count:
+                if out.ack is not None:
+                    await ws.send(proto.encode(proto.Ack(out.ack)).decode())
+                if out.resync:
+                    await ws.send(proto.encode(proto.Resync()).decode())
+                if out.ack is not None and isinstance(msg, proto.Patch | proto.Delete):
+                    applied += 1
+                    if count and applied >= count:
                         return
     except InvalidStatus as exc:
         fail(f"the stream refused the connection: HTTP {exc.response.status_code}")
@@ -104,3 +93,46 @@ async def _watch(url: str, env: str, key: str, count: int, as_json: bool) -> Non
         )
     except OSError as exc:
         fail(f"cannot reach {url}: {exc}")
+
+
+def describe(msg: proto.Message, out: Outcome, before: Snapshot | None) -> list[str]:
+    """The lines a person sees for one message, from what the state machine made of it.
+
+    Args:
+        msg: the decoded message.
+        out: what :meth:`~flagwire.core.subscription.StreamState.receive` said it means.
+        before: the snapshot held before the message (None: none yet).
+    """
+    lines: list[str] = []
+    if isinstance(msg, proto.Hello):
+        lines.append(f"connected to {msg.env} at version {msg.version}")
+    elif isinstance(msg, proto.SnapshotMessage):
+        lines.append(
+            f"v{msg.version} snapshot: {len(msg.flags)} flags, {len(msg.segments)} segments"
+        )
+    elif isinstance(msg, proto.Error):
+        lines.append(f"server error {msg.code}: {msg.message}")
+    if out.rewound:
+        lines.append(f"note: {out.rewound}")
+    if out.gap:
+        lines.append(
+            f"gap: {out.gap}; "
+            + ("asking for a snapshot" if out.resync else "waiting for the snapshot")
+        )
+    # A first snapshot is the starting point, not a change; a later one (after a
+    # gap) is shown as the changes it carried.
+    if out.snapshot is not None and (
+        before is not None or not isinstance(msg, proto.SnapshotMessage)
+    ):
+        for change in out.changes:
+            if change.new_version is None:
+                lines.append(f"v{change.env_version} {change.kind} {change.key} deleted")
+                continue
+            docs = out.snapshot.flags if change.kind == "flag" else out.snapshot.segments
+            doc = docs.get(change.key, {})
+            shown = (" on" if doc.get("on") else " off") if change.kind == "flag" else ""
+            lines.append(
+                f"v{change.env_version} {change.kind} {change.key}{shown} "
+                f"(version {change.new_version}, by {doc.get('updated_by', '?')})"
+            )
+    return lines

@@ -2,7 +2,7 @@
 
 :class:`Mirror` is what :mod:`flagwire_server.stream.feed` knows about an
 environment with every socket and Redis call taken out, as
-:class:`flagwire._state.StreamState` is for the client:
+:class:`flagwire.core.subscription.StreamState` is for a stream's reader:
 
 * :meth:`Mirror.apply` takes one change-log entry and returns the frame to
   write to every stream (the same bytes for all: serialise once, send many);

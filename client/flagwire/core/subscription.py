@@ -1,9 +1,14 @@
-"""The client's subscription state machine, sans-I/O.
+"""The subscription state machine, sans-I/O: what a stream's messages mean.
 
 :class:`StreamState` takes decoded server messages and says what they mean:
 the new :class:`~flagwire.core.evaluation.Snapshot` to install, the changes to
 announce, the version to acknowledge, whether to ask for a resync.  It never
 touches a socket, so every ordering rule below is unit-tested directly.
+
+It is in the public core, not the client, because more than one program
+follows a stream: the client's connection loop and the server's
+``flagwire watch`` both only move frames between a socket and this machine,
+so they cannot disagree about ordering, gaps or what to acknowledge.
 
 Rules (``docs/design.md``, wire protocol):
 
@@ -24,8 +29,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from flagwire._changes import FlagChange, change_of, diff
 from flagwire.core import protocol as proto
+from flagwire.core.changes import FlagChange, change_of, diff
 from flagwire.core.errors import ProtocolError
 from flagwire.core.evaluation import Snapshot
 
