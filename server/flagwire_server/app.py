@@ -6,7 +6,8 @@ The lifespan builds one typed :class:`~flagwire_server.services.Services`
 :func:`~flagwire_server.services.services_of`.
 
 Routes, in order: ``/healthz``, ``/readyz``, ``/metrics``, ``/api/v1/stream``,
-the admin API (``/api/v1/...``), then the console at ``/``.
+OFREP (``/ofrep/v1/...``, with CORS for ``FLAGWIRE_ALLOWED_ORIGINS``), the admin
+API (``/api/v1/...``), then the console at ``/``.
 
 The lifespan connects Redis (waiting up to 30 s for it), bootstraps an empty
 store once (under a Redis lock, so ``--workers N`` does it once), starts the
@@ -82,6 +83,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
     routes: list[BaseRoute] = [
         *health.routes(settings.metrics),
         *stream.routes(),
+        admin.ofrep_routes(settings.allowed_origins),
         *admin.routes(),
         *console.routes(),
     ]
@@ -149,6 +151,7 @@ def _lifespan(
                 RateLimiter.per_minute(settings.auth_fail_limit),
             ),
             signin_limiter=RateLimiter.per_minute(SIGNIN_PER_MINUTE),
+            ofrep_limiter=RateLimiter.per_minute(settings.ofrep_rate_limit),
             sessions=sessions,
             stream_quota=StreamQuota(settings.max_streams_per_key, settings.max_streams_per_ip),
             audit=audit,

@@ -58,6 +58,8 @@ class Settings:
     max_buffer: int = MiB
     #: Admin API requests per minute per key (the admin engineer's rate limiter).
     rate_limit: int = 600
+    #: OFREP requests per minute per SDK or client-side key (429 past it).
+    ofrep_rate_limit: int = 60_000
     #: Failed stream authentications per minute per client IP before 429.
     auth_fail_limit: int = 20
     #: Client messages per second (sustained) before 4003; bursts of 5x are allowed.
@@ -120,8 +122,11 @@ class Settings:
             raise ValueError(
                 "FLAGWIRE_MAX_STREAMS_PER_KEY and FLAGWIRE_MAX_STREAMS_PER_IP must be at least 1"
             )
-        if self.rate_limit < 1 or self.auth_fail_limit < 1:
-            raise ValueError("FLAGWIRE_RATE_LIMIT and FLAGWIRE_AUTH_FAIL_LIMIT must be at least 1")
+        if self.rate_limit < 1 or self.auth_fail_limit < 1 or self.ofrep_rate_limit < 1:
+            raise ValueError(
+                "FLAGWIRE_RATE_LIMIT, FLAGWIRE_OFREP_RATE_LIMIT and FLAGWIRE_AUTH_FAIL_LIMIT"
+                " must be at least 1"
+            )
         if self.max_buffer < 4096:
             raise ValueError("FLAGWIRE_MAX_BUFFER must be at least 4096 bytes")
         if self.heartbeat <= 0 or self.ping_timeout <= 0:
@@ -186,6 +191,7 @@ ENV_VARS: Final[dict[str, tuple[str, Any]]] = {
     "FLAGWIRE_PING_TIMEOUT": ("ping_timeout", float),
     "FLAGWIRE_MAX_BUFFER": ("max_buffer", int),
     "FLAGWIRE_RATE_LIMIT": ("rate_limit", int),
+    "FLAGWIRE_OFREP_RATE_LIMIT": ("ofrep_rate_limit", int),
     "FLAGWIRE_AUTH_FAIL_LIMIT": ("auth_fail_limit", int),
     "FLAGWIRE_CLIENT_MSG_RATE": ("client_msg_rate", float),
     "FLAGWIRE_RING_SIZE": ("ring_size", int),

@@ -52,6 +52,8 @@ class Services:
     admin_limiters: tuple[RateLimiter, RateLimiter]
     #: Console sign-in attempts per IP.
     signin_limiter: RateLimiter
+    #: OFREP requests per SDK or client-side key (``FLAGWIRE_OFREP_RATE_LIMIT``).
+    ofrep_limiter: RateLimiter
     #: Open streams per key and per client address in this process.
     stream_quota: StreamQuota
     #: Console sessions in Redis, and the watcher that closes their streams.

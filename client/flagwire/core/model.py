@@ -56,6 +56,7 @@ _FLAG_FIELDS: Final = frozenset(
         "prerequisites",
         "salt",
         "semantics",
+        "client_side",
         *_SERVER_FIELDS,
     }
 )
@@ -269,6 +270,8 @@ def validate_flag(doc: object) -> dict[str, Any]:
     ``targets``, ``rules``, ``prerequisites`` ([]), ``on`` (false),
     ``off_variation`` (null: an off flag serves the caller's default),
     ``salt`` (the key), clause ``negate`` (false), rollout ``bucket_by`` ("key").
+    ``client_side`` (whether client-side keys may evaluate the flag through OFREP)
+    is optional; absent means false.
 
     Raises:
         ValidationError: listing every problem as ``(json path, message)``.
@@ -365,6 +368,9 @@ def validate_flag(doc: object) -> dict[str, Any]:
 
     d.setdefault("salt", key if isinstance(key, str) else "")
     check.text(d["salt"], "salt", LIMITS.max_name_length, empty=False)
+    # Absent means false (documents written before the field existed stay as they were).
+    if "client_side" in d and d["client_side"] is not True and d["client_side"] is not False:
+        check.err("client_side", f"expected true or false, got {_show(d['client_side'])}")
     check.raise_if_any()
     return d
 

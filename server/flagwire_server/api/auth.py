@@ -34,7 +34,7 @@ class Principal:
 
     key_id: str
     name: str
-    kind: str  # "admin" | "sdk"
+    kind: str  # "admin" | "sdk" (a "client" key never reaches the admin API)
     env: str | None
     via: str  # "key" | "session"
 
@@ -93,6 +93,12 @@ async def authenticate(request: Request, *, sdk_env: str | None = None) -> Princ
     if record is None:
         bad_keys.take(ip)
         raise Problem(401, "unknown or revoked API key", headers={"WWW-Authenticate": "Bearer"})
+    if record.kind == "client":
+        # Shipped inside web pages: it may only evaluate opted-in flags through OFREP.
+        raise Problem(
+            403,
+            "a client-side key can only be used for OFREP evaluation (/ofrep/v1); use an admin key",
+        )
     if record.kind != "admin" and not (sdk_env is not None and record.env == sdk_env):
         where = f"environment {sdk_env!r}" if sdk_env else "the admin API"
         raise Problem(403, f"an SDK key cannot be used for {where}; use an admin key")

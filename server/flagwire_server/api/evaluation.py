@@ -24,7 +24,7 @@ from flagwire_server.api.problems import Problem
 from flagwire_server.services import services_of
 from flagwire_server.stream.fanout import EnvNotFound
 
-__all__ = ["evaluate"]
+__all__ = ["current_snapshot", "evaluate"]
 
 _SNAPSHOTS_MAX = 64
 #: Seconds an evaluation waits for this process's mirror to catch up with a write.
@@ -47,7 +47,7 @@ async def evaluate(request: Request, who: Principal | None) -> Response:
     if problems:
         raise Problem(422, "invalid evaluation request", errors=problems)
     assert isinstance(context, dict)
-    snap = await _current_snapshot(request, env)
+    snap = await current_snapshot(request, env)
     if isinstance(key, str):
         detail = snap.evaluate(key, context, body.get("default"))
         return json_response({"key": key, **_detail(detail), "env_version": snap.version})
@@ -57,7 +57,7 @@ async def evaluate(request: Request, who: Principal | None) -> Response:
     )
 
 
-async def _current_snapshot(request: Request, env: str) -> Snapshot:
+async def current_snapshot(request: Request, env: str) -> Snapshot:
     """A compiled snapshot of ``env`` at least as new as the store's version.
 
     The documents come from this process's fan-out mirror of the environment

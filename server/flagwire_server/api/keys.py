@@ -33,7 +33,7 @@ async def create_key(request: Request, who: Principal | None) -> Response:
     if unknown:
         raise Problem(422, "unknown fields", errors=[(u, "unknown field") for u in unknown])
     env = body.get("env")
-    if body.get("kind") == "sdk" and isinstance(env, str):
+    if body.get("kind") in ("sdk", "client") and isinstance(env, str):
         envs = {e.get("key") for e in await store(request).list_envs()}
         if env not in envs:
             raise Problem(

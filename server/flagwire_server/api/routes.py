@@ -11,21 +11,26 @@ a kind by :func:`_documents`.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from functools import partial
 from typing import Final
 
+from starlette.middleware import Middleware
+from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import BaseRoute
+from starlette.routing import BaseRoute, Mount, Route
 
-from flagwire_server.api import apply, audit, documents, environments, evaluation, keys
+from flagwire_server.api import apply, audit, documents, environments, evaluation, keys, ofrep
 from flagwire_server.api.auth import Principal
 from flagwire_server.api.helpers import MAX_WAIT, json_response
 from flagwire_server.api.openapi import document
 from flagwire_server.api.routing import ApiRoute, Param, starlette_routes
 from flagwire_server.store.documents import Kind
 
-__all__ = ["OPERATIONS", "routes"]
+__all__ = ["OFREP_PREFIX", "OPERATIONS", "ofrep_routes", "routes"]
+
+OFREP_PREFIX: Final = "/ofrep/v1"
 
 _WRITE_ERRORS: Final = (400, 404, 409, 413, 415, 422)
 
@@ -319,3 +324,41 @@ OPERATIONS: Final[tuple[ApiRoute, ...]] = (
 def routes() -> list[BaseRoute]:
     """Starlette routes for the whole table; add them after every other ``/api/v1`` route."""
     return starlette_routes(OPERATIONS)
+
+
+def ofrep_routes(allowed_origins: Sequence[str] = ()) -> BaseRoute:
+    """OpenFeature's remote evaluation protocol under ``/ofrep/v1`` (see ``api/ofrep.py``).
+
+    Apart from :data:`OPERATIONS` because OFREP fixes its own paths, keys and
+    error shapes.  CORS (preflight included) applies to these paths only, for
+    ``FLAGWIRE_ALLOWED_ORIGINS``: a page on an allowed origin may evaluate with a
+    client-side key; the admin API stays same-origin.
+    """
+    middleware = []
+    if allowed_origins:
+        middleware.append(
+            Middleware(
+                CORSMiddleware,
+                allow_origins=list(allowed_origins),
+                allow_methods=["GET", "POST"],
+                allow_headers=[
+                    "Authorization",
+                    "Content-Type",
+                    "If-None-Match",
+                    "Last-Event-ID",
+                    "X-API-Key",
+                ],
+                expose_headers=["ETag", "Retry-After"],
+                max_age=600,
+            )
+        )
+    return Mount(
+        OFREP_PREFIX,
+        routes=[
+            Route("/evaluate/flags", ofrep.bulk, methods=["POST"]),
+            Route("/evaluate/flags/{key:path}", ofrep.single, methods=["POST"]),
+            Route("/configuration", ofrep.configuration, methods=["GET"]),
+            Route("/events", ofrep.events, methods=["GET"]),
+        ],
+        middleware=middleware,
+    )

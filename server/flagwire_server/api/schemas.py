@@ -52,6 +52,7 @@ _FLAG_FIELDS: Final[_S] = {
     "fallthrough": {"type": "object"},
     "prerequisites": {"type": "array", "items": {"type": "object"}},
     "salt": _STR,
+    "client_side": {"type": "boolean", "description": "evaluable with client-side keys (OFREP)"},
 }
 _SEGMENT_FIELDS: Final[_S] = {
     **_DOC_FIELDS,
@@ -75,7 +76,7 @@ _KEY: Final[_S] = _obj(
     {
         "id": _STR,
         "name": _STR,
-        "kind": {"enum": ["sdk", "admin"]},
+        "kind": {"enum": ["sdk", "client", "admin"]},
         "env": {"type": ["string", "null"]},
         "prefix": _STR,
         "created_at": _STR,
@@ -307,7 +308,7 @@ SCHEMAS: Final[dict[str, _S]] = {
     "KeyInput": _obj(
         {
             "name": {"type": "string", "minLength": 1, "maxLength": 100},
-            "kind": {"enum": ["sdk", "admin"]},
+            "kind": {"enum": ["sdk", "client", "admin"]},
             "env": {"type": ["string", "null"]},
         },
         ("name", "kind"),

@@ -2,7 +2,7 @@
 
 Why: every stream handshake and admin request authenticates, so the check
 must not cost a Redis round trip; and a leaked Redis dump must not leak
-usable keys.  A secret (``fw_sdk_…`` / ``fw_admin_…``, 32 random URL-safe
+usable keys.  A secret (``fw_sdk_…`` / ``fw_client_…`` / ``fw_admin_…``, 32 random URL-safe
 characters) is shown to its creator once; Redis keeps only
 ``sha256(secret)`` hex in ``P:sys:{keys}:byhash`` and the record in
 ``P:sys:{keys}:records``.  Every instance keeps all records in memory and polls
@@ -42,7 +42,7 @@ __all__ = ["ENV_ADMIN_ID", "KeyRecord", "KeyRing"]
 
 log = logging.getLogger("flagwire.keys")
 
-KeyKind = Literal["admin", "sdk"]
+KeyKind = Literal["admin", "sdk", "client"]
 #: The id of the record that stands for ``FLAGWIRE_ADMIN_KEY``.
 ENV_ADMIN_ID: Final = "admin-env"
 _NAME_RE: Final = re.compile(r"^[^\x00-\x1f\x7f]{1,100}\Z")
@@ -232,10 +232,11 @@ class KeyRing:
         problems: list[tuple[str, str]] = []
         if not isinstance(name, str) or not _NAME_RE.match(name):
             problems.append(("name", "expected 1-100 printable characters"))
-        if kind not in ("admin", "sdk"):
-            problems.append(("kind", 'expected "sdk" or "admin"'))
-        if kind == "sdk" and (not isinstance(env, str) or not ENV_RE.match(env)):
-            problems.append(("env", "an SDK key needs the environment it may read"))
+        if kind not in ("admin", "sdk", "client"):
+            problems.append(("kind", 'expected "sdk", "client" or "admin"'))
+        if kind in ("sdk", "client") and (not isinstance(env, str) or not ENV_RE.match(env)):
+            what = "an SDK" if kind == "sdk" else "a client-side"
+            problems.append(("env", f"{what} key needs the environment it may read"))
         if kind == "admin" and env is not None:
             problems.append(("env", "admin keys are not bound to an environment"))
         if problems:
@@ -245,7 +246,7 @@ class KeyRing:
             id=f"key_{secrets.token_hex(6)}",
             name=name,
             kind=kind,  # type: ignore[arg-type]
-            env=env if kind == "sdk" else None,
+            env=env if kind != "admin" else None,
             prefix=secret[: len(f"fw_{kind}_") + _SHOWN],
             created_at=_now(),
         )
@@ -304,7 +305,7 @@ def _record(data: dict[str, Any]) -> KeyRecord:
     return KeyRecord(
         id=str(data["id"]),
         name=str(data.get("name", "")),
-        kind="admin" if data.get("kind") == "admin" else "sdk",
+        kind=data["kind"] if data.get("kind") in ("admin", "client") else "sdk",
         env=data.get("env"),
         prefix=str(data.get("prefix", "")),
         created_at=str(data.get("created_at", "")),

@@ -321,3 +321,4 @@ class Fanout:
         for feed in list(self.feeds.values()):
             for conn in [c for c in feed.conns if c.key_id == key_id]:
                 feed.close(conn, CloseCode.UNAUTHORIZED, "key revoked")
+            feed.listeners.close_key(key_id)

@@ -20,6 +20,7 @@ from flagwire.core.protocol import CloseCode
 from flagwire_server.store.acks import AckBook
 from flagwire_server.stream.conn import Conn
 from flagwire_server.stream.mirror import Mirror
+from flagwire_server.stream.ofrep_events import Listeners
 
 if TYPE_CHECKING:
     from flagwire_server.config import Settings
@@ -64,6 +65,8 @@ class EnvFeed:
         self.stale = False
         #: The change-log reader feeding this mirror (set by the fan-out).
         self.reader: ChangeReader | None = None
+        #: OFREP event streams told of every change (``api/ofrep.py`` adds them).
+        self.listeners = Listeners()
         self._sent_change = metrics.messages_sent.labels(env, "change")
         self._applied = metrics.changes_applied.labels(env)
         self._connected = metrics.connected.labels(env)
@@ -127,6 +130,7 @@ class EnvFeed:
     def close_all(self, code: int, reason: str) -> None:
         for conn in list(self.mirror.conns):
             self.close(conn, code, reason)
+        self.listeners.close_all()
 
     def ack(self, conn: Conn, version: int) -> None:
         """``conn`` applied everything up to ``version``."""
@@ -152,6 +156,7 @@ class EnvFeed:
     def resnapshot_all(self, reason: str) -> None:
         for conn in list(self.mirror.conns):
             self.resnapshot(conn, reason)
+        self.listeners.notify(self.mirror.epoch, self.mirror.version)
 
     def broadcast(self, frame: bytes) -> int:
         """Write ``frame`` to every stream; returns how many got it.
@@ -204,3 +209,4 @@ class EnvFeed:
         self._on_acks()
         self._sent_change.inc(n)
         self._applied.inc()
+        self.listeners.notify(self.mirror.epoch, change.version, change.t_ms)
