@@ -26,6 +26,7 @@ from flagwire import (
     RefusedError,
 )
 from tests.support.builders import flag
+from tests.support.polling import poll
 from tests.support.proxy import FaultProxy
 from tests.support.scripted import ScriptedConn, ScriptedServer
 
@@ -34,12 +35,8 @@ FAST = BackoffSettings(initial=0.05, cap=0.2, going_away=0.1)
 
 
 async def until(predicate: Callable[[], object], within: float = 5.0) -> None:
-    """Poll ``predicate`` until it is true (AssertionError after ``within`` seconds)."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + within
-    while not predicate():
-        assert loop.time() < deadline, "timed out"
-        await asyncio.sleep(0.01)
+    """:func:`tests.support.polling.poll` with this module's deadline."""
+    await poll(predicate, within, "condition", 0.01)
 
 
 def client(url: str, **kw: Any) -> FlagClient:

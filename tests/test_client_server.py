@@ -23,6 +23,7 @@ import redis.asyncio as aioredis
 from flagwire import AuthenticationError, BackoffSettings, ClientStatus, FlagClient, RefusedError
 from flagwire_server.store.documents import Store
 from tests.support.builders import flag
+from tests.support.polling import poll
 from tests.support.proxy import FaultProxy
 from tests.support.server import ServerProcess
 
@@ -80,11 +81,8 @@ async def world(
 
 
 async def until(predicate: Callable[[], bool], within: float = 10.0, what: str = "") -> None:
-    deadline = time.monotonic() + within
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what or predicate}")
-        await asyncio.sleep(0.01)
+    """:func:`tests.support.polling.poll` with this module's deadline."""
+    await poll(predicate, within, what or str(predicate), 0.01)
 
 
 async def test_toggle_reaches_50_clients_and_wait_confirms_every_ack(world: World) -> None:

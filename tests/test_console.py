@@ -24,6 +24,7 @@ import httpx
 import pytest
 
 from tests.support.inprocess import InProcessServer
+from tests.support.polling import poll_blocking
 
 pytestmark = [pytest.mark.browser, pytest.mark.timeout(120)]
 
@@ -190,14 +191,8 @@ class ThreadedClient:
 
 
 def wait_until(check: Callable[[], Any], timeout: float = 5.0, what: str = "condition") -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.02)
+    """:func:`tests.support.polling.poll_blocking` with this module's deadline."""
+    return poll_blocking(check, timeout, what)
 
 
 @pytest.fixture(scope="module")

@@ -18,7 +18,6 @@ CLUSTER MEET through redis-py.
 
 from __future__ import annotations
 
-import contextlib
 import shutil
 import signal
 import subprocess
@@ -33,6 +32,7 @@ import pytest
 import redis
 
 from flagwire.core.limits import STREAM_PATH
+from tests.support.polling import poll_blocking
 from tests.support.redisproc import RedisProcess, free_port, server_binary
 from tests.support.server import ServerProcess
 
@@ -49,14 +49,8 @@ ENV = "topo"
 
 
 def _wait(predicate: Any, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        with contextlib.suppress(redis.RedisError, OSError):
-            if predicate():
-                return
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.1)
+    """:func:`tests.support.polling.poll_blocking`; a store still starting is "not yet"."""
+    poll_blocking(predicate, timeout, what, 0.1, ignore=(redis.RedisError, OSError))
 
 
 # --- topologies -------------------------------------------------------------

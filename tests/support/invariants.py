@@ -57,6 +57,7 @@ from flagwire.core.protocol import (
     decode,
     encode,
 )
+from tests.support.polling import poll
 
 __all__ = [
     "Admin",
@@ -71,20 +72,6 @@ __all__ = [
     "wait_converged",
     "watch_client",
 ]
-
-
-async def poll(predicate: Any, within: float, what: str, interval: float = 0.02) -> Any:
-    """Await ``predicate()`` (sync or async) until truthy; AssertionError after ``within`` s."""
-    deadline = time.monotonic() + within
-    while True:
-        value = predicate()
-        if asyncio.iscoroutine(value):
-            value = await value
-        if value:
-            return value
-        if time.monotonic() >= deadline:
-            raise AssertionError(f"timed out after {within:.1f}s waiting for {what}")
-        await asyncio.sleep(interval)
 
 
 # --- Redis, read through the documented layout ---------------------------------------

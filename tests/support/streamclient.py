@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import time
 from typing import Any
 from urllib.parse import urlencode
 
@@ -27,6 +26,7 @@ from flagwire.core.protocol import (
     decode,
     encode,
 )
+from tests.support.polling import poll
 
 __all__ = ["StreamClient", "connect_raw", "wait_until"]
 
@@ -34,17 +34,8 @@ __all__ = ["StreamClient", "connect_raw", "wait_until"]
 async def wait_until(
     predicate: Any, within: float = 10.0, interval: float = 0.01, what: str = "condition"
 ) -> None:
-    """Poll ``predicate()`` (sync or async) until true, else AssertionError after ``within`` s."""
-    deadline = time.monotonic() + within
-    while True:
-        value = predicate()
-        if asyncio.iscoroutine(value):
-            value = await value
-        if value:
-            return
-        if time.monotonic() >= deadline:
-            raise AssertionError(f"timed out after {within}s waiting for {what}")
-        await asyncio.sleep(interval)
+    """:func:`tests.support.polling.poll`, in this module's argument order."""
+    await poll(predicate, within, what, interval)
 
 
 async def connect_raw(
