@@ -379,3 +379,62 @@ def test_serve_help_points_to_the_settings_reference() -> None:
     assert proc.returncode == 0, proc.stderr
     assert "docs/operations.md" in proc.stdout
     assert "--port" in proc.stdout
+
+
+def test_import_launchdarkly(live: Live, env: str, tmp_path: Path) -> None:
+    roll = {"variations": [{"variation": 0, "weight": 40000}, {"variation": 1, "weight": 60000}]}
+    org_rule = {
+        "id": "orgs",
+        "clauses": [{"contextKind": "org", "attribute": "tier", "op": "in", "values": ["gold"]}],
+        "variation": 0,
+    }
+    seg_rule = {
+        "id": "beta",
+        "clauses": [{"attribute": "key", "op": "segmentMatch", "values": ["Beta"]}],
+        "variation": 0,
+    }
+    data = {
+        "flags": {
+            "New-Checkout": {
+                "key": "New-Checkout",
+                "version": 3,
+                "on": True,
+                "salt": "abc",
+                "variations": [True, False],
+                "offVariation": 1,
+                "rules": [org_rule, seg_rule],
+                "fallthrough": {"rollout": roll},
+            }
+        },
+        "segments": {"Beta": {"key": "Beta", "version": 1, "included": ["u1"], "salt": "s"}},
+    }
+    src = tmp_path / "ld.json"
+    src.write_text(json.dumps(data))
+    report = tmp_path / "report.json"
+
+    dry = run(live, "import", "launchdarkly", str(src), "--env", env, "--dry-run").stdout
+    assert "dry run: would import 1 flags and 1 segments" in dry
+    assert live.api.get(f"/environments/{env}/flags/new-checkout").status_code == 404
+
+    out = run(live, "import", "launchdarkly", str(src), "-e", env, "--report", str(report)).stdout
+    assert "flag New-Checkout:" in out
+    assert "key mapped to new-checkout (bucketing keeps New-Checkout)" in out
+    assert "rules[0] (id 'orgs') dropped: a clause on context kind 'org'" in out
+    assert f"imported 1 flags and 1 segments into {env}" in out
+    assert json.loads(report.read_text())["keys"] == {
+        "New-Checkout": "new-checkout",
+        "Beta": "beta",
+    }
+    stored = live.api.get(f"/environments/{env}/flags/new-checkout").json()
+    assert stored["semantics"] == "launchdarkly"
+    assert stored["salt"] == "New-Checkout.abc"
+    assert stored["rules"][0]["clauses"][0]["values"] == ["beta"]
+    assert live.api.get(f"/environments/{env}/segments/beta").json()["included"] == ["u1"]
+
+    missing = run(live, "import", "launchdarkly", str(src), ok=False)
+    assert missing.returncode == 1
+    assert missing.stderr.strip() == "error: import launchdarkly needs --env NAME (or FLAGWIRE_ENV)"
+    src.write_text("[1, 2]")
+    bad = run(live, "import", "launchdarkly", str(src), "-e", env, ok=False)
+    assert bad.returncode == 1
+    assert "is not LaunchDarkly flag data" in bad.stderr

@@ -17,6 +17,9 @@ import typer
 from flagwire_server.cli import admin
 from flagwire_server.cli.audit import audit
 from flagwire_server.cli.flags import flags
+from flagwire_server.cli.http import cli_errors, fail
+from flagwire_server.cli.launchdarkly import import_launchdarkly
+from flagwire_server.cli.options import DEFAULT_URL, Key, Url, Wait
 from flagwire_server.cli.segments import segments
 from flagwire_server.cli.watch import watch
 from flagwire_server.config import Settings
@@ -83,6 +86,48 @@ def serve(
         raise typer.Exit(1) from None
 
 
+@app.command("import")
+def import_(
+    source: Annotated[
+        str,
+        typer.Argument(
+            metavar="ENV|launchdarkly",
+            help="the environment to import a flagwire export into, or 'launchdarkly'",
+        ),
+    ],
+    file: Path,
+    env: Annotated[
+        str | None,
+        typer.Option("--env", "-e", envvar="FLAGWIRE_ENV", help="environment (launchdarkly)"),
+    ] = None,
+    report: Annotated[
+        Path | None, typer.Option(help="also write the import report as JSON (launchdarkly)")
+    ] = None,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="convert and report, write nothing (launchdarkly)")
+    ] = False,
+    wait: Wait = None,
+    url: Url = DEFAULT_URL,
+    admin_key: Key = "",
+) -> None:
+    """Import a flagwire export into ENV, or LaunchDarkly's flag data into --env.
+
+    `flagwire import ENV FILE` creates or replaces every flag and segment of an
+    export file.  `flagwire import launchdarkly FILE --env NAME` converts the
+    data LaunchDarkly's SDKs and Relay Proxy read, prints what could not be
+    carried over, and writes it all in one atomic apply (docs/migration.md).
+    """
+    if source != "launchdarkly":
+        admin.import_(source, file, url=url, admin_key=admin_key)
+        return
+    with cli_errors():
+        if not env:
+            fail("import launchdarkly needs --env NAME (or FLAGWIRE_ENV)")
+        import_launchdarkly(
+            file, env, url=url, admin_key=admin_key, report=report, dry_run=dry_run, wait=wait
+        )
+
+
 def main() -> None:
     """Entry point of the ``flagwire`` script."""
     app(prog_name="flagwire")
@@ -94,7 +139,6 @@ app.add_typer(flags, name="flags")
 app.add_typer(segments, name="segments")
 app.command("audit")(audit)
 app.command("export")(admin.export)
-app.command("import")(admin.import_)
 app.command("watch")(watch)
 
 if __name__ == "__main__":  # pragma: no cover
