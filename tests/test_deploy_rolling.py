@@ -20,8 +20,11 @@ from collections.abc import Iterator
 
 import httpx
 import pytest
+from websockets.exceptions import InvalidStatus
+from websockets.sync.client import connect as ws_connect
 
 from flagwire.core.limits import STREAM_PATH
+from tests.support.polling import poll_blocking
 from tests.support.server import _cleanup_prefix
 from tests.test_deploy_nginx import NGINX, ImageServer, _connected, nginx
 
@@ -76,7 +79,12 @@ def test_rolling_restart_loses_nothing_and_rebalances(
             )
             assert r.status_code in (200, 201), r.text
         sdk = http.post("/keys", json={"name": "roll", "kind": "sdk", "env": ENV}).json()["secret"]
-        time.sleep(0.6)  # key ring poll on every instance
+        poll_blocking(
+            lambda: all(_knows(s.ws_url, sdk) for s in three_servers),
+            10,
+            "every instance to know the new SDK key (key ring polls)",
+            0.05,
+        )
         swarm = Swarm(
             f"ws://{addr}{STREAM_PATH}",
             CLIENTS,
@@ -148,3 +156,14 @@ def test_rolling_restart_loses_nothing_and_rebalances(
             assert sorted(per_server)[1] >= CLIENTS * 0.3, per_server
         finally:
             swarm.close()
+
+
+def _knows(ws_url: str, secret: str) -> bool:
+    """True when the instance accepts ``secret`` on its stream (its key ring has it)."""
+    try:
+        with ws_connect(
+            ws_url, additional_headers={"Authorization": f"Bearer {secret}"}, open_timeout=3
+        ):
+            return True
+    except (InvalidStatus, OSError, TimeoutError):
+        return False

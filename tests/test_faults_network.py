@@ -197,7 +197,8 @@ async def test_partition_between_server_and_redis(
 
         redis_proxy.resume()
         await poll(lambda: _ready(cut_server.url), 15, "/readyz 200 again after the partition")
-        await asyncio.sleep(0.3)
+        written = len(writer.acked())
+        await poll(lambda: len(writer.acked()) >= written + 3, 10, "writes after the partition")
         await writer.stop()
         # Includes: no client of the cut-off server stayed READY while behind for longer
         # than its timeout.
