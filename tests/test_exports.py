@@ -88,6 +88,7 @@ CORE_MODULES = {
     "model",
     "operators",
     "protocol",
+    "reports",
     "subscription",
 }
 

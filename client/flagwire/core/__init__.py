@@ -26,6 +26,8 @@ Modules:
   (``EvaluationDetail``, ``Reason``, ``ErrorKind``).
 - :mod:`~flagwire.core.protocol`: the frames of the stream as frozen
   dataclasses with one ``encode``/``decode`` pair.
+- :mod:`~flagwire.core.reports`: the fleet-insight messages (``identify``,
+  ``summary``, ``watch``) and their bounds; hashed context keys, never clear ones.
 - :mod:`~flagwire.core.subscription`: the reader's side of a stream as a
   sans-I/O state machine (decoded messages in; the snapshot to install, the
   changes to announce, the version to acknowledge out).  The client's
@@ -60,6 +62,7 @@ from flagwire.core import (
     model,
     operators,
     protocol,
+    reports,
     subscription,
 )
 
@@ -73,5 +76,6 @@ __all__ = [
     "model",
     "operators",
     "protocol",
+    "reports",
     "subscription",
 ]

@@ -4,8 +4,12 @@ Sans-I/O: this module turns bytes into messages and messages into bytes and
 knows nothing of sockets.  Every frame is a JSON object (UTF-8, a WebSocket
 text frame) with a ``type``.  See ``docs/protocol.md``.
 
-Server → client: ``hello``, ``snapshot``, ``patch``, ``delete``, ``error``.
-Client → server: ``ack``, ``resync``.
+Server → client: ``hello``, ``snapshot``, ``patch``, ``delete``, ``error``, ``watch``.
+Client → server: ``ack``, ``resync``, ``identify``, ``summary``.
+
+The fleet-insight messages (``identify``, ``summary``, ``watch``) are defined
+and bounded in :mod:`flagwire.core.reports`; they are messages like any other
+here.
 
 Every state-changing message carries the environment ``version`` it
 produces; versions rise by exactly one per change, so a receiver that sees
@@ -24,6 +28,7 @@ import orjson
 
 from flagwire.core.errors import ProtocolError
 from flagwire.core.limits import DEFAULT_HEARTBEAT, KEY_RE, PROTOCOL_VERSION
+from flagwire.core.reports import Identify, Summary, Watch, decode_report, report_object
 
 __all__ = [
     "Ack",
@@ -31,11 +36,14 @@ __all__ = [
     "Delete",
     "Error",
     "Hello",
+    "Identify",
     "Kind",
     "Message",
     "Patch",
     "Resync",
     "SnapshotMessage",
+    "Summary",
+    "Watch",
     "decode",
     "encode",
     "patch_template",
@@ -130,7 +138,9 @@ class Resync:
     type: Literal["resync"] = field(default="resync", init=False, repr=False)
 
 
-Message: TypeAlias = Hello | SnapshotMessage | Patch | Delete | Error | Ack | Resync
+Message: TypeAlias = (
+    Hello | SnapshotMessage | Patch | Delete | Error | Ack | Resync | Identify | Summary | Watch
+)
 
 
 def encode(message: Message) -> bytes:
@@ -179,6 +189,8 @@ def encode(message: Message) -> bytes:
         obj = {"type": "error", "code": message.code, "message": message.message}
     elif isinstance(message, Resync):
         obj = {"type": "resync"}
+    elif isinstance(message, Identify | Summary | Watch):
+        obj = report_object(message)
     else:  # pragma: no cover - exhaustive
         raise TypeError(f"not a flagwire message: {message!r}")
     return orjson.dumps(obj)
@@ -333,6 +345,8 @@ def decode(data: bytes | str, *, max_size: int | None = None) -> Message:
             return Error(code=_str(obj, "code", "error"), message=_str(obj, "message", "error"))
         if kind == "resync":
             return Resync()
+        if kind in ("summary", "identify", "watch"):
+            return decode_report(kind, obj)
         if kind is None:
             raise _fail("frame has no type")
         raise _fail(f"unknown message type {_show(kind)}")

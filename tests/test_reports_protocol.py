@@ -1,0 +1,142 @@
+"""Fleet-insight messages: round trips, bounds, and refusals that name the problem."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+
+import orjson
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from flagwire.core.errors import ProtocolError
+from flagwire.core.limits import KEY_PATTERN
+from flagwire.core.protocol import Identify, Summary, Watch, decode, encode
+from flagwire.core.reports import (
+    MAX_SUMMARY_CONTEXTS,
+    MAX_SUMMARY_FLAGS,
+    REASON_KINDS,
+    VariationStats,
+    context_hash,
+)
+
+keys = st.from_regex(rf"\A{KEY_PATTERN}\Z", fullmatch=True)
+labels = st.text(st.characters(min_codepoint=32, max_codepoint=0x2FFF), max_size=40).filter(
+    str.isprintable
+)
+hashes = st.integers(0, 2**64 - 1).map(lambda n: f"{n:016x}")
+counts = st.integers(0, 2**53)
+sums = st.floats(allow_nan=False, allow_infinity=False)
+
+stats = st.builds(
+    VariationStats,
+    reasons=st.dictionaries(st.sampled_from(sorted(REASON_KINDS)), counts, max_size=6),
+    contexts=st.lists(hashes, max_size=MAX_SUMMARY_CONTEXTS).map(tuple),
+    events=st.dictionaries(keys, st.tuples(counts, sums), max_size=4),
+)
+summaries = st.builds(
+    lambda start, width, flags: Summary(start=start, end=start + width, flags=flags),
+    st.integers(0, 2**47),
+    st.integers(0, 3_600_000),
+    st.dictionaries(keys, st.dictionaries(st.integers(-1, 99), stats, max_size=3), max_size=5),
+)
+identities = st.builds(
+    Identify,
+    sdk=labels.filter(bool),
+    sdk_version=labels,
+    app=labels,
+    instance=labels,
+    host=labels,
+    pid=st.integers(0, 2**32 - 1),
+)
+watches = st.lists(keys, max_size=20).map(lambda ks: Watch(tuple(ks)))
+
+
+@settings(max_examples=300)
+@given(st.one_of(summaries, identities, watches))
+def test_round_trip(message: Summary | Identify | Watch) -> None:
+    assert decode(encode(message)) == message
+
+
+@given(summaries)
+def test_summary_frame_starts_with_its_type(message: Summary) -> None:
+    # The endpoint lets only frames with this prefix past the 4 KiB client limit.
+    assert encode(message).startswith(b'{"type":"summary"')
+
+
+def test_context_hash_is_sixteen_hex_digits_of_sha256() -> None:
+    assert len(context_hash("user-1")) == 16
+    assert context_hash("user-1") != context_hash("user-2")
+    assert context_hash("ü") == hashlib.sha256("ü".encode()).hexdigest()[:16]
+
+
+GOOD_STATS = {"reasons": {"FALLTHROUGH": 2}, "contexts": ["0123456789abcdef"], "events": {}}
+
+
+def _summary(**over: object) -> bytes:
+    obj: dict[str, object] = {"type": "summary", "start": 1000, "end": 2000}
+    obj["flags"] = {"f": {"0": GOOD_STATS}}
+    obj.update(over)
+    return orjson.dumps(obj)
+
+
+BAD = [
+    (_summary(start=3000), "start <= end"),
+    (_summary(end=1000 + 3_600_001), "exceeds"),
+    (_summary(flags=[]), "expected an object"),
+    (_summary(flags={"Bad Key": {}}), "not a valid key"),
+    (_summary(flags={"f": {"x": GOOD_STATS}}), "not a variation index"),
+    (_summary(flags={"f": {"100": GOOD_STATS}}), "not a variation index"),
+    (_summary(flags={"f": {"-2": GOOD_STATS}}), "not a variation index"),
+    (_summary(flags={"f": {"0": {"reasons": {"MAYBE": 1}}}}), "unknown reason kind"),
+    (_summary(flags={"f": {"0": {"reasons": {"OFF": -1}}}}), "expected a count"),
+    (_summary(flags={"f": {"0": {"reasons": {"OFF": 2**53 + 1}}}}), "expected a count"),
+    (_summary(flags={"f": {"0": {"contexts": ["alice@example.com"]}}}), "clear keys"),
+    (_summary(flags={"f": {"0": {"contexts": ["0" * 16] * 33}}}), "at most 32"),
+    (_summary(flags={"f": {"0": {"events": {"err": [1]}}}}), "[count, sum]"),
+    (_summary(flags={"f": {"0": {"events": {"err": [1, "x"]}}}}), "finite"),
+    (_summary(flags={"f": {"0": {"attributes": {}}}}), "unknown field"),
+    (
+        _summary(flags={f"f{i}": {} for i in range(MAX_SUMMARY_FLAGS + 1)}),
+        "exceed the limit of 1000",
+    ),
+    (b'{"type":"identify","sdk":""}', "non-empty"),
+    (b'{"type":"identify","sdk":"py","app":"a\\u0000b"}', "control characters"),
+    (b'{"type":"identify","sdk":"py","pid":-1}', "process id"),
+    (orjson.dumps({"type": "identify", "sdk": "py", "host": "h" * 129}), "at most 128"),
+    (b'{"type":"watch","flags":["ok","Not OK"]}', "not a valid key"),
+    (b'{"type":"watch"}', "expected a list"),
+]
+
+
+@pytest.mark.parametrize(("frame", "message"), BAD)
+def test_bad_reports_raise_protocol_error_saying_why(frame: bytes, message: str) -> None:
+    with pytest.raises(ProtocolError) as info:
+        decode(frame)
+    assert message in str(info.value), str(info.value)
+
+
+json_values = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**63), 2**63 - 1)
+    | st.floats(allow_nan=False)
+    | st.text(max_size=20),
+    lambda inner: (
+        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4)
+    ),
+    max_leaves=20,
+)
+
+
+@settings(max_examples=300)
+@given(
+    st.sampled_from(["summary", "identify", "watch"]),
+    st.dictionaries(st.sampled_from(["start", "end", "flags", "sdk", "pid", "app"]), json_values),
+)
+def test_decoding_any_fields_raises_only_protocol_error(
+    kind: str, fields: dict[str, object]
+) -> None:
+    with contextlib.suppress(ProtocolError):
+        decode(orjson.dumps({"type": kind, **fields}))
