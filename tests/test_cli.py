@@ -230,7 +230,7 @@ def test_command_modules_do_not_import_each_other() -> None:
 
     import flagwire_server.cli as cli_pkg
 
-    commands = {"admin", "flags", "segments", "watch", "serve", "main"}
+    commands = {"admin", "ascode", "flags", "segments", "watch", "serve", "main"}
     for path in Path(cli_pkg.__file__).parent.glob("*.py"):
         if path.stem in ("main", "__init__"):
             continue

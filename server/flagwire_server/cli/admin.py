@@ -1,5 +1,7 @@
-"""``flagwire envs``, ``keys``, ``audit``, ``export`` and ``import``: the admin API's
+"""``flagwire envs``, ``keys``, ``audit`` and ``import``: the admin API's
 environments, API keys and audit log, over HTTP (see ``http.py`` for why).
+``export`` (a folder, or the older single JSON file) lives with flags as code
+in ``ascode.py``.
 
 Output is a human table by default and JSON with ``--json``; an error is one
 line on stderr and exit status 1.  The command table is in ``main.py``.
@@ -10,7 +12,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated
 
-import orjson
 import typer
 
 from flagwire_server.cli.files import load_file
@@ -18,7 +19,7 @@ from flagwire_server.cli.http import Api, cli_errors, fail
 from flagwire_server.cli.options import DEFAULT_URL, Env, Json, Key, Url
 from flagwire_server.cli.output import emit
 
-__all__ = ["audit", "envs", "export", "import_", "keys"]
+__all__ = ["audit", "envs", "import_", "keys"]
 
 envs = typer.Typer(help="Environments.", no_args_is_help=True)
 keys = typer.Typer(help="API keys.", no_args_is_help=True)
@@ -158,28 +159,6 @@ def audit(
         )
         if data.get("next") and not as_json:
             typer.echo(f"more: --before {data['next']}")
-
-
-def export(env: str, file: Path, url: Url = DEFAULT_URL, admin_key: Key = "") -> None:
-    """Write an environment's flags and segments to a JSON file."""
-    with cli_errors():
-        api = Api(url, admin_key)
-        flags_ = api.call("GET", f"/environments/{env}/flags")
-        segs = api.call("GET", f"/environments/{env}/segments")
-        out = {
-            "env": env,
-            "env_version": flags_["env_version"],
-            "segments": segs["segments"],
-            "flags": flags_["flags"],
-        }
-        try:
-            file.write_bytes(orjson.dumps(out, option=orjson.OPT_INDENT_2))
-        except OSError as exc:
-            fail(f"cannot write {file}: {exc.strerror}")
-        typer.echo(
-            f"exported {len(out['flags'])} flags and {len(out['segments'])} "
-            f"segments of {env} to {file}"
-        )
 
 
 def import_(env: str, file: Path, url: Url = DEFAULT_URL, admin_key: Key = "") -> None:

@@ -1,9 +1,10 @@
 """The ``flagwire`` command and its command table.
 
 Every subcommand is defined at module level in the module named for what it
-manages (``admin``: environments, keys, audit, export/import; ``flags``;
-``segments``; ``watch``) and is added here, in one place, so that no command
-module imports another.  Every command is documented in docs/cli.md.
+manages (``admin``: environments, keys, audit, import; ``ascode``: flags as
+code — validate, plan, apply, export; ``flags``; ``segments``; ``watch``) and
+is added here, in one place, so that no command module imports another.
+Every command is documented in docs/cli.md.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from typing import Annotated
 
 import typer
 
-from flagwire_server.cli import admin
+from flagwire_server.cli import admin, ascode
 from flagwire_server.cli.audit import audit
 from flagwire_server.cli.flags import flags
 from flagwire_server.cli.http import cli_errors, fail
@@ -138,7 +139,10 @@ app.add_typer(admin.keys, name="keys")
 app.add_typer(flags, name="flags")
 app.add_typer(segments, name="segments")
 app.command("audit")(audit)
-app.command("export")(admin.export)
+app.command("export")(ascode.export)
+app.command("validate")(ascode.validate)
+app.command("plan")(ascode.plan)
+app.command("apply")(ascode.apply)
 app.command("watch")(watch)
 
 if __name__ == "__main__":  # pragma: no cover
