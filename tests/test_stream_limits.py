@@ -208,3 +208,17 @@ async def test_memory_is_returned_after_stalled_streams_go(server: ServerProcess
     after = _rss_mib(server.pid)
     print(f"RSS before {before:.0f} MiB, with stalled streams {peak:.0f}, after {after:.0f}")
     assert after - before < 64, (before, peak, after)
+
+
+def test_quota_counts_per_key_and_address_and_forgets_at_zero() -> None:
+    from flagwire_server.stream.quota import StreamQuota
+
+    q = StreamQuota(per_key=2, per_ip=3)
+    assert q.admit("k1", "a") is None
+    assert q.admit("k1", "a") is None
+    assert "key" in (q.admit("k1", "b") or "")
+    assert q.admit("k2", "a") is None
+    assert "address" in (q.admit("k3", "a") or "")
+    for key in ("k1", "k1", "k2"):
+        q.release(key, "a")
+    assert (q.by_key, q.by_ip) == ({}, {})
