@@ -70,15 +70,17 @@ def envs_delete(key: str, url: Url = DEFAULT_URL, admin_key: Key = "") -> None:
 @keys.command("create")
 def keys_create(
     name: str,
-    kind: Annotated[str, typer.Option(help="sdk or admin")] = "sdk",
-    env: Annotated[str | None, typer.Option(help="environment (SDK keys)")] = None,
+    kind: Annotated[
+        str, typer.Option(help="sdk, client (client-side: OFREP, opted-in flags only) or admin")
+    ] = "sdk",
+    env: Annotated[str | None, typer.Option(help="environment (SDK and client keys)")] = None,
     url: Url = DEFAULT_URL,
     admin_key: Key = "",
     as_json: Json = False,
 ) -> None:
     """Create a key; its secret is printed this once."""
     with cli_errors():
-        if kind == "sdk" and env is None:
+        if kind in ("sdk", "client") and env is None:
             env = "production"
         data = Api(url, admin_key).call(
             "POST", "/keys", body={"name": name, "kind": kind, "env": env}

@@ -128,6 +128,33 @@ def flags_off(
     _toggle(key, False, env, url, admin_key, wait, as_json)
 
 
+@flags.command("client-side")
+def flags_client_side(
+    key: str,
+    visible: Annotated[
+        bool,
+        typer.Option(
+            "--visible/--hidden",
+            help="whether client-side keys (web pages, OFREP) may evaluate the flag",
+        ),
+    ] = True,
+    env: Env = "production",
+    wait: Wait = None,
+    url: Url = DEFAULT_URL,
+    admin_key: Key = "",
+    as_json: Json = False,
+) -> None:
+    """Let client-side keys evaluate a flag (--visible), or stop them (--hidden)."""
+    with cli_errors():
+        data = Api(url, admin_key).call(
+            "PATCH",
+            f"/environments/{env}/flags/{key}",
+            body={"client_side": visible},
+            params=wait_params(wait),
+        )
+        write_summary(data, "flag", as_json)
+
+
 @flags.command("rollout")
 def flags_rollout(
     key: str,
@@ -314,6 +341,8 @@ def _describe(doc: dict[str, Any]) -> list[str]:
         fields.append(("description", str(doc["description"])))
     if doc.get("tags"):
         fields.append(("tags", ", ".join(map(str, doc["tags"]))))
+    if doc.get("client_side"):
+        fields.append(("client-side", "visible to client-side keys (OFREP)"))
     fields.append(
         ("variations", "  ".join(f"{i}: {json.dumps(v)}" for i, v in enumerate(variations)))
     )

@@ -416,7 +416,7 @@
   function newKey(form) {
     var f = form.elements;
     var body = { name: f.name.value.trim(), kind: f.kind.value };
-    if (body.kind === "sdk") body.env = f.env.value;
+    if (body.kind === "sdk" || body.kind === "client") body.env = f.env.value;
     clearErrors(form);
     api("POST", "/keys", body).then(function (res) {
       if (!res.ok) {
@@ -459,7 +459,7 @@
 
   function syncKeyKind() {
     var kind = $("#nk-kind"), envField = $("#nk-env-field");
-    if (kind && envField) envField.hidden = kind.value !== "sdk";
+    if (kind && envField) envField.hidden = kind.value === "admin";
   }
 
   function copySecret() {

@@ -106,6 +106,13 @@
       oninput: function (e) { doc.description = e.target.value; changed(); } })));
     s.appendChild(field("Tags (comma separated)", h("input", { value: (doc.tags || []).join(", "), "data-path": "tags",
       oninput: function (e) { doc.tags = e.target.value.split(",").map(function (t) { return t.trim(); }).filter(Boolean); changed(); } })));
+    if (KIND === "flag") {
+      // Client-side keys ship inside web pages: they evaluate (OFREP) only the flags marked here.
+      s.appendChild(h("div", { "class": "field check" }, h("label", {}, h("input", { type: "checkbox",
+        checked: doc.client_side === true, "data-path": "client_side", id: "client-side",
+        onchange: function (e) { doc.client_side = e.target.checked; changed(); } }),
+        " Visible to client-side keys (web pages, OFREP)")));
+    }
     return s;
   }
 
