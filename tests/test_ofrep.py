@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -340,3 +344,26 @@ def test_rate_limit_per_key(redis_url: str) -> None:
         admin.close()
     finally:
         stop_server(server)
+
+
+def _cli(live: Ofrep, *args: str) -> str:
+    admin_key = live.admin.headers["authorization"].split()[1]
+    env = {**os.environ, "FLAGWIRE_URL": live.url, "FLAGWIRE_ADMIN_KEY": admin_key}
+    flagwire = Path(sys.executable).parent / "flagwire"
+    done = subprocess.run(
+        [str(flagwire), *args], env=env, capture_output=True, text=True, timeout=30, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+def test_cli_sets_visibility_and_makes_client_keys(live: Ofrep) -> None:
+    out = _cli(live, "keys", "create", "web page", "--kind", "client", "--env", live.env)
+    secret = out.strip().splitlines()[-1]
+    assert secret.startswith("fw_client_")
+    assert _post(live, "/evaluate/flags/config", secret).status_code == 404
+    _cli(live, "flags", "client-side", "config", "--visible", "-e", live.env)
+    assert _post(live, "/evaluate/flags/config", secret).json()["value"] == {"color": "red"}
+    assert "client-side" in _cli(live, "flags", "get", "config", "-e", live.env)
+    _cli(live, "flags", "client-side", "config", "--hidden", "-e", live.env)
+    assert _post(live, "/evaluate/flags/config", secret).status_code == 404
