@@ -38,7 +38,7 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
-for path in (ROOT, ROOT / "client"):
+for path in (ROOT, ROOT / "client", ROOT / "server"):
     if str(path) not in sys.path:
         sys.path.insert(0, str(path))
 
@@ -56,6 +56,7 @@ from tests.support.builders import (  # noqa: E402
 from flagwire import Snapshot  # noqa: E402
 from flagwire.core.limits import LIMITS, MAX_STRING_ATTRIBUTE  # noqa: E402
 from flagwire.core.operators import regex_budget_overrun  # noqa: E402
+from flagwire_server.migrate.launchdarkly import convert  # noqa: E402
 
 #: Median targets (ns) from the design brief, CPython 3.11 on a 2-core machine.
 TARGETS = {"reference flag": 1500, "5 rules, mixed operators": 3000}
@@ -94,6 +95,7 @@ def flags() -> tuple[dict[str, dict[str, Any]], dict[str, dict[str, Any]]]:
         "prereq-b": flag("prereq-b", prerequisites=[prerequisite("prereq-c")]),
         "prereq-c": flag("prereq-c"),
     }
+    docs.update(imported())
     segments = {
         "beta": segment(
             "beta",
@@ -102,6 +104,60 @@ def flags() -> tuple[dict[str, dict[str, Any]], dict[str, dict[str, Any]]]:
         )
     }
     return docs, segments
+
+
+def imported() -> dict[str, dict[str, Any]]:
+    """The reference, 5-rule and rollout flags as LaunchDarkly data, through the importer.
+
+    They evaluate with LaunchDarkly's semantics (its bucketing: a hex digest
+    and a float division per rollout; numbers as doubles), beside the native rows.
+    """
+
+    def ld(key: str, rules: list[dict[str, Any]], fallthrough: dict[str, Any]) -> dict[str, Any]:
+        return {
+            "key": key,
+            "version": 1,
+            "on": True,
+            "salt": "9f2c0b5e",
+            "variations": [True, False],
+            "offVariation": 1,
+            "targets": [{"variation": 0, "values": TARGETED}] if key.startswith("Ref") else [],
+            "rules": rules,
+            "fallthrough": fallthrough,
+        }
+
+    def when(attr: str, op: str, *values: Any) -> dict[str, Any]:
+        return {"clauses": [{"attribute": attr, "op": op, "values": list(values)}], "variation": 0}
+
+    def split(*weights: int) -> dict[str, Any]:
+        slots = [{"variation": i, "weight": w * 1000} for i, w in enumerate(weights)]
+        return {"rollout": {"variations": slots}}
+
+    data = {
+        "flags": {
+            "Reference-LD": ld(
+                "Reference-LD",
+                [when("email", "endsWith", "@example.com"), when("country", "in", "NL", "DE")],
+                split(25, 75),
+            ),
+            "Rules-5-LD": ld(
+                "Rules-5-LD",
+                [
+                    when("email", "endsWith", "@example.com"),
+                    when("country", "in", "NL", "DE", "BE", "FR"),
+                    when("plan", "startsWith", "enterprise"),
+                    when("age", "greaterThanOrEqual", 65),
+                    when("app_version", "semVerLessThan", "2.0.0"),
+                ],
+                {"variation": 1},
+            ),
+            "Rollout-LD": ld("Rollout-LD", [], split(50, 50)),
+        },
+        "segments": {},
+    }
+    conv = convert(data)
+    assert not conv.skipped, conv.report
+    return {doc["key"]: doc for doc in conv.flags}
 
 
 CONTEXT = {
@@ -130,6 +186,17 @@ CASES = [  # (label, flag key, what it exercises)
     ("rollout 50/50", "rollout", "fallthrough rollout only: one SHA-1 per call"),
     ("segment match", "segment", "segment_match: not included, matched by the segment's rule"),
     ("prerequisite chain", "prereq-a", "a requires b requires c, all satisfied"),
+    (
+        "5 rules, imported from LD",
+        "rules-5-ld",
+        "the 5-rule flag as LaunchDarkly data through the importer (numbers as doubles)",
+    ),
+    (
+        "reference, imported from LD",
+        "reference-ld",
+        "the reference flag as LaunchDarkly data through the importer: LaunchDarkly bucketing",
+    ),
+    ("rollout 50/50, imported from LD", "rollout-ld", "LaunchDarkly bucketing: SHA-1, hex, float"),
 ]
 
 

@@ -156,6 +156,9 @@ def test_numbers_compare_as_doubles_for_imported_flags() -> None:
     assert (
         Snapshot({"f": native}).evaluate("f", {"key": "u", "n": big + 1}, None).variation_index == 1
     )
+    # An integer beyond any double: LaunchDarkly's SDK raises (ERROR), and so does the import.
+    for n in (10**400, [10**400]):
+        assert snap.evaluate("f", {"key": "u", "n": n}, None).reason == "ERROR"
 
 
 def test_capital_keys_are_mapped_and_bucket_by_the_original() -> None:

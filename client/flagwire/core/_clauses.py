@@ -37,6 +37,7 @@ if TYPE_CHECKING:
     from flagwire.core.detail import EvaluationDetail
 
 __all__ = [
+    "DOUBLE_EXPRS",
     "FAST_EXPRS",
     "FAST_GLOBALS",
     "Clause",
@@ -119,6 +120,16 @@ FAST_EXPRS: Final = {
     "semver_gt": (_STR, "(k := semver(v)) is not None and k > arg"),
 }
 
+#: The numeric comparisons with LaunchDarkly semantics: both sides as doubles
+#: (``arg`` is already one).  An integer beyond any double raises OverflowError,
+#: an ERROR for the evaluation, as in LaunchDarkly's SDK.
+DOUBLE_EXPRS: Final = {
+    "lt": (_NUM, "float(v) < arg"),
+    "lte": (_NUM, "float(v) <= arg"),
+    "gt": (_NUM, "float(v) > arg"),
+    "gte": (_NUM, "float(v) >= arg"),
+}
+
 # Attribute values are parsed per call; app versions and timestamps repeat a
 # lot, so the parse of a string is cached (bounded; a hit allocates nothing).
 #: Names the fast expressions use besides ``v``, ``k`` and ``arg``.
@@ -147,8 +158,9 @@ def _make_fast(guard: str, expr: str) -> Callable[[str, Any, Clause], Clause]:
 
 
 _FAST: Final = {
-    (op, negate): _make_fast(guard, f"not ({expr})" if negate else expr)
-    for op, (guard, expr) in FAST_EXPRS.items()
+    (op, negate, doubles): _make_fast(guard, f"not ({expr})" if negate else expr)
+    for doubles, exprs in ((False, FAST_EXPRS), (True, DOUBLE_EXPRS))
+    for op, (guard, expr) in exprs.items()
     for negate in (False, True)
 }
 
@@ -158,14 +170,15 @@ def fast_parts(c: dict[str, Any], *, doubles: bool = False) -> tuple[str, Any, C
 
     ``arg`` is the prepared value used by ``FAST_EXPRS[op]``; ``slow`` is the
     full clause, to call when the attribute's type is not the common one.
-    ``doubles`` (LaunchDarkly semantics) compares numbers as doubles, which
-    the inlined ``v < arg`` would not do for integers past 2**53.
+    ``doubles`` (LaunchDarkly semantics): numbers compare as doubles, with the
+    expressions of ``DOUBLE_EXPRS`` (``v < arg`` is exact for integers past 2**53).
     """
     op: str = c["op"]
     values: list[Any] = c["values"]
     arg: Any
     if doubles and op in NUMBER_OPS:
-        return None
+        arg = float(max(values) if op in ("lt", "lte") else min(values))  # float() is monotonic
+        return c["attribute"], arg, _lift(c["attribute"], _DOUBLE_TESTS[op](values), c["negate"])
     if op == "in":
         arg = frozenset(v for v in values if isinstance(v, str))
     elif op in ("starts_with", "ends_with"):
@@ -197,9 +210,8 @@ def compile_clause(c: dict[str, Any], *, doubles: bool = False) -> Clause:
         return _segment_clause(tuple(c["values"]), c["negate"])
     fast = fast_parts(c, doubles=doubles)
     if fast is None:
-        tests = _DOUBLE_TESTS if doubles and c["op"] in NUMBER_OPS else _TESTS
-        return _lift(c["attribute"], tests[c["op"]](c["values"]), c["negate"])
-    return _FAST[c["op"], c["negate"]](*fast)
+        return _lift(c["attribute"], _TESTS[c["op"]](c["values"]), c["negate"])
+    return _FAST[c["op"], c["negate"], doubles and c["op"] in NUMBER_OPS](*fast)
 
 
 def match_all(clauses: tuple[Clause, ...]) -> Clause:
@@ -294,13 +306,11 @@ def _number(x: Any) -> Any:
 
 
 def _double(x: Any) -> float | None:
-    """A number as the double LaunchDarkly compares (2**53 + 1 equals 2**53 there)."""
-    if x.__class__ is int or x.__class__ is float:
-        try:
-            return float(x)
-        except OverflowError:  # an integer beyond any double matches no comparison
-            return None
-    return None
+    """A number as the double LaunchDarkly compares (2**53 + 1 equals 2**53 there).
+
+    An integer beyond any double raises OverflowError, as in LaunchDarkly's SDK.
+    """
+    return float(x) if x.__class__ is int or x.__class__ is float else None
 
 
 def _semver_eq(values: list[Any]) -> Test:

@@ -35,6 +35,7 @@ from collections.abc import Callable, Mapping
 from typing import Any, Final
 
 from flagwire.core._clauses import (
+    DOUBLE_EXPRS,
     FAST_EXPRS,
     FAST_GLOBALS,
     Env,
@@ -43,7 +44,7 @@ from flagwire.core._clauses import (
     fast_parts,
     match_all,
 )
-from flagwire.core.bucketing import bucket_text, launchdarkly_bucket
+from flagwire.core.bucketing import LD_SCALE, bucket_text, launchdarkly_bucket_text
 from flagwire.core.detail import EvaluationDetail, Reason
 from flagwire.core.errors import ValidationError
 from flagwire.core.limits import BUCKETS, WEIGHT_TOTAL
@@ -307,7 +308,8 @@ class _Generator:
         if fast is None:
             return f"{self.bind(compile_clause(c, doubles=self.ld))}(ctx, env)"
         attr, arg, slow = (self.bind(x) for x in fast)
-        guard, expr = FAST_EXPRS[c["op"]]
+        exprs = DOUBLE_EXPRS if self.ld and c["op"] in DOUBLE_EXPRS else FAST_EXPRS
+        guard, expr = exprs[c["op"]]
         expr = expr.replace("arg", arg)
         if c["negate"]:
             expr = f"not ({expr})"
@@ -392,7 +394,7 @@ def _picker(
 def _launchdarkly_picker(
     prefix: str, by: str, roll: dict[str, Any], details: tuple[EvaluationDetail, ...]
 ) -> Picker:
-    """A rollout assigning as LaunchDarkly does (``bucketing.launchdarkly_bucket``).
+    """A rollout assigning as LaunchDarkly does (``bucketing.launchdarkly_bucket``, inlined).
 
     The running totals are summed in doubles in slot order, as LaunchDarkly
     sums them, so a boundary lands on the same double; a bucket past the last
@@ -404,9 +406,20 @@ def _launchdarkly_picker(
         total += slot["weight"] / WEIGHT_TOTAL
         cum.append(total)
     bounds, last, count = tuple(cum), details[-1], len(details)
+    # The prefix is hashed once; each call continues from a copy of that state.
+    copy = hashlib.sha1(f"{prefix}.".encode("utf-8", "surrogatepass"), usedforsecurity=False).copy
+    attr = None if by == "key" else by
 
     def pick(ctx: Mapping[str, Any], ckey: str) -> EvaluationDetail:
-        i = bisect_right(bounds, launchdarkly_bucket(prefix, ckey if by == "key" else ctx.get(by)))
+        value = ckey if attr is None else ctx.get(attr)
+        if value.__class__ is not str:
+            value = launchdarkly_bucket_text(value)
+            if value is None:  # bucket 0.0: the first slot with a positive weight
+                i = bisect_right(bounds, 0.0)
+                return details[i] if i < count else last
+        h = copy()
+        h.update(value.encode("utf-8", "surrogatepass"))
+        i = bisect_right(bounds, (_Q(h.digest())[0] >> 4) / LD_SCALE)
         return details[i] if i < count else last
 
     return pick
