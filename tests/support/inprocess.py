@@ -35,14 +35,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
-import json
 import secrets
 import tempfile
 import threading
 import time
 from collections.abc import AsyncIterator, Iterator, Mapping
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
@@ -52,6 +50,7 @@ from starlette.applications import Starlette
 from flagwire_server.app import create_app
 from flagwire_server.cli.serve import uvicorn_options
 from flagwire_server.config import Settings
+from tests.support.adminapi import ServerHttp
 from tests.support.redisproc import free_port
 from tests.support.server import _cleanup_prefix
 
@@ -119,7 +118,7 @@ def _gc_restored() -> Iterator[None]:
         gc.set_threshold(*threshold)
 
 
-class InProcessServer:
+class InProcessServer(ServerHttp):
     """flagwire under a real uvicorn in a thread of this process, on a free port.
 
     Args:
@@ -203,40 +202,6 @@ class InProcessServer:
     @property
     def running(self) -> bool:
         return self._thread is not None and self._thread.is_alive()
-
-    # --- the same small HTTP helpers as ServerProcess ----------------------------
-
-    def get(self, path: str, timeout: float = 5.0) -> tuple[int, str]:
-        return self.request("GET", path, timeout=timeout)
-
-    def request(
-        self,
-        method: str,
-        path: str,
-        body: Any = None,
-        *,
-        key: str | None = None,
-        timeout: float = 30.0,
-    ) -> tuple[int, str]:
-        """A plain HTTP request (admin key by default); returns ``(status, text)``."""
-        try:
-            resp = httpx.request(
-                method,
-                self.url + path,
-                json=body,
-                headers={"Authorization": f"Bearer {key or self.admin_key}"},
-                timeout=timeout,
-            )
-        except httpx.HTTPError as exc:
-            return 0, str(exc)
-        return resp.status_code, resp.text
-
-    def api(self, method: str, path: str, body: Any = None, *, key: str | None = None) -> Any:
-        """Call ``/api/v1`` + path; returns the JSON body, raises on a non-2xx status."""
-        status, text = self.request(method, "/api/v1" + path, body, key=key)
-        if not 200 <= status < 300:
-            raise AssertionError(f"{method} {path} -> {status}: {text[:500]}")
-        return json.loads(text) if text else None
 
 
 # --- fixtures (registered by ``pytest_plugins`` in ``tests/conftest.py``) ---------------

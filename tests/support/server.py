@@ -31,8 +31,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -40,6 +38,7 @@ from typing import Any
 import pytest
 
 from flagwire.core.limits import STREAM_PATH
+from tests.support.adminapi import ServerHttp
 from tests.support.redisproc import free_port
 
 __all__ = ["ServerProcess", "admin_key", "make_server", "server"]
@@ -47,7 +46,7 @@ __all__ = ["ServerProcess", "admin_key", "make_server", "server"]
 _ROOT = Path(__file__).resolve().parents[2]
 
 
-class ServerProcess:
+class ServerProcess(ServerHttp):
     """One ``flagwire serve`` process under a test's control.
 
     Args:
@@ -230,41 +229,6 @@ class ServerProcess:
                 with contextlib.suppress(ValueError):
                     out.append(json.loads(line))
         return out
-
-    # --- small HTTP helpers -----------------------------------------------------
-
-    def get(self, path: str, timeout: float = 5.0) -> tuple[int, str]:
-        return self.request("GET", path, timeout=timeout)
-
-    def request(
-        self,
-        method: str,
-        path: str,
-        body: Any = None,
-        *,
-        key: str | None = None,
-        timeout: float = 30.0,
-    ) -> tuple[int, str]:
-        """A plain HTTP request (admin key by default); returns ``(status, text)``."""
-        data = json.dumps(body).encode() if body is not None else None
-        req = urllib.request.Request(self.url + path, data=data, method=method)
-        req.add_header("Authorization", f"Bearer {key or self.admin_key}")
-        if data is not None:
-            req.add_header("Content-Type", "application/json")
-        try:
-            with urllib.request.urlopen(req, timeout=timeout) as resp:
-                return resp.status, resp.read().decode()
-        except urllib.error.HTTPError as exc:
-            return exc.code, exc.read().decode(errors="replace")
-        except OSError as exc:
-            return 0, str(exc)
-
-    def api(self, method: str, path: str, body: Any = None, *, key: str | None = None) -> Any:
-        """Call ``/api/v1`` + path; returns the JSON body, raises on a non-2xx status."""
-        status, text = self.request(method, "/api/v1" + path, body, key=key)
-        if not 200 <= status < 300:
-            raise AssertionError(f"{method} {path} -> {status}: {text[:500]}")
-        return json.loads(text) if text else None
 
 
 def _cleanup_prefix(redis_url: str, prefix: str) -> None:
