@@ -89,6 +89,7 @@ CORE_MODULES = {
     "operators",
     "protocol",
     "reports",
+    "schema",
     "subscription",
 }
 

@@ -34,6 +34,8 @@ Modules:
   connection loop and ``flagwire watch`` are both thin layers over it.
 - :mod:`~flagwire.core.changes`: :class:`~flagwire.core.changes.FlagChange`,
   what a message or a new snapshot changed.
+- :mod:`~flagwire.core.schema`: the JSON Schemas of flag and segment
+  documents, built from the model's definitions (published in ``schema/``).
 
 Errors (all from :mod:`~flagwire.core.errors`)::
 
@@ -63,6 +65,7 @@ from flagwire.core import (
     operators,
     protocol,
     reports,
+    schema,
     subscription,
 )
 
@@ -77,5 +80,6 @@ __all__ = [
     "operators",
     "protocol",
     "reports",
+    "schema",
     "subscription",
 ]
