@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any, Final
 
 from flagwire.core.limits import ENV_PATTERN, KEY_PATTERN
+from flagwire.core.model import SEMANTICS
 
 __all__ = ["SCHEMAS", "ref"]
 
@@ -41,6 +42,10 @@ _DOC_FIELDS: Final[_S] = {
     "created_at": {"type": ["string", "number", "null"]},
     "updated_at": {"type": ["string", "number", "null"]},
     "updated_by": {"type": ["string", "number", "null"]},
+    "semantics": {
+        "enum": list(SEMANTICS),
+        "description": "evaluation rules: flagwire's (absent) or LaunchDarkly's (imported)",
+    },
 }
 _FLAG_FIELDS: Final[_S] = {
     **_DOC_FIELDS,
@@ -59,6 +64,7 @@ _SEGMENT_FIELDS: Final[_S] = {
     "included": {"type": "array", "items": _STR},
     "excluded": {"type": "array", "items": _STR},
     "rules": {"type": "array", "items": {"type": "object"}},
+    "salt": {**_STR, "description": 'weighted rules\' hash prefix (only "launchdarkly")'},
 }
 _PROPAGATION: Final[_S] = _obj(
     {
