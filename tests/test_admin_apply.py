@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -142,3 +143,32 @@ async def test_clients_receive_the_apply_and_wait_counts_them(live: Live, env: s
         assert client.version == 3
         assert client.variation("kill", {"key": "u"}, "default") is False
         assert client.variation("added", {"key": "u"}, None) == "x"
+
+
+def test_an_apply_may_be_larger_than_one_document_body(live: Live, env: str) -> None:
+    # Three flags of ~400 KB: over the 512 KiB body limit of single writes, under the apply's.
+    big = [f"user-{i:07d}" for i in range(30_000)]
+    docs = [
+        doc(
+            "flag",
+            flag(
+                f"big{n}",
+                targets=[
+                    {"variation": 0, "values": big[i : i + 10_000]} for i in (0, 10_000, 20_000)
+                ],
+            ),
+            f"big{n}",
+        )
+        for n in range(3)
+    ]
+    body = {"name": "big", "documents": docs}
+    assert len(json.dumps(body)) > 1024 * 1024
+    r = live.api.post(f"/environments/{env}/apply", json=body)
+    assert r.status_code == 200, r.text[:300]
+    assert len(r.json()["changes"]) == 3
+    r = live.api.post(
+        f"/environments/{env}/apply",
+        content=b"{" + b" " * (17 * 1024 * 1024) + b"}",
+        headers={"Content-Type": "application/json"},
+    )
+    assert r.status_code == 413
