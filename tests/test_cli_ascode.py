@@ -388,3 +388,22 @@ def test_line_breaks_of_every_kind_survive_yaml() -> None:
     for text in ["a\x85b", "a\u2028b", "a\u2029b", "a\r\nb", "a\tb", " lead", "on", "yes", "1e3"]:
         doc = {"key": "k", "name": text}
         assert yaml.load(dump_document(doc), Loader=_LOADER) == doc
+
+
+def test_json_files_are_read_as_json_with_lines(tmp_path: Path) -> None:
+    from flagwire_server.cli.folder import read_folder
+
+    (tmp_path / "flags").mkdir()
+    (tmp_path / "flags" / "num.json").write_text(
+        '{\n  "variations": [1e3, 2],\n  "fallthrough": {"variation": 0}\n}\n'
+    )
+    (tmp_path / "flags" / "bad.json").write_text(
+        '{\n  "variations": [1, 2],\n  "fallthrough": {"variation": 5}\n}\n'
+    )
+    (tmp_path / "flags" / "broken.json").write_text('{\n  "variations": [1,\n')
+    found = read_folder(tmp_path)
+    # YAML 1.1 would have read 1e3 as the string "1e3" (and refused the mixed kinds).
+    assert found.documents[("flag", "num")].normal["variations"] == [1000.0, 2]
+    problems = sorted(str(p) for p in found.problems)
+    assert problems[0].startswith(f"{tmp_path / 'flags' / 'bad.json'}:3: fallthrough.variation:")
+    assert problems[1].startswith(f"{tmp_path / 'flags' / 'broken.json'}:3: not valid JSON")

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final, Literal
 
+import orjson
 import yaml
 
 from flagwire.core.errors import ValidationError
@@ -166,6 +167,12 @@ def _read(path: Path, root: Path, kind: Kind, problems: list[Problem]) -> Docume
     except (OSError, UnicodeDecodeError) as exc:
         problems.append(Problem(name, 0, "", f"cannot read: {exc}"))
         return None
+    if path.suffix.lower() == ".json":
+        parsed = _read_json(text, name, problems)
+        if parsed is None:
+            return None
+        node, data = parsed
+        return _document(node, data, path, kind, name, problems)
     try:
         node = yaml.compose(text, Loader=_LOADER)
         data = yaml.load(text, Loader=_LOADER)  # a SafeLoader
@@ -177,6 +184,35 @@ def _read(path: Path, root: Path, kind: Kind, problems: list[Problem]) -> Docume
     except yaml.YAMLError as exc:
         problems.append(Problem(name, 0, "", f"not valid YAML: {str(exc).splitlines()[0]}"))
         return None
+    return _document(node, data, path, kind, name, problems)
+
+
+def _read_json(
+    text: str, name: str, problems: list[Problem]
+) -> tuple[yaml.Node | None, Any] | None:
+    """A JSON file parsed as JSON (YAML 1.1 would read ``1e3`` as a string), with the
+    YAML node tree only for line numbers (JSON is YAML's flow style)."""
+    try:
+        data = orjson.loads(text)
+    except orjson.JSONDecodeError as exc:
+        problems.append(Problem(name, exc.lineno, "", f"not valid JSON: {exc.msg}"))
+        return None
+    try:
+        node = yaml.compose(text, Loader=_LOADER)
+    except yaml.YAMLError:
+        node = None  # valid JSON that YAML cannot parse: lines are not known
+    return node, data
+
+
+def _document(
+    node: yaml.Node | None,
+    data: Any,
+    path: Path,
+    kind: Kind,
+    name: str,
+    problems: list[Problem],
+) -> Document | None:
+    """Check a parsed file's key and fields; validate it with the model."""
     if not isinstance(data, dict):
         problems.append(Problem(name, 1, "", f"a {kind} document must be a mapping"))
         return None
