@@ -34,6 +34,7 @@ from starlette.routing import BaseRoute
 
 from flagwire_server import console
 from flagwire_server.api import routes as admin
+from flagwire_server.api.freshness import VersionReads
 from flagwire_server.api.problems import exception_handlers
 from flagwire_server.api.ratelimit import RateLimiter
 from flagwire_server.config import Settings
@@ -152,6 +153,7 @@ def _lifespan(
             ),
             signin_limiter=RateLimiter.per_minute(SIGNIN_PER_MINUTE),
             ofrep_limiter=RateLimiter.per_minute(settings.ofrep_rate_limit),
+            versions=VersionReads(),
             sessions=sessions,
             stream_quota=StreamQuota(settings.max_streams_per_key, settings.max_streams_per_ip),
             audit=audit,

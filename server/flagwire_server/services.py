@@ -16,6 +16,7 @@ from starlette.requests import HTTPConnection
 
 if TYPE_CHECKING:
     from flagwire.core.evaluation import Snapshot
+    from flagwire_server.api.freshness import VersionReads
     from flagwire_server.api.ratelimit import RateLimiter
     from flagwire_server.config import Settings
     from flagwire_server.observability.metrics import Metrics
@@ -54,6 +55,8 @@ class Services:
     signin_limiter: RateLimiter
     #: OFREP requests per SDK or client-side key (``FLAGWIRE_OFREP_RATE_LIMIT``).
     ofrep_limiter: RateLimiter
+    #: Store-version reads shared by concurrent evaluations (read-your-writes).
+    versions: VersionReads
     #: Open streams per key and per client address in this process.
     stream_quota: StreamQuota
     #: Console sessions in Redis, and the watcher that closes their streams.

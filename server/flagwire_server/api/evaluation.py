@@ -67,7 +67,8 @@ async def current_snapshot(request: Request, env: str) -> Snapshot:
     store's version keeps read-your-writes: a write answered before this
     request is reflected in it.
     """
-    info = await store(request).get_env(env)  # NotFound → 404
+    # NotFound → 404.  One read per batch of concurrent requests (api/freshness.py).
+    info = await services_of(request).versions.read(env, store(request).get_env)
     fanout = services_of(request).fanout
     try:
         feed = await fanout.ensure(env)
