@@ -1,0 +1,276 @@
+"""OFREP on one server process: evaluations per second with 50 flags, and change → listener.
+
+    python -m bench.ofrep                      # 8 s per mode, 8 connections, 200 listeners
+    python -m bench.ofrep --seconds 5 --concurrency 1,8 --listeners 1000
+
+Modes, each from keep-alive HTTP/1.1 connections speaking raw bytes (a lean load
+generator, so that it is not what limits the figure; its CPU share is reported):
+
+* ``bulk``: ``POST /ofrep/v1/evaluate/flags`` with a client-side key, every one of
+  the 50 flags (``bench_flag``: targets, a rule, a rollout) evaluated per request;
+* ``bulk-304``: the same with the ``If-None-Match`` of the first answer (a polling
+  provider whose flags did not change);
+* ``single``: ``POST /ofrep/v1/evaluate/flags/{key}``.
+
+Then ``--listeners`` event streams (``GET /ofrep/v1/events``) are opened and one flag
+is toggled ``--changes`` times: the time from the write's answer to each listener's
+``refetchEvaluation`` event, and to a re-fetched bulk answer on one of them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+if __package__ in (None, ""):
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import httpx
+import orjson
+
+from bench._harness import Admin, bench_flag, cpus, print_table, summary_ms, write_result
+from bench._processes import FlagwireServer, redis_server
+
+ENV = "bench"
+FLAGS = [f"bench-ofrep-{i:02d}" for i in range(50)]
+CONTEXT = {"context": {"targetingKey": "user-42", "email": "a@example.org", "plan": "pro"}}
+
+
+def _request(host: str, path: str, key: str, body: bytes, extra: str = "") -> bytes:
+    return (
+        f"POST {path} HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {key}\r\n"
+        f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n{extra}\r\n"
+    ).encode() + body
+
+
+async def _exchange(
+    reader: asyncio.StreamReader, writer: asyncio.StreamWriter, req: bytes
+) -> tuple[int, bytes]:
+    writer.write(req)
+    head = await reader.readuntil(b"\r\n\r\n")
+    status = int(head[9:12])
+    length = 0
+    for line in head.split(b"\r\n"):
+        if line[:15].lower() == b"content-length:":
+            length = int(line[15:])
+    body = await reader.readexactly(length) if length else b""
+    return status, body
+
+
+async def load(url: str, req: bytes, concurrency: int, seconds: float) -> dict[str, Any]:
+    parts = urlsplit(url)
+    lat: list[int] = []
+    statuses: dict[int, int] = {}
+    stop = time.monotonic() + seconds
+    cpu0 = time.process_time()
+
+    async def one() -> None:
+        reader, writer = await asyncio.open_connection(parts.hostname, parts.port)
+        try:
+            while time.monotonic() < stop:
+                t0 = time.perf_counter_ns()
+                status, _ = await _exchange(reader, writer, req)
+                lat.append(time.perf_counter_ns() - t0)
+                statuses[status] = statuses.get(status, 0) + 1
+        finally:
+            writer.close()
+
+    started = time.monotonic()
+    await asyncio.gather(*(one() for _ in range(concurrency)))
+    wall = time.monotonic() - started
+    return {
+        "concurrency": concurrency,
+        "requests": len(lat),
+        "per_s": round(len(lat) / wall, 1),
+        "statuses": statuses,
+        "latency_ms": summary_ms(lat),
+        "load_generator_cpu_share": round((time.process_time() - cpu0) / wall, 2),
+    }
+
+
+def _server_cpu(pid: int) -> float:
+    total = 0.0
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
+        total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return total
+
+
+async def listeners(url: str, key: str, admin: Admin, count: int, changes: int) -> dict[str, Any]:
+    """``count`` event streams; toggle a flag ``changes`` times; time write → each event."""
+    first = await asyncio.to_thread(
+        httpx.post,
+        url + "/ofrep/v1/evaluate/flags",
+        json=CONTEXT,
+        headers={"Authorization": f"Bearer {key}"},
+    )
+    events_url = first.json()["eventStreams"][0]["url"]
+    parts = urlsplit(events_url)
+    path = f"{parts.path}?{parts.query}"
+    arrived: list[list[float]] = [[] for _ in range(changes)]
+    current = -1
+    ready = 0
+    all_ready = asyncio.Event()
+    all_arrived = asyncio.Event()
+
+    async def listen() -> None:
+        nonlocal ready
+        reader, writer = await asyncio.open_connection(parts.hostname, parts.port)
+        writer.write(f"GET {path} HTTP/1.1\r\nHost: {parts.netloc}\r\n\r\n".encode())
+        await reader.readuntil(b"\r\n\r\n")
+        ready += 1
+        if ready == count:
+            all_ready.set()
+        try:
+            while True:
+                line = await reader.readline()
+                if not line:
+                    return
+                if b"refetchEvaluation" in line and current >= 0:
+                    arrived[current].append(time.perf_counter())
+                    if len(arrived[current]) == count:
+                        all_arrived.set()
+        except (asyncio.CancelledError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+
+    tasks = [asyncio.create_task(listen()) for _ in range(count)]
+    await all_ready.wait()
+    await asyncio.sleep(0.5)  # the catch-up events of the first connect
+    lat_ns: list[int] = []
+    refetch_ns: list[int] = []
+    bulk = _request(parts.netloc, "/ofrep/v1/evaluate/flags", key, orjson.dumps(CONTEXT))
+    reader, writer = await asyncio.open_connection(parts.hostname, parts.port)
+    for i in range(changes):
+        current = i
+        all_arrived.clear()
+        answered = await asyncio.to_thread(
+            lambda i=i: (admin.patch_flag(ENV, FLAGS[0], {"on": i % 2 == 1}), time.perf_counter())
+        )
+        t_write = answered[1]
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(5):
+                await all_arrived.wait()
+        lat_ns += [int((t - t_write) * 1e9) for t in arrived[i]]
+        t0 = time.perf_counter()
+        await _exchange(reader, writer, bulk)
+        refetch_ns.append(int((time.perf_counter() - t0) * 1e9))
+        await asyncio.sleep(0.1)
+    writer.close()
+    for t in tasks:
+        t.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+    return {
+        "listeners": count,
+        "changes": changes,
+        "events": len(lat_ns),
+        "expected_events": count * changes,
+        "write_answered_to_event_ms": summary_ms(lat_ns),
+        "refetch_bulk_ms": summary_ms(refetch_ns),
+    }
+
+
+async def run(args: argparse.Namespace) -> dict[str, Any]:
+    with redis_server(appendonly=False) as redis:
+        server = FlagwireServer(
+            redis.url,
+            cpu_set=cpus(args.server_cpus),
+            env={"FLAGWIRE_OFREP_RATE_LIMIT": "1000000000"},
+        ).start()
+        try:
+            admin = Admin(server.url, server.admin_key)
+            admin.ensure_env(ENV)
+            for key in FLAGS:
+                admin.put_flag(ENV, {**bench_flag(key), "client_side": True})
+            made = admin.http.post("/keys", json={"name": "web", "kind": "client", "env": ENV})
+            key = made.json()["secret"]
+            host = urlsplit(server.url).netloc
+            body = orjson.dumps(CONTEXT)
+            bulk = _request(host, "/ofrep/v1/evaluate/flags", key, body)
+            first = await asyncio.to_thread(
+                httpx.post,
+                server.url + "/ofrep/v1/evaluate/flags",
+                content=body,
+                headers={"Authorization": f"Bearer {key}", "Content-Type": "application/json"},
+            )
+            assert len(first.json()["flags"]) == len(FLAGS), first.text[:300]
+            etag = first.headers["etag"]
+            modes = {
+                "bulk": bulk,
+                "bulk-304": _request(
+                    host, "/ofrep/v1/evaluate/flags", key, body, f"If-None-Match: {etag}\r\n"
+                ),
+                "single": _request(host, f"/ofrep/v1/evaluate/flags/{FLAGS[7]}", key, body),
+            }
+            results: list[dict[str, Any]] = []
+            for name, req in modes.items():
+                for c in args.concurrency:
+                    await load(server.url, req, c, 1.0)  # warm up
+                    cpu0 = _server_cpu(server.pid)
+                    r = await load(server.url, req, c, args.seconds)
+                    r["server_cpu_share"] = round(
+                        (_server_cpu(server.pid) - cpu0) / args.seconds, 2
+                    )
+                    results.append({"mode": name, **r})
+            events = await listeners(server.url, key, admin, args.listeners, args.changes)
+            admin.close()
+        finally:
+            server.stop()
+    return {
+        "flags": len(FLAGS),
+        "load_average_before": os.getloadavg(),
+        "loads": results,
+        "events": events,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--seconds", type=float, default=8.0)
+    parser.add_argument("--concurrency", default="8", help="comma list of connection counts")
+    parser.add_argument("--listeners", type=int, default=200)
+    parser.add_argument("--changes", type=int, default=20)
+    parser.add_argument("--server-cpus", default="", help="pin the server (e.g. 0)")
+    parser.add_argument("--no-write", action="store_true", help="do not write bench/results")
+    args = parser.parse_args()
+    args.concurrency = [int(c) for c in str(args.concurrency).split(",")]
+    data = asyncio.run(run(args))
+    print_table(
+        ("mode", "conns", "req/s", "p50 ms", "p99 ms", "CPU", "CPU ms/req", "loadgen", "statuses"),
+        [
+            (
+                r["mode"],
+                r["concurrency"],
+                r["per_s"],
+                r["latency_ms"]["p50_ms"],
+                r["latency_ms"]["p99_ms"],
+                r["server_cpu_share"],
+                r["server_cpu_ms_per_request"],
+                r["load_generator_cpu_share"],
+                r["statuses"],
+            )
+            for r in data["loads"]
+        ],
+    )
+    ev = data["events"]
+    print(
+        f"\n{ev['listeners']} event streams, {ev['changes']} changes: "
+        f"{ev['events']}/{ev['expected_events']} events; write answered -> event "
+        f"p50 {ev['write_answered_to_event_ms']['p50_ms']} ms, "
+        f"p99 {ev['write_answered_to_event_ms']['p99_ms']} ms; "
+        f"re-fetch p50 {ev['refetch_bulk_ms']['p50_ms']} ms"
+    )
+    if not args.no_write:
+        print(write_result("ofrep", data))
+
+
+if __name__ == "__main__":
+    main()
