@@ -14,18 +14,19 @@ async def test_callers_share_reads_that_started_after_them() -> None:
     version = 0
     started: list[int] = []
     gate = asyncio.Event()
+    reached = asyncio.Event()
 
     async def read(env: str) -> dict[str, Any]:
         seen = version  # what the store holds when the read reaches it
         started.append(seen)
+        reached.set()
         await gate.wait()
         gate.clear()
         return {"version": seen}
 
     reads = VersionReads()
     first = asyncio.create_task(reads.read("prod", read))
-    while not started:  # the first read has reached the store
-        await asyncio.sleep(0)
+    await reached.wait()  # the first read has reached the store
     version = 1  # a write answered while the first read is in flight
     late = [asyncio.create_task(reads.read("prod", read)) for _ in range(50)]
     await asyncio.sleep(0)
