@@ -42,6 +42,7 @@ from flagwire_server.console.session import load_session_secret
 from flagwire_server.observability import health
 from flagwire_server.observability.metrics import Metrics, RequestMetricsMiddleware
 from flagwire_server.process import fix_mmap_threshold, freeze_gc, raise_nofile
+from flagwire_server.release.scheduler import Scheduler
 from flagwire_server.services import Services
 from flagwire_server.store.acks import AckReporter
 from flagwire_server.store.apikeys import KeyRing
@@ -51,6 +52,7 @@ from flagwire_server.store.documents import Store
 from flagwire_server.store.identity import StoreIdentity, open_client
 from flagwire_server.store.keyspace import Keyspace
 from flagwire_server.store.redisurl import connect
+from flagwire_server.store.schedule import ScheduleStore
 from flagwire_server.store.sessions import SessionStore
 from flagwire_server.stream import endpoint as stream
 from flagwire_server.stream.fanout import Fanout
@@ -136,6 +138,15 @@ def _lifespan(
                 keyspace,
             ),
         )
+        schedules = ScheduleStore(redis, keyspace)
+        scheduler = Scheduler(
+            store,
+            schedules,
+            owner=instance_id,
+            wait_for=fanout.wait_for,
+            grace=settings.schedule_grace,
+            lease=settings.schedule_lease,
+        )
         app.state.services = Services(
             settings=settings,
             metrics=metrics,
@@ -158,11 +169,15 @@ def _lifespan(
             stream_quota=StreamQuota(settings.max_streams_per_key, settings.max_streams_per_ip),
             audit=audit,
             session_secret=await asyncio.to_thread(load_session_secret, settings),
+            schedules=schedules,
+            scheduler=scheduler,
         )
         await keys.start()
         await sessions.start()
         keys.on_revoke(fanout.revoke)
         await fanout.start()
+        # After the fan-out: an execution waits for acknowledgements through it.
+        scheduler.start()
         freeze_gc()
         log.info(
             "flagwire ready",
@@ -174,6 +189,7 @@ def _lifespan(
             fanout.close_all(1001, "server shutting down")
 
             async def cleanup() -> None:
+                await scheduler.stop()
                 await fanout.stop()
                 await sessions.stop()
                 await keys.stop()

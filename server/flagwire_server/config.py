@@ -78,6 +78,11 @@ class Settings:
     shutdown_timeout: float = 5.0
     #: Listen backlog (reconnect storms of thousands of clients).
     backlog: int = 4096
+    #: Seconds after its due time a scheduled change still runs (a fleet that was down
+    #: longer marks it missed instead of making a stale change).
+    schedule_grace: float = 300.0
+    #: Seconds a server holds a due scheduled change before another may take it over.
+    schedule_lease: float = 10.0
     #: Expose ``/metrics`` (Prometheus text).
     metrics: bool = True
     #: Identifies this process in ``P:instances`` and acknowledgement reports.
@@ -131,6 +136,11 @@ class Settings:
             raise ValueError("FLAGWIRE_MAX_BUFFER must be at least 4096 bytes")
         if self.heartbeat <= 0 or self.ping_timeout <= 0:
             raise ValueError("FLAGWIRE_HEARTBEAT and FLAGWIRE_PING_TIMEOUT must be positive")
+        if self.schedule_grace < 0 or self.schedule_lease <= 0:
+            raise ValueError(
+                "FLAGWIRE_SCHEDULE_GRACE must not be negative and FLAGWIRE_SCHEDULE_LEASE"
+                " must be positive"
+            )
         if self.log_format not in (None, "json", "console"):
             raise ValueError("FLAGWIRE_LOG_FORMAT must be json or console")
         if not self.redis_prefix or any(c in self.redis_prefix for c in "{} "):
@@ -200,6 +210,8 @@ ENV_VARS: Final[dict[str, tuple[str, Any]]] = {
     "FLAGWIRE_MAX_STREAMS_PER_IP": ("max_streams_per_ip", int),
     "FLAGWIRE_SHUTDOWN_TIMEOUT": ("shutdown_timeout", float),
     "FLAGWIRE_BACKLOG": ("backlog", int),
+    "FLAGWIRE_SCHEDULE_GRACE": ("schedule_grace", float),
+    "FLAGWIRE_SCHEDULE_LEASE": ("schedule_lease", float),
     "FLAGWIRE_METRICS": ("metrics", _bool),
     "FLAGWIRE_INSTANCE_ID": ("instance_id", str),
 }

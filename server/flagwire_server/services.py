@@ -20,12 +20,14 @@ if TYPE_CHECKING:
     from flagwire_server.api.ratelimit import RateLimiter
     from flagwire_server.config import Settings
     from flagwire_server.observability.metrics import Metrics
+    from flagwire_server.release.scheduler import Scheduler
     from flagwire_server.store.apikeys import KeyRing
     from flagwire_server.store.audit import InstanceAudit
     from flagwire_server.store.changelog import ChangeLog
     from flagwire_server.store.documents import Store
     from flagwire_server.store.identity import StoreIdentity
     from flagwire_server.store.keyspace import Keyspace
+    from flagwire_server.store.schedule import ScheduleStore
     from flagwire_server.store.sessions import SessionStore
     from flagwire_server.stream.endpoint import FailureLimiter
     from flagwire_server.stream.fanout import Fanout
@@ -65,6 +67,9 @@ class Services:
     audit: InstanceAudit
     #: Signs console cookies and derives their CSRF tokens; never stored in Redis.
     session_secret: bytes
+    #: Scheduled changes in Redis, and this process's runner of the due ones.
+    schedules: ScheduleStore
+    scheduler: Scheduler
     #: Compiled snapshots of the evaluate endpoint, by environment (most recent last).
     snapshots: OrderedDict[str, Snapshot] = field(default_factory=OrderedDict)
 

@@ -21,7 +21,16 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Mount, Route
 
-from flagwire_server.api import apply, audit, documents, environments, evaluation, keys, ofrep
+from flagwire_server.api import (
+    apply,
+    audit,
+    documents,
+    environments,
+    evaluation,
+    keys,
+    ofrep,
+    schedule,
+)
 from flagwire_server.api.auth import Principal
 from flagwire_server.api.helpers import MAX_WAIT, json_response
 from flagwire_server.api.openapi import document
@@ -150,6 +159,83 @@ def _documents(kind: Kind) -> list[ApiRoute]:
     ]
 
 
+def _schedule() -> list[ApiRoute]:
+    """Scheduled changes of one environment's flags (``api/schedule.py``)."""
+    base = "/environments/{env}/schedule"
+    one = f"{base}/{{id}}"
+    return [
+        ApiRoute(
+            "GET",
+            base,
+            schedule.list_changes,
+            operation_id="listScheduledChanges",
+            summary="Scheduled changes, by due time (pending and finished)",
+            tag="schedule",
+            responses={200: "ScheduledChangeList"},
+            errors=(400, 404),
+            query=(
+                Param("flag", {"type": "string"}, "only changes of this flag"),
+                Param(
+                    "status",
+                    {
+                        "enum": [
+                            "pending",
+                            "running",
+                            "applied",
+                            "skipped",
+                            "failed",
+                            "missed",
+                            "cancelled",
+                        ]
+                    },
+                ),
+            ),
+        ),
+        ApiRoute(
+            "POST",
+            base,
+            schedule.create,
+            operation_id="scheduleChange",
+            summary="Schedule a write to a flag (patch, rollout, replace or restore) for a time",
+            tag="schedule",
+            responses={201: "ScheduledChange"},
+            body="ScheduledChangeInput",
+            errors=(400, 404, 413, 415, 422),
+        ),
+        ApiRoute(
+            "GET",
+            one,
+            schedule.get,
+            operation_id="getScheduledChange",
+            summary="A scheduled change and, once executed, its outcome and propagation",
+            tag="schedule",
+            responses={200: "ScheduledChange"},
+            errors=(404,),
+        ),
+        ApiRoute(
+            "PATCH",
+            one,
+            schedule.edit,
+            operation_id="editScheduledChange",
+            summary="Edit a pending scheduled change (409 once it ran or while it runs)",
+            tag="schedule",
+            responses={200: "ScheduledChange"},
+            body="ScheduledChangeEdit",
+            errors=(400, 404, 409, 413, 415, 422),
+        ),
+        ApiRoute(
+            "DELETE",
+            one,
+            schedule.cancel,
+            operation_id="cancelScheduledChange",
+            summary="Cancel a pending scheduled change (409 once it ran or while it runs)",
+            tag="schedule",
+            responses={200: "ScheduledChange"},
+            errors=(404, 409),
+        ),
+    ]
+
+
 async def _openapi(request: Request, who: Principal | None) -> Response:
     return json_response(document(OPERATIONS))
 
@@ -157,6 +243,7 @@ async def _openapi(request: Request, who: Principal | None) -> Response:
 OPERATIONS: Final[tuple[ApiRoute, ...]] = (
     *_documents("flag"),
     *_documents("segment"),
+    *_schedule(),
     ApiRoute(
         "GET",
         "/environments",

@@ -325,4 +325,77 @@ SCHEMAS: Final[dict[str, _S]] = {
     "NewKey": _obj({"key": ref("Key"), "secret": _STR}, ("key", "secret")),
     "RevokedKey": _obj({"key": ref("Key")}, ("key",)),
     "OpenAPI": {"type": "object"},
+    "ScheduledChangeInput": _obj(
+        {
+            "flag": {"type": "string", "pattern": f"^{KEY_PATTERN}$"},
+            "action": {"enum": ["patch", "rollout", "replace", "restore"], "default": "patch"},
+            "change": {
+                "type": "object",
+                "description": "patch: a merge patch; rollout: the new fallthrough; "
+                "replace: the whole flag",
+            },
+            "version": {**_INT, "minimum": 1, "description": "restore: the version to restore"},
+            "due_at": {
+                "type": ["string", "number"],
+                "description": "RFC 3339 time with an offset, or epoch seconds",
+            },
+            "if_changed": {
+                "enum": ["apply", "skip", "fail"],
+                "default": "fail",
+                "description": "what to do when the flag was edited since it was scheduled",
+            },
+            "wait": {"type": "number", "minimum": 0, "maximum": 30, "default": 5},
+        },
+        ("flag", "due_at"),
+        extra=False,
+    ),
+    "ScheduledChangeEdit": _obj(
+        {
+            "change": {"type": "object"},
+            "version": {**_INT, "minimum": 1},
+            "due_at": {"type": ["string", "number"]},
+            "if_changed": {"enum": ["apply", "skip", "fail"]},
+            "wait": {"type": "number", "minimum": 0, "maximum": 30},
+        },
+        extra=False,
+    ),
+    "ScheduledChange": _obj(
+        {
+            "id": _STR,
+            "env": _STR,
+            "flag": _STR,
+            "action": {"enum": ["patch", "rollout", "replace", "restore"]},
+            "due_at": _STR,
+            "due_ms": _INT,
+            "if_changed": {"enum": ["apply", "skip", "fail"]},
+            "wait": {"type": "number"},
+            "base_version": _INT_OR_NULL,
+            "status": {
+                "enum": [
+                    "pending",
+                    "running",
+                    "applied",
+                    "skipped",
+                    "failed",
+                    "missed",
+                    "cancelled",
+                ]
+            },
+            "created_by": _STR,
+            "reason": _STR,
+            "lateness_ms": _INT,
+            "flag_version": _INT_OR_NULL,
+            "env_version": _INT_OR_NULL,
+            "propagation": _PROPAGATION,
+            "summary": {
+                "type": "string",
+                "description": 'propagation in words: "applied by N of M in X ms"',
+            },
+            "executed_by": _STR,
+        },
+        ("id", "env", "flag", "action", "due_at", "status"),
+    ),
+    "ScheduledChangeList": _obj(
+        {"changes": {"type": "array", "items": ref("ScheduledChange")}}, ("changes",)
+    ),
 }

@@ -74,6 +74,18 @@ class Keyspace:
     def floors(self, env: str) -> str:
         return self.env(env, "floors")
 
+    def schedule(self, env: str) -> str:
+        """HASH id -> scheduled change (JSON), pending and finished alike."""
+        return self.env(env, "schedule")
+
+    def schedule_due(self, env: str) -> str:
+        """ZSET id -> due time in ms, of the changes not yet executed."""
+        return self.env(env, "schedule:due")
+
+    def schedule_lease(self, env: str) -> str:
+        """HASH id -> ``owner lease_until_ms`` of the changes a server is executing."""
+        return self.env(env, "schedule:lease")
+
     # --- instance-wide: P:<lowercase letter>... ------------------------------
 
     @property
@@ -165,4 +177,7 @@ class Keyspace:
             self.acks(env, 1),
             self.conns(env),
             self.floors(env),
+            self.schedule(env),
+            self.schedule_due(env),
+            self.schedule_lease(env),
         ]

@@ -1,0 +1,1 @@
+"""Release automation: scheduled changes (``schedule.py`` pure rules, ``scheduler.py`` runner)."""
