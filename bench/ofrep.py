@@ -216,9 +216,9 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                     await load(server.url, req, c, 1.0)  # warm up
                     cpu0 = _server_cpu(server.pid)
                     r = await load(server.url, req, c, args.seconds)
-                    r["server_cpu_share"] = round(
-                        (_server_cpu(server.pid) - cpu0) / args.seconds, 2
-                    )
+                    cpu = _server_cpu(server.pid) - cpu0
+                    r["server_cpu_share"] = round(cpu / args.seconds, 2)
+                    r["server_cpu_ms_per_request"] = round(cpu * 1000 / max(1, r["requests"]), 3)
                     results.append({"mode": name, **r})
             events = await listeners(server.url, key, admin, args.listeners, args.changes)
             admin.close()
