@@ -34,6 +34,7 @@ if __package__ in (None, ""):
 
 import httpx
 import orjson
+from tests.support.redisproc import free_port
 
 from bench._harness import Admin, bench_flag, cpus, print_table, summary_ms, write_result
 from bench._processes import FlagwireServer, redis_server
@@ -178,12 +179,91 @@ async def listeners(url: str, key: str, admin: Admin, count: int, changes: int) 
     }
 
 
-async def run(args: argparse.Namespace) -> dict[str, Any]:
+async def measure(server: FlagwireServer, admin: Admin, key: str, args: Any) -> dict[str, Any]:
+    host = urlsplit(server.url).netloc
+    body = orjson.dumps(CONTEXT)
+    first = await asyncio.to_thread(
+        httpx.post,
+        server.url + "/ofrep/v1/evaluate/flags",
+        content=body,
+        headers={"Authorization": f"Bearer {key}", "Content-Type": "application/json"},
+    )
+    assert len(first.json()["flags"]) == len(FLAGS), first.text[:300]
+    etag = first.headers["etag"]
+    modes = {
+        "bulk": _request(host, "/ofrep/v1/evaluate/flags", key, body),
+        "bulk-304": _request(
+            host, "/ofrep/v1/evaluate/flags", key, body, f"If-None-Match: {etag}\r\n"
+        ),
+        "single": _request(host, f"/ofrep/v1/evaluate/flags/{FLAGS[7]}", key, body),
+    }
+    results: list[dict[str, Any]] = []
+    for name, req in modes.items():
+        for c in args.concurrency:
+            await load(server.url, req, c, 1.0)  # warm up
+            cpu0 = _server_cpu(server.pid)
+            r = await load(server.url, req, c, args.seconds)
+            cpu = _server_cpu(server.pid) - cpu0
+            r["server_cpu_share"] = round(cpu / args.seconds, 2)
+            r["server_cpu_ms_per_request"] = round(cpu * 1000 / max(1, r["requests"]), 3)
+            results.append({"mode": name, **r})
+    events = await listeners(server.url, key, admin, args.listeners, args.changes)
+    return {"loads": results, "events": events}
+
+
+def browser(server: FlagwireServer, admin: Admin, key: str, port: int, flips: int) -> Any:
+    """Change → re-rendered in Chromium: the example page, web SDK + OFREP provider, SSE."""
+    import shutil
+    import tempfile
+
+    from tests.support.ofrepjs import CHROMIUM_ARGS, node_modules, page_server
+
+    chromium = shutil.which("chromium")
+    try:
+        import playwright.sync_api as pw
+    except ImportError:
+        pw = None
+    modules = node_modules()
+    if chromium is None or modules is None or pw is None:
+        return {"skipped": "needs chromium, npm and playwright"}
+    admin.put_flag(ENV, {**bench_flag("page-flag"), "fallthrough": {"variation": 0}})
+    admin.patch_flag(ENV, "page-flag", {"client_side": True})
+    times: list[int] = []
+    with (
+        tempfile.TemporaryDirectory() as root,
+        page_server(port, modules, Path(root)) as origin,
+        pw.sync_playwright() as p,
+    ):
+        b = p.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS)
+        page = b.new_page()
+        page.goto(f"{origin}/?server={server.url}&key={key}&flag=page-flag&user=u-1&poll=0")
+        value = page.locator("#value")
+        pw.expect(value).to_have_text("true", timeout=20_000)
+        for i in range(flips):
+            on = i % 2 == 1
+            started = time.time() * 1000
+            admin.patch_flag(ENV, "page-flag", {"on": on})
+            pw.expect(value).to_have_text("true" if on else "false", timeout=10_000)
+            times.append(int((page.evaluate("window.renderedAt") - started) * 1e6))
+            time.sleep(0.2)
+        b.close()
+    return {
+        "flips": flips,
+        "write_sent_to_page_rendered_ms": summary_ms(times),
+        "note": "includes the web provider's 50 ms debounce of refetch events",
+    }
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    page_port = free_port()
     with redis_server(appendonly=False) as redis:
         server = FlagwireServer(
             redis.url,
             cpu_set=cpus(args.server_cpus),
-            env={"FLAGWIRE_OFREP_RATE_LIMIT": "1000000000"},
+            env={
+                "FLAGWIRE_OFREP_RATE_LIMIT": "1000000000",
+                "FLAGWIRE_ALLOWED_ORIGINS": f"http://127.0.0.1:{page_port}",
+            },
         ).start()
         try:
             admin = Admin(server.url, server.admin_key)
@@ -192,44 +272,12 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 admin.put_flag(ENV, {**bench_flag(key), "client_side": True})
             made = admin.http.post("/keys", json={"name": "web", "kind": "client", "env": ENV})
             key = made.json()["secret"]
-            host = urlsplit(server.url).netloc
-            body = orjson.dumps(CONTEXT)
-            bulk = _request(host, "/ofrep/v1/evaluate/flags", key, body)
-            first = await asyncio.to_thread(
-                httpx.post,
-                server.url + "/ofrep/v1/evaluate/flags",
-                content=body,
-                headers={"Authorization": f"Bearer {key}", "Content-Type": "application/json"},
-            )
-            assert len(first.json()["flags"]) == len(FLAGS), first.text[:300]
-            etag = first.headers["etag"]
-            modes = {
-                "bulk": bulk,
-                "bulk-304": _request(
-                    host, "/ofrep/v1/evaluate/flags", key, body, f"If-None-Match: {etag}\r\n"
-                ),
-                "single": _request(host, f"/ofrep/v1/evaluate/flags/{FLAGS[7]}", key, body),
-            }
-            results: list[dict[str, Any]] = []
-            for name, req in modes.items():
-                for c in args.concurrency:
-                    await load(server.url, req, c, 1.0)  # warm up
-                    cpu0 = _server_cpu(server.pid)
-                    r = await load(server.url, req, c, args.seconds)
-                    cpu = _server_cpu(server.pid) - cpu0
-                    r["server_cpu_share"] = round(cpu / args.seconds, 2)
-                    r["server_cpu_ms_per_request"] = round(cpu * 1000 / max(1, r["requests"]), 3)
-                    results.append({"mode": name, **r})
-            events = await listeners(server.url, key, admin, args.listeners, args.changes)
+            data = asyncio.run(measure(server, admin, key, args))
+            data["browser"] = browser(server, admin, key, page_port, args.browser_flips)
             admin.close()
         finally:
             server.stop()
-    return {
-        "flags": len(FLAGS),
-        "load_average_before": os.getloadavg(),
-        "loads": results,
-        "events": events,
-    }
+    return {"flags": len(FLAGS), "load_average_after": os.getloadavg(), **data}
 
 
 def main() -> None:
@@ -238,11 +286,12 @@ def main() -> None:
     parser.add_argument("--concurrency", default="8", help="comma list of connection counts")
     parser.add_argument("--listeners", type=int, default=200)
     parser.add_argument("--changes", type=int, default=20)
+    parser.add_argument("--browser-flips", type=int, default=20)
     parser.add_argument("--server-cpus", default="", help="pin the server (e.g. 0)")
     parser.add_argument("--no-write", action="store_true", help="do not write bench/results")
     args = parser.parse_args()
     args.concurrency = [int(c) for c in str(args.concurrency).split(",")]
-    data = asyncio.run(run(args))
+    data = run(args)
     print_table(
         ("mode", "conns", "req/s", "p50 ms", "p99 ms", "CPU", "CPU ms/req", "loadgen", "statuses"),
         [
@@ -268,6 +317,15 @@ def main() -> None:
         f"p99 {ev['write_answered_to_event_ms']['p99_ms']} ms; "
         f"re-fetch p50 {ev['refetch_bulk_ms']['p50_ms']} ms"
     )
+    page = data["browser"]
+    if "write_sent_to_page_rendered_ms" in page:
+        ms = page["write_sent_to_page_rendered_ms"]
+        print(
+            f"browser (web SDK + OFREP provider, SSE, no polling): write -> page re-rendered "
+            f"p50 {ms['p50_ms']} ms, p99 {ms['p99_ms']} ms, max {ms['max_ms']} ms over {ms['n']}"
+        )
+    else:
+        print(f"browser: {page}")
     if not args.no_write:
         print(write_result("ofrep", data))
 

@@ -16,45 +16,27 @@ they fail instead.
 
 from __future__ import annotations
 
-import contextlib
-import functools
-import hashlib
-import http.server
 import json
 import os
 import shutil
 import subprocess
-import threading
 import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
 
 from tests.support.builders import flag, rollout, target
+from tests.support.ofrepjs import CHROMIUM_ARGS, JS, node_modules, page_server
 from tests.support.redisproc import free_port
 from tests.test_admin_support import start_server, stop_server
 
 pytestmark = pytest.mark.timeout(300)
 
-ROOT = Path(__file__).resolve().parents[1]
-JS = ROOT / "tests" / "ofrep_js"
-PAGE = ROOT / "examples" / "ofrep-browser" / "index.html"
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-ARGS = [
-    "--no-sandbox",
-    "--headless",
-    "--disable-gpu",
-    "--disable-dev-shm-usage",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--no-first-run",
-    "--disable-sync",
-]
 
 
 def _missing(what: str) -> None:
@@ -181,54 +163,15 @@ def test_python_provider_with_client_side_key_sees_only_visible_flags(live: Live
 
 
 @pytest.fixture(scope="module")
-def node_modules() -> Path:
-    npm = shutil.which("npm")
-    if npm is None:
+def modules() -> Path:
+    found = node_modules()
+    if found is None:
         _missing("npm")
-    assert npm is not None
-    lock = (JS / "package-lock.json").read_bytes()
-    base = Path(os.environ.get("FLAGWIRE_NPM_CACHE", Path.home() / ".cache/flagwire/ofrep-js"))
-    target_dir = base / hashlib.sha256(lock).hexdigest()[:16]
-    done = target_dir / ".installed"
-    if not done.exists():
-        target_dir.mkdir(parents=True, exist_ok=True)
-        shutil.copy(JS / "package.json", target_dir)
-        shutil.copy(JS / "package-lock.json", target_dir)
-        subprocess.run(
-            [npm, "ci", "--no-audit", "--no-fund", "--ignore-scripts"],
-            cwd=target_dir,
-            check=True,
-            timeout=240,
-            capture_output=True,
-        )
-        done.touch()
-    return target_dir / "node_modules"
+    assert found is not None
+    return found
 
 
-@contextlib.contextmanager
-def _page_server(port: int, modules: Path, root: Path) -> Iterator[str]:
-    """The example page and its modules, on an origin of their own."""
-    (root / "index.html").write_bytes(PAGE.read_bytes())
-    (root / "node_modules").symlink_to(modules)
-    handler = functools.partial(_QuietHandler, directory=str(root))
-    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", port), handler)
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        httpd.shutdown()
-        httpd.server_close()
-
-
-class _QuietHandler(http.server.SimpleHTTPRequestHandler):
-    def log_message(self, fmt: str, *args: Any) -> None:
-        pass
-
-
-def test_browser_page_refreshes_without_reload(
-    live: Live, node_modules: Path, tmp_path: Path
-) -> None:
+def test_browser_page_refreshes_without_reload(live: Live, modules: Path, tmp_path: Path) -> None:
     if CHROMIUM is None:
         _missing("chromium")
     if os.environ.get("CI"):
@@ -237,10 +180,10 @@ def test_browser_page_refreshes_without_reload(
         playwright_sync = pytest.importorskip("playwright.sync_api")
     errors: list[str] = []
     with (
-        _page_server(live.page_port, node_modules, tmp_path) as origin,
+        page_server(live.page_port, modules, tmp_path) as origin,
         playwright_sync.sync_playwright() as p,
     ):
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         try:
             page = browser.new_page()
             page.on("pageerror", lambda e: errors.append(str(e)))
@@ -272,12 +215,12 @@ def test_browser_page_refreshes_without_reload(
     assert errors == []
 
 
-def test_node_server_provider(live: Live, node_modules: Path, tmp_path: Path) -> None:
+def test_node_server_provider(live: Live, modules: Path) -> None:
     node = shutil.which("node")
     if node is None:
         _missing("node")
     assert node is not None
-    script = node_modules.parent / "ofrep_node_check.mjs"
+    script = modules.parent / "ofrep_node_check.mjs"
     script.write_bytes((JS / "ofrep_node_check.mjs").read_bytes())
     done = subprocess.run(
         [node, str(script), live.url, live.sdk],

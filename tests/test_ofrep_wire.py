@@ -69,3 +69,20 @@ def test_client_side_sees_only_visible_flags() -> None:
     snap = _snap(flag("shown", client_side=True), flag("hidden"), flag("off", client_side=False))
     assert set(_bulk(snap, client_side=True)[0]) == {"shown"}
     assert set(_bulk(snap)[0]) == {"shown", "hidden", "off"}
+
+
+def test_bulk_cache_answers_repeats_and_follows_versions() -> None:
+    from flagwire_server.api.ofrep_wire import BulkCache
+
+    cache = BulkCache(size=2)
+    one = _snap(flag("a", fallthrough=0))
+    ctx = flagwire_context({"targetingKey": "bob", "plan": {"tier": 1, "seats": 2}})
+    first = cache.answer(one, ctx, client_side=False)
+    reordered = flagwire_context({"plan": {"seats": 2, "tier": 1}, "targetingKey": "bob"})
+    assert cache.answer(one, reordered, client_side=False) is first
+    two = _snap(flag("a", fallthrough=1), version=2)
+    body, tag = cache.answer(two, ctx, client_side=False)
+    assert tag != first[1]
+    assert orjson.loads(body)["flags"][0]["value"] is False
+    cache.answer(two, {"key": "x"}, client_side=False)
+    assert len(cache._entries) == 2  # bounded

@@ -42,7 +42,7 @@ from flagwire_server.api.evaluation import current_snapshot
 from flagwire_server.api.helpers import MAX_JSON_DEPTH
 from flagwire_server.api.ofrep_wire import (
     ERROR_STATUS,
-    bulk_body,
+    BulkCache,
     etag_matches,
     etag_of,
     flagwire_context,
@@ -78,6 +78,8 @@ INACTIVITY_DELAY_S: Final = 120
 MIN_POLL_MS: Final = 1000
 _NO_STORE: Final = {"Cache-Control": "private, no-cache"}
 _RETRY: Final = {"Retry-After": "1"}
+#: This process's recent bulk answers (a pure function of version and context; bounded).
+_BULK: Final = BulkCache()
 
 
 def _refusal(status: int, detail: str, code: str = "GENERAL", **kw: Any) -> Problem:
@@ -251,7 +253,7 @@ async def bulk(request: Request) -> Response:
                 "inactivityDelaySec": INACTIVITY_DELAY_S,
             }
         ]
-        body, etag = bulk_body(
+        body, etag = _BULK.answer(
             snap, context, client_side=record.kind == "client", event_streams=streams
         )
         if etag_matches(request.headers.get("if-none-match"), etag):

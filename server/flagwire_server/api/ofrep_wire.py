@@ -30,6 +30,7 @@ The variant is the index of the variation served, as a string (``"0"``,
 from __future__ import annotations
 
 import hashlib
+from collections import OrderedDict
 from collections.abc import Mapping
 from typing import Any, Final
 
@@ -39,6 +40,7 @@ from flagwire.core.evaluation import EvaluationDetail, Snapshot
 
 __all__ = [
     "ERROR_STATUS",
+    "BulkCache",
     "bulk_body",
     "etag_matches",
     "etag_of",
@@ -207,6 +209,43 @@ def _answer(
             _memo.clear()
         _memo[id(detail)] = (detail, doc, result, tag)
     return result, tag
+
+
+class BulkCache:
+    """Recent bulk answers by (environment epoch and version, visibility, context).
+
+    Why: a polling provider asks again and again with the same context, and
+    nothing changed most of the time; the answer is a pure function of the
+    snapshot's version and the context, so it is kept and its 304 costs no
+    evaluation.  Bounded: least recently used entries go first.
+    """
+
+    def __init__(self, size: int = 4096) -> None:
+        self.size = size
+        self._entries: OrderedDict[bytes, tuple[bytes, str]] = OrderedDict()
+
+    def answer(
+        self,
+        snap: Snapshot,
+        context: Mapping[str, Any],
+        *,
+        client_side: bool,
+        event_streams: list[dict[str, Any]] | None = None,
+    ) -> tuple[bytes, str]:
+        """What :func:`bulk_body` answers, from the cache when it can."""
+        key = orjson.dumps(
+            [snap.epoch, snap.version, client_side, event_streams, context],
+            option=orjson.OPT_SORT_KEYS,
+        )
+        hit = self._entries.get(key)
+        if hit is not None:
+            self._entries.move_to_end(key)
+            return hit
+        made = bulk_body(snap, context, client_side=client_side, event_streams=event_streams)
+        self._entries[key] = made
+        if len(self._entries) > self.size:
+            self._entries.popitem(last=False)
+        return made
 
 
 def etag_of(data: bytes) -> str:
