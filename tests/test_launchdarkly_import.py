@@ -161,6 +161,18 @@ def test_numbers_compare_as_doubles_for_imported_flags() -> None:
         assert snap.evaluate("f", {"key": "u", "n": n}, None).reason == "ERROR"
 
 
+def test_client_side_availability_and_tombstones() -> None:
+    flags = {
+        "web": _flag("web", clientSideAvailability={"usingEnvironmentId": True}),
+        "server": _flag("server", clientSideAvailability=None),
+        "gone": {"key": "gone", "version": 9, "deleted": True},
+    }
+    conv = convert(_ld(flags=flags))
+    assert not conv.skipped
+    assert [f.get("client_side") for f in conv.flags] == [True, None]
+    assert conv.report == {"flag gone": ["deleted in LaunchDarkly (a tombstone): not imported"]}
+
+
 def test_capital_keys_are_mapped_and_bucket_by_the_original() -> None:
     roll = {"variations": [{"variation": 0, "weight": 50000}, {"variation": 1, "weight": 50000}]}
     data = _ld(flags={"New-Checkout": _flag("New-Checkout", fallthrough={"rollout": roll})})

@@ -113,6 +113,9 @@ def convert(data: Mapping[str, Any]) -> Conversion:
     for ld_key, seg in segments.items():
         conv.notes = []
         name = f"segment {ld_key}"
+        if isinstance(seg, Mapping) and seg.get("deleted"):
+            out.report[name] = ["deleted in LaunchDarkly (a tombstone): not imported"]
+            continue
         try:
             doc = validate_segment(conv.segment(str(ld_key), seg))
             out.segments.append(doc)
@@ -126,6 +129,9 @@ def convert(data: Mapping[str, Any]) -> Conversion:
     for ld_key, flag in flags.items():
         conv.notes = []
         name = f"flag {ld_key}"
+        if isinstance(flag, Mapping) and flag.get("deleted"):
+            out.report[name] = ["deleted in LaunchDarkly (a tombstone): not imported"]
+            continue
         try:
             doc = validate_flag(conv.flag(str(ld_key), flag))
             out.flags.append(doc)
@@ -195,8 +201,12 @@ class _Converter:
             raise _Skip(f"fallthrough: {why}") from None
         if f.get("trackEvents") or f.get("trackEventsFallthrough"):
             self.notes.append("event tracking settings not imported (flagwire has no experiments)")
-        if f.get("clientSideAvailability", {}).get("usingEnvironmentId") or f.get("clientSide"):
-            self.notes.append("client-side availability not imported")
+        available = f.get("clientSideAvailability")
+        if (isinstance(available, Mapping) and available.get("usingEnvironmentId")) or (
+            f.get("clientSide") is True
+        ):
+            # LaunchDarkly's client-side SDKs may read it: flagwire's client-side keys (OFREP).
+            doc["client_side"] = True
         return doc
 
     def targets(self, f: Mapping[str, Any]) -> list[dict[str, Any]]:

@@ -406,7 +406,8 @@
       var check = function (serve, path) {
         if (serve && serve.rollout) {
           var t = rolloutTotal(serve);
-          if (t !== 100000) errs.push({ path: path + ".rollout.variations", message: "percentages add up to " + (t / 1000) + "%; they must add up to 100%" });
+          // LaunchDarkly's weights may sum to anything (its last slot takes the rest).
+          if (t !== 100000 && out.semantics !== "launchdarkly") errs.push({ path: path + ".rollout.variations", message: "percentages add up to " + (t / 1000) + "%; they must add up to 100%" });
         }
       };
       (out.rules || []).forEach(function (r, i) { check(r, "rules[" + i + "]"); });
