@@ -7,10 +7,16 @@ Modes, each from keep-alive HTTP/1.1 connections speaking raw bytes (a lean load
 generator, so that it is not what limits the figure; its CPU share is reported):
 
 * ``bulk``: ``POST /ofrep/v1/evaluate/flags`` with a client-side key, every one of
-  the 50 flags (``bench_flag``: targets, a rule, a rollout) evaluated per request;
+  the 50 flags (``bench_flag``: targets, a rule, a rollout) evaluated per request,
+  for 10,000 users in turn (each one evaluated: more than the server keeps answers of);
+* ``bulk-same-context``: one user again and again (the answer is kept: no evaluation);
 * ``bulk-304``: the same with the ``If-None-Match`` of the first answer (a polling
   provider whose flags did not change);
-* ``single``: ``POST /ofrep/v1/evaluate/flags/{key}``.
+* ``single``: ``POST /ofrep/v1/evaluate/flags/{key}``, 10,000 users in turn.
+
+Then a browser: the example page (web SDK + OFREP provider) in Chromium, a flag
+toggled ``--browser-flips`` times, the time from sending the write to the page's
+re-render.
 
 Then ``--listeners`` event streams (``GET /ofrep/v1/events``) are opened and one flag
 is toggled ``--changes`` times: the time from the write's answer to each listener's
@@ -65,26 +71,27 @@ async def _exchange(
     return status, body
 
 
-async def load(url: str, req: bytes, concurrency: int, seconds: float) -> dict[str, Any]:
+async def load(url: str, reqs: list[bytes], concurrency: int, seconds: float) -> dict[str, Any]:
     parts = urlsplit(url)
     lat: list[int] = []
     statuses: dict[int, int] = {}
     stop = time.monotonic() + seconds
     cpu0 = time.process_time()
 
-    async def one() -> None:
+    async def one(i: int) -> None:
         reader, writer = await asyncio.open_connection(parts.hostname, parts.port)
         try:
             while time.monotonic() < stop:
+                i += concurrency
                 t0 = time.perf_counter_ns()
-                status, _ = await _exchange(reader, writer, req)
+                status, _ = await _exchange(reader, writer, reqs[i % len(reqs)])
                 lat.append(time.perf_counter_ns() - t0)
                 statuses[status] = statuses.get(status, 0) + 1
         finally:
             writer.close()
 
     started = time.monotonic()
-    await asyncio.gather(*(one() for _ in range(concurrency)))
+    await asyncio.gather(*(one(i) for i in range(concurrency)))
     wall = time.monotonic() - started
     return {
         "concurrency": concurrency,
@@ -190,12 +197,17 @@ async def measure(server: FlagwireServer, admin: Admin, key: str, args: Any) -> 
     )
     assert len(first.json()["flags"]) == len(FLAGS), first.text[:300]
     etag = first.headers["etag"]
+    # 10,000 users in turn: more than the server keeps answers for, so each is evaluated.
+    users = [
+        orjson.dumps({"context": {**CONTEXT["context"], "targetingKey": f"user-{n}"}})
+        for n in range(10_000)
+    ]
+    bulk_path = "/ofrep/v1/evaluate/flags"
     modes = {
-        "bulk": _request(host, "/ofrep/v1/evaluate/flags", key, body),
-        "bulk-304": _request(
-            host, "/ofrep/v1/evaluate/flags", key, body, f"If-None-Match: {etag}\r\n"
-        ),
-        "single": _request(host, f"/ofrep/v1/evaluate/flags/{FLAGS[7]}", key, body),
+        "bulk": [_request(host, bulk_path, key, u) for u in users],
+        "bulk-same-context": [_request(host, bulk_path, key, body)],
+        "bulk-304": [_request(host, bulk_path, key, body, f"If-None-Match: {etag}\r\n")],
+        "single": [_request(host, f"/ofrep/v1/evaluate/flags/{FLAGS[7]}", key, u) for u in users],
     }
     results: list[dict[str, Any]] = []
     for name, req in modes.items():
