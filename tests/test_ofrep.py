@@ -367,3 +367,60 @@ def test_cli_sets_visibility_and_makes_client_keys(live: Ofrep) -> None:
     assert "client-side" in _cli(live, "flags", "get", "config", "-e", live.env)
     _cli(live, "flags", "client-side", "config", "--hidden", "-e", live.env)
     assert _post(live, "/evaluate/flags/config", secret).status_code == 404
+
+
+def test_event_streams_count_against_the_stream_caps(redis_url: str) -> None:
+    server = start_server(
+        redis_url, f"fwt{uuid.uuid4().hex[:10]}", FLAGWIRE_MAX_STREAMS_PER_KEY="2"
+    )
+    try:
+        admin = httpx.Client(
+            base_url=server.url + "/api/v1",
+            headers={"Authorization": f"Bearer {server.admin_key}"},
+        )
+        admin.post("/environments", json={"key": "caps"}).raise_for_status()
+        secret = _key(admin, "client", "caps")["secret"]
+        live = Ofrep(server.url, admin, "caps", secret, secret, "")
+        url = _post(live, "/evaluate/flags", secret).json()["eventStreams"][0]["url"]
+        with httpx.stream("GET", url, timeout=10) as one, httpx.stream("GET", url, timeout=10):
+            assert one.status_code == 200
+            third = httpx.get(url, timeout=5)
+            assert third.status_code == 429
+            assert "2 streams" in third.json()["detail"]
+        # Closed streams give their places back.
+        deadline = time.monotonic() + 5
+        status = 0
+        while status != 200 and time.monotonic() < deadline:
+            with httpx.stream("GET", url, timeout=10) as again:
+                status = again.status_code
+            time.sleep(0.1)
+        assert status == 200
+        admin.close()
+    finally:
+        stop_server(server)
+
+
+def test_read_your_writes_across_instances(redis_url: str) -> None:
+    prefix = f"fwt{uuid.uuid4().hex[:10]}"
+    one = start_server(redis_url, prefix)
+    two = start_server(redis_url, prefix, FLAGWIRE_ADMIN_KEY=one.admin_key)
+    try:
+        admin = httpx.Client(
+            base_url=one.url + "/api/v1", headers={"Authorization": f"Bearer {one.admin_key}"}
+        )
+        admin.post("/environments", json={"key": "ryw"}).raise_for_status()
+        admin.post(
+            "/environments/ryw/flags", json=flag("f", variations=[0, 1], fallthrough=0)
+        ).raise_for_status()
+        secret = _key(admin, "sdk", "ryw")["secret"]
+        other = Ofrep(two.url, admin, "ryw", secret, secret, "")
+        time.sleep(0.5)  # the key ring of the second instance polls every 250 ms
+        for i in range(1, 30):
+            # Written through one instance, evaluated on the other right after the answer.
+            admin.patch("/environments/ryw/flags/f", json={"fallthrough": {"variation": i % 2}})
+            got = _post(other, "/evaluate/flags/f", secret).json()
+            assert got["value"] == i % 2, (i, got)
+        admin.close()
+    finally:
+        stop_server(two)
+        stop_server(one)

@@ -345,6 +345,11 @@ async def events(request: Request) -> Response:
             raise _refusal(503, "store unavailable", headers=_RETRY) from None
         seen = request.headers.get("last-event-id") or request.query_params.get("since")
         heartbeat = services.settings.heartbeat
+        # Event streams count against the same per-key and per-address caps as WebSockets.
+        ip = client_ip(request)
+        over = services.stream_quota.admit(record.id, ip)
+        if over is not None:
+            raise _refusal(429, over, headers={"Retry-After": "5"})
 
         async def stream() -> AsyncIterator[bytes]:
             # Registered and compared in one step (no await between): a change is
@@ -365,10 +370,29 @@ async def events(request: Request) -> Response:
             finally:
                 feed.listeners.discard(listener)
 
-        return StreamingResponse(
+        return _EventStream(
             stream(),
+            on_close=lambda: services.stream_quota.release(record.id, ip),
             media_type="text/event-stream",
             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
         )
 
     return await _guard(request, run)
+
+
+class _EventStream(StreamingResponse):
+    """A streaming response that runs ``on_close`` once it ends, however it ends.
+
+    (A generator's ``finally`` does not run when the client left before the first
+    chunk: the quota count would leak.)
+    """
+
+    def __init__(self, content: AsyncIterator[bytes], *, on_close: Any, **kw: Any) -> None:
+        super().__init__(content, **kw)
+        self._on_close = on_close
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self._on_close()
