@@ -645,3 +645,37 @@ def test_editor_sections_env_switcher_and_keyboard(
     expect(page).to_have_url(re.compile(rf"/envs/{env}/flags$"))
     expect(page.locator('tr[data-key="color"]')).to_have_count(0)
     assert console_server.request("GET", f"/api/v1/environments/{env}/flags/color")[0] == 404
+
+
+def test_client_side_checkbox_and_client_key(page: Any, console_server: InProcessServer) -> None:
+    key = new_key("web-banner")
+    console_server.api("POST", "/environments/production/flags", bool_flag(key))
+    sign_in(page, console_server, "/keys")
+    page.get_by_label("Name").fill(f"web-{secrets.token_hex(2)}")
+    page.get_by_label("Kind").select_option("client")
+    page.get_by_role("button", name="Create key").click()
+    secret_box = page.locator("#secret-value")
+    expect(secret_box).to_have_value(re.compile(r"^fw_client_"))
+    secret = secret_box.input_value()
+
+    def ofrep() -> int:
+        status, _ = console_server.request(
+            "POST",
+            f"/ofrep/v1/evaluate/flags/{key}",
+            {"context": {"targetingKey": "u"}},
+            key=secret,
+        )
+        return status
+
+    assert ofrep() == 404  # not visible to client-side keys until marked
+    page.goto(console_server.url + f"/envs/production/flags/{key}")
+    box = page.get_by_label("Visible to client-side keys (web pages, OFREP)")
+    expect(box).not_to_be_checked()
+    box.check()
+    page.get_by_role("button", name="Save changes").click()
+    expect(page.locator("#status")).to_contain_text("Saved version 2")
+    doc = console_server.api("GET", f"/environments/production/flags/{key}")
+    assert doc["client_side"] is True
+    assert ofrep() == 200
+    page.reload()
+    expect(page.get_by_label("Visible to client-side keys (web pages, OFREP)")).to_be_checked()
