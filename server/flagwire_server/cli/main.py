@@ -2,7 +2,8 @@
 
 Every subcommand is defined at module level in the module named for what it
 manages (``admin``: environments, keys, audit, import; ``ascode``: flags as
-code — validate, plan, apply, export; ``flags``; ``segments``; ``watch``) and
+code — validate, plan, apply, export; ``flags``; ``segments``; ``schedule``;
+``watch``) and
 is added here, in one place, so that no command module imports another.
 Every command is documented in docs/cli.md.
 """
@@ -21,6 +22,7 @@ from flagwire_server.cli.flags import flags
 from flagwire_server.cli.http import cli_errors, fail
 from flagwire_server.cli.launchdarkly import import_launchdarkly
 from flagwire_server.cli.options import DEFAULT_URL, Key, Url, Wait
+from flagwire_server.cli.schedule import schedule
 from flagwire_server.cli.segments import segments
 from flagwire_server.cli.watch import watch
 from flagwire_server.config import Settings
@@ -138,6 +140,7 @@ app.add_typer(admin.envs, name="envs")
 app.add_typer(admin.keys, name="keys")
 app.add_typer(flags, name="flags")
 app.add_typer(segments, name="segments")
+app.add_typer(schedule, name="schedule")
 app.command("audit")(audit)
 app.command("export")(ascode.export)
 app.command("validate")(ascode.validate)

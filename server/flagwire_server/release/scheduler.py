@@ -28,7 +28,7 @@ from typing import Any, Final
 from flagwire.core.errors import ValidationError
 from flagwire_server.release.schedule import decide, iso_ms, marker, scheduler_actor
 from flagwire_server.store.documents import Conflict, NotFound, Store, StoreError, WriteResult
-from flagwire_server.store.schedule import ScheduleStore
+from flagwire_server.store.schedule import MAX_CLAIM, ScheduleStore
 
 __all__ = ["Scheduler"]
 
@@ -78,6 +78,7 @@ class Scheduler:
         self.interval = interval
         self.on_finish = on_finish
         self._task: asyncio.Task[None] | None = None
+        self._waits: set[asyncio.Task[dict[str, Any]]] = set()
         self._wake = asyncio.Event()
 
     def now_ms(self) -> int:
@@ -90,6 +91,8 @@ class Scheduler:
         self._task = asyncio.create_task(self._run(), name="flagwire-scheduler")
 
     async def stop(self) -> None:
+        for task in list(self._waits):
+            task.cancel()
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -127,21 +130,51 @@ class Scheduler:
     # --- one look -------------------------------------------------------------
 
     async def tick(self) -> list[dict[str, Any]]:
-        """Claim and execute every due change now; returns the records this call finished."""
+        """Claim and execute every due change now; returns the records this call finished.
+
+        Changes of different flags run concurrently (one slow flag must not make
+        the others late); the changes of one flag run one after the other, in
+        the order they were due.
+        """
         done: list[dict[str, Any]] = []
         for env in await self._envs():
-            ids = await self.schedules.claim(
-                env, owner=self.owner, now_ms=self.now_ms(), lease_ms=self.lease_ms
-            )
-            for change_id in ids:
-                record = await self.execute(env, change_id)
-                if record is not None:
-                    done.append(record)
+            while True:
+                ids = await self.schedules.claim(
+                    env, owner=self.owner, now_ms=self.now_ms(), lease_ms=self.lease_ms
+                )
+                done.extend(await self._run_claimed(env, ids))
+                if len(ids) < MAX_CLAIM:
+                    break
         return done
+
+    async def _run_claimed(self, env: str, ids: list[str]) -> list[dict[str, Any]]:
+        done: list[dict[str, Any]] = []
+        if ids:
+            by_flag: dict[str, list[dict[str, Any]]] = {}
+            for change_id in ids:  # claimed in due order
+                with contextlib.suppress(NotFound):
+                    record = await self.schedules.get(env, change_id)
+                    by_flag.setdefault(str(record["flag"]), []).append(record)
+            results = await asyncio.gather(
+                *(self._run_flag(env, records) for records in by_flag.values())
+            )
+            done.extend(r for batch in results for r in batch)
+        return done
+
+    async def _run_flag(self, env: str, records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        out = []
+        for record in records:
+            final = await self._execute(env, record)
+            if final is not None:
+                out.append(final)
+        return out
 
     async def execute(self, env: str, change_id: str) -> dict[str, Any] | None:
         """Execute one claimed change; None when the outcome could not be recorded."""
-        record = await self.schedules.get(env, change_id)
+        return await self._execute(env, await self.schedules.get(env, change_id))
+
+    async def _execute(self, env: str, record: dict[str, Any]) -> dict[str, Any] | None:
+        change_id = record["id"]
         if record.get("status") != "pending":
             return None
         outcome = await self._outcome(env, record)
@@ -150,7 +183,10 @@ class Scheduler:
             log.warning("scheduler: lease on %s lost before its outcome was recorded", change_id)
             return None
         if final["status"] == "applied" and final.get("env_version") and self.wait_for:
-            final = await self._propagation(env, final)
+            # Measured apart: waiting for acknowledgements must not make the next change late.
+            task = asyncio.create_task(self._propagation(env, final))
+            self._waits.add(task)
+            task.add_done_callback(self._waits.discard)
         log.info(
             "scheduled change %s: %s",
             change_id,

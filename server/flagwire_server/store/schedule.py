@@ -28,8 +28,9 @@ from flagwire_server.store.types import Conflict, NotFound, _loads, _script, _tr
 
 __all__ = ["MAX_CLAIM", "ScheduleStore"]
 
-#: Changes one claim takes at most (the rest wait for the next tick).
-MAX_CLAIM: Final = 50
+#: Changes one claim takes at most; a server claims again once it ran them, so a
+#: burst of changes due at once is shared by the servers that woke up for it.
+MAX_CLAIM: Final = 4
 
 
 class ScheduleStore:
@@ -134,9 +135,23 @@ class ScheduleStore:
 
     @_translated
     async def next_due_ms(self, env: str) -> int | None:
-        """The earliest due time of ``env``'s pending changes."""
-        first = await self.redis.zrange(self.keyspace.schedule_due(env), 0, 0, withscores=True)
-        return int(first[0][1]) if first else None
+        """When this server should next try to claim in ``env``.
+
+        The earliest due time among the first pending changes, where a change
+        another server holds counts at its lease's end: that server is running
+        it, and waking up before its lease ends would only spin.
+        """
+        _records, due_key, lease_key = self._keys(env)
+        first: list[Any] = list(await self.redis.zrange(due_key, 0, 31, withscores=True))
+        if not first:
+            return None
+        leases = await self.redis.hmget(lease_key, [pair[0] for pair in first])
+        times = []
+        for pair, lease in zip(first, leases, strict=True):
+            until = as_str(lease).rpartition(" ")[2] if lease is not None else ""
+            score = int(pair[1])
+            times.append(max(score, int(until)) if until.isdigit() else score)
+        return min(times)
 
 
 def _with_lease(record: dict[str, Any], lease: Any, now_ms: int | None) -> dict[str, Any]:

@@ -1,0 +1,82 @@
+"""``flagwire schedule``: add, list, edit, cancel against a live server, and the change runs."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from tests.support.builders import flag
+from tests.support.polling import poll_blocking
+from tests.test_admin_support import VENV_BIN, Live, live_server
+
+pytestmark = pytest.mark.timeout(120)
+
+
+@pytest.fixture(scope="module")
+def live(redis_url: str) -> Iterator[Live]:
+    yield from live_server(redis_url)
+
+
+def run(live: Live, *args: str, ok: bool = True) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "FLAGWIRE_URL": live.url, "FLAGWIRE_ADMIN_KEY": live.admin_key}
+    proc = subprocess.run(
+        [str(VENV_BIN / "flagwire"), *args], env=env, capture_output=True, text=True, timeout=20
+    )
+    if ok:
+        assert proc.returncode == 0, proc.stderr
+    return proc
+
+
+def run_json(live: Live, *args: str) -> Any:
+    return json.loads(run(live, *args, "--json").stdout)
+
+
+def test_schedule_commands(live: Live) -> None:
+    env = f"s{int(time.time() * 1000) % 10**8}"
+    run(live, "envs", "create", env)
+    assert live.api.post(f"/environments/{env}/flags", json=flag("banner", on=True)).is_success
+    soon = str(time.time() + 1.0)
+    rec = run_json(
+        live, "schedule", "add", "banner", "--at", soon, "--patch", '{"on": false}', "--env", env
+    )
+    assert rec["status"] == "pending"
+    later = run_json(
+        live,
+        "schedule",
+        "add",
+        "banner",
+        "--at",
+        "2031-01-01T00:00:00Z",
+        "--restore",
+        "1",
+        "--env",
+        env,
+    )
+    edited = run_json(live, "schedule", "edit", later["id"], "--if-changed", "skip", "--env", env)
+    assert edited["if_changed"] == "skip"
+    assert "cancelled" in run(live, "schedule", "cancel", later["id"], "--env", env).stdout
+
+    def applied() -> bool:
+        got = json.loads(run(live, "schedule", "show", rec["id"], "--env", env).stdout)
+        return bool(got["status"] == "applied")
+
+    poll_blocking(applied, within=15, what="the scheduled patch to run")
+    listing = run(live, "schedule", "list", "--env", env).stdout
+    assert rec["id"] in listing
+    assert "applied" in listing
+    assert "cancelled" in listing
+    assert live.api.get(f"/environments/{env}/flags/banner").json()["on"] is False
+    bad = run(live, "schedule", "add", "banner", "--at", soon, "--env", env, ok=False)
+    assert bad.returncode != 0
+    assert "exactly one of" in bad.stderr
+    bad = run(
+        live, "schedule", "add", "nope", "--at", soon, "--patch", "{}", "--env", env, ok=False
+    )
+    assert bad.returncode != 0
+    assert "404" in bad.stderr or "does not exist" in bad.stderr
