@@ -59,6 +59,9 @@ async def test_scheduled_kill_switch_runs_on_time_and_is_audited(asgi: Any) -> N
     assert done["summary"].startswith("applied by ")
     assert "propagation" in done
     assert (await http.get(f"{BASE}/flags/f")).json()["on"] is False
+    metrics = (await http.get("/metrics")).text
+    assert 'flagwire_scheduled_changes_total{env="production",status="applied"} 1.0' in metrics
+    assert "flagwire_schedule_lateness_seconds_count 1.0" in metrics
     entries = (await http.get(f"{BASE}/audit")).json()["entries"]
     assert entries[0]["actor"] == f"scheduler, created by {rec['created_by']} ({rec['id']})"
     assert (await http.get(f"{BASE}/schedule", params={"status": "applied"})).json()["changes"]

@@ -146,6 +146,7 @@ def _lifespan(
             wait_for=fanout.wait_for,
             grace=settings.schedule_grace,
             lease=settings.schedule_lease,
+            on_finish=metrics.schedule_finished,
         )
         app.state.services = Services(
             settings=settings,

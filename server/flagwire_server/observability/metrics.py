@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 import time
-from typing import Final
+from typing import Any, Final
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -117,6 +117,25 @@ class Metrics:
             buckets=_LATENCY_BUCKETS,
             registry=r,
         )
+
+        self.scheduled_changes = Counter(
+            "flagwire_scheduled_changes",
+            "Scheduled changes finished by this process, by outcome",
+            ["env", "status"],
+            registry=r,
+        )
+        self.schedule_lateness = Histogram(
+            "flagwire_schedule_lateness_seconds",
+            "Due time of a scheduled change to the end of its write",
+            buckets=(*_LATENCY_BUCKETS, 30.0, 60.0, 300.0),
+            registry=r,
+        )
+
+    async def schedule_finished(self, env: str, record: dict[str, Any]) -> None:
+        """The scheduler's ``on_finish``: count the outcome and the lateness of a write."""
+        self.scheduled_changes.labels(env, str(record.get("status"))).inc()
+        if record.get("status") == "applied" and isinstance(record.get("lateness_ms"), int):
+            self.schedule_lateness.observe(max(0, record["lateness_ms"]) / 1000)
 
     def exposition(self) -> bytes:
         path = multiprocess_dir()

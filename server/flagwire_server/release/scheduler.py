@@ -187,7 +187,10 @@ class Scheduler:
             task = asyncio.create_task(self._propagation(env, final))
             self._waits.add(task)
             task.add_done_callback(self._waits.discard)
-        log.info(
+        # A missed or failed change needs a person: a warning, not an info line.
+        level = logging.INFO if final["status"] in ("applied", "skipped") else logging.WARNING
+        log.log(
+            level,
             "scheduled change %s: %s",
             change_id,
             final["status"],
