@@ -16,6 +16,7 @@ import websockets
 
 from flagwire.core.limits import STREAM_PATH
 from tests.support.builders import flag, segment
+from tests.support.polling import poll
 from tests.test_admin_support import Live, live_server, redis_dump
 
 
@@ -302,7 +303,11 @@ async def test_wait_reports_acknowledgements(live: Live, env: str) -> None:
                     return msg
 
         acker = asyncio.create_task(ack_patches())
-        await asyncio.sleep(0.3)  # the connection is counted across instances (~heartbeat)
+        await poll(  # the connection is counted across instances (~heartbeat)
+            lambda: api.get(f"/environments/{env}").json()["connected"] >= 1,
+            10,
+            "the stream to be counted",
+        )
         async with httpx.AsyncClient(base_url=live.base, headers=dict(api.headers)) as client:
             r = await client.patch(
                 f"/environments/{env}/flags/kill", json={"on": False}, params={"wait": "5"}

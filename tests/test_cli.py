@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 
 from tests.support.builders import clause, flag, rollout, rule, segment, target
+from tests.support.polling import poll_blocking
 from tests.test_admin_support import VENV_BIN, Live, live_server
 
 pytestmark = pytest.mark.timeout(120)
@@ -312,7 +313,11 @@ def test_watch_acknowledges_what_it_applied(live: Live, env: str) -> None:
         assert proc.stdout is not None
         head = [proc.stdout.readline(), proc.stdout.readline()]
         assert head[1].endswith("snapshot: 1 flags, 0 segments\n"), head
-        time.sleep(0.5)  # the stream is counted across instances (~heartbeat)
+        poll_blocking(  # the stream is counted across instances (~heartbeat)
+            lambda: live.api.get(f"/environments/{env}").json()["connected"] >= 1,
+            10,
+            "the watch stream to be counted",
+        )
         written = run_json(live, "flags", "off", "k", "-e", env, "--wait", "5")
         out, err = proc.communicate(timeout=15)
     finally:
