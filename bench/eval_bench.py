@@ -265,7 +265,14 @@ async def with_client(
         async with FlagClient(offline_path=path) as client:
             detail = client.variation_detail("reference", CONTEXT, None)
             assert detail.reason == "FALLTHROUGH", detail
-            return then(client)
+            # The same client counting for fleet insight, as a connected client does
+            # (an offline one has nothing to report to, so it does not count).
+            from flagwire._insight import InsightRecorder
+
+            async with FlagClient(offline_path=path) as counting:
+                counting._insight = InsightRecorder("bench", "0")
+                client.counting = counting
+                return then(client)
 
 
 INCIDENT = r"\w+@example\.com$"
@@ -400,6 +407,14 @@ def main() -> int:
                     "offline FlagClient: Snapshot.evaluate plus the kind check",
                 )
             )
+            counting = client.counting
+            todo.append(
+                (
+                    "reference flag via bool_variation, counting",
+                    lambda: counting.bool_variation("reference", ctx, False),
+                    "the same with fleet-insight counting on (docs/insight.md: at most +10%)",
+                )
+            )
         figures = measure(
             [stmt for _, stmt, _ in todo], number=args.number, repeat=args.repeat, clock=clock
         )
@@ -418,7 +433,9 @@ def main() -> int:
                     "note": note,
                 }
             )
-            shown = label.replace("reference flag via FlagClient.", "reference via ")
+            shown = label.replace("reference flag via FlagClient.", "reference via ").replace(
+                "reference flag via bool_variation, counting", "reference via bool_var+count"
+            )
             print(
                 f"  {shown:<30}{median:>8.0f}{p90:>8.0f}{fastest:>8.0f}"
                 f"{'' if target is None else f'{target:>8}  {result}'}"

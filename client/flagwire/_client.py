@@ -24,6 +24,7 @@ from flagwire import _persistence
 from flagwire._backoff import Backoff, BackoffSettings
 from flagwire._changes import ChangeHub, ChangeStream, ValueWatch
 from flagwire._connection import Subscription
+from flagwire._insight import DEFAULT_REPORT_INTERVAL, InsightRecorder
 from flagwire._offline import load_offline, snapshot_from_values
 from flagwire._version import __version__
 from flagwire.core.changes import FlagChange, diff
@@ -91,6 +92,11 @@ class FlagClient:
         persist_debounce: seconds to wait after a change before writing the
             snapshot file, so a burst of changes costs one write.
         logger: where to report (default ``logging.getLogger("flagwire")``).
+        app: the application name fleet insight shows this client under.
+        instance: this instance's name there (default ``host:pid``).
+        report_interval: seconds between the evaluation summaries sent to the
+            server (``docs/insight.md``); ``None`` or ``0`` turns counting and
+            reporting off.  Context keys are sent hashed, attributes never.
 
     Raises:
         ClientError: neither a server (``url`` and ``sdk_key``) nor offline
@@ -112,6 +118,9 @@ class FlagClient:
         backoff: BackoffSettings | None = None,
         persist_debounce: float = 0.5,
         logger: logging.Logger | None = None,
+        app: str = "",
+        instance: str = "",
+        report_interval: float | None = DEFAULT_REPORT_INTERVAL,
     ) -> None:
         self._snapshot: Snapshot | None = None
         self._offline = offline_path is not None or offline_values is not None
@@ -139,6 +148,12 @@ class FlagClient:
         self._hub = ChangeHub(self.logger)
         self._state = StreamState()
         self._subscription: Subscription | None = None
+        #: Counts for fleet insight; None when reporting is off or there is no server.
+        self._insight: InsightRecorder | None = None
+        if not self._offline and report_interval:
+            if report_interval < 0.1:
+                raise ClientError(f"report_interval must be at least 0.1 s, got {report_interval}")
+            self._insight = InsightRecorder("flagwire-python", __version__, app, instance)
         if not self._offline:
             assert url is not None
             assert sdk_key is not None
@@ -152,6 +167,8 @@ class FlagClient:
                 open_timeout=open_timeout,
                 logger=self.logger,
                 user_agent=f"flagwire-python/{__version__}",
+                insight=self._insight,
+                report_interval=report_interval or DEFAULT_REPORT_INTERVAL,
             )
         self._task: asyncio.Task[None] | None = None
         self._persist_task: asyncio.Task[None] | None = None
@@ -169,28 +186,40 @@ class FlagClient:
         snap = self._snapshot
         if snap is None:
             return default
-        return snap.evaluate(key, context, default).value
+        detail = snap.evaluate(key, context, default)
+        if self._insight is not None:
+            self._insight.count(key, detail, context)
+        return detail.value
 
     def bool_variation(self, key: str, context: Mapping[str, Any], default: bool) -> bool:
         """The boolean value of flag ``key``; ``default`` if it is missing or not boolean."""
         snap = self._snapshot
         if snap is None:
             return default
-        return snap.evaluate(key, context, default, bool).value  # type: ignore[no-any-return]
+        detail = snap.evaluate(key, context, default, bool)
+        if self._insight is not None:
+            self._insight.count(key, detail, context)
+        return detail.value  # type: ignore[no-any-return]
 
     def string_variation(self, key: str, context: Mapping[str, Any], default: str) -> str:
         """The string value of flag ``key``; ``default`` if it is missing or not a string."""
         snap = self._snapshot
         if snap is None:
             return default
-        return snap.evaluate(key, context, default, str).value  # type: ignore[no-any-return]
+        detail = snap.evaluate(key, context, default, str)
+        if self._insight is not None:
+            self._insight.count(key, detail, context)
+        return detail.value  # type: ignore[no-any-return]
 
     def number_variation(self, key: str, context: Mapping[str, Any], default: float) -> float:
         """The numeric value of flag ``key``; ``default`` if it is missing or not a number."""
         snap = self._snapshot
         if snap is None:
             return default
-        return snap.evaluate(key, context, default, float).value  # type: ignore[no-any-return]
+        detail = snap.evaluate(key, context, default, float)
+        if self._insight is not None:
+            self._insight.count(key, detail, context)
+        return detail.value  # type: ignore[no-any-return]
 
     def json_variation(self, key: str, context: Mapping[str, Any], default: Any) -> Any:
         """The JSON (object or array) value of flag ``key``; ``default`` otherwise.
@@ -200,7 +229,10 @@ class FlagClient:
         snap = self._snapshot
         if snap is None:
             return default
-        return snap.evaluate(key, context, default, dict).value
+        detail = snap.evaluate(key, context, default, dict)
+        if self._insight is not None:
+            self._insight.count(key, detail, context)
+        return detail.value
 
     def variation_detail(
         self, key: str, context: Mapping[str, Any], default: Any
@@ -215,7 +247,28 @@ class FlagClient:
             return EvaluationDetail(
                 default, None, Reason.ERROR, error_kind=ErrorKind.CLIENT_NOT_READY
             )
-        return snap.evaluate(key, context, default)
+        detail = snap.evaluate(key, context, default)
+        if self._insight is not None:
+            self._insight.count(key, detail, context)
+        return detail
+
+    def track(self, event: str, context: Mapping[str, Any], value: float | None = None) -> None:
+        """Record application event ``event`` (an error, a latency) for fleet insight.
+
+        It is attributed to the variation ``context`` receives of each flag the
+        server watches (a release being observed), so the server can compare
+        variations; with no watched flags, or reporting off, it does nothing.
+
+        Args:
+            event: a name like a flag key (``"error"``, ``"latency-ms"``).
+            context: the context the event happened to (its key is never sent).
+            value: a number summed per variation (e.g. milliseconds), or None to count.
+
+        Raises:
+            ClientError: ``event`` is not a valid name, or ``value`` is not a number.
+        """
+        if self._insight is not None:
+            self._insight.track(self._snapshot, event, context, value)
 
     def all_flags(self, context: Mapping[str, Any]) -> dict[str, Any]:
         """Every flag's value for ``context`` (for bootstrapping a front end); {} before data."""
@@ -540,6 +593,9 @@ class FlagClient:
         if self._closed:
             return
         self._closed = True
+        if self._subscription is not None:  # the last interval's counts, while connected
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._subscription.report(), 1.0)
         task, self._task = self._task, None
         if task is not None:
             task.cancel()

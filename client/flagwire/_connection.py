@@ -31,6 +31,7 @@ from flagwire._backoff import (
     parse_retry_after,
     retry_hint,
 )
+from flagwire._insight import InsightRecorder
 from flagwire.core import protocol as proto
 from flagwire.core.errors import AuthenticationError, ClientError, ProtocolError, RefusedError
 from flagwire.core.limits import MAX_SERVER_FRAME, STREAM_PATH
@@ -120,6 +121,8 @@ class Subscription:
             is considered dead.
         open_timeout: limit on the TCP + TLS + HTTP handshake.
         logger: where to report.
+        insight: what to report for fleet insight (None: nothing).
+        report_interval: seconds between summaries.
     """
 
     def __init__(
@@ -134,6 +137,8 @@ class Subscription:
         open_timeout: float,
         logger: logging.Logger,
         user_agent: str,
+        insight: InsightRecorder | None = None,
+        report_interval: float = 10.0,
     ) -> None:
         stream_url(url)  # fail fast on a bad URL
         self.url = url
@@ -159,6 +164,10 @@ class Subscription:
         self._ack_version = 0
         self._ack_last = 0.0  # time.monotonic() of the last ack sent on this connection
         self._ack_task: asyncio.Task[None] | None = None
+        self.insight = insight
+        self.report_interval = report_interval
+        self._report_task: asyncio.Task[None] | None = None
+        self.summaries = 0  #: summaries sent
 
     async def run(self) -> None:
         """Connect, serve, back off, repeat; returns only when the server refuses for good."""
@@ -235,14 +244,37 @@ class Subscription:
         self.state.connection_opened()
         self.listener.connection_opened()
         self._ack_last = 0.0
+        if self.insight is not None:
+            await ws.send(proto.encode(self.insight.identity), text=True)
+            self._report_task = asyncio.create_task(self._report_loop(ws), name="flagwire-report")
         try:
             return await self._read(ws)
         finally:
-            task, self._ack_task = self._ack_task, None
-            if task is not None:
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
+            for name in ("_ack_task", "_report_task"):
+                task = getattr(self, name)
+                setattr(self, name, None)
+                if task is not None:
+                    task.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await task
+
+    async def _report_loop(self, ws: ClientConnection) -> None:
+        while True:
+            await asyncio.sleep(self.report_interval)
+            try:
+                await self.report(ws)
+            except Exception:  # reporting must never take the subscription down
+                self.logger.exception("flagwire: could not send the insight summary")
+
+    async def report(self, ws: ClientConnection | None = None) -> None:
+        """Send what was counted since the last summary (dropped when not connected)."""
+        ws = ws or self._ws
+        if self.insight is None or ws is None:
+            return
+        for summary in self.insight.drain(int(time.time() * 1000)):
+            with contextlib.suppress(ConnectionClosed):
+                await ws.send(proto.encode(summary), text=True)
+                self.summaries += 1
 
     async def _read(self, ws: ClientConnection) -> Closed | ProtocolError:
         state = self.state
@@ -251,6 +283,10 @@ class Subscription:
                 raw = await ws.recv(decode=False)
                 try:
                     msg = proto.decode(raw, max_size=MAX_SERVER_FRAME)
+                    if isinstance(msg, proto.Watch):
+                        if self.insight is not None:
+                            self.insight.watch(msg.flags)
+                        continue
                     if isinstance(msg, proto.SnapshotMessage):
                         self.snapshots += 1
                     elif isinstance(msg, proto.Patch | proto.Delete):

@@ -41,8 +41,10 @@ from openfeature.exception import ErrorCode, ProviderFatalError, ProviderNotRead
 from openfeature.flag_evaluation import FlagResolutionDetails
 from openfeature.flag_evaluation import Reason as OFReason
 from openfeature.provider import AbstractProvider, Metadata
+from openfeature.track import TrackingEventDetails
 
 from flagwire._client import ClientStatus
+from flagwire._insight import InsightRecorder
 from flagwire.core.changes import FlagChange
 from flagwire.core.detail import ErrorKind, EvaluationDetail, Reason
 from flagwire.core.evaluation import Snapshot
@@ -67,6 +69,13 @@ _ERRORS: dict[str, ErrorCode] = {
     ErrorKind.INVALID_CONTEXT: ErrorCode.INVALID_CONTEXT,
     ErrorKind.PREREQUISITE_CYCLE: ErrorCode.GENERAL,
 }
+
+
+def _insight_of(client: Any) -> InsightRecorder | None:
+    """The fleet-insight recorder of a FlagClient or of a SyncFlagClient's inner client."""
+    inner = getattr(client, "client", client)
+    recorder = getattr(inner, "_insight", None)
+    return recorder if isinstance(recorder, InsightRecorder) else None
 
 
 def _context(ctx: EvaluationContext | None) -> dict[str, Any]:
@@ -94,9 +103,20 @@ class FlagwireProvider(AbstractProvider):
         self.client = client
         self.close_client = close_client
         self._hooked = False
+        self._insight = _insight_of(client)
 
     def get_metadata(self) -> Metadata:
         return Metadata(name="flagwire")
+
+    def track(
+        self,
+        tracking_event_name: str,
+        evaluation_context: EvaluationContext | None = None,
+        tracking_event_details: TrackingEventDetails | None = None,
+    ) -> None:
+        """OpenFeature tracking: :meth:`flagwire.FlagClient.track` (the value is summed)."""
+        value = tracking_event_details.value if tracking_event_details is not None else None
+        self.client.track(tracking_event_name, _context(evaluation_context), value)
 
     # --- lifecycle and events --------------------------------------------------------
 
@@ -169,6 +189,9 @@ class FlagwireProvider(AbstractProvider):
                 default, ErrorCode.PROVIDER_NOT_READY, "flagwire has no data yet", OFReason.ERROR
             )
         detail = snap.evaluate(key, context, default, kind)
+        insight = self._insight
+        if insight is not None:
+            insight.count(key, detail, context)
         value = detail.value
         if detail.reason != Reason.ERROR:
             if kind is int and (

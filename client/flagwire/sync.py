@@ -168,6 +168,10 @@ class SyncFlagClient:
             )
         return self.client.variation_detail(key, context, default)
 
+    def track(self, event: str, context: Mapping[str, Any], value: float | None = None) -> None:
+        """See :meth:`flagwire.FlagClient.track`."""
+        self.client.track(event, context, value)
+
     def all_flags(self, context: Mapping[str, Any]) -> dict[str, Any]:
         """See :meth:`flagwire.FlagClient.all_flags`."""
         return self.client.all_flags(context)

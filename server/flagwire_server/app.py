@@ -50,6 +50,7 @@ from flagwire_server.store.audit import InstanceAudit
 from flagwire_server.store.changelog import ChangeLog
 from flagwire_server.store.documents import Store
 from flagwire_server.store.identity import StoreIdentity, open_client
+from flagwire_server.store.insight import InsightStore
 from flagwire_server.store.keyspace import Keyspace
 from flagwire_server.store.redisurl import connect
 from flagwire_server.store.schedule import ScheduleStore
@@ -58,6 +59,7 @@ from flagwire_server.stream import endpoint as stream
 from flagwire_server.stream.fanout import Fanout
 from flagwire_server.stream.quota import StreamQuota
 from flagwire_server.stream.reader import READ_BLOCK_MS
+from flagwire_server.stream.reports import Insight
 
 __all__ = ["bootstrap", "create_app", "create_app_from_env"]
 
@@ -148,6 +150,14 @@ def _lifespan(
             lease=settings.schedule_lease,
             on_finish=metrics.schedule_finished,
         )
+        insight = Insight(
+            InsightStore(redis, keyspace, settings.insight_retention_days),
+            metrics,
+            lambda: fanout.feeds,
+            instance_id=instance_id,
+            flush_interval=settings.insight_flush,
+            max_series=settings.insight_metric_series,
+        )
         app.state.services = Services(
             settings=settings,
             metrics=metrics,
@@ -172,6 +182,7 @@ def _lifespan(
             session_secret=await asyncio.to_thread(load_session_secret, settings),
             schedules=schedules,
             scheduler=scheduler,
+            insight=insight,
         )
         await keys.start()
         await sessions.start()
@@ -179,6 +190,7 @@ def _lifespan(
         await fanout.start()
         # After the fan-out: an execution waits for acknowledgements through it.
         scheduler.start()
+        await insight.start()
         freeze_gc()
         log.info(
             "flagwire ready",
@@ -191,6 +203,7 @@ def _lifespan(
 
             async def cleanup() -> None:
                 await scheduler.stop()
+                await insight.stop()
                 await fanout.stop()
                 await sessions.stop()
                 await keys.stop()

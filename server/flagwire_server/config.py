@@ -87,6 +87,13 @@ class Settings:
     metrics: bool = True
     #: Identifies this process in ``P:instances`` and acknowledgement reports.
     instance_id: str = field(default="")
+    #: Days fleet-insight aggregates are kept (hourly; minute buckets are kept two days).
+    insight_retention_days: int = 30
+    #: Seconds between this process's writes of fleet-insight aggregates to Redis.
+    insight_flush: float = 5.0
+    #: Label sets of the per-flag evaluation and event counters on /metrics; past it
+    #: new flags are counted under ``flag="_other"`` (cardinality cap).
+    insight_metric_series: int = 1000
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
@@ -131,6 +138,11 @@ class Settings:
             raise ValueError(
                 "FLAGWIRE_RATE_LIMIT, FLAGWIRE_OFREP_RATE_LIMIT and FLAGWIRE_AUTH_FAIL_LIMIT"
                 " must be at least 1"
+            )
+        if self.insight_retention_days < 1 or self.insight_flush <= 0:
+            raise ValueError(
+                "FLAGWIRE_INSIGHT_RETENTION_DAYS must be at least 1 and"
+                " FLAGWIRE_INSIGHT_FLUSH positive"
             )
         if self.max_buffer < 4096:
             raise ValueError("FLAGWIRE_MAX_BUFFER must be at least 4096 bytes")
@@ -214,4 +226,7 @@ ENV_VARS: Final[dict[str, tuple[str, Any]]] = {
     "FLAGWIRE_SCHEDULE_LEASE": ("schedule_lease", float),
     "FLAGWIRE_METRICS": ("metrics", _bool),
     "FLAGWIRE_INSTANCE_ID": ("instance_id", str),
+    "FLAGWIRE_INSIGHT_RETENTION_DAYS": ("insight_retention_days", int),
+    "FLAGWIRE_INSIGHT_FLUSH": ("insight_flush", float),
+    "FLAGWIRE_INSIGHT_METRIC_SERIES": ("insight_metric_series", int),
 }

@@ -32,6 +32,7 @@ if TYPE_CHECKING:
     from flagwire_server.stream.endpoint import FailureLimiter
     from flagwire_server.stream.fanout import Fanout
     from flagwire_server.stream.quota import StreamQuota
+    from flagwire_server.stream.reports import Insight
 
 __all__ = ["Services", "services_of"]
 
@@ -70,6 +71,8 @@ class Services:
     #: Scheduled changes in Redis, and this process's runner of the due ones.
     schedules: ScheduleStore
     scheduler: Scheduler
+    #: Fleet insight: client summaries aggregated here, flushed to Redis, read by the API.
+    insight: Insight
     #: Compiled snapshots of the evaluate endpoint, by environment (most recent last).
     snapshots: OrderedDict[str, Snapshot] = field(default_factory=OrderedDict)
 

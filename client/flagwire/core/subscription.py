@@ -114,6 +114,8 @@ class StreamState:
             return self._on_snapshot(msg)
         if isinstance(msg, proto.Error):
             return Outcome(error=msg)
+        if isinstance(msg, proto.Watch):  # fleet insight: the reporting side keeps it
+            return Outcome()
         raise ProtocolError(f"unexpected {msg.type} message from the server")
 
     def _on_hello(self, msg: proto.Hello) -> Outcome:

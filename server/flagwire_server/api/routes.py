@@ -27,6 +27,7 @@ from flagwire_server.api import (
     documents,
     environments,
     evaluation,
+    insight,
     keys,
     ofrep,
     schedule,
@@ -394,6 +395,76 @@ OPERATIONS: Final[tuple[ApiRoute, ...]] = (
                 "the cursor from the previous page's next",
             ),
         ),
+    ),
+    ApiRoute(
+        "GET",
+        "/environments/{env}/flags/{key}/insight",
+        insight.flag_insight,
+        operation_id="getFlagInsight",
+        summary=(
+            "What clients evaluated: evaluations per variation over a window in steps, "
+            "distinct contexts (estimated), reasons, events, last evaluation, applications"
+        ),
+        tag="insight",
+        responses={200: "FlagInsight"},
+        errors=(400, 404),
+        query=(
+            Param(
+                "window",
+                {"type": "integer", "minimum": 60, "maximum": 7_776_000, "default": 86_400},
+                "seconds back from now",
+            ),
+            Param(
+                "step",
+                {"type": "integer", "minimum": 60, "maximum": 7_776_000},
+                "seconds per bucket (default 300, or 3600 past a day; at most 2,000 buckets)",
+            ),
+        ),
+    ),
+    ApiRoute(
+        "GET",
+        "/environments/{env}/clients",
+        insight.clients,
+        operation_id="listClients",
+        summary="The SDK instances streaming this environment, their versions and lag",
+        tag="insight",
+        responses={200: "ClientInventory"},
+        errors=(404,),
+    ),
+    ApiRoute(
+        "GET",
+        "/environments/{env}/cleanup",
+        insight.cleanup,
+        operation_id="getCleanupReport",
+        summary=(
+            "Flags that can go: not evaluated, one variation to everyone, unchanged "
+            "for N days, or blocked by their prerequisites"
+        ),
+        tag="insight",
+        responses={200: "CleanupReport"},
+        errors=(400, 404),
+        query=(Param("days", {"type": "integer", "minimum": 1, "maximum": 3650, "default": 7}),),
+    ),
+    ApiRoute(
+        "GET",
+        "/environments/{env}/insight/watched",
+        insight.get_watched,
+        operation_id="getWatchedFlags",
+        summary="The flags whose variations clients attribute tracked events to",
+        tag="insight",
+        responses={200: "WatchedFlags"},
+        errors=(404,),
+    ),
+    ApiRoute(
+        "PUT",
+        "/environments/{env}/insight/watched",
+        insight.put_watched,
+        operation_id="setWatchedFlags",
+        summary="Replace the watched flags (pushed to clients within a flush interval)",
+        tag="insight",
+        responses={200: "WatchedFlags"},
+        body="WatchedFlags",
+        errors=(400, 404, 413, 415, 422),
     ),
     ApiRoute(
         "GET",

@@ -264,6 +264,106 @@ SCHEMAS: Final[dict[str, _S]] = {
         },
         ("id", "at", "actor", "action", "kind", "key", "version", "flag_version"),
     ),
+    "FlagInsight": _obj(
+        {
+            "env": _STR,
+            "flag": _STR,
+            "start": _INT,
+            "end": _INT,
+            "step": _INT,
+            "variations": {
+                "type": "array",
+                "items": _obj(
+                    {
+                        "variation": {"type": "integer", "description": "-1: the default served"},
+                        "value": {},
+                        "evaluations": _INT,
+                        "series": {"type": "array", "items": _INT},
+                        "reasons": {"type": "object", "additionalProperties": _INT},
+                        "contexts": {"type": "integer", "description": "HyperLogLog estimate"},
+                        "events": {
+                            "type": "object",
+                            "additionalProperties": _obj(
+                                {"count": _INT, "sum": {"type": "number"}}, ("count", "sum")
+                            ),
+                        },
+                    },
+                    ("variation", "evaluations", "series", "reasons", "contexts", "events"),
+                ),
+            },
+            "last_evaluated": _INT_OR_NULL,
+            "applications": {
+                "type": "array",
+                "items": _obj({"app": _STR, "last_evaluated": _INT}, ("app", "last_evaluated")),
+            },
+        },
+        ("env", "flag", "start", "end", "step", "variations", "last_evaluated", "applications"),
+    ),
+    "ClientInventory": _obj(
+        {
+            "env": _STR,
+            "env_version": _INT,
+            "clients": {
+                "type": "array",
+                "items": _obj(
+                    {
+                        "id": _STR,
+                        "app": _STR,
+                        "instance": _STR,
+                        "sdk": _STR,
+                        "sdk_version": _STR,
+                        "host": _STR,
+                        "pid": _INT,
+                        "connected_since": _INT,
+                        "applied_version": _INT,
+                        "env_version": _INT,
+                        "lag": _INT,
+                        "server": _STR,
+                    },
+                    ("id", "app", "instance", "sdk", "connected_since", "applied_version", "lag"),
+                ),
+            },
+        },
+        ("env", "env_version", "clients"),
+    ),
+    "CleanupReport": _obj(
+        {
+            "env": _STR,
+            "days": _INT,
+            "flags": {
+                "type": "array",
+                "items": _obj(
+                    {
+                        "key": _STR,
+                        "on": {"type": "boolean"},
+                        "last_evaluated": _INT_OR_NULL,
+                        "updated": _INT_OR_NULL,
+                        "served": {"type": "array", "items": _INT},
+                        "blocked_by": {"type": "array", "items": _STR},
+                        "reasons": {
+                            "type": "array",
+                            "items": {
+                                "enum": ["not_evaluated", "one_variation", "unchanged", "blocked"]
+                            },
+                        },
+                    },
+                    ("key", "on", "last_evaluated", "served", "blocked_by", "reasons"),
+                ),
+            },
+        },
+        ("env", "days", "flags"),
+    ),
+    "WatchedFlags": _obj(
+        {
+            "env": _STR,
+            "flags": {
+                "type": "array",
+                "items": {"type": "string", "pattern": f"^{KEY_PATTERN}$"},
+                "maxItems": 1000,
+            },
+        },
+        ("flags",),
+    ),
     "AuditPage": _obj(
         {
             "entries": {"type": "array", "items": ref("AuditEntry")},

@@ -7,7 +7,8 @@ uvicorn settings that matter here (issue 6):
   exposed to the fan-out and 1001 on shutdown;
 * ``ws_per_message_deflate=False`` — compression doubles fan-out time and
   multiplies memory per connection;
-* ``ws_max_size`` — the protocol's client frame limit (bigger frames: 1009);
+* ``ws_max_size`` — twice the summary frame limit (bigger frames: 1009; the
+  endpoint closes other frames over ``MAX_CLIENT_FRAME`` with 1009 itself);
 * ``ws_ping_interval``/``ws_ping_timeout`` = ``FLAGWIRE_HEARTBEAT`` /
   ``FLAGWIRE_PING_TIMEOUT`` — a dead peer is dropped within their sum (30 s);
 * ``backlog`` — room for reconnect storms;
@@ -37,7 +38,7 @@ from typing import Any
 
 import uvicorn
 
-from flagwire.core.limits import MAX_CLIENT_FRAME
+from flagwire.core.reports import MAX_SUMMARY_FRAME
 from flagwire_server.cli.datadir import DataDirLock, check_port_free, make_private
 from flagwire_server.config import Settings
 from flagwire_server.observability import logs
@@ -58,7 +59,9 @@ def uvicorn_options(settings: Settings) -> dict[str, Any]:
         "port": settings.port,
         "ws": WS_PROTOCOL,
         "ws_per_message_deflate": False,
-        "ws_max_size": MAX_CLIENT_FRAME,
+        # Summaries up to twice their limit are read (and dropped, counted, without
+        # closing the stream); bigger frames close it with 1009 before they are buffered.
+        "ws_max_size": 2 * MAX_SUMMARY_FRAME,
         "ws_ping_interval": settings.heartbeat,
         "ws_ping_timeout": settings.ping_timeout,
         "backlog": settings.backlog,

@@ -131,6 +131,27 @@ class Metrics:
             registry=r,
         )
 
+        # Fleet insight (stream/reports.py): per-flag series are capped by
+        # FLAGWIRE_INSIGHT_METRIC_SERIES; flags past the cap share flag="_other".
+        self.insight_summaries = Counter(
+            "flagwire_insight_summaries",
+            "Client summaries by result (accepted, or the reason one was dropped)",
+            ["result"],
+            registry=r,
+        )
+        self.flag_evaluations = Counter(
+            "flagwire_flag_evaluations",
+            "Evaluations reported by clients",
+            ["env", "flag", "variation"],
+            registry=r,
+        )
+        self.flag_events = Counter(
+            "flagwire_flag_events",
+            "Application events reported by clients, by the watched flag's variation",
+            ["env", "flag", "variation", "event"],
+            registry=r,
+        )
+
     async def schedule_finished(self, env: str, record: dict[str, Any]) -> None:
         """The scheduler's ``on_finish``: count the outcome and the lateness of a write."""
         self.scheduled_changes.labels(env, str(record.get("status"))).inc()

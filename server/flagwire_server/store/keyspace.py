@@ -86,6 +86,10 @@ class Keyspace:
         """HASH id -> ``owner lease_until_ms`` of the changes a server is executing."""
         return self.env(env, "schedule:lease")
 
+    def insight(self, env: str, suffix: str) -> str:
+        """Fleet-insight aggregates and inventory (``store/insight.py`` names the suffixes)."""
+        return self.env(env, f"ins:{suffix}")
+
     # --- instance-wide: P:<lowercase letter>... ------------------------------
 
     @property
@@ -180,4 +184,6 @@ class Keyspace:
             self.schedule(env),
             self.schedule_due(env),
             self.schedule_lease(env),
+            self.insight(env, f"h:{sample}:20000"),
+            self.insight(env, "clients"),
         ]

@@ -12,6 +12,8 @@ from flagwire_server.stream.uvicorn_fence import close_now, close_sent, transpor
 if TYPE_CHECKING:
     from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 
+    from flagwire_server.stream.reports import ConnReport
+
 __all__ = ["Conn"]
 
 
@@ -32,6 +34,7 @@ class Conn:
         "base",
         "closed",
         "closing",
+        "insight",
         "key_id",
         "out",
         "out_bytes",
@@ -60,6 +63,8 @@ class Conn:
         self.stamp = 0.0
         #: When the last resync snapshot was sent (monotonic; 0: never).
         self.snapshot_at = 0.0
+        #: What the client said in ``identify`` (fleet insight; None until then).
+        self.insight: ConnReport | None = None
         # Only the fallback path queues; the fast path never allocates a queue.
         self.out: deque[bytes] | None = None
         self.out_bytes = 0

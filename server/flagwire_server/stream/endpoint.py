@@ -15,8 +15,9 @@ problem body, never an accepted-then-closed socket):
 Then ``hello`` and the snapshot (or only the missed changes) are written and
 the stream is registered with the environment's feed in one synchronous step
 (:meth:`flagwire_server.stream.feed.EnvFeed.attach`), and the endpoint only reads:
-``ack`` and ``resync`` messages; anything else closes the stream (see
-``docs/protocol.md`` for codes).
+``ack`` and ``resync`` messages, and the fleet-insight ``identify`` and
+``summary`` (handed to :mod:`flagwire_server.stream.reports`); anything else
+closes the stream (see ``docs/protocol.md`` for codes).
 """
 
 from __future__ import annotations
@@ -34,13 +35,15 @@ from starlette.websockets import WebSocket
 
 from flagwire.core.errors import ProtocolError
 from flagwire.core.limits import MAX_CLIENT_FRAME, STREAM_PATH
-from flagwire.core.protocol import Ack, CloseCode, Resync, decode
+from flagwire.core.protocol import Ack, CloseCode, Identify, Resync, Summary, decode
+from flagwire.core.reports import MAX_SUMMARY_FRAME
 from flagwire_server.config import Settings
 from flagwire_server.console.session import read_session
 from flagwire_server.observability.refusals import RefusalLog
 from flagwire_server.services import services_of
 from flagwire_server.stream.conn import Conn
 from flagwire_server.stream.feed import EnvFeed, EnvNotFound
+from flagwire_server.stream.reports import Insight
 from flagwire_server.stream.uvicorn_fence import FlagwireWebSocketProtocol, protocol_of
 
 __all__ = ["FailureLimiter", "origin_allowed", "routes", "stream_endpoint"]
@@ -280,9 +283,9 @@ async def _stream(
         # parsed, skipping the ASGI queue, the task wake-up and pause/resume of
         # reading per message; acks from every client after a change are the
         # server's largest cost after the fan-out itself (bench/results).
-        proto.on_message = lambda data: _handle(feed, conn, data, limits)
+        proto.on_message = lambda data: _handle(feed, conn, data, limits, state.insight)
     try:
-        await _read_loop(ws, feed, conn, limits)
+        await _read_loop(ws, feed, conn, limits, state.insight)
     finally:
         if isinstance(proto, FlagwireWebSocketProtocol):
             proto.on_message = None
@@ -292,8 +295,13 @@ async def _stream(
         conn.closed = True
 
 
-def _handle(feed: EnvFeed, conn: Conn, data: str | bytes, limits: _Limits) -> None:
-    """Act on one client frame: rate limit, decode, ack / resync / close."""
+_SUMMARY_PREFIX: Final = '{"type":"summary"'
+
+
+def _handle(
+    feed: EnvFeed, conn: Conn, data: str | bytes, limits: _Limits, insight: Insight
+) -> None:
+    """Act on one client frame: rate limit, decode, ack / resync / insight / close."""
     if conn.closed:
         return
     now = time.monotonic()
@@ -303,9 +311,28 @@ def _handle(feed: EnvFeed, conn: Conn, data: str | bytes, limits: _Limits) -> No
         feed.close(conn, CloseCode.RATE_LIMITED, "too many messages")
         return
     conn.tokens -= 1.0
+    size = len(data)
+    # Only a summary may be bigger than MAX_CLIENT_FRAME, and a bad one is dropped,
+    # not fatal: the prefix says which without parsing (summaries are encoded type first).
+    summary = (
+        data.startswith(_SUMMARY_PREFIX)
+        if isinstance(data, str)
+        else data.startswith(_SUMMARY_PREFIX.encode())
+    )
+    if size > MAX_CLIENT_FRAME and not summary:
+        feed.close(
+            conn, CloseCode.MESSAGE_TOO_BIG, f"frames are limited to {MAX_CLIENT_FRAME} bytes"
+        )
+        return
+    if summary and size > MAX_SUMMARY_FRAME:
+        insight.drop("oversized")
+        return
     try:
-        msg = decode(data, max_size=MAX_CLIENT_FRAME)
+        msg = decode(data, max_size=MAX_SUMMARY_FRAME)
     except ProtocolError as exc:
+        if summary:
+            insight.drop("invalid")
+            return
         feed.close(conn, CloseCode.BAD_MESSAGE, _reason(str(exc)))
         return
     if isinstance(msg, Ack):
@@ -322,11 +349,15 @@ def _handle(feed: EnvFeed, conn: Conn, data: str | bytes, limits: _Limits) -> No
             return
         conn.snapshot_at = now
         feed.resnapshot(conn, "client")
+    elif isinstance(msg, Identify | Summary):
+        insight.receive(feed, conn, msg, size)
     else:
         feed.close(conn, CloseCode.BAD_MESSAGE, _reason(f"a client may not send {msg.type}"))
 
 
-async def _read_loop(ws: WebSocket, feed: EnvFeed, conn: Conn, limits: _Limits) -> None:
+async def _read_loop(
+    ws: WebSocket, feed: EnvFeed, conn: Conn, limits: _Limits, insight: Insight
+) -> None:
     # With the fast path installed only the disconnect arrives here.
     while True:
         message = await ws.receive()
@@ -335,7 +366,7 @@ async def _read_loop(ws: WebSocket, feed: EnvFeed, conn: Conn, limits: _Limits) 
         data = message.get("text")
         if data is None:
             data = message.get("bytes") or b""
-        _handle(feed, conn, data, limits)
+        _handle(feed, conn, data, limits, insight)
 
 
 def routes() -> list[WebSocketRoute]:

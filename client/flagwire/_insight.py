@@ -1,0 +1,192 @@
+"""What the client counts for fleet insight, and the summaries it sends.
+
+Counting sits on the evaluation path, so it is one tuple, one dict update
+and (until the cap) one set insert per evaluation: no hashing, no clock, no
+lock.  The context keys are hashed only when a summary is built, once per
+distinct key and interval.  Without a lock an increment racing
+:meth:`InsightRecorder.drain` from another thread can land in the interval
+just drained and be lost; that is at most a handful of evaluations per
+interval, and a lock would cost every evaluation.
+
+Sans-I/O: :meth:`InsightRecorder.drain` returns the summaries; the
+connection loop sends them.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import Iterable, Mapping
+from typing import Any, Final
+
+from flagwire.core import protocol as proto
+from flagwire.core.detail import EvaluationDetail
+from flagwire.core.errors import ClientError
+from flagwire.core.evaluation import Snapshot
+from flagwire.core.limits import KEY_RE
+from flagwire.core.reports import (
+    DEFAULT_VARIATION,
+    MAX_SUMMARY_CONTEXTS,
+    MAX_SUMMARY_EVENTS,
+    MAX_SUMMARY_FLAGS,
+    MAX_SUMMARY_FRAME,
+    Identify,
+    Summary,
+    VariationStats,
+    context_hash,
+)
+
+__all__ = ["DEFAULT_REPORT_INTERVAL", "InsightRecorder"]
+
+#: Seconds between summaries unless the client is told otherwise.
+DEFAULT_REPORT_INTERVAL: Final = 10.0
+
+
+class _Slot:
+    """One flag, variation and reason kind: evaluations and (up to the cap) context keys."""
+
+    __slots__ = ("keys", "n")
+
+    def __init__(self) -> None:
+        self.n = 0
+        self.keys: set[str] = set()
+
+
+class InsightRecorder:
+    """Evaluation counts, context keys and tracked events since the last summary.
+
+    Args:
+        sdk, sdk_version: what ``identify`` says the client is.
+        app, instance: the application and instance names the user chose
+            (instance defaults to ``host:pid``).
+    """
+
+    def __init__(self, sdk: str, sdk_version: str, app: str = "", instance: str = "") -> None:
+        host = socket.gethostname()[:128]
+        self.identity = Identify(
+            sdk=sdk,
+            sdk_version=sdk_version[:128],
+            app=app[:128],
+            instance=(instance or f"{host}:{os.getpid()}")[:128],
+            host=host,
+            pid=os.getpid(),
+        )
+        self._slots: dict[tuple[str, int | None, str], _Slot] = {}
+        self._events: dict[tuple[str, int | None], dict[str, list[float]]] = {}
+        self._since_ms: int | None = None
+        #: The flags ``track`` attributes events to (pushed by the server).
+        self.watched: tuple[str, ...] = ()
+        #: Events dropped: more than the per-variation cap of distinct names in one interval.
+        self.dropped_events = 0
+
+    # --- the hot path ------------------------------------------------------------
+
+    def count(self, key: str, detail: EvaluationDetail, context: Mapping[str, Any]) -> None:
+        """Count one evaluation of ``key`` that gave ``detail`` for ``context``."""
+        slot = (key, detail.variation_index, detail.reason)
+        entry = self._slots.get(slot)
+        if entry is None:
+            entry = self._slots[slot] = _Slot()
+        entry.n += 1
+        seen = entry.keys
+        if len(seen) < MAX_SUMMARY_CONTEXTS:
+            try:
+                ck = context["key"]
+            except Exception:
+                return
+            if type(ck) is str:
+                seen.add(ck)
+
+    def track(
+        self, snapshot: Snapshot | None, event: str, context: Mapping[str, Any], value: float | None
+    ) -> None:
+        """Attribute ``event`` to the variation of each watched flag ``context`` receives.
+
+        Raises:
+            ClientError: ``event`` is not a valid name or ``value`` not a number.
+        """
+        if not isinstance(event, str) or not KEY_RE.match(event):
+            raise ClientError(f"track: {event!r} is not a valid event name (like a flag key)")
+        if value is not None and (type(value) not in (int, float) or value != value):
+            raise ClientError(f"track: value must be a number or None, got {value!r}")
+        if snapshot is None:
+            return
+        amount = float(value or 0)
+        for key in self.watched:
+            detail = snapshot.evaluate(key, context, None)
+            per = self._events.setdefault((key, detail.variation_index), {})
+            pair = per.get(event)
+            if pair is None:
+                if len(per) >= MAX_SUMMARY_EVENTS:
+                    self.dropped_events += 1
+                    continue
+                per[event] = [1, amount]
+            else:
+                pair[0] += 1
+                pair[1] += amount
+
+    def watch(self, flags: Iterable[str]) -> None:
+        self.watched = tuple(flags)
+
+    # --- summaries ---------------------------------------------------------------
+
+    def drain(self, now_ms: int) -> list[Summary]:
+        """Everything since the last drain as summaries that each fit one frame ([] if none)."""
+        start = self._since_ms if self._since_ms is not None else now_ms
+        self._since_ms = now_ms
+        slots, self._slots = self._slots, {}
+        events, self._events = self._events, {}
+        flags: dict[str, dict[int, _Building]] = {}
+        for (key, index, reason), slot in slots.items():
+            b = _building(flags, key, index)
+            kind = str(reason)  # Reason is a StrEnum; the wire wants plain str keys
+            b.reasons[kind] = b.reasons.get(kind, 0) + slot.n
+            b.contexts.update(slot.keys.copy())  # copy(): atomic against a racing add
+        for (key, index), named in events.items():
+            b = _building(flags, key, index)
+            b.events.update({name: (int(c), s) for name, (c, s) in named.items()})
+        if not flags:
+            return []
+        start = min(start, now_ms)
+        built = {key: {index: b.stats() for index, b in per.items()} for key, per in flags.items()}
+        return _split(start, now_ms, built)
+
+
+class _Building:
+    __slots__ = ("contexts", "events", "reasons")
+
+    def __init__(self) -> None:
+        self.reasons: dict[str, int] = {}
+        self.contexts: set[str] = set()
+        self.events: dict[str, tuple[int, float]] = {}
+
+    def stats(self) -> VariationStats:
+        hashed = sorted({context_hash(k) for k in self.contexts})[:MAX_SUMMARY_CONTEXTS]
+        return VariationStats(self.reasons, tuple(hashed), self.events)
+
+
+def _building(flags: dict[str, dict[int, _Building]], key: str, index: int | None) -> _Building:
+    per = flags.setdefault(key, {})
+    i = DEFAULT_VARIATION if index is None else index
+    b = per.get(i)
+    if b is None:
+        b = per[i] = _Building()
+    return b
+
+
+def _split(start: int, end: int, flags: dict[str, dict[int, VariationStats]]) -> list[Summary]:
+    """One summary, or as many as it takes for each to fit the frame and flag limits."""
+    keys = list(flags)
+    if len(keys) > MAX_SUMMARY_FLAGS:
+        return [
+            s
+            for i in range(0, len(keys), MAX_SUMMARY_FLAGS)
+            for s in _split(start, end, {k: flags[k] for k in keys[i : i + MAX_SUMMARY_FLAGS]})
+        ]
+    summary = Summary(start=start, end=end, flags=flags)
+    if len(keys) <= 1 or len(proto.encode(summary)) <= MAX_SUMMARY_FRAME:
+        return [summary]
+    half = len(keys) // 2
+    return _split(start, end, {k: flags[k] for k in keys[:half]}) + _split(
+        start, end, {k: flags[k] for k in keys[half:]}
+    )

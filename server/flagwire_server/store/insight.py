@@ -1,0 +1,294 @@
+"""Fleet-insight aggregates in Redis: evaluations, distinct contexts, events, SDK inventory.
+
+Layout (all under the environment's hash tag, so an environment's insight
+lives in its slot and ``delete_env``'s pattern removes it; ``docs/insight.md``):
+
+* ``P:{env}:ins:m:<flag>:<day>`` HASH ``<minute of day>:<variation>`` → evaluations,
+  kept :data:`MINUTE_DAYS` days after the day ends;
+* ``P:{env}:ins:h:<flag>:<day>`` HASH ``<hour>:<variation>`` → evaluations,
+  ``r:<variation>:<reason>`` → evaluations, ``e:<variation>:<event>:n``/``:s`` →
+  event count / value sum; kept the retention (default 30 days) after the day ends;
+* ``P:{env}:ins:u:<flag>:<day>:<variation>`` HyperLogLog of hashed context keys (same TTL);
+* ``P:{env}:ins:last`` HASH flag → last evaluated (ms); ``P:{env}:ins:apps:<flag>`` HASH
+  application → last evaluated (ms);
+* ``P:{env}:ins:clients`` HASH stream id → JSON of the SDK and its stream,
+  ``P:{env}:ins:seen`` ZSET stream id → last report (ms); entries not refreshed for
+  :data:`CLIENT_TTL_MS` are removed when the inventory is read;
+* ``P:{env}:ins:watched`` SET of the flags ``track`` attributes events to.
+
+Why this memory is bounded per flag: minute buckets exist for at most
+``MINUTE_DAYS + 1`` days (1,440 fields per variation per day), hourly ones for
+the retention (24 per variation per day), and a HyperLogLog is at most 12 KiB
+whatever the number of contexts.  Writes are one pipeline per environment per
+flush (``stream/reports.py`` aggregates in memory between flushes), so the
+Redis cost grows with flags, not with clients.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+import orjson
+import redis.asyncio as aioredis
+import redis.exceptions
+
+from flagwire_server.store.keyspace import Keyspace
+from flagwire_server.store.types import StoreUnavailable, as_str
+
+__all__ = [
+    "CLIENT_TTL_MS",
+    "DAY_MS",
+    "MINUTE_DAYS",
+    "FlagBatch",
+    "InsightStore",
+    "VariationBatch",
+]
+
+DAY_MS: Final = 86_400_000
+#: Days after its day ends that a minute bucket is kept (finer steps over older windows
+#: are answered from hourly buckets).
+MINUTE_DAYS: Final = 2
+#: An SDK stream not reported for this long has gone from the inventory.
+CLIENT_TTL_MS: Final = 60_000
+
+
+@dataclass(slots=True)
+class VariationBatch:
+    """One variation of one flag since the last flush of this process."""
+
+    minutes: dict[int, int] = field(default_factory=dict)  #: minute (epoch ms // 60000) → n
+    reasons: dict[str, int] = field(default_factory=dict)
+    contexts: set[str] = field(default_factory=set)
+    events: dict[str, list[float]] = field(default_factory=dict)  #: name → [count, sum]
+
+
+@dataclass(slots=True)
+class FlagBatch:
+    """One flag since the last flush: its variations, the applications, the last evaluation."""
+
+    variations: dict[int, VariationBatch] = field(default_factory=dict)
+    apps: dict[str, int] = field(default_factory=dict)  #: application → last ms
+    last_ms: int = 0
+
+
+class InsightStore:
+    """Writes and reads the fleet-insight keys of every environment.
+
+    Args:
+        redis: the shared client.
+        keyspace: where the keys are.
+        retention_days: how long hourly aggregates are kept.
+    """
+
+    def __init__(self, redis: aioredis.Redis, keyspace: Keyspace, retention_days: int) -> None:
+        self.redis = redis
+        self.ks = keyspace
+        self.retention_days = retention_days
+
+    def _key(self, env: str, suffix: str) -> str:
+        return self.ks.insight(env, suffix)
+
+    # --- writing ----------------------------------------------------------------------
+
+    async def write(self, env: str, flags: dict[str, FlagBatch]) -> None:
+        """Add one flush's aggregates of ``env`` (one pipeline, no transaction needed:
+        every command is an increment, so a retried or partial flush only undercounts).
+
+        Raises:
+            StoreUnavailable: Redis did not answer.
+        """
+        pipe = self.redis.pipeline(transaction=False)
+        expiries: dict[str, int] = {}
+        for flag, batch in flags.items():
+            for index, vb in batch.variations.items():
+                days: set[int] = set()
+                for minute, n in vb.minutes.items():
+                    ms = minute * 60_000
+                    day = ms // DAY_MS
+                    days.add(day)
+                    of_day = (ms % DAY_MS) // 60_000
+                    mkey = self._key(env, f"m:{flag}:{day}")
+                    hkey = self._key(env, f"h:{flag}:{day}")
+                    pipe.hincrby(mkey, f"{of_day}:{index}", n)
+                    pipe.hincrby(hkey, f"{of_day // 60}:{index}", n)
+                    expiries[mkey] = (day + 1 + MINUTE_DAYS) * DAY_MS
+                    expiries[hkey] = (day + 1 + self.retention_days) * DAY_MS
+                # Reasons, contexts and events count on the day of the flush's last minute.
+                last_day = max(days) if days else batch.last_ms // DAY_MS
+                hkey = self._key(env, f"h:{flag}:{last_day}")
+                expiries[hkey] = (last_day + 1 + self.retention_days) * DAY_MS
+                for reason, n in vb.reasons.items():
+                    pipe.hincrby(hkey, f"r:{index}:{reason}", n)
+                for name, (count, total) in vb.events.items():
+                    pipe.hincrby(hkey, f"e:{index}:{name}:n", int(count))
+                    if total:
+                        pipe.hincrbyfloat(hkey, f"e:{index}:{name}:s", total)
+                if vb.contexts:
+                    ukey = self._key(env, f"u:{flag}:{last_day}:{index}")
+                    pipe.pfadd(ukey, *sorted(vb.contexts))
+                    expiries[ukey] = (last_day + 1 + self.retention_days) * DAY_MS
+            if batch.last_ms:
+                pipe.hset(self._key(env, "last"), flag, batch.last_ms)
+            if batch.apps:
+                akey = self._key(env, f"apps:{flag}")
+                pipe.hset(akey, mapping={a: ms for a, ms in batch.apps.items()})
+                expiries[akey] = batch.last_ms + self.retention_days * DAY_MS
+        for key, at in expiries.items():
+            pipe.pexpireat(key, at)
+        await self._run(pipe)
+
+    async def report_clients(self, env: str, clients: dict[str, dict[str, Any]]) -> None:
+        """Refresh the inventory entries of this process's streams of ``env``."""
+        if not clients:
+            return
+        now = int(time.time() * 1000)
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.hset(
+            self._key(env, "clients"), mapping={k: orjson.dumps(v) for k, v in clients.items()}
+        )
+        pipe.zadd(self._key(env, "seen"), dict.fromkeys(clients, now))
+        await self._run(pipe)
+
+    async def forget_clients(self, env: str, ids: Iterable[str]) -> None:
+        ids = list(ids)
+        if not ids:
+            return
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.hdel(self._key(env, "clients"), *ids)
+        pipe.zrem(self._key(env, "seen"), *ids)
+        await self._run(pipe)
+
+    async def set_watched(self, env: str, flags: Iterable[str]) -> None:
+        key = self._key(env, "watched")
+        pipe = self.redis.pipeline(transaction=True)
+        pipe.delete(key)
+        flags = sorted(set(flags))
+        if flags:
+            pipe.sadd(key, *flags)
+        await self._run(pipe)
+
+    # --- reading ----------------------------------------------------------------------
+
+    async def watched(self, env: str) -> list[str]:
+        members = await self._call(self.redis.smembers(self._key(env, "watched")))
+        return sorted(as_str(m) for m in members)
+
+    async def clients(self, env: str) -> list[dict[str, Any]]:
+        """The environment's SDK streams reported in the last :data:`CLIENT_TTL_MS`."""
+        now = int(time.time() * 1000)
+        gone = await self._call(
+            self.redis.zrangebyscore(self._key(env, "seen"), "-inf", now - CLIENT_TTL_MS)
+        )
+        if gone:
+            await self.forget_clients(env, [as_str(g) for g in gone])
+        raw = await self._call(self.redis.hgetall(self._key(env, "clients")))
+        out = []
+        for k, v in raw.items():
+            entry = orjson.loads(v)
+            entry["id"] = as_str(k)
+            out.append(entry)
+        out.sort(key=lambda e: (e.get("app", ""), e.get("instance", ""), e["id"]))
+        return out
+
+    async def last_evaluated(self, env: str) -> dict[str, int]:
+        raw = await self._call(self.redis.hgetall(self._key(env, "last")))
+        return {as_str(k): int(v) for k, v in raw.items()}
+
+    async def apps(self, env: str, flag: str) -> dict[str, int]:
+        raw = await self._call(self.redis.hgetall(self._key(env, f"apps:{flag}")))
+        return {as_str(k): int(v) for k, v in raw.items()}
+
+    async def series(
+        self, env: str, flag: str, start_ms: int, end_ms: int, step_s: int
+    ) -> dict[int, list[int]]:
+        """Evaluations per variation in buckets of ``step_s`` from ``start_ms`` (``end`` excluded).
+
+        Minute buckets while they are kept and the step is under an hour, hourly
+        ones otherwise (a step under an hour over hourly data puts each hour's
+        count in the bucket where the hour starts).
+        """
+        now = int(time.time() * 1000)
+        fine = step_s < 3600 and start_ms >= (now // DAY_MS - MINUTE_DAYS) * DAY_MS
+        unit = 60_000 if fine else 3_600_000
+        n = max(1, -(-(end_ms - start_ms) // (step_s * 1000)))
+        out: dict[int, list[int]] = {}
+        for day in range(start_ms // DAY_MS, (end_ms - 1) // DAY_MS + 1):
+            raw = await self._call(
+                self.redis.hgetall(self._key(env, f"{'m' if fine else 'h'}:{flag}:{day}"))
+            )
+            for f, v in raw.items():
+                name = as_str(f)
+                if name.startswith(("r:", "e:")):
+                    continue
+                slot, _, index = name.partition(":")
+                at = day * DAY_MS + int(slot) * unit
+                if not start_ms <= at < end_ms:
+                    continue
+                row = out.setdefault(int(index), [0] * n)
+                row[(at - start_ms) // (step_s * 1000)] += int(v)
+        return out
+
+    async def totals(
+        self, env: str, flag: str, start_ms: int, end_ms: int
+    ) -> dict[int, dict[str, Any]]:
+        """Per variation over the days of the window: reasons, events and distinct contexts."""
+        days = range(start_ms // DAY_MS, (end_ms - 1) // DAY_MS + 1)
+        out: dict[int, dict[str, Any]] = {}
+
+        def entry(index: int) -> dict[str, Any]:
+            return out.setdefault(index, {"reasons": {}, "events": {}, "contexts": 0})
+
+        for day in days:
+            raw = await self._call(self.redis.hgetall(self._key(env, f"h:{flag}:{day}")))
+            for f, v in raw.items():
+                name = as_str(f)
+                if name.startswith("r:"):
+                    _, index, reason = name.split(":", 2)
+                    r = entry(int(index))["reasons"]
+                    r[reason] = r.get(reason, 0) + int(v)
+                elif name.startswith("e:"):
+                    _, index, rest = name.split(":", 2)
+                    event, _, what = rest.rpartition(":")
+                    ev = entry(int(index))["events"].setdefault(event, {"count": 0, "sum": 0.0})
+                    if what == "n":
+                        ev["count"] += int(v)
+                    else:
+                        ev["sum"] += float(v)
+        for variation in list(out):
+            keys = [self._key(env, f"u:{flag}:{day}:{variation}") for day in days]
+            out[variation]["contexts"] = int(await self._call(self.redis.pfcount(*keys)))
+        # Variations seen only in HyperLogLogs (no reasons recorded) are not reported.
+        return out
+
+    async def variations_since(self, env: str, flag: str, since_ms: int) -> set[int]:
+        """Variations with evaluations since ``since_ms`` (hourly data, whole hours)."""
+        now = int(time.time() * 1000)
+        served: set[int] = set()
+        for day in range(since_ms // DAY_MS, now // DAY_MS + 1):
+            raw = await self._call(self.redis.hgetall(self._key(env, f"h:{flag}:{day}")))
+            for f, v in raw.items():
+                name = as_str(f)
+                if name.startswith(("r:", "e:")) or not int(v):
+                    continue
+                slot, _, index = name.partition(":")
+                if day * DAY_MS + (int(slot) + 1) * 3_600_000 > since_ms:
+                    served.add(int(index))
+        return served
+
+    # --- plumbing ---------------------------------------------------------------------
+
+    async def _run(self, pipe: Any) -> list[Any]:
+        try:
+            result: list[Any] = await pipe.execute()
+            return result
+        except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
+            raise StoreUnavailable(str(exc)) from exc
+
+    async def _call(self, awaitable: Any) -> Any:
+        try:
+            return await awaitable
+        except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
+            raise StoreUnavailable(str(exc)) from exc
