@@ -154,6 +154,8 @@ class FlagClient:
             if report_interval < 0.1:
                 raise ClientError(f"report_interval must be at least 0.1 s, got {report_interval}")
             self._insight = InsightRecorder("flagwire-python", __version__, app, instance)
+        #: The insight recorder's hot path (a deque's append), or None.
+        self._record = self._insight.record if self._insight is not None else None
         if not self._offline:
             assert url is not None
             assert sdk_key is not None
@@ -187,8 +189,9 @@ class FlagClient:
         if snap is None:
             return default
         detail = snap.evaluate(key, context, default)
-        if self._insight is not None:
-            self._insight.count(key, detail, context)
+        record = self._record
+        if record is not None:
+            record((key, detail, context))
         return detail.value
 
     def bool_variation(self, key: str, context: Mapping[str, Any], default: bool) -> bool:
@@ -197,8 +200,9 @@ class FlagClient:
         if snap is None:
             return default
         detail = snap.evaluate(key, context, default, bool)
-        if self._insight is not None:
-            self._insight.count(key, detail, context)
+        record = self._record
+        if record is not None:
+            record((key, detail, context))
         return detail.value  # type: ignore[no-any-return]
 
     def string_variation(self, key: str, context: Mapping[str, Any], default: str) -> str:
@@ -207,8 +211,9 @@ class FlagClient:
         if snap is None:
             return default
         detail = snap.evaluate(key, context, default, str)
-        if self._insight is not None:
-            self._insight.count(key, detail, context)
+        record = self._record
+        if record is not None:
+            record((key, detail, context))
         return detail.value  # type: ignore[no-any-return]
 
     def number_variation(self, key: str, context: Mapping[str, Any], default: float) -> float:
@@ -217,8 +222,9 @@ class FlagClient:
         if snap is None:
             return default
         detail = snap.evaluate(key, context, default, float)
-        if self._insight is not None:
-            self._insight.count(key, detail, context)
+        record = self._record
+        if record is not None:
+            record((key, detail, context))
         return detail.value  # type: ignore[no-any-return]
 
     def json_variation(self, key: str, context: Mapping[str, Any], default: Any) -> Any:
@@ -230,8 +236,9 @@ class FlagClient:
         if snap is None:
             return default
         detail = snap.evaluate(key, context, default, dict)
-        if self._insight is not None:
-            self._insight.count(key, detail, context)
+        record = self._record
+        if record is not None:
+            record((key, detail, context))
         return detail.value
 
     def variation_detail(
@@ -248,8 +255,9 @@ class FlagClient:
                 default, None, Reason.ERROR, error_kind=ErrorKind.CLIENT_NOT_READY
             )
         detail = snap.evaluate(key, context, default)
-        if self._insight is not None:
-            self._insight.count(key, detail, context)
+        record = self._record
+        if record is not None:
+            record((key, detail, context))
         return detail
 
     def track(self, event: str, context: Mapping[str, Any], value: float | None = None) -> None:

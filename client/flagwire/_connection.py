@@ -31,7 +31,7 @@ from flagwire._backoff import (
     parse_retry_after,
     retry_hint,
 )
-from flagwire._insight import InsightRecorder
+from flagwire._insight import FOLD_INTERVAL, InsightRecorder
 from flagwire.core import protocol as proto
 from flagwire.core.errors import AuthenticationError, ClientError, ProtocolError, RefusedError
 from flagwire.core.limits import MAX_SERVER_FRAME, STREAM_PATH
@@ -259,10 +259,16 @@ class Subscription:
                         await task
 
     async def _report_loop(self, ws: ClientConnection) -> None:
+        insight = self.insight
+        assert insight is not None
+        due = time.monotonic() + self.report_interval
         while True:
-            await asyncio.sleep(self.report_interval)
+            await asyncio.sleep(min(FOLD_INTERVAL, self.report_interval))
             try:
-                await self.report(ws)
+                insight.fold()
+                if time.monotonic() >= due:
+                    due += self.report_interval
+                    await self.report(ws)
             except Exception:  # reporting must never take the subscription down
                 self.logger.exception("flagwire: could not send the insight summary")
 
