@@ -9,6 +9,9 @@ unidentified stream dropped with a counted reason while the stream lives on.
 from __future__ import annotations
 
 import asyncio
+import json
+import os
+import subprocess
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -24,6 +27,7 @@ from tests.support.builders import flag, prerequisite, rollout
 from tests.support.inprocess import InProcessServer
 from tests.support.polling import poll
 from tests.support.server import _cleanup_prefix
+from tests.test_admin_support import VENV_BIN
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -267,3 +271,52 @@ async def test_watched_flags_refuse_what_is_not_a_key(server: InProcessServer) -
     )
     assert status == 422, body
     assert "problem" in body or "not flag keys" in body
+
+
+def _cli(server: InProcessServer, *args: str) -> str:
+    env = {**os.environ, "FLAGWIRE_URL": server.url, "FLAGWIRE_ADMIN_KEY": server.admin_key}
+    proc = subprocess.run(
+        [str(VENV_BIN / "flagwire"), *args], env=env, capture_output=True, text=True, timeout=30
+    )
+    assert proc.returncode == 0, proc.stderr
+    return proc.stdout
+
+
+async def test_cli_insight_clients_and_stale(server: InProcessServer) -> None:
+    env, sdk = await _env(server)
+    for doc in (flag("shown"), flag("forgotten")):
+        await _api(server, "PUT", f"/environments/{env}/flags/{doc['key']}", doc)
+    async with FlagClient(
+        server.url, sdk, app="billing", instance="b-1", report_interval=0.2
+    ) as client:
+        for i in range(5):
+            client.bool_variation("shown", {"key": f"u{i}"}, False)
+        await poll(
+            lambda: server.api("GET", f"/environments/{env}/clients")["clients"],
+            what="the client in the inventory",
+        )
+        listed = await asyncio.to_thread(_cli, server, "clients", "--env", env)
+        for word in ("billing", "b-1", "flagwire-python"):
+            assert word in listed, listed
+    await poll(
+        lambda: server.api("GET", f"/environments/{env}/flags/shown/insight")["variations"],
+        what="the evaluations counted",
+    )
+    shown = await asyncio.to_thread(_cli, server, "flags", "insight", "shown", "--env", env)
+    lines = shown.splitlines()
+    assert lines[0].split()[:4] == ["VARIATION", "VALUE", "EVALS", "CONTEXTS"]
+    assert lines[1].split()[:4] == [
+        "0",
+        "on",
+        "5",
+        "5",
+    ]  # the table shows booleans as on/off, shown
+    assert "applications: billing" in shown
+    stale = await asyncio.to_thread(_cli, server, "flags", "stale", "--env", env, "--days", "1")
+    rows = {line.split()[0]: line for line in stale.splitlines()[1:]}
+    assert "not_evaluated" in rows["forgotten"]
+    assert "one_variation" in rows["shown"]
+    as_json = json.loads(
+        await asyncio.to_thread(_cli, server, "flags", "stale", "--env", env, "--json")
+    )
+    assert {f["key"] for f in as_json["flags"]} == {"shown", "forgotten"}

@@ -20,6 +20,7 @@ from flagwire_server.cli import admin, ascode
 from flagwire_server.cli.audit import audit
 from flagwire_server.cli.flags import flags
 from flagwire_server.cli.http import cli_errors, fail
+from flagwire_server.cli.insight import clients, flags_insight, flags_stale
 from flagwire_server.cli.launchdarkly import import_launchdarkly
 from flagwire_server.cli.options import DEFAULT_URL, Key, Url, Wait
 from flagwire_server.cli.schedule import schedule
@@ -138,7 +139,10 @@ def main() -> None:
 
 app.add_typer(admin.envs, name="envs")
 app.add_typer(admin.keys, name="keys")
+flags.command("insight")(flags_insight)
+flags.command("stale")(flags_stale)
 app.add_typer(flags, name="flags")
+app.command("clients")(clients)
 app.add_typer(segments, name="segments")
 app.add_typer(schedule, name="schedule")
 app.command("audit")(audit)
