@@ -1,7 +1,7 @@
-"""``flagwire envs``, ``keys``, ``audit`` and ``import``: the admin API's
-environments, API keys and audit log, over HTTP (see ``http.py`` for why).
-``export`` (a folder, or the older single JSON file) lives with flags as code
-in ``ascode.py``.
+"""``flagwire envs``, ``keys`` and ``import``: the admin API's environments
+and API keys, over HTTP (see ``http.py`` for why).  ``audit`` is in
+``audit.py``; ``export`` (a folder, or the older single JSON file) lives with
+flags as code in ``ascode.py``.
 
 Output is a human table by default and JSON with ``--json``; an error is one
 line on stderr and exit status 1.  The command table is in ``main.py``.
@@ -16,10 +16,10 @@ import typer
 
 from flagwire_server.cli.files import load_file
 from flagwire_server.cli.http import Api, cli_errors, fail
-from flagwire_server.cli.options import DEFAULT_URL, Env, Json, Key, Url
+from flagwire_server.cli.options import DEFAULT_URL, Json, Key, Url
 from flagwire_server.cli.output import emit
 
-__all__ = ["audit", "envs", "import_", "keys"]
+__all__ = ["envs", "import_", "keys"]
 
 envs = typer.Typer(help="Environments.", no_args_is_help=True)
 keys = typer.Typer(help="API keys.", no_args_is_help=True)
@@ -127,40 +127,6 @@ def keys_revoke(
     with cli_errors():
         data = Api(url, admin_key).call("DELETE", f"/keys/{key_id}")
         emit(data, True) if as_json else typer.echo(f"key {key_id} revoked")
-
-
-def audit(
-    env: Env = "production",
-    limit: Annotated[int, typer.Option()] = 20,
-    before: Annotated[str | None, typer.Option(help="cursor from the last page")] = None,
-    url: Url = DEFAULT_URL,
-    admin_key: Key = "",
-    as_json: Json = False,
-) -> None:
-    """Show an environment's audit log, newest first."""
-    with cli_errors():
-        data = Api(url, admin_key).call(
-            "GET", f"/environments/{env}/audit", params={"limit": limit, "before": before}
-        )
-        emit(
-            data,
-            as_json,
-            [
-                (
-                    e["at"],
-                    e["actor"],
-                    e["action"],
-                    e["kind"],
-                    e["key"],
-                    e["flag_version"],
-                    e["version"],
-                )
-                for e in data["entries"]
-            ],
-            ("at", "actor", "action", "kind", "key", "ver", "env ver"),
-        )
-        if data.get("next") and not as_json:
-            typer.echo(f"more: --before {data['next']}")
 
 
 def import_(env: str, file: Path, url: Url = DEFAULT_URL, admin_key: Key = "") -> None:

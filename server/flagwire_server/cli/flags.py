@@ -11,16 +11,15 @@ between (a 409 then says so, and running the command again is safe).
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
 from flagwire.core.limits import WEIGHT_TOTAL
-from flagwire_server.cli.files import load_file
-from flagwire_server.cli.http import Api, cli_errors, fail, wait_params
+from flagwire_server.cli.documents import add_create, add_delete_history_restore, write_document
+from flagwire_server.cli.http import Api, cli_errors, fail
 from flagwire_server.cli.options import DEFAULT_URL, Env, Json, Key, Url, Wait
-from flagwire_server.cli.output import emit, write_summary
+from flagwire_server.cli.output import emit
 
 __all__ = ["flags"]
 
@@ -77,29 +76,14 @@ def flags_get(
                 typer.echo(line)
 
 
-@flags.command("create")
-def flags_create(
-    file: Path,
-    env: Env = "production",
-    url: Url = DEFAULT_URL,
-    admin_key: Key = "",
-    as_json: Json = False,
-) -> None:
-    """Create a flag from a JSON or YAML file (fails if it exists)."""
-    with cli_errors():
-        doc = load_file(file)
-        data = Api(url, admin_key).call("POST", f"/environments/{env}/flags", body=doc)
-        write_summary(data, "flag", as_json)
+add_create(flags, "flag")
 
 
 def _toggle(
     key: str, on: bool, env: str, url: str, admin_key: str, wait: float | None, as_json: bool
 ) -> None:
     with cli_errors():
-        data = Api(url, admin_key).call(
-            "PATCH", f"/environments/{env}/flags/{key}", body={"on": on}, params=wait_params(wait)
-        )
-        write_summary(data, "flag", as_json)
+        write_document(Api(url, admin_key), "flag", env, key, {"on": on}, wait, as_json)
 
 
 @flags.command("on")
@@ -146,13 +130,8 @@ def flags_client_side(
 ) -> None:
     """Let client-side keys evaluate a flag (--visible), or stop them (--hidden)."""
     with cli_errors():
-        data = Api(url, admin_key).call(
-            "PATCH",
-            f"/environments/{env}/flags/{key}",
-            body={"client_side": visible},
-            params=wait_params(wait),
-        )
-        write_summary(data, "flag", as_json)
+        body = {"client_side": visible}
+        write_document(Api(url, admin_key), "flag", env, key, body, wait, as_json)
 
 
 @flags.command("rollout")
@@ -200,14 +179,7 @@ def flags_rollout(
                 "rollout": {"variations": slots, "bucket_by": bucket_by},
             }
         }
-        data = api.call(
-            "PATCH",
-            f"/environments/{env}/flags/{key}",
-            body=patch,
-            params=wait_params(wait),
-            headers={"If-Match": f'"{doc["version"]}"'},
-        )
-        write_summary(data, "flag", as_json)
+        data = write_document(api, "flag", env, key, patch, wait, as_json, version=doc["version"])
         if not as_json and not data["flag"].get("on"):
             typer.echo(f"note: {key} is off; `flagwire flags on {key}` to serve the rollout")
 
@@ -235,85 +207,11 @@ def flags_targets(
         targets = [t for t in targets if t["values"]]
         if values:
             targets.append({"variation": variation, "values": list(dict.fromkeys(values))})
-        data = api.call(
-            "PATCH",
-            f"/environments/{env}/flags/{key}",
-            body={"targets": targets},
-            params=wait_params(wait),
-            headers={"If-Match": f'"{doc["version"]}"'},
-        )
-        write_summary(data, "flag", as_json)
+        body = {"targets": targets}
+        write_document(api, "flag", env, key, body, wait, as_json, version=doc["version"])
 
 
-@flags.command("delete")
-def flags_delete(
-    key: str,
-    env: Env = "production",
-    wait: Wait = None,
-    url: Url = DEFAULT_URL,
-    admin_key: Key = "",
-    as_json: Json = False,
-) -> None:
-    """Delete a flag (its history stays restorable)."""
-    with cli_errors():
-        data = Api(url, admin_key).call(
-            "DELETE", f"/environments/{env}/flags/{key}", params=wait_params(wait)
-        )
-        if as_json:
-            emit(data, True)
-        else:
-            typer.echo(f"flag {key} deleted: environment version {data['env_version']}")
-
-
-@flags.command("history")
-def flags_history(
-    key: str,
-    env: Env = "production",
-    url: Url = DEFAULT_URL,
-    admin_key: Key = "",
-    as_json: Json = False,
-) -> None:
-    """A flag's versions, newest first."""
-    with cli_errors():
-        data = Api(url, admin_key).call("GET", f"/environments/{env}/flags/{key}/history")
-        cur = data.get("current_version")
-        emit(
-            data,
-            as_json,
-            [
-                (
-                    d.get("version"),
-                    "current" if d.get("version") == cur else "",
-                    d.get("on"),
-                    _serves(d),
-                    d.get("updated_at"),
-                    d.get("updated_by"),
-                )
-                for d in data["versions"]
-            ],
-            ("version", "", "state", "serves", "updated", "by"),
-        )
-
-
-@flags.command("restore")
-def flags_restore(
-    key: str,
-    version: int,
-    env: Env = "production",
-    wait: Wait = None,
-    url: Url = DEFAULT_URL,
-    admin_key: Key = "",
-    as_json: Json = False,
-) -> None:
-    """Restore an earlier version of a flag as a new change."""
-    with cli_errors():
-        data = Api(url, admin_key).call(
-            "POST",
-            f"/environments/{env}/flags/{key}/restore",
-            body={"version": version},
-            params=wait_params(wait),
-        )
-        write_summary(data, "flag", as_json)
+add_delete_history_restore(flags, "flag", lambda d: (d.get("on"), _serves(d)), ("state", "serves"))
 
 
 def _serves(doc: dict[str, Any]) -> str:

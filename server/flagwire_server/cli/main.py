@@ -1,7 +1,7 @@
 """The ``flagwire`` command and its command table.
 
 Every subcommand is defined at module level in the module named for what it
-manages (``admin``: environments, keys, audit, import; ``ascode``: flags as
+manages (``admin``: environments, keys, import; ``audit``; ``ascode``: flags as
 code — validate, plan, apply, export; ``flags``; ``segments``; ``schedule``;
 ``watch``) and
 is added here, in one place, so that no command module imports another.

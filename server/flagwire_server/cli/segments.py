@@ -9,15 +9,14 @@ command again is safe).  The document format is in docs/cli.md.
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import typer
 
-from flagwire_server.cli.files import load_file
-from flagwire_server.cli.http import Api, cli_errors, wait_params
+from flagwire_server.cli.documents import add_create, add_delete_history_restore, write_document
+from flagwire_server.cli.http import Api, cli_errors
 from flagwire_server.cli.options import DEFAULT_URL, Env, Json, Key, Url, Wait
-from flagwire_server.cli.output import emit, write_summary
+from flagwire_server.cli.output import emit
 
 __all__ = ["segments"]
 
@@ -67,19 +66,7 @@ def segments_get(
         emit(Api(url, admin_key).call("GET", f"/environments/{env}/segments/{key}"), True)
 
 
-@segments.command("create")
-def segments_create(
-    file: Path,
-    env: Env = "production",
-    url: Url = DEFAULT_URL,
-    admin_key: Key = "",
-    as_json: Json = False,
-) -> None:
-    """Create a segment from a JSON or YAML file (fails if it exists)."""
-    with cli_errors():
-        doc = load_file(file)
-        data = Api(url, admin_key).call("POST", f"/environments/{env}/segments", body=doc)
-        write_summary(data, "segment", as_json)
+add_create(segments, "segment")
 
 
 def _move(
@@ -101,14 +88,7 @@ def _move(
             into: list(dict.fromkeys([*(doc.get(into) or []), *values])),
             other: [v for v in doc.get(other) or [] if v not in moved],
         }
-        data = api.call(
-            "PATCH",
-            f"/environments/{env}/segments/{key}",
-            body=patch,
-            params=wait_params(wait),
-            headers={"If-Match": f'"{doc["version"]}"'},
-        )
-        write_summary(data, "segment", as_json)
+        write_document(api, "segment", env, key, patch, wait, as_json, version=doc["version"])
 
 
 @segments.command("include")
@@ -139,71 +119,4 @@ def segments_exclude(
     _move(key, values, "excluded", env, url, admin_key, wait, as_json)
 
 
-@segments.command("delete")
-def segments_delete(
-    key: str,
-    env: Env = "production",
-    wait: Wait = None,
-    url: Url = DEFAULT_URL,
-    admin_key: Key = "",
-    as_json: Json = False,
-) -> None:
-    """Delete a segment (its history stays restorable)."""
-    with cli_errors():
-        data = Api(url, admin_key).call(
-            "DELETE", f"/environments/{env}/segments/{key}", params=wait_params(wait)
-        )
-        if as_json:
-            emit(data, True)
-        else:
-            typer.echo(f"segment {key} deleted: environment version {data['env_version']}")
-
-
-@segments.command("history")
-def segments_history(
-    key: str,
-    env: Env = "production",
-    url: Url = DEFAULT_URL,
-    admin_key: Key = "",
-    as_json: Json = False,
-) -> None:
-    """A segment's versions, newest first."""
-    with cli_errors():
-        data = Api(url, admin_key).call("GET", f"/environments/{env}/segments/{key}/history")
-        cur = data.get("current_version")
-        emit(
-            data,
-            as_json,
-            [
-                (
-                    d.get("version"),
-                    "current" if d.get("version") == cur else "",
-                    *_sizes(d),
-                    d.get("updated_at"),
-                    d.get("updated_by"),
-                )
-                for d in data["versions"]
-            ],
-            ("version", "", "included", "excluded", "rules", "updated", "by"),
-        )
-
-
-@segments.command("restore")
-def segments_restore(
-    key: str,
-    version: int,
-    env: Env = "production",
-    wait: Wait = None,
-    url: Url = DEFAULT_URL,
-    admin_key: Key = "",
-    as_json: Json = False,
-) -> None:
-    """Restore an earlier version of a segment as a new change."""
-    with cli_errors():
-        data = Api(url, admin_key).call(
-            "POST",
-            f"/environments/{env}/segments/{key}/restore",
-            body={"version": version},
-            params=wait_params(wait),
-        )
-        write_summary(data, "segment", as_json)
+add_delete_history_restore(segments, "segment", _sizes, ("included", "excluded", "rules"))
