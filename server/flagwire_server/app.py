@@ -42,6 +42,7 @@ from flagwire_server.console.session import load_session_secret
 from flagwire_server.observability import health
 from flagwire_server.observability.metrics import Metrics, RequestMetricsMiddleware
 from flagwire_server.process import fix_mmap_threshold, freeze_gc, raise_nofile
+from flagwire_server.release.runner import Releases
 from flagwire_server.release.scheduler import Scheduler
 from flagwire_server.services import Services
 from flagwire_server.store.acks import AckReporter
@@ -52,6 +53,7 @@ from flagwire_server.store.documents import Store
 from flagwire_server.store.identity import StoreIdentity, open_client
 from flagwire_server.store.insight import InsightStore
 from flagwire_server.store.keyspace import Keyspace
+from flagwire_server.store.plans import PlanStore
 from flagwire_server.store.redisurl import connect
 from flagwire_server.store.schedule import ScheduleStore
 from flagwire_server.store.sessions import SessionStore
@@ -158,6 +160,8 @@ def _lifespan(
             flush_interval=settings.insight_flush,
             max_series=settings.insight_metric_series,
         )
+        plans = PlanStore(redis, keyspace)
+        releases = Releases(store, plans, owner=instance_id, wait_for=fanout.wait_for)
         app.state.services = Services(
             settings=settings,
             metrics=metrics,
@@ -183,6 +187,8 @@ def _lifespan(
             schedules=schedules,
             scheduler=scheduler,
             insight=insight,
+            plans=plans,
+            releases=releases,
         )
         await keys.start()
         await sessions.start()
@@ -191,6 +197,7 @@ def _lifespan(
         # After the fan-out: an execution waits for acknowledgements through it.
         scheduler.start()
         await insight.start()
+        releases.start_loop()
         freeze_gc()
         log.info(
             "flagwire ready",
@@ -204,6 +211,7 @@ def _lifespan(
             async def cleanup() -> None:
                 await scheduler.stop()
                 await insight.stop()
+                await releases.stop()
                 await fanout.stop()
                 await sessions.stop()
                 await keys.stop()

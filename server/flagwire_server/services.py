@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     from flagwire_server.api.ratelimit import RateLimiter
     from flagwire_server.config import Settings
     from flagwire_server.observability.metrics import Metrics
+    from flagwire_server.release.runner import Releases
     from flagwire_server.release.scheduler import Scheduler
     from flagwire_server.store.apikeys import KeyRing
     from flagwire_server.store.audit import InstanceAudit
@@ -27,6 +28,7 @@ if TYPE_CHECKING:
     from flagwire_server.store.documents import Store
     from flagwire_server.store.identity import StoreIdentity
     from flagwire_server.store.keyspace import Keyspace
+    from flagwire_server.store.plans import PlanStore
     from flagwire_server.store.schedule import ScheduleStore
     from flagwire_server.store.sessions import SessionStore
     from flagwire_server.stream.endpoint import FailureLimiter
@@ -73,6 +75,9 @@ class Services:
     scheduler: Scheduler
     #: Fleet insight: client summaries aggregated here, flushed to Redis, read by the API.
     insight: Insight
+    #: Release plans in Redis, and this process's runner of them.
+    plans: PlanStore
+    releases: Releases
     #: Compiled snapshots of the evaluate endpoint, by environment (most recent last).
     snapshots: OrderedDict[str, Snapshot] = field(default_factory=OrderedDict)
 

@@ -26,6 +26,11 @@ _PATH_PARAMS: Final[dict[str, _S]] = {
     "key": {"type": "string", "examples": ["checkout"]},
     "id": {"type": "string", "examples": ["key_0123456789ab"]},
     "version": {"type": "integer", "examples": [1]},
+    "op": {
+        "enum": ["pause", "resume", "advance", "approve", "rollback", "abandon"],
+        "examples": ["pause"],
+    },
+    "name": {"type": "string", "examples": ["standard"]},
 }
 _PROBLEM: Final[_S] = {"application/problem+json": {"schema": ref("Problem")}}
 _WHY: Final[dict[int, str]] = {

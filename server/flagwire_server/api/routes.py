@@ -30,6 +30,7 @@ from flagwire_server.api import (
     insight,
     keys,
     ofrep,
+    releases,
     schedule,
 )
 from flagwire_server.api.auth import Principal
@@ -237,6 +238,77 @@ def _schedule() -> list[ApiRoute]:
     ]
 
 
+def _releases() -> list[ApiRoute]:
+    """Release plans of one environment's flags (``api/releases.py``)."""
+    base = "/environments/{env}/releases"
+    return [
+        ApiRoute(
+            "GET",
+            base,
+            releases.list_plans,
+            operation_id="listReleasePlans",
+            summary="Release plans, newest first (active and ended)",
+            tag="releases",
+            responses={200: "ReleasePlanList"},
+            errors=(404,),
+            query=(Param("flag", {"type": "string"}, "only this flag's plans"),),
+        ),
+        ApiRoute(
+            "POST",
+            base,
+            releases.start,
+            operation_id="startReleasePlan",
+            summary="Start a release plan (its first stage is written at once)",
+            tag="releases",
+            responses={201: "ReleasePlan"},
+            body="ReleasePlanInput",
+            errors=(400, 404, 409, 413, 415, 422),
+        ),
+        ApiRoute(
+            "GET",
+            f"{base}/{{id}}",
+            releases.get,
+            operation_id="getReleasePlan",
+            summary="A release plan with its stages and events",
+            tag="releases",
+            responses={200: "ReleasePlan"},
+            errors=(404,),
+        ),
+        ApiRoute(
+            "POST",
+            f"{base}/{{id}}/{{op}}",
+            releases.operate,
+            operation_id="operateReleasePlan",
+            summary="pause, resume, advance (now), approve, rollback (to the flag before the "
+            "plan, confirmed) or abandon",
+            tag="releases",
+            responses={200: "ReleasePlan"},
+            errors=(404, 409),
+        ),
+        ApiRoute(
+            "GET",
+            "/environments/{env}/release-templates",
+            releases.templates,
+            operation_id="listReleaseTemplates",
+            summary="Release templates: the built-in ones and the environment's own",
+            tag="releases",
+            responses={200: "ReleaseTemplates"},
+            errors=(404,),
+        ),
+        ApiRoute(
+            "PUT",
+            "/environments/{env}/release-templates/{name}",
+            releases.put_template,
+            operation_id="putReleaseTemplate",
+            summary="Create or replace one of the environment's release templates",
+            tag="releases",
+            responses={200: "ReleaseTemplate"},
+            body="ReleaseTemplate",
+            errors=(400, 404, 413, 415, 422),
+        ),
+    ]
+
+
 async def _openapi(request: Request, who: Principal | None) -> Response:
     return json_response(document(OPERATIONS))
 
@@ -245,6 +317,7 @@ OPERATIONS: Final[tuple[ApiRoute, ...]] = (
     *_documents("flag"),
     *_documents("segment"),
     *_schedule(),
+    *_releases(),
     ApiRoute(
         "GET",
         "/environments",

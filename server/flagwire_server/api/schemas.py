@@ -495,6 +495,56 @@ SCHEMAS: Final[dict[str, _S]] = {
         },
         ("id", "env", "flag", "action", "due_at", "status"),
     ),
+    "ReleaseStage": _obj(
+        {
+            "name": _STR,
+            "segments": {"type": "array", "items": _STR},
+            "percent": {"type": "number", "minimum": 0, "maximum": 100},
+            "hold": {"type": "number", "minimum": 0, "description": "seconds"},
+            "approval": {"type": "boolean"},
+        }
+    ),
+    "ReleaseTemplate": _obj(
+        {"name": _STR, "stages": {"type": "array", "items": ref("ReleaseStage")}}, ("stages",)
+    ),
+    "ReleaseTemplates": _obj(
+        {
+            "templates": {
+                "type": "object",
+                "additionalProperties": {"type": "array", "items": ref("ReleaseStage")},
+            }
+        },
+        ("templates",),
+    ),
+    "ReleasePlanInput": _obj(
+        {
+            "flag": {"type": "string", "pattern": f"^{KEY_PATTERN}$"},
+            "variation": {**_INT, "minimum": 0, "description": "the new variation's index"},
+            "template": _STR,
+            "stages": {"type": "array", "items": ref("ReleaseStage")},
+            "wait": {"type": "number", "minimum": 0, "maximum": 30},
+        },
+        ("flag", "variation"),
+    ),
+    "ReleasePlan": _obj(
+        {
+            "id": _STR,
+            "env": _STR,
+            "flag": _STR,
+            "variation": _INT,
+            "old_variation": _INT,
+            "stages": {"type": "array", "items": ref("ReleaseStage")},
+            "status": {"enum": ["running", "paused", "completed", "rolled_back", "abandoned"]},
+            "stage": _INT,
+            "stage_started_ms": _INT,
+            "approved": {"type": "boolean"},
+            "flag_version": _INT,
+            "before_version": _INT_OR_NULL,
+            "events": {"type": "array", "items": {"type": "object"}},
+        },
+        ("id", "flag", "status", "stage", "stages"),
+    ),
+    "ReleasePlanList": _obj({"plans": {"type": "array", "items": ref("ReleasePlan")}}, ("plans",)),
     "ScheduledChangeList": _obj(
         {"changes": {"type": "array", "items": ref("ScheduledChange")}}, ("changes",)
     ),

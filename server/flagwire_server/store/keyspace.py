@@ -90,6 +90,22 @@ class Keyspace:
         """Fleet-insight aggregates and inventory (``store/insight.py`` names the suffixes)."""
         return self.env(env, f"ins:{suffix}")
 
+    def plans(self, env: str) -> str:
+        """HASH plan id -> release plan (JSON), active and ended."""
+        return self.env(env, "plans")
+
+    def plans_active(self, env: str) -> str:
+        """HASH flag key -> id of its one active release plan."""
+        return self.env(env, "plans:active")
+
+    def plan_lock(self, env: str, plan_id: str) -> str:
+        """STRING owner, with a TTL: the server acting on a plan right now."""
+        return self.env(env, f"plans:lock:{plan_id}")
+
+    def plan_templates(self, env: str) -> str:
+        """HASH name -> stages (JSON) of the environment's own release templates."""
+        return self.env(env, "plans:templates")
+
     # --- instance-wide: P:<lowercase letter>... ------------------------------
 
     @property
@@ -186,4 +202,8 @@ class Keyspace:
             self.schedule_lease(env),
             self.insight(env, f"h:{sample}:20000"),
             self.insight(env, "clients"),
+            self.plans(env),
+            self.plans_active(env),
+            self.plan_lock(env, sample),
+            self.plan_templates(env),
         ]
