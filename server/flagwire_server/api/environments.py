@@ -16,8 +16,8 @@ from flagwire_server.api.auth import Principal
 from flagwire_server.api.helpers import (
     audit_event,
     env_param,
-    int_param,
     json_response,
+    page_params,
     read_json,
     store,
 )
@@ -72,16 +72,7 @@ async def delete_env(request: Request, who: Principal | None) -> Response:
 
 async def audit(request: Request, who: Principal | None) -> Response:
     env = env_param(request)
-    limit = int_param(request, "limit", 50, 1, 500)
-    before = request.query_params.get("before")
-    if before is not None:
-        left, _, right = before.partition("-")
-        if not (left.isdigit() and right.isdigit() and len(left) <= 20 and len(right) <= 20):
-            raise Problem(
-                400,
-                "before must be a cursor such as 1700000000000-0",
-                errors=[("before", f"got {before[:40]!r}")],
-            )
+    limit, before = page_params(request)
     entries, cursor = await store(request).audit(env, limit, before)
     return json_response({"entries": [e.to_json() for e in entries], "next": cursor})
 

@@ -31,6 +31,7 @@ __all__ = [
     "expected_version",
     "int_param",
     "json_response",
+    "page_params",
     "propagation",
     "read_json",
     "store",
@@ -205,6 +206,25 @@ def int_param(request: Request, name: str, default: int, lo: int, hi: int) -> in
             errors=[(name, f"got {raw[:40]!r}")],
         )
     return int(raw)
+
+
+def page_params(request: Request) -> tuple[int, str | None]:
+    """``?limit=`` and ``?before=`` of an audit page (environment or instance).
+
+    Both logs page the same way (a Redis stream read newest first), so both
+    take and check their cursor in one place: a malformed one is a 400 naming it.
+    """
+    limit = int_param(request, "limit", 50, 1, 500)
+    before = request.query_params.get("before")
+    if before is not None:
+        left, _, right = before.partition("-")
+        if not (left.isdigit() and right.isdigit() and len(left) <= 20 and len(right) <= 20):
+            raise Problem(
+                400,
+                "before must be a cursor such as 1700000000000-0",
+                errors=[("before", f"got {before[:40]!r}")],
+            )
+    return limit, before
 
 
 async def propagation(

@@ -41,6 +41,7 @@ from flagwire_server.api.auth import Principal
 from flagwire_server.api.helpers import MAX_WAIT, json_response
 from flagwire_server.api.openapi import document
 from flagwire_server.api.routing import ApiRoute, Param, starlette_routes
+from flagwire_server.release.schedule import STATUSES
 from flagwire_server.store.documents import Kind
 
 __all__ = ["OFREP_PREFIX", "OPERATIONS", "ofrep_routes", "routes"]
@@ -48,6 +49,15 @@ __all__ = ["OFREP_PREFIX", "OPERATIONS", "ofrep_routes", "routes"]
 OFREP_PREFIX: Final = "/ofrep/v1"
 
 _WRITE_ERRORS: Final = (400, 404, 409, 413, 415, 422)
+#: The query of both audit logs (an environment's and the instance's); see ``page_params``.
+_AUDIT_PAGE: Final = (
+    Param("limit", {"type": "integer", "minimum": 1, "maximum": 500, "default": 50}),
+    Param(
+        "before",
+        {"type": "string", "pattern": r"^\d{1,20}-\d{1,20}$"},
+        "the cursor from the previous page's next",
+    ),
+)
 
 
 def _documents(kind: Kind) -> list[ApiRoute]:
@@ -181,20 +191,7 @@ def _schedule() -> list[ApiRoute]:
             errors=(400, 404),
             query=(
                 Param("flag", {"type": "string"}, "only changes of this flag"),
-                Param(
-                    "status",
-                    {
-                        "enum": [
-                            "pending",
-                            "running",
-                            "applied",
-                            "skipped",
-                            "failed",
-                            "missed",
-                            "cancelled",
-                        ]
-                    },
-                ),
+                Param("status", {"enum": list(STATUSES)}),
             ),
         ),
         ApiRoute(
@@ -371,14 +368,7 @@ OPERATIONS: Final[tuple[ApiRoute, ...]] = (
         tag="environments",
         responses={200: "AuditPage"},
         errors=(400, 404),
-        query=(
-            Param("limit", {"type": "integer", "minimum": 1, "maximum": 500, "default": 50}),
-            Param(
-                "before",
-                {"type": "string", "pattern": r"^\d{1,20}-\d{1,20}$"},
-                "the cursor from the previous page's next",
-            ),
-        ),
+        query=_AUDIT_PAGE,
     ),
     ApiRoute(
         "POST",
@@ -464,14 +454,7 @@ OPERATIONS: Final[tuple[ApiRoute, ...]] = (
         tag="audit",
         responses={200: "InstanceAuditPage"},
         errors=(400,),
-        query=(
-            Param("limit", {"type": "integer", "minimum": 1, "maximum": 500, "default": 50}),
-            Param(
-                "before",
-                {"type": "string", "pattern": r"^\d{1,20}-\d{1,20}$"},
-                "the cursor from the previous page's next",
-            ),
-        ),
+        query=_AUDIT_PAGE,
     ),
     ApiRoute(
         "GET",

@@ -20,12 +20,16 @@ from flagwire.core.limits import KEY_RE
 from flagwire_server.api.auth import Principal
 from flagwire_server.api.helpers import audit_event, env_param, json_response, read_json, store
 from flagwire_server.api.problems import Problem
-from flagwire_server.release.schedule import FINAL_STATUSES, iso_ms, parse_edit, parse_request
+from flagwire_server.release.schedule import (
+    FINAL_STATUSES,
+    STATUSES,
+    iso_ms,
+    parse_edit,
+    parse_request,
+)
 from flagwire_server.services import services_of
 from flagwire_server.store.documents import Conflict, NotFound, Store
 from flagwire_server.store.types import _body, merge_patch, validate_doc
-
-_STATUSES = ("pending", "running", *FINAL_STATUSES)
 
 
 def _now_ms() -> int:
@@ -76,8 +80,8 @@ async def list_changes(request: Request, who: Principal | None) -> Response:
     env = env_param(request)
     await store(request).get_env(env)
     flag, status = request.query_params.get("flag"), request.query_params.get("status")
-    if status is not None and status not in _STATUSES:
-        raise Problem(400, f"status must be one of {', '.join(_STATUSES)}")
+    if status is not None and status not in STATUSES:
+        raise Problem(400, f"status must be one of {', '.join(STATUSES)}")
     items = await services_of(request).schedules.list_changes(env, now_ms=_now_ms())
     items = [
         r

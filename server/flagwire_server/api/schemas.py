@@ -16,6 +16,7 @@ from typing import Any, Final
 
 from flagwire.core.limits import ENV_PATTERN, KEY_PATTERN
 from flagwire.core.model import SEMANTICS
+from flagwire_server.release.schedule import STATUSES
 
 __all__ = ["SCHEMAS", "ref"]
 
@@ -475,17 +476,7 @@ SCHEMAS: Final[dict[str, _S]] = {
             "if_changed": {"enum": ["apply", "skip", "fail"]},
             "wait": {"type": "number"},
             "base_version": _INT_OR_NULL,
-            "status": {
-                "enum": [
-                    "pending",
-                    "running",
-                    "applied",
-                    "skipped",
-                    "failed",
-                    "missed",
-                    "cancelled",
-                ]
-            },
+            "status": {"enum": list(STATUSES)},
             "created_by": _STR,
             "reason": _STR,
             "lateness_ms": _INT,

@@ -38,6 +38,7 @@ __all__ = [
     "DEFAULT_WAIT",
     "FINAL_STATUSES",
     "RULES",
+    "STATUSES",
     "Decision",
     "decide",
     "due_ms_of",
@@ -60,6 +61,8 @@ MAX_WAIT: Final = 30.0
 #: A change may be scheduled at most this far ahead (ten years, in ms).
 MAX_AHEAD_MS: Final = 10 * 366 * 86_400_000
 FINAL_STATUSES: Final = ("applied", "skipped", "failed", "missed", "cancelled")
+#: Every status a scheduled change can have, in lifecycle order.
+STATUSES: Final = ("pending", "running", *FINAL_STATUSES)
 _FIELDS: Final = frozenset({"flag", "action", "change", "version", "due_at", "if_changed", "wait"})
 _EDITABLE: Final = frozenset({"change", "version", "due_at", "if_changed", "wait"})
 
