@@ -132,8 +132,6 @@ class Insight:
         now_ms = int(time.time() * 1000)
         minute = now_ms // 60_000  # the server's clock: a client's may be wrong
         pending = self._pending.setdefault(env, {})
-        evaluations = self.metrics.flag_evaluations
-        events = self.metrics.flag_events
         for key, variations in summary.flags.items():
             if key not in known:
                 continue
@@ -142,7 +140,6 @@ class Insight:
                 batch = pending[key] = FlagBatch()
             batch.last_ms = now_ms
             batch.apps[app] = now_ms
-            label = self._label(env, key)
             for index, stats in variations.items():
                 vb = batch.variations.get(index)
                 if vb is None:
@@ -150,7 +147,6 @@ class Insight:
                 n = stats.evaluations
                 if n:
                     vb.minutes[minute] = vb.minutes.get(minute, 0) + n
-                    evaluations.labels(env, label, str(index)).inc(n)
                 for reason, count in stats.reasons.items():
                     vb.reasons[reason] = vb.reasons.get(reason, 0) + count
                 if len(vb.contexts) < MAX_PENDING_CONTEXTS:
@@ -162,7 +158,6 @@ class Insight:
                     else:
                         pair[0] += count
                         pair[1] += total
-                    events.labels(env, label, str(index), name).inc(count)
 
     def _label(self, env: str, flag: str) -> str:
         pair = (env, flag)
@@ -196,10 +191,24 @@ class Insight:
                 log.warning("insight flush failed", extra={"error": str(exc)})
                 self.metrics.redis_errors.labels("insight").inc()
 
+    def _count(self, env: str, flags: dict[str, FlagBatch]) -> None:
+        """Prometheus, once per flag and variation per flush (``labels()`` is not cheap)."""
+        evaluations = self.metrics.flag_evaluations
+        events = self.metrics.flag_events
+        for key, batch in flags.items():
+            label = self._label(env, key)
+            for index, vb in batch.variations.items():
+                n = sum(vb.minutes.values())
+                if n:
+                    evaluations.labels(env, label, str(index)).inc(n)
+                for name, (count, _total) in vb.events.items():
+                    events.labels(env, label, str(index), name).inc(count)
+
     async def flush(self) -> None:
         """Write the aggregates, refresh the inventory, push changed watch lists."""
         pending, self._pending = self._pending, {}
         for env, flags in pending.items():
+            self._count(env, flags)
             await self.store.write(env, flags)
         feeds = dict(self.feeds())
         for env, feed in feeds.items():
