@@ -89,10 +89,17 @@ __all__ = [
 
 
 def _same(kind: Kind, key: str, cur: dict[str, Any], new: dict[str, Any]) -> bool:
-    """True when ``new`` is the stored ``cur`` apart from the server's bookkeeping."""
+    """True when ``new`` is the stored ``cur`` apart from the server's bookkeeping.
+
+    Why no validation of ``cur`` here: every stored document is the model's
+    normalised copy (``validate_doc``'s output plus the server's fields), so a plain
+    comparison answers, and validating it again cost each write as much as its own
+    validation (bench/results/write-profile.md).  A document stored un-normalised by
+    an older server compares unequal once and is written normalised.
+    """
     try:
-        return validate_doc(kind, _body(cur, key)) == new
-    except ValidationError:  # a stored document that no longer validates: not the same
+        return _body(cur, key) == new
+    except ValidationError:  # a stored document without a usable key: not the same
         return False
 
 
