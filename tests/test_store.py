@@ -21,6 +21,7 @@ from flagwire_server.store.documents import (
     StoreUnavailable,
     merge_patch,
 )
+from tests.support.stores import dump, open_store
 
 
 def flag(key: str = "checkout", **extra: Any) -> dict[str, Any]:
@@ -29,30 +30,8 @@ def flag(key: str = "checkout", **extra: Any) -> dict[str, Any]:
 
 @pytest.fixture
 async def store(redis_url: str, redis_prefix: str) -> AsyncIterator[Store]:
-    client = aioredis.Redis.from_url(redis_url)
-    s = Store(client, redis_prefix)
-    await s.create_env("production")
-    yield s
-    async for k in client.scan_iter(match=f"{redis_prefix}:*"):
-        await client.delete(k)
-    await client.aclose()
-
-
-async def dump(store: Store) -> dict[bytes, Any]:
-    """Every key of the store and its content, to compare before/after."""
-    r = store.redis
-    out: dict[bytes, Any] = {}
-    async for k in r.scan_iter(match=f"{store.prefix}:*"):
-        t = await r.type(k)
-        if t == b"hash":
-            out[k] = await r.hgetall(k)
-        elif t == b"list":
-            out[k] = await r.lrange(k, 0, -1)
-        elif t == b"stream":
-            out[k] = await r.xrange(k)
-        else:
-            out[k] = await r.get(k)
-    return out
+    async with open_store(redis_url, redis_prefix) as s:
+        yield s
 
 
 async def test_env_lifecycle(store: Store) -> None:

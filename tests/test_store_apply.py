@@ -6,13 +6,12 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
-import redis.asyncio as aioredis
 
 from flagwire.core.errors import ValidationError
 from flagwire.core.protocol import Delete, Patch, decode
 from flagwire_server.store.apply import MAX_APPLY_DOCUMENTS, ApplyItem
 from flagwire_server.store.documents import Conflict, NotFound, Store
-from tests.test_store import dump
+from tests.support.stores import dump, open_store
 
 
 def flag(key: str, **extra: Any) -> dict[str, Any]:
@@ -21,13 +20,8 @@ def flag(key: str, **extra: Any) -> dict[str, Any]:
 
 @pytest.fixture
 async def store(redis_url: str, redis_prefix: str) -> AsyncIterator[Store]:
-    client = aioredis.Redis.from_url(redis_url)
-    s = Store(client, redis_prefix)
-    await s.create_env("production")
-    yield s
-    async for k in client.scan_iter(match=f"{redis_prefix}:*"):
-        await client.delete(k)
-    await client.aclose()
+    async with open_store(redis_url, redis_prefix) as s:
+        yield s
 
 
 async def changes(store: Store) -> list[Any]:

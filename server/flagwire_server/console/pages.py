@@ -90,6 +90,36 @@ def _render(request: Request, name: str, status: int = 200, **context: Any) -> H
     return HTMLResponse(html, status_code=status, headers=_headers(request))
 
 
+def _error_page(
+    request: Request,
+    status: int,
+    session: Session | None,
+    envs: list[Any],
+    title: str,
+    message: str,
+) -> HTMLResponse:
+    """error.html with no environment selected (the sidebar still lists ``envs``)."""
+    return _render(
+        request,
+        "error.html",
+        status,
+        session=session,
+        envs=envs,
+        env=None,
+        env_info=None,
+        page="",
+        protected=False,
+        static=_static_version(),
+        title=title,
+        message=message,
+    )
+
+
+def _unavailable(request: Request, session: Session | None, exc: StoreUnavailable) -> HTMLResponse:
+    """A 503 page when Redis cannot be reached: no environments can be listed either."""
+    return _error_page(request, 503, session, [], "Store unavailable", f"{exc}. Try again shortly.")
+
+
 def _store(request: Request) -> Store:
     return services_of(request).store
 
@@ -138,35 +168,9 @@ def _guarded(handler: Any) -> Any:
             response: Response = await handler(request, session)
         except NotFound as exc:
             envs = await _store(request).list_envs()
-            return _render(
-                request,
-                "error.html",
-                404,
-                session=session,
-                envs=envs,
-                env=None,
-                env_info=None,
-                page="",
-                protected=False,
-                static=_static_version(),
-                title="Not found",
-                message=str(exc),
-            )
+            return _error_page(request, 404, session, envs, "Not found", str(exc))
         except StoreUnavailable as exc:
-            return _render(
-                request,
-                "error.html",
-                503,
-                session=session,
-                envs=[],
-                env=None,
-                env_info=None,
-                page="",
-                protected=False,
-                static=_static_version(),
-                title="Store unavailable",
-                message=f"{exc}. Try again shortly.",
-            )
+            return _unavailable(request, session, exc)
         return response
 
     page.__name__ = handler.__name__
@@ -304,20 +308,7 @@ async def home(request: Request) -> Response:
     try:
         envs = await _store(request).list_envs()
     except StoreUnavailable as exc:
-        return _render(
-            request,
-            "error.html",
-            503,
-            session=session,
-            envs=[],
-            env=None,
-            env_info=None,
-            page="",
-            protected=False,
-            static=_static_version(),
-            title="Store unavailable",
-            message=f"{exc}. Try again shortly.",
-        )
+        return _unavailable(request, session, exc)
     keys = [str(e.get("key")) for e in envs]
     env = _PROTECTED_ENV if _PROTECTED_ENV in keys or not keys else keys[0]
     return RedirectResponse(f"/envs/{env}/flags", status_code=303)

@@ -451,111 +451,97 @@ class Store:
     ) -> WriteResult:
         if not KEY_RE.match(key):
             raise ValidationError([("key", f"{key[:140]!r} is not a valid key")])
+        # Held in a local: the lock table keeps its locks only while someone does.
         lock = self._locks.setdefault((env, kind, key), asyncio.Lock())
         async with lock:
-            return await self._commit_locked(
-                env, kind, key, compute, mode=mode, expected=expected, actor=actor, action=action
-            )
-
-    async def _commit_locked(
-        self,
-        env: str,
-        kind: Kind,
-        key: str,
-        compute: Callable[[dict[str, Any] | None], dict[str, Any] | None],
-        *,
-        mode: Literal["create", "replace", "update", "delete"],
-        expected: int | None,
-        actor: str,
-        action: str | None,
-    ) -> WriteResult:
-        docs_key, hist_key = self._docs_key(env, kind), self._history_key(env, kind, key)
-        for attempt in range(_RETRIES):
-            if attempt:
-                await asyncio.sleep(random.uniform(0, 0.005 * attempt))
-            cur = _loads(await self.redis.hget(docs_key, key))
-            cur_version = _version_of(cur)
-            if cur is None and not await self.redis.exists(self.keyspace.meta(env)):
-                raise NotFound(f"environment {env!r} does not exist")
-            if mode == "create" and cur is not None:
-                raise AlreadyExists(f"{kind} {key!r} already exists", cur_version)
-            if mode in ("update", "delete") and cur is None:
-                raise NotFound(f"{kind} {key!r} does not exist in {env!r}")
-            if expected is not None and expected != cur_version:
-                raise Conflict(
-                    f"{kind} {key!r} is at version {cur_version}, not {expected}", cur_version
+            docs_key, hist_key = self._docs_key(env, kind), self._history_key(env, kind, key)
+            for attempt in range(_RETRIES):
+                if attempt:
+                    await asyncio.sleep(random.uniform(0, 0.005 * attempt))
+                cur = _loads(await self.redis.hget(docs_key, key))
+                cur_version = _version_of(cur)
+                if cur is None and not await self.redis.exists(self.keyspace.meta(env)):
+                    raise NotFound(f"environment {env!r} does not exist")
+                if mode == "create" and cur is not None:
+                    raise AlreadyExists(f"{kind} {key!r} already exists", cur_version)
+                if mode in ("update", "delete") and cur is None:
+                    raise NotFound(f"{kind} {key!r} does not exist in {env!r}")
+                if expected is not None and expected != cur_version:
+                    raise Conflict(
+                        f"{kind} {key!r} is at version {cur_version}, not {expected}", cur_version
+                    )
+                # A deleted document's versions continue from its history, so that a
+                # version number never names two different documents.
+                base = (
+                    cur_version
+                    if cur is not None
+                    else _version_of(_loads(await self.redis.lindex(hist_key, 0)))
                 )
-            # A deleted document's versions continue from its history, so that a
-            # version number never names two different documents.
-            base = (
-                cur_version
-                if cur is not None
-                else _version_of(_loads(await self.redis.lindex(hist_key, 0)))
-            )
-            body = compute(cur)
-            new: dict[str, Any] | None = None
-            if body is not None:
-                new = validate_doc(kind, body)
-                if mode == "update" and cur is not None and _same(kind, key, cur, new):
-                    return await self._unchanged(env, kind, key, cur)
-                now = _now()
-                new["version"] = base + 1
-                new["created_at"] = cur.get("created_at", now) if cur else now
-                new["updated_at"] = now
-                new["updated_by"] = actor
-            prefix, suffix = patch_template(kind, key, new)
-            res = await self._write(
-                keys=[
-                    self.keyspace.meta(env),
-                    docs_key,
-                    self.keyspace.changes(env),
-                    hist_key,
-                    self.keyspace.audit(env),
-                    self.keyspace.docs(env, "segment" if kind == "flag" else "flag"),
-                ],
-                args=[
-                    key,
-                    mode,
-                    cur_version,
-                    orjson.dumps(new) if new is not None else b"",
-                    prefix,
-                    suffix,
-                    actor,
-                    action or _action(mode, cur),
-                    kind,
-                    base + 1 if new is not None else cur_version,
-                    CHANGES_MAXLEN,
-                    HISTORY_CAP,
-                    AUDIT_MAXLEN,
-                    MAX_SNAPSHOT_DOCS,
-                ],
-            )
-            status = as_str(res[0])
-            if status == "ok":
-                return WriteResult(
-                    kind,
-                    key,
-                    new,
-                    base + 1 if new is not None else cur_version,
-                    int(as_str(res[1])),
-                    int(as_str(res[2])),
-                    cur,
+                body = compute(cur)
+                new: dict[str, Any] | None = None
+                if body is not None:
+                    new = validate_doc(kind, body)
+                    if mode == "update" and cur is not None and _same(kind, key, cur, new):
+                        return await self._unchanged(env, kind, key, cur)
+                    now = _now()
+                    new["version"] = base + 1
+                    new["created_at"] = cur.get("created_at", now) if cur else now
+                    new["updated_at"] = now
+                    new["updated_by"] = actor
+                prefix, suffix = patch_template(kind, key, new)
+                res = await self._write(
+                    keys=[
+                        self.keyspace.meta(env),
+                        docs_key,
+                        self.keyspace.changes(env),
+                        hist_key,
+                        self.keyspace.audit(env),
+                        self.keyspace.docs(env, "segment" if kind == "flag" else "flag"),
+                    ],
+                    args=[
+                        key,
+                        mode,
+                        cur_version,
+                        orjson.dumps(new) if new is not None else b"",
+                        prefix,
+                        suffix,
+                        actor,
+                        action or _action(mode, cur),
+                        kind,
+                        base + 1 if new is not None else cur_version,
+                        CHANGES_MAXLEN,
+                        HISTORY_CAP,
+                        AUDIT_MAXLEN,
+                        MAX_SNAPSHOT_DOCS,
+                    ],
                 )
-            if status == "noenv":
-                raise NotFound(f"environment {env!r} does not exist")
-            if status == "missing":
-                raise NotFound(f"{kind} {key!r} does not exist in {env!r}")
-            if status == "toolarge":
-                raise SnapshotTooLarge(int(as_str(res[1])), MAX_SNAPSHOT_DOCS)
-            if status == "corrupt":
-                raise StoreCorrupt(
-                    f"key {as_str(res[1])} has an unexpected type; nothing was written"
-                )
-            now_version = int(as_str(res[1]))
-            if status == "exists":
-                raise AlreadyExists(f"{kind} {key!r} already exists", now_version)
-            if expected is not None or attempt == _RETRIES - 1:
-                raise Conflict(
-                    f"{kind} {key!r} changed concurrently (now version {now_version})", now_version
-                )
+                status = as_str(res[0])
+                if status == "ok":
+                    return WriteResult(
+                        kind,
+                        key,
+                        new,
+                        base + 1 if new is not None else cur_version,
+                        int(as_str(res[1])),
+                        int(as_str(res[2])),
+                        cur,
+                    )
+                if status == "noenv":
+                    raise NotFound(f"environment {env!r} does not exist")
+                if status == "missing":
+                    raise NotFound(f"{kind} {key!r} does not exist in {env!r}")
+                if status == "toolarge":
+                    raise SnapshotTooLarge(int(as_str(res[1])), MAX_SNAPSHOT_DOCS)
+                if status == "corrupt":
+                    raise StoreCorrupt(
+                        f"key {as_str(res[1])} has an unexpected type; nothing was written"
+                    )
+                now_version = int(as_str(res[1]))
+                if status == "exists":
+                    raise AlreadyExists(f"{kind} {key!r} already exists", now_version)
+                if expected is not None or attempt == _RETRIES - 1:
+                    raise Conflict(
+                        f"{kind} {key!r} changed concurrently (now version {now_version})",
+                        now_version,
+                    )
         raise AssertionError("unreachable")  # pragma: no cover
