@@ -18,14 +18,19 @@ from typing import Any
 
 import orjson
 import pytest
+from openfeature import api
+from openfeature.evaluation_context import EvaluationContext
+from openfeature.track import TrackingEventDetails
 from websockets.asyncio.client import connect
 
 from flagwire import ClientStatus, FlagClient
 from flagwire.core.protocol import Ack, CloseCode, Identify, Summary, decode, encode
 from flagwire.core.reports import VariationStats, context_hash
+from flagwire.openfeature import FlagwireProvider
+from flagwire.sync import SyncFlagClient
 from tests.support.builders import flag, prerequisite, rollout
 from tests.support.inprocess import InProcessServer
-from tests.support.polling import poll
+from tests.support.polling import poll, poll_blocking
 from tests.support.server import _cleanup_prefix
 from tests.test_admin_support import VENV_BIN
 
@@ -320,3 +325,50 @@ async def test_cli_insight_clients_and_stale(server: InProcessServer) -> None:
         await asyncio.to_thread(_cli, server, "flags", "stale", "--env", env, "--json")
     )
     assert {f["key"] for f in as_json["flags"]} == {"shown", "forgotten"}
+
+
+async def test_openfeature_provider_over_the_sync_client_counts_and_tracks(
+    server: InProcessServer,
+) -> None:
+    env, sdk = await _env(server)
+    await _api(server, "PUT", f"/environments/{env}/flags/of", flag("of"))
+    await _api(server, "PUT", f"/environments/{env}/insight/watched", {"flags": ["of"]})
+
+    def use() -> None:
+        client = SyncFlagClient(server.url, sdk, app="of-app", report_interval=0.2)
+        try:
+            poll_blocking(lambda: client.client._insight.watched == ("of",), what="watch")
+            api.set_provider_and_wait(FlagwireProvider(client))
+            of = api.get_client()
+            for i in range(6):
+                ctx = EvaluationContext(f"u{i}", {"plan": "pro"})
+                assert of.get_boolean_value("of", False, ctx) is True
+                of.track("checkout", ctx, TrackingEventDetails(value=2.5))
+            client.track("refund", {"key": "u0"})  # the sync wrapper's own track
+        finally:
+            api.shutdown()
+            client.close()
+
+    await asyncio.to_thread(use)
+
+    async def got() -> dict[str, Any]:
+        return dict(await _api(server, "GET", f"/environments/{env}/flags/of/insight"))
+
+    await poll(lambda: server.api("GET", f"/environments/{env}/flags/of/insight")["variations"])
+    await poll(
+        lambda: (
+            server.api("GET", f"/environments/{env}/flags/of/insight")["variations"][0][
+                "evaluations"
+            ]
+            == 6
+        ),
+        what="six evaluations through OpenFeature",
+    )
+    [v] = (await got())["variations"]
+    assert v["reasons"] == {"FALLTHROUGH": 6}
+    assert v["contexts"] == 6
+    assert v["events"] == {
+        "checkout": {"count": 6, "sum": 15.0},
+        "refund": {"count": 1, "sum": 0.0},
+    }
+    assert [a["app"] for a in (await got())["applications"]] == ["of-app"]
