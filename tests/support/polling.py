@@ -20,9 +20,23 @@ from typing import Any
 __all__ = ["poll", "poll_blocking"]
 
 
-def _timed_out(within: float, what: str, last: BaseException | None) -> AssertionError:
-    extra = f" (last error: {type(last).__name__}: {last})" if last is not None else ""
-    return AssertionError(f"timed out after {within:.1f}s waiting for {what}{extra}")
+class _Attempts:
+    """The bookkeeping both loops share: the deadline, and when to give up."""
+
+    def __init__(self, within: float, what: str) -> None:
+        self.within, self.what = within, what
+        self.deadline = time.monotonic() + within
+
+    def settled(self, value: Any, last: BaseException | None) -> bool:
+        """True when ``value`` answers the poll; AssertionError once time is up."""
+        if value:
+            return True
+        if time.monotonic() >= self.deadline:
+            extra = f" (last error: {type(last).__name__}: {last})" if last is not None else ""
+            raise AssertionError(
+                f"timed out after {self.within:.1f}s waiting for {self.what}{extra}"
+            )
+        return False
 
 
 async def poll(
@@ -34,7 +48,7 @@ async def poll(
     ignore: tuple[type[BaseException], ...] = (),
 ) -> Any:
     """Await ``predicate()`` (sync or async) until truthy; AssertionError after ``within`` s."""
-    deadline = time.monotonic() + within
+    attempts = _Attempts(within, what)
     while True:
         last: BaseException | None = None
         try:
@@ -43,10 +57,8 @@ async def poll(
                 value = await value
         except ignore as exc:
             value, last = None, exc
-        if value:
+        if attempts.settled(value, last):
             return value
-        if time.monotonic() >= deadline:
-            raise _timed_out(within, what, last)
         await asyncio.sleep(interval)
 
 
@@ -59,15 +71,13 @@ def poll_blocking(
     ignore: tuple[type[BaseException], ...] = (),
 ) -> Any:
     """:func:`poll` for synchronous tests (``predicate`` must not be async)."""
-    deadline = time.monotonic() + within
+    attempts = _Attempts(within, what)
     while True:
         last: BaseException | None = None
         try:
             value = predicate()
         except ignore as exc:
             value, last = None, exc
-        if value:
+        if attempts.settled(value, last):
             return value
-        if time.monotonic() >= deadline:
-            raise _timed_out(within, what, last)
         time.sleep(interval)

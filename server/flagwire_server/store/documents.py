@@ -264,19 +264,23 @@ class Store:
     @_translated
     async def list_docs(self, env: str, kind: Kind) -> list[dict[str, Any]]:
         """Every flag (or segment) of ``env`` sorted by key; raises :class:`NotFound`."""
-        if not await self.redis.exists(self.keyspace.meta(env)):
-            raise NotFound(f"environment {env!r} does not exist")
+        await self._require_env(env)
         raw = await self.redis.hgetall(self._docs_key(env, kind))
         docs = [d for d in (_loads(v) for v in raw.values()) if d is not None]
         return sorted(docs, key=lambda d: str(d.get("key", "")))
+
+    async def _require_env(self, env: str) -> None:
+        """:class:`NotFound` for a missing environment, so that a read of an empty or
+        absent one does not answer an empty list or "no such document"."""
+        if not await self.redis.exists(self.keyspace.meta(env)):
+            raise NotFound(f"environment {env!r} does not exist")
 
     @_translated
     async def get_doc(self, env: str, kind: Kind, key: str) -> dict[str, Any]:
         raw = await self.redis.hget(self._docs_key(env, kind), key)
         doc = _loads(raw)
         if doc is None:
-            if not await self.redis.exists(self.keyspace.meta(env)):
-                raise NotFound(f"environment {env!r} does not exist")
+            await self._require_env(env)
             raise NotFound(f"{kind} {key!r} does not exist in {env!r}")
         return doc
 
@@ -355,8 +359,7 @@ class Store:
         raw = await self.redis.lrange(self._history_key(env, kind, key), 0, HISTORY_CAP - 1)
         docs = [d for d in (_loads(v) for v in raw) if d is not None]
         if not docs and not await self.redis.hexists(self._docs_key(env, kind), key):
-            if not await self.redis.exists(self.keyspace.meta(env)):
-                raise NotFound(f"environment {env!r} does not exist")
+            await self._require_env(env)
             raise NotFound(f"{kind} {key!r} has no history in {env!r}")
         return docs
 
@@ -410,8 +413,7 @@ class Store:
         self, env: str, limit: int = 50, before: str | None = None
     ) -> tuple[list[AuditEntry], str | None]:
         """Audit entries newest first; returns ``(entries, cursor for the next page)``."""
-        if not await self.redis.exists(self.keyspace.meta(env)):
-            raise NotFound(f"environment {env!r} does not exist")
+        await self._require_env(env)
         top = stream_before(before)
         if top is None:
             return [], None
@@ -460,8 +462,8 @@ class Store:
                     await asyncio.sleep(random.uniform(0, 0.005 * attempt))
                 cur = _loads(await self.redis.hget(docs_key, key))
                 cur_version = _version_of(cur)
-                if cur is None and not await self.redis.exists(self.keyspace.meta(env)):
-                    raise NotFound(f"environment {env!r} does not exist")
+                if cur is None:
+                    await self._require_env(env)
                 if mode == "create" and cur is not None:
                     raise AlreadyExists(f"{kind} {key!r} already exists", cur_version)
                 if mode in ("update", "delete") and cur is None:
