@@ -73,3 +73,19 @@ def test_chart_clients_and_cleanup_from_real_traffic(
     expect(page).to_have_url(re.compile(r"/cleanup"))
     expect(page.locator('#cleanup tr[data-flag="unused"] .why')).to_have_text("not evaluated")
     expect(page.locator('#cleanup tr[data-flag="chart"]')).to_have_count(0)
+
+    # Archive: SDKs no longer see the flag; restore brings it back as a new version.
+    watcher = SyncFlagClient(server.url, sdk, report_interval=None)
+    try:
+        assert watcher.variation("unused", {"key": "u"}, None) is True
+        page.locator('button[data-archive="unused"]').click()
+        expect(page.locator('#archived tr[data-flag="unused"]')).to_be_visible()
+        expect(page.locator('#cleanup tr[data-flag="unused"]')).to_have_count(0)
+        poll_blocking(lambda: "unused" not in (watcher.snapshot.flags if watcher.snapshot else {}))
+        assert watcher.variation("unused", {"key": "u"}, "gone") == "gone"
+        page.locator('button[data-restore="unused"]').click()
+        expect(page.locator('#archived tr[data-flag="unused"]')).to_have_count(0)
+        poll_blocking(lambda: watcher.variation("unused", {"key": "u"}, None) is True)
+        assert server.api("GET", f"/environments/{env}/archived")["flags"] == []
+    finally:
+        watcher.close()

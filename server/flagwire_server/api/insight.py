@@ -21,9 +21,19 @@ from flagwire_server.api.auth import Principal
 from flagwire_server.api.helpers import env_param, int_param, json_response, read_json, store
 from flagwire_server.api.problems import Problem
 from flagwire_server.services import services_of
+from flagwire_server.store.archive import FlagArchive
 from flagwire_server.store.insight import DAY_MS
 
-__all__ = ["cleanup", "clients", "flag_insight", "get_watched", "put_watched"]
+__all__ = [
+    "archive_flag",
+    "archived",
+    "cleanup",
+    "clients",
+    "flag_insight",
+    "get_watched",
+    "put_watched",
+    "restore_flag",
+]
 
 #: Longest window and most buckets one insight request may ask for.
 MAX_WINDOW_S: Final = 90 * 86_400
@@ -181,3 +191,28 @@ async def put_watched(request: Request, who: Principal | None) -> Response:
         raise Problem(422, "not flag keys", errors=[("flags", repr(b)[:80]) for b in bad[:10]])
     await services_of(request).insight.store.set_watched(env, flags)
     return json_response({"env": env, "flags": sorted(set(flags))})
+
+
+def _actor(who: Principal | None) -> str:
+    return who.name if who else "anonymous"
+
+
+async def archive_flag(request: Request, who: Principal | None) -> Response:
+    """Hide a flag from SDKs (a delete they receive) and keep it to restore."""
+    env = env_param(request)
+    key = str(request.path_params["key"])
+    res = await FlagArchive(store(request)).archive(env, key, actor=_actor(who))
+    return json_response({"key": key, "archived": True, "env_version": res.env_version})
+
+
+async def restore_flag(request: Request, who: Principal | None) -> Response:
+    env = env_param(request)
+    key = str(request.path_params["key"])
+    res = await FlagArchive(store(request)).restore(env, key, actor=_actor(who))
+    return json_response({"key": key, "archived": False, "env_version": res.env_version})
+
+
+async def archived(request: Request, who: Principal | None) -> Response:
+    env = env_param(request)
+    await store(request).get_env(env)
+    return json_response({"env": env, "flags": await FlagArchive(store(request)).list(env)})

@@ -359,6 +359,20 @@ SCHEMAS: Final[dict[str, _S]] = {
         },
         ("env", "days", "flags"),
     ),
+    "ArchiveResult": _obj(
+        {"key": _STR, "archived": {"type": "boolean"}, "env_version": _INT},
+        ("key", "archived", "env_version"),
+    ),
+    "ArchivedFlags": _obj(
+        {
+            "env": _STR,
+            "flags": {
+                "type": "array",
+                "items": _obj({"key": _STR, "flag": {"type": "object"}}, ("key", "flag")),
+            },
+        },
+        ("env", "flags"),
+    ),
     "WatchedFlags": _obj(
         {
             "env": _STR,

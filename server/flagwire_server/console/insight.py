@@ -17,6 +17,7 @@ from flagwire_server.api.insight import _blocked_by, _updated_ms
 from flagwire_server.console.pages import _guarded, _layout, _render, _store
 from flagwire_server.console.session import Session
 from flagwire_server.services import services_of
+from flagwire_server.store.archive import FlagArchive
 from flagwire_server.store.insight import DAY_MS
 
 __all__ = ["routes"]
@@ -59,7 +60,8 @@ async def _cleanup(request: Request, session: Session) -> Response:
             reasons.append("blocked by " + ", ".join(blocked))
         if reasons:
             rows.append({"key": key, "on": bool(doc.get("on")), "last": lasted, "why": reasons})
-    return _render(request, "cleanup.html", rows=rows, days=days, **ctx)
+    archived = await FlagArchive(_store(request)).list(env)
+    return _render(request, "cleanup.html", rows=rows, days=days, archived=archived, **ctx)
 
 
 def routes() -> list[BaseRoute]:

@@ -86,6 +86,10 @@ class Keyspace:
         """HASH id -> ``owner lease_until_ms`` of the changes a server is executing."""
         return self.env(env, "schedule:lease")
 
+    def archive(self, env: str) -> str:
+        """HASH flag key -> JSON of an archived flag (``store/archive.py``)."""
+        return self.env(env, "archive")
+
     def insight(self, env: str, suffix: str) -> str:
         """Fleet-insight aggregates and inventory (``store/insight.py`` names the suffixes)."""
         return self.env(env, f"ins:{suffix}")
@@ -202,6 +206,7 @@ class Keyspace:
             self.schedule_lease(env),
             self.insight(env, f"h:{sample}:20000"),
             self.insight(env, "clients"),
+            self.archive(env),
             self.plans(env),
             self.plans_active(env),
             self.plan_lock(env, sample),

@@ -1,6 +1,31 @@
 /* The flag page's evaluation chart: drawn here from the insight REST answer (no library). */
 (function () {
   "use strict";
+  var csrfMeta = document.querySelector('meta[name="csrf-token"]');
+
+  /* Cleanup page: archive (hidden from SDKs) and restore, then show the page again. */
+  document.addEventListener("click", function (ev) {
+    var button = ev.target.closest ? ev.target.closest("button[data-archive], button[data-restore]") : null;
+    if (!button) return;
+    var env = encodeURIComponent(button.dataset.env);
+    var key = button.dataset.archive || button.dataset.restore;
+    var url = button.dataset.archive
+      ? "/api/v1/environments/" + env + "/flags/" + encodeURIComponent(key) + "/archive"
+      : "/api/v1/environments/" + env + "/archived/" + encodeURIComponent(key) + "/restore";
+    button.disabled = true;
+    fetch(url, {
+      method: "POST", credentials: "same-origin",
+      headers: { "Accept": "application/json", "X-CSRF-Token": csrfMeta ? csrfMeta.content : "" }
+    }).then(function (r) {
+      if (r.ok) { location.reload(); return; }
+      return r.json().then(function (p) {
+        button.disabled = false;
+        var out = document.getElementById("cleanup-status");
+        if (out) out.textContent = (p && p.detail) || ("HTTP " + r.status);
+      });
+    });
+  });
+
   var section = document.getElementById("insight");
   if (!section) return;
   var SVG = "http://www.w3.org/2000/svg";
