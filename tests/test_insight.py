@@ -372,3 +372,36 @@ async def test_openfeature_provider_over_the_sync_client_counts_and_tracks(
         "refund": {"count": 1, "sum": 0.0},
     }
     assert [a["app"] for a in (await got())["applications"]] == ["of-app"]
+
+
+async def test_summaries_past_the_byte_budget_are_dropped_as_rate(
+    server: InProcessServer,
+) -> None:
+    _, sdk = await _env(server)
+    big = Summary(
+        0,
+        1,
+        {
+            f"f{i}": {0: VariationStats({"FALLTHROUGH": 1}, tuple(f"{j:016x}" for j in range(32)))}
+            for i in range(380)
+        },
+    )
+    frame = encode(big).decode()
+    assert 200_000 < len(frame) <= 256 * 1024
+
+    async def rate_drops() -> float:
+        text = (await asyncio.to_thread(server.request, "GET", "/metrics"))[1]
+        return _metric(text, "flagwire_insight_summaries_total", result="rate")
+
+    before = await rate_drops()
+    headers = {"Authorization": f"Bearer {sdk}"}
+    async with connect(server.ws_url, additional_headers=headers, max_size=None) as ws:
+        await ws.recv()
+        await ws.recv()
+        await ws.send(encode(Identify("test", "0")).decode())
+        for _ in range(6):  # 1 MiB of burst, then 64 KiB/s: the fifth or sixth is over
+            await ws.send(frame)
+        await ws.send(encode(Ack(0)).decode())
+        await poll(lambda: rate_drops(), what="a summary dropped for rate")
+        assert await rate_drops() > before
+        assert ws.close_code is None  # still open
