@@ -80,3 +80,32 @@ def test_schedule_commands(live: Live) -> None:
     )
     assert bad.returncode != 0
     assert "404" in bad.stderr or "does not exist" in bad.stderr
+
+
+def test_release_commands(live: Live, tmp_path: Any) -> None:
+    env = f"r{int(time.time() * 1000) % 10**8}"
+    run(live, "envs", "create", env)
+    assert live.api.post(
+        f"/environments/{env}/flags",
+        json=flag("checkout", variations=["new", "old"], fallthrough=1),
+    ).is_success
+    stages = tmp_path / "stages.yaml"
+    stages.write_text("- {percent: 10, hold: 3600}\n- {percent: 100}\n")
+    started = run_json(live, "release", "start", "checkout", "--stages", str(stages), "--env", env)
+    assert started["stage"] == 0
+    out = run(live, "release", "status", "checkout", "--env", env).stdout
+    assert "> 1. 10%: 10%, hold 3600 s" in out
+    assert run_json(live, "release", "pause", "checkout", "--env", env)["status"] == "paused"
+    assert run_json(live, "release", "resume", "checkout", "--env", env)["status"] == "running"
+    rolled = run_json(live, "release", "rollback", "checkout", "--env", env)
+    assert rolled["status"] == "rolled_back"
+    doc = live.api.get(f"/environments/{env}/flags/checkout").json()
+    assert doc["fallthrough"] == {"variation": 1}
+    bad = run(live, "release", "pause", "checkout", "--env", env, ok=False)
+    assert bad.returncode != 0
+    assert "no active release plan" in bad.stderr
+    bad = run(
+        live, "release", "start", "checkout", "--template", "standard", "--env", env, ok=False
+    )
+    assert bad.returncode != 0
+    assert "staff" in bad.stderr  # the standard template needs a staff segment

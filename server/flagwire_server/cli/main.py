@@ -2,7 +2,7 @@
 
 Every subcommand is defined at module level in the module named for what it
 manages (``admin``: environments, keys, import; ``audit``; ``ascode``: flags as
-code — validate, plan, apply, export; ``flags``; ``segments``; ``schedule``;
+code — validate, plan, apply, export; ``flags``; ``segments``; ``schedule``; ``release``;
 ``watch``) and
 is added here, in one place, so that no command module imports another.
 Every command is documented in docs/cli.md.
@@ -23,6 +23,7 @@ from flagwire_server.cli.http import cli_errors, fail
 from flagwire_server.cli.insight import clients, flags_insight, flags_stale
 from flagwire_server.cli.launchdarkly import import_launchdarkly
 from flagwire_server.cli.options import DEFAULT_URL, Key, Url, Wait
+from flagwire_server.cli.release import release
 from flagwire_server.cli.schedule import schedule
 from flagwire_server.cli.segments import segments
 from flagwire_server.cli.watch import watch
@@ -145,6 +146,7 @@ app.add_typer(flags, name="flags")
 app.command("clients")(clients)
 app.add_typer(segments, name="segments")
 app.add_typer(schedule, name="schedule")
+app.add_typer(release, name="release")
 app.command("audit")(audit)
 app.command("export")(ascode.export)
 app.command("validate")(ascode.validate)
