@@ -32,6 +32,7 @@ import orjson
 import redis.asyncio as aioredis
 import redis.exceptions
 
+from flagwire_server.background import stop_requested
 from flagwire_server.store.keyspace import Keyspace
 from flagwire_server.store.presence import Presence
 from flagwire_server.store.types import as_str
@@ -236,7 +237,7 @@ class AckReporter:
 
     async def _flush_loop(self) -> None:
         delay = FLUSH_INTERVAL_S
-        while True:
+        while not stop_requested():
             await self._wake.wait()
             self._wake.clear()
             await asyncio.sleep(delay)

@@ -35,6 +35,7 @@ import redis.exceptions
 
 from flagwire.core.errors import ValidationError
 from flagwire.core.limits import ENV_RE
+from flagwire_server.background import stop_requested
 from flagwire_server.store.documents import StoreUnavailable
 from flagwire_server.store.keyspace import Keyspace
 
@@ -143,7 +144,7 @@ class KeyRing:
         self._callbacks.append(callback)
 
     async def _poll(self) -> None:
-        while True:
+        while not stop_requested():
             await asyncio.sleep(self.poll_interval)
             try:
                 version = await self.redis.get(self._k("version"))

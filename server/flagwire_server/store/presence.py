@@ -21,6 +21,7 @@ from typing import Final
 import redis.asyncio as aioredis
 import redis.exceptions
 
+from flagwire_server.background import stop_requested
 from flagwire_server.store.keyspace import Keyspace
 from flagwire_server.store.types import StoreUnavailable, as_str
 
@@ -51,8 +52,11 @@ class Presence:
         instance_id: str,
         connected: Callable[[], dict[str, int]] = dict,
         on_error: Callable[[str, BaseException], None] | None = None,
+        *,
+        interval: float = HEARTBEAT_S,
     ) -> None:
         self.redis = redis
+        self.interval = interval
         self.ks = keyspace
         self.instance_id = instance_id
         self.connected = connected
@@ -81,8 +85,8 @@ class Presence:
         await pipe.execute()
 
     async def _loop(self) -> None:
-        while True:
-            await asyncio.sleep(HEARTBEAT_S)
+        while not stop_requested():
+            await asyncio.sleep(self.interval)
             try:
                 await self.beat()
             except (redis.exceptions.RedisError, OSError) as exc:

@@ -29,6 +29,7 @@ import orjson
 import redis.asyncio as aioredis
 import redis.exceptions
 
+from flagwire_server.background import stop_requested
 from flagwire_server.store.keyspace import Keyspace
 
 __all__ = ["SessionStore", "session_hash"]
@@ -128,7 +129,7 @@ class SessionStore:
 
     async def _poll(self) -> None:
         polls = 0
-        while True:
+        while not stop_requested():
             await asyncio.sleep(self.poll_interval)
             polls += 1
             try:

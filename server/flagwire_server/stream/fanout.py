@@ -50,6 +50,7 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, Final
 
 from flagwire.core.protocol import CloseCode
+from flagwire_server.background import stop_requested
 from flagwire_server.store.acks import AckReporter
 from flagwire_server.store.changelog import ChangeLog
 from flagwire_server.store.types import EnvState, NotFound, StoreUnavailable
@@ -155,7 +156,7 @@ class Fanout:
         resume with ``since``.  A store reset is different: the process knows
         what it has is the last truth, and keeps serving it.
         """
-        while True:
+        while not stop_requested():
             await asyncio.sleep(0.25)
             now = time.monotonic()
             for feed in list(self.feeds.values()):
@@ -181,7 +182,7 @@ class Fanout:
                     )
 
     async def _discover_loop(self) -> None:
-        while True:
+        while not stop_requested():
             await asyncio.sleep(DISCOVER_EVERY_S)
             try:
                 for env in await self._list_envs():

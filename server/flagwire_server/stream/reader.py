@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Final
 
 from flagwire.core.errors import ProtocolError
 from flagwire.core.protocol import CloseCode
+from flagwire_server.background import stop_requested
 from flagwire_server.store.types import StoreUnavailable
 from flagwire_server.stream.backoff import RetryDelay
 
@@ -103,10 +104,10 @@ class ChangeReader:
         delay = RetryDelay()
         next_check = 0.0
         try:
-            while True:
+            while not stop_requested():
                 try:
                     if time.monotonic() >= next_check or self.reset_reason:
-                        if await self._check(changelog) == "gone":
+                        if await self._check(changelog) == "gone" or stop_requested():
                             return
                         next_check = time.monotonic() + CHECK_EVERY_S
                         self.last_ok = time.monotonic()

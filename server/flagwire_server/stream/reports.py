@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 from flagwire.core.protocol import Identify, Summary, Watch, encode
 from flagwire.core.reports import MAX_SUMMARY_FRAME
+from flagwire_server.background import stop_requested
 from flagwire_server.store.insight import FlagBatch, InsightStore, VariationBatch
 from flagwire_server.store.types import StoreUnavailable
 from flagwire_server.stream.frames import frame_of
@@ -183,7 +184,7 @@ class Insight:
             await self.flush()
 
     async def _loop(self) -> None:
-        while True:
+        while not stop_requested():
             await asyncio.sleep(self.flush_interval)
             try:
                 await self.flush()
