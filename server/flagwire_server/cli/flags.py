@@ -79,37 +79,26 @@ def flags_get(
 add_create(flags, "flag")
 
 
-def _toggle(
-    key: str, on: bool, env: str, url: str, admin_key: str, wait: float | None, as_json: bool
-) -> None:
-    with cli_errors():
-        write_document(Api(url, admin_key), "flag", env, key, {"on": on}, wait, as_json)
+def _add_toggle(name: str, on: bool, doc: str) -> None:
+    """``on`` and ``off``: one command each, told apart only by the state they write."""
+
+    def toggle(
+        key: str,
+        env: Env = "production",
+        wait: Wait = None,
+        url: Url = DEFAULT_URL,
+        admin_key: Key = "",
+        as_json: Json = False,
+    ) -> None:
+        with cli_errors():
+            write_document(Api(url, admin_key), "flag", env, key, {"on": on}, wait, as_json)
+
+    toggle.__doc__ = doc
+    flags.command(name)(toggle)
 
 
-@flags.command("on")
-def flags_on(
-    key: str,
-    env: Env = "production",
-    wait: Wait = None,
-    url: Url = DEFAULT_URL,
-    admin_key: Key = "",
-    as_json: Json = False,
-) -> None:
-    """Turn a flag on."""
-    _toggle(key, True, env, url, admin_key, wait, as_json)
-
-
-@flags.command("off")
-def flags_off(
-    key: str,
-    env: Env = "production",
-    wait: Wait = None,
-    url: Url = DEFAULT_URL,
-    admin_key: Key = "",
-    as_json: Json = False,
-) -> None:
-    """Turn a flag off (the kill switch)."""
-    _toggle(key, False, env, url, admin_key, wait, as_json)
+_add_toggle("on", True, "Turn a flag on.")
+_add_toggle("off", False, "Turn a flag off (the kill switch).")
 
 
 @flags.command("client-side")

@@ -69,54 +69,39 @@ def segments_get(
 add_create(segments, "segment")
 
 
-def _move(
-    key: str,
-    values: list[str],
-    into: str,
-    env: str,
-    url: str,
-    admin_key: str,
-    wait: float | None,
-    as_json: bool,
-) -> None:
+def _add_move(name: str, into: str, doc: str) -> None:
+    """``include`` and ``exclude``: put context keys on one list and off the other."""
     other = "excluded" if into == "included" else "included"
-    with cli_errors():
-        api = Api(url, admin_key)
-        doc = api.call("GET", f"/environments/{env}/segments/{key}")
-        moved = set(values)
-        patch = {
-            into: list(dict.fromkeys([*(doc.get(into) or []), *values])),
-            other: [v for v in doc.get(other) or [] if v not in moved],
-        }
-        write_document(api, "segment", env, key, patch, wait, as_json, version=doc["version"])
+
+    def move(
+        key: str,
+        values: list[str],
+        env: Env = "production",
+        wait: Wait = None,
+        url: Url = DEFAULT_URL,
+        admin_key: Key = "",
+        as_json: Json = False,
+    ) -> None:
+        with cli_errors():
+            api = Api(url, admin_key)
+            cur = api.call("GET", f"/environments/{env}/segments/{key}")
+            moved = set(values)
+            patch = {
+                into: list(dict.fromkeys([*(cur.get(into) or []), *values])),
+                other: [v for v in cur.get(other) or [] if v not in moved],
+            }
+            write_document(api, "segment", env, key, patch, wait, as_json, version=cur["version"])
+
+    move.__doc__ = doc
+    segments.command(name)(move)
 
 
-@segments.command("include")
-def segments_include(
-    key: str,
-    values: list[str],
-    env: Env = "production",
-    wait: Wait = None,
-    url: Url = DEFAULT_URL,
-    admin_key: Key = "",
-    as_json: Json = False,
-) -> None:
-    """Add context keys to a segment (taking them off its excluded list)."""
-    _move(key, values, "included", env, url, admin_key, wait, as_json)
-
-
-@segments.command("exclude")
-def segments_exclude(
-    key: str,
-    values: list[str],
-    env: Env = "production",
-    wait: Wait = None,
-    url: Url = DEFAULT_URL,
-    admin_key: Key = "",
-    as_json: Json = False,
-) -> None:
-    """Keep context keys out of a segment whatever its rules say (off its included list)."""
-    _move(key, values, "excluded", env, url, admin_key, wait, as_json)
-
-
+_add_move(
+    "include", "included", "Add context keys to a segment (taking them off its excluded list)."
+)
+_add_move(
+    "exclude",
+    "excluded",
+    "Keep context keys out of a segment whatever its rules say (off its included list).",
+)
 add_delete_history_restore(segments, "segment", _sizes, ("included", "excluded", "rules"))
