@@ -7,10 +7,10 @@ applies what it receives the way a real client does (decodes the JSON, checks
 that versions rise by exactly one, keeps each flag's version, acknowledges
 each version) and stamps its arrival with ``time.monotonic_ns()``.
 
-Why ``_Conn`` and ``Worker`` share this module (about 470 lines): they are one
-concept, the worker, split in two only for the per-frame hot path, and call
-each other on every frame; apart they would be a cycle.  The coordinator that
-drives workers over a pipe is :class:`bench._swarm.Swarm`.
+Why ``_Conn`` and :class:`Worker` share this module (a little over 400 lines):
+they are one concept, split in two only for the per-frame hot path, and call
+each other on every frame; apart they would be an import cycle.  The commands
+a worker obeys, and the coordinator that sends them, are in ``bench/_swarm.py``.
 """
 
 from __future__ import annotations
