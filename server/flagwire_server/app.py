@@ -161,7 +161,13 @@ def _lifespan(
             max_series=settings.insight_metric_series,
         )
         plans = PlanStore(redis, keyspace)
-        releases = Releases(store, plans, owner=instance_id, wait_for=fanout.wait_for)
+        releases = Releases(
+            store,
+            plans,
+            owner=instance_id,
+            wait_for=fanout.wait_for,
+            prometheus_url=settings.prometheus_url,
+        )
         app.state.services = Services(
             settings=settings,
             metrics=metrics,

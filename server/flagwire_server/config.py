@@ -83,6 +83,8 @@ class Settings:
     schedule_grace: float = 300.0
     #: Seconds a server holds a due scheduled change before another may take it over.
     schedule_lease: float = 10.0
+    #: Prometheus base URL that release-plan guards query (``http://prometheus:9090``).
+    prometheus_url: str | None = None
     #: Expose ``/metrics`` (Prometheus text).
     metrics: bool = True
     #: Identifies this process in ``P:instances`` and acknowledgement reports.
@@ -224,6 +226,7 @@ ENV_VARS: Final[dict[str, tuple[str, Any]]] = {
     "FLAGWIRE_BACKLOG": ("backlog", int),
     "FLAGWIRE_SCHEDULE_GRACE": ("schedule_grace", float),
     "FLAGWIRE_SCHEDULE_LEASE": ("schedule_lease", float),
+    "FLAGWIRE_PROMETHEUS_URL": ("prometheus_url", str),
     "FLAGWIRE_METRICS": ("metrics", _bool),
     "FLAGWIRE_INSTANCE_ID": ("instance_id", str),
     "FLAGWIRE_INSIGHT_RETENTION_DAYS": ("insight_retention_days", int),

@@ -532,6 +532,21 @@ SCHEMAS: Final[dict[str, _S]] = {
             "variation": {**_INT, "minimum": 0, "description": "the new variation's index"},
             "template": _STR,
             "stages": {"type": "array", "items": ref("ReleaseStage")},
+            "guards": {
+                "type": "array",
+                "maxItems": 10,
+                "items": _obj(
+                    {
+                        "name": _STR,
+                        "query": {"type": "string", "description": "PromQL giving one number"},
+                        "max": {"type": "number"},
+                        "min": {"type": "number"},
+                        "action": {"enum": ["rollback", "pause"], "default": "rollback"},
+                    },
+                    ("query",),
+                ),
+                "description": "checked continuously against FLAGWIRE_PROMETHEUS_URL",
+            },
             "wait": {"type": "number", "minimum": 0, "maximum": 30},
         },
         ("flag", "variation"),

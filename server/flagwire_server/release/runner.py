@@ -23,6 +23,8 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, Final
 
+import httpx
+
 from flagwire.core.errors import ValidationError
 from flagwire_server.release.plan import (
     TEMPLATES,
@@ -31,6 +33,7 @@ from flagwire_server.release.plan import (
     old_variation,
     parse_stages,
 )
+from flagwire_server.release.prometheus import PrometheusError, breach, parse_guards, query
 from flagwire_server.release.schedule import iso_ms
 from flagwire_server.store.documents import Conflict, NotFound, Store, StoreError, WriteResult
 from flagwire_server.store.plans import PlanStore
@@ -71,6 +74,7 @@ class Releases:
         wait_for: WaitFor | None = None,
         clock: Callable[[], float] = time.time,
         interval: float = 0.25,
+        prometheus_url: str | None = None,
     ) -> None:
         self.store = store
         self.plans = plans
@@ -78,6 +82,8 @@ class Releases:
         self.wait_for = wait_for
         self.clock = clock
         self.interval = interval
+        self.prometheus_url = prometheus_url
+        self._http = httpx.AsyncClient(timeout=2.0)
         self._task: asyncio.Task[None] | None = None
 
     def now_ms(self) -> int:
@@ -130,6 +136,11 @@ class Releases:
                 await self.store.get_doc(env, "segment", seg)
             except NotFound:
                 raise ValidationError([("stages", f"segment {seg!r} does not exist")]) from None
+        guards = parse_guards(body.get("guards"))
+        if guards and not self.prometheus_url:
+            raise ValidationError(
+                [("guards", "no Prometheus configured (FLAGWIRE_PROMETHEUS_URL)")]
+            )
         wait = body.get("wait", 5.0)
         if isinstance(wait, bool) or not isinstance(wait, int | float) or not 0 <= wait <= 30:
             raise ValidationError([("wait", "expected seconds from 0 to 30")])
@@ -141,6 +152,7 @@ class Releases:
             "variation": new,
             "old_variation": old,
             "stages": stages,
+            "guards": guards,
             "template": body.get("template"),
             "wait": float(wait),
             "status": "running",
@@ -220,6 +232,7 @@ class Releases:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
             self._task = None
+        await self._http.aclose()
 
     async def _run(self) -> None:
         while True:
@@ -237,12 +250,57 @@ class Releases:
         for env in [str(e["key"]) for e in await self.store.list_envs()]:
             for plan_id in await self.plans.active_ids(env):
                 with contextlib.suppress(NotFound):
-                    if self._due(await self.plans.get(env, plan_id)):
+                    plan = await self.plans.get(env, plan_id)
+                    if plan.get("guards") and plan.get("status") == "running":
                         with contextlib.suppress(PlanBusy):
-                            plan = await self._advance_if_due(env, plan_id)
-                            if plan is not None:
-                                moved.append(plan)
+                            stopped = await self._check_guards(env, plan)
+                            if stopped is not None:
+                                moved.append(stopped)
+                                continue
+                    if self._due(plan):
+                        with contextlib.suppress(PlanBusy):
+                            advanced = await self._advance_if_due(env, plan_id)
+                            if advanced is not None:
+                                moved.append(advanced)
         return moved
+
+    async def _check_guards(self, env: str, plan: dict[str, Any]) -> dict[str, Any] | None:
+        """Query each guard; on a breach roll back (or pause) at once, under the lock."""
+        assert self.prometheus_url is not None
+        for guard in plan["guards"]:
+            try:
+                value = await query(self._http, self.prometheus_url, guard["query"])
+            except PrometheusError as exc:
+                log.warning(
+                    "releases: guard %s of %s not checked: %s", guard["name"], plan["id"], exc
+                )
+                continue
+            why = breach(guard, value)
+            if why is None:
+                continue
+            detected = self.now_ms()
+            async with self._locked(env, plan["id"]):
+                plan = await self.plans.get(env, plan["id"])
+                if plan.get("status") != "running":
+                    return None
+                reason = f"guard breached: {why}"
+                if guard["action"] == "pause":
+                    plan = self._event(
+                        {**plan, "status": "paused", "reason": reason},
+                        "paused by a guard",
+                        actor="guard",
+                        detected_ms=detected,
+                    )
+                else:
+                    plan = await self._rollback(env, plan, actor="guard", reason=reason)
+                    event = plan["events"][-1]
+                    event["detected_ms"] = detected
+                    event["detected_at"] = iso_ms(detected)
+                    event["reason"] = reason
+                await self.plans.save(env, plan, ended=plan["status"] in _ENDED)
+                log.warning("release plan %s stopped: %s", plan["id"], reason)
+                return plan
+        return None
 
     def _due(self, plan: dict[str, Any]) -> bool:
         if plan.get("status") != "running":
