@@ -262,10 +262,13 @@ class Subscription:
         insight = self.insight
         assert insight is not None
         due = time.monotonic() + self.report_interval
+        # Fold often while evaluations arrive, seldom while idle: a thousand idle
+        # clients in one process must not wake twenty thousand times a second.
+        delay = FOLD_INTERVAL
         while True:
-            await asyncio.sleep(min(FOLD_INTERVAL, self.report_interval))
+            await asyncio.sleep(max(0.0, min(delay, due - time.monotonic())))
             try:
-                insight.fold()
+                delay = FOLD_INTERVAL if insight.fold() else min(2 * delay, self.report_interval)
                 if time.monotonic() >= due:
                     due += self.report_interval
                     await self.report(ws)

@@ -6,7 +6,8 @@ instructions, and a counting method of a dozen lines was 2,700 more.  So
 the evaluation only appends ``(key, detail, context)`` to a bounded deque
 (one C call, :attr:`InsightRecorder.record`), and :meth:`InsightRecorder.fold`
 turns the batch into counts with C-level ``map``/``zip``/``Counter`` on the
-client's event loop every :data:`FOLD_INTERVAL` seconds.  The deque holds at
+client's event loop every :data:`FOLD_INTERVAL` seconds while evaluations
+arrive (backing off to the report interval while idle).  The deque holds at
 most :data:`MAX_PENDING` evaluations; when the loop cannot fold in time (a
 loop blocked by a long CPU-bound burst), the oldest are dropped and
 ``saturated`` says so: counts are then a lower bound.
@@ -104,11 +105,15 @@ class InsightRecorder:
         """Record one evaluation (what :attr:`record` does, with the tuple built here)."""
         self._pending.append((key, detail, context))
 
-    def fold(self) -> None:
-        """Turn the recorded evaluations into counts and context keys (on the loop)."""
+    def fold(self) -> int:
+        """Turn the recorded evaluations into counts and context keys (on the loop).
+
+        Returns:
+            How many evaluations were folded.
+        """
         pending = self._pending
         if not pending:
-            return
+            return 0
         if len(pending) == MAX_PENDING:
             self.saturated += 1
         batch = list(pending)
@@ -133,6 +138,7 @@ class InsightRecorder:
                 seen[slot] = {ck}
             elif len(known) < MAX_SUMMARY_CONTEXTS:
                 known.add(ck)
+        return len(batch)
 
     def track(
         self, snapshot: Snapshot | None, event: str, context: Mapping[str, Any], value: float | None
