@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import json
 import os
 import platform
@@ -397,6 +398,25 @@ def main() -> int:
     ]
     for label, key, note in CASES:
         cases.append((label, lambda key=key: evaluate(key, ctx, False).value, note))
+    # Many flags: the reference flag's document under 10,000 keys, evaluated in turn,
+    # so every call is a different flag (compiled on first use, then cold in the caches).
+    many = Snapshot(
+        {f"many-{i:05d}": {**docs["reference"], "key": f"many-{i:05d}"} for i in range(10_000)},
+        segments,
+        version=1,
+    )
+    many_keys = list(many.flags)
+    many_evaluate = many.evaluate
+    turn = itertools.cycle(many_keys)
+    for k in many_keys:
+        many_evaluate(k, ctx, False)
+    cases.append(
+        (
+            "10,000 flags in turn",
+            lambda: many_evaluate(next(turn), ctx, False).value,
+            "the reference flag under 10,000 keys, a different one each call",
+        )
+    )
 
     def run(client: Any) -> list[dict[str, Any]]:
         todo = list(cases)

@@ -738,3 +738,19 @@ def test_a_stored_pattern_re2_refuses_is_a_malformed_flag_not_an_exception() -> 
     assert detail == EvaluationDetail(
         "default", None, Reason.ERROR, error_kind=ErrorKind.MALFORMED_FLAG
     )
+
+
+def test_flags_are_compiled_on_first_use_and_shared_across_changes() -> None:
+    """Issue 16: a snapshot of thousands of flags is ready without compiling any."""
+    snap = Snapshot({f"f{i}": flag(f"f{i}") for i in range(1000)}, {}, 1)
+    assert len(snap._compiled) == 0
+    assert snap.evaluate("f1", {"key": "k"}, 0).error_kind is None
+    assert set(snap._compiled) == {"f1"}
+    changed = snap.with_flag(flag("f2"), 2)
+    assert set(changed._compiled) == {"f1"}  # the changed flag waits for its first use
+    assert changed.evaluate("f3", {"key": "k"}, 0).error_kind is None
+    assert changed._compiled["f3"] is snap._compiled["f3"]  # compiled once, for both
+    assert changed.without_flag("f1", 3).evaluate("f1", {"key": "k"}, 0).error_kind == (
+        ErrorKind.FLAG_NOT_FOUND
+    )
+    assert snap.evaluate("f1", {"key": "k"}, 0).error_kind is None
