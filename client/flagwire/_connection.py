@@ -245,7 +245,10 @@ class Subscription:
         self.listener.connection_opened()
         self._ack_last = 0.0
         if self.insight is not None:
-            await ws.send(proto.encode(self.insight.identity), text=True)
+            # A server that refuses at once (close 4001) must be read as a refusal by _read,
+            # not surface here as a send on a closed connection.
+            with contextlib.suppress(ConnectionClosed):
+                await ws.send(proto.encode(self.insight.identity), text=True)
             self._report_task = asyncio.create_task(self._report_loop(ws), name="flagwire-report")
         try:
             return await self._read(ws)
