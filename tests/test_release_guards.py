@@ -93,6 +93,7 @@ def prometheus() -> Iterator[tuple[str, _App]]:
         with contextlib.suppress(subprocess.TimeoutExpired):
             proc.wait(10)
         app.server.shutdown()
+        app.server.server_close()
         shutil.rmtree(tmp, ignore_errors=True)
 
 
@@ -147,6 +148,14 @@ async def test_prometheus_guard_rolls_the_plan_back(
             assert event["by"] == "guard"
             assert event["at_ms"] - event["detected_ms"] < 5000
             assert "summary" in event
+            metrics = (await http.get("/metrics")).text
+            assert (
+                'flagwire_release_guard_checks_total{env="production",outcome="breach"} 1.0'
+                in metrics
+            )
+            assert 'flagwire_release_events_total{env="production",what="rolled back"} 1.0' in (
+                metrics
+            )
             doc = (await http.get(f"{BASE}/flags/checkout")).json()
             assert doc["fallthrough"] == before["fallthrough"]
             assert doc["rules"] == before["rules"]

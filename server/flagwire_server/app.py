@@ -167,6 +167,8 @@ def _lifespan(
             owner=instance_id,
             wait_for=fanout.wait_for,
             prometheus_url=settings.prometheus_url,
+            on_event=metrics.release_event,
+            on_guard=metrics.guard_checked,
         )
         app.state.services = Services(
             settings=settings,

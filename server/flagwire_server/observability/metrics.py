@@ -124,6 +124,18 @@ class Metrics:
             ["env", "status"],
             registry=r,
         )
+        self.release_events = Counter(
+            "flagwire_release_events",
+            "Release plan events made by this process",
+            ["env", "what"],
+            registry=r,
+        )
+        self.guard_checks = Counter(
+            "flagwire_release_guard_checks",
+            "Release guard queries by outcome (ok, breach, error)",
+            ["env", "outcome"],
+            registry=r,
+        )
         self.schedule_lateness = Histogram(
             "flagwire_schedule_lateness_seconds",
             "Due time of a scheduled change to the end of its write",
@@ -151,6 +163,14 @@ class Metrics:
             ["env", "flag", "variation", "event"],
             registry=r,
         )
+
+    def release_event(self, env: str, what: str) -> None:
+        """A release plan's event (started, advanced…, rolled back, paused by a guard)."""
+        self.release_events.labels(env, what).inc()
+
+    def guard_checked(self, env: str, outcome: str) -> None:
+        """A guard query: ``ok``, ``breach`` or ``error`` (Prometheus did not answer)."""
+        self.guard_checks.labels(env, outcome).inc()
 
     async def schedule_finished(self, env: str, record: dict[str, Any]) -> None:
         """The scheduler's ``on_finish``: count the outcome and the lateness of a write."""

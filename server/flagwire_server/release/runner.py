@@ -75,6 +75,8 @@ class Releases:
         clock: Callable[[], float] = time.time,
         interval: float = 0.25,
         prometheus_url: str | None = None,
+        on_event: Callable[[str, str], None] | None = None,
+        on_guard: Callable[[str, str], None] | None = None,
     ) -> None:
         self.store = store
         self.plans = plans
@@ -83,6 +85,8 @@ class Releases:
         self.clock = clock
         self.interval = interval
         self.prometheus_url = prometheus_url
+        self.on_event = on_event
+        self.on_guard = on_guard
         self._http = httpx.AsyncClient(timeout=2.0)
         self._task: asyncio.Task[None] | None = None
 
@@ -271,11 +275,15 @@ class Releases:
             try:
                 value = await query(self._http, self.prometheus_url, guard["query"])
             except PrometheusError as exc:
+                if self.on_guard is not None:
+                    self.on_guard(env, "error")
                 log.warning(
                     "releases: guard %s of %s not checked: %s", guard["name"], plan["id"], exc
                 )
                 continue
             why = breach(guard, value)
+            if self.on_guard is not None:
+                self.on_guard(env, "ok" if why is None else "breach")
             if why is None:
                 continue
             detected = self.now_ms()
@@ -405,6 +413,8 @@ class Releases:
         self, plan: dict[str, Any], what: str, *, actor: str, **extra: Any
     ) -> dict[str, Any]:
         now = self.now_ms()
+        if self.on_event is not None:
+            self.on_event(str(plan.get("env", "")), what)
         event = {"at": iso_ms(now), "at_ms": now, "what": what, "by": actor, "stage": plan["stage"]}
         event.update(extra)
         return {**plan, "events": [*plan.get("events", []), event][-200:]}
