@@ -26,6 +26,7 @@ from typing import Any, Final
 import httpx
 
 from flagwire.core.errors import ValidationError
+from flagwire_server.background import stop_requested
 from flagwire_server.release.plan import (
     TEMPLATES,
     flag_at_stage,
@@ -239,7 +240,7 @@ class Releases:
         await self._http.aclose()
 
     async def _run(self) -> None:
-        while True:
+        while not stop_requested():
             try:
                 await self.tick()
             except StoreError as exc:

@@ -26,6 +26,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any, Final
 
 from flagwire.core.errors import ValidationError
+from flagwire_server.background import stop_requested
 from flagwire_server.release.schedule import decide, iso_ms, marker, scheduler_actor
 from flagwire_server.store.documents import Conflict, NotFound, Store, StoreError, WriteResult
 from flagwire_server.store.schedule import MAX_CLAIM, ScheduleStore
@@ -104,7 +105,7 @@ class Scheduler:
         self._wake.set()
 
     async def _run(self) -> None:
-        while True:
+        while not stop_requested():
             delay = self.interval
             try:
                 await self.tick()
