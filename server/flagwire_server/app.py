@@ -38,13 +38,13 @@ from flagwire_server.api.freshness import VersionReads
 from flagwire_server.api.problems import exception_handlers
 from flagwire_server.api.ratelimit import RateLimiter
 from flagwire_server.config import Settings
-from flagwire_server.console.session import load_session_secret
 from flagwire_server.observability import health
 from flagwire_server.observability.metrics import Metrics, RequestMetricsMiddleware
 from flagwire_server.process import fix_mmap_threshold, freeze_gc, raise_nofile
 from flagwire_server.release.runner import Releases
 from flagwire_server.release.scheduler import Scheduler
 from flagwire_server.services import Services
+from flagwire_server.sessions import load_session_secret
 from flagwire_server.store.acks import AckReporter
 from flagwire_server.store.apikeys import KeyRing
 from flagwire_server.store.audit import InstanceAudit

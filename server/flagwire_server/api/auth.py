@@ -19,8 +19,8 @@ from starlette.requests import HTTPConnection, Request
 
 from flagwire_server.api.problems import Problem
 from flagwire_server.api.ratelimit import RateLimiter
-from flagwire_server.console.session import read_session
 from flagwire_server.services import services_of
+from flagwire_server.sessions import read_session
 from flagwire_server.store.apikeys import KeyRing
 
 __all__ = ["Principal", "authenticate", "client_ip"]

@@ -27,12 +27,14 @@ from flagwire_server.store.insight import DAY_MS
 __all__ = [
     "archive_flag",
     "archived",
+    "blocked_by",
     "cleanup",
     "clients",
     "flag_insight",
     "get_watched",
     "put_watched",
     "restore_flag",
+    "updated_ms",
 ]
 
 #: Longest window and most buckets one insight request may ask for.
@@ -108,7 +110,7 @@ async def clients(request: Request, who: Principal | None) -> Response:
     return json_response({"env": env, "env_version": version, "clients": entries})
 
 
-def _updated_ms(doc: dict[str, Any]) -> int | None:
+def updated_ms(doc: dict[str, Any]) -> int | None:
     raw = doc.get("updated_at") or doc.get("created_at")
     if isinstance(raw, int | float):
         return int(raw * 1000) if raw < 1e11 else int(raw)
@@ -120,7 +122,7 @@ def _updated_ms(doc: dict[str, Any]) -> int | None:
     return None
 
 
-def _blocked_by(doc: dict[str, Any], flags: dict[str, dict[str, Any]]) -> list[str]:
+def blocked_by(doc: dict[str, Any], flags: dict[str, dict[str, Any]]) -> list[str]:
     """Prerequisites that cannot be met as the flags stand (missing, or off serving another)."""
     out = []
     for pre in doc.get("prerequisites") or []:
@@ -145,8 +147,8 @@ async def cleanup(request: Request, who: Principal | None) -> Response:
     for key, doc in sorted(docs.items()):
         lasted = last.get(key)
         served = await ins.variations_since(env, key, since) if lasted else set()
-        updated = _updated_ms(doc)
-        blocked = _blocked_by(doc, docs)
+        updated = updated_ms(doc)
+        blocked = blocked_by(doc, docs)
         reasons = []
         if lasted is None or lasted < since:
             reasons.append("not_evaluated")

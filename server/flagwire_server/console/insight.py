@@ -13,10 +13,10 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
-from flagwire_server.api.insight import _blocked_by, _updated_ms
+from flagwire_server.api.insight import blocked_by, updated_ms
 from flagwire_server.console.pages import _guarded, _layout, _render, _store
-from flagwire_server.console.session import Session
 from flagwire_server.services import services_of
+from flagwire_server.sessions import Session
 from flagwire_server.store.archive import FlagArchive
 from flagwire_server.store.insight import DAY_MS
 
@@ -47,8 +47,8 @@ async def _cleanup(request: Request, session: Session) -> Response:
     for key, doc in sorted(docs.items()):
         lasted = last.get(key)
         served = await ins.variations_since(env, key, since) if lasted else set()
-        updated = _updated_ms(doc)
-        blocked = _blocked_by(doc, docs)
+        updated = updated_ms(doc)
+        blocked = blocked_by(doc, docs)
         reasons = []
         if lasted is None or lasted < since:
             reasons.append("not evaluated")

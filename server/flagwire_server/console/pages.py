@@ -26,7 +26,8 @@ from flagwire.core.operators import OPERATORS
 from flagwire_server.api.ratelimit import RateLimiter
 from flagwire_server.console import present
 from flagwire_server.console.forms import FormRefused, read_form
-from flagwire_server.console.session import (
+from flagwire_server.services import services_of
+from flagwire_server.sessions import (
     LOGIN_COOKIE,
     Session,
     create_session,
@@ -34,7 +35,6 @@ from flagwire_server.console.session import (
     read_session,
     same_origin,
 )
-from flagwire_server.services import services_of
 from flagwire_server.store.documents import NotFound, Store, StoreUnavailable
 
 __all__ = ["build_routes"]

@@ -3,7 +3,7 @@
 Why hashes: a copy of the store (a dump, an append-only file) must not hold
 anything that signs in.  A session is stored under ``P:sys:session:<sha256(id)>``;
 the id itself lives only in the user's signed cookie, and the session's CSRF
-token is derived from the id (``console/session.py``), so neither is in Redis.
+token is derived from the id (``sessions.py``), so neither is in Redis.
 
 Why a watcher: a console stream is authenticated once, at its handshake.  When
 the session ends — signed out on any instance, or expired — its streams must
@@ -12,7 +12,7 @@ close within a second, as streams of a revoked API key do.  Sign-out bumps
 checks the sessions its open streams belong to, and also re-checks them every
 few seconds so expiry is noticed too.
 
-Only this module talks to Redis about sessions; ``console/session.py`` keeps
+Only this module talks to Redis about sessions; ``sessions.py`` keeps
 the HTTP side (cookies, signing, CSRF).
 """
 

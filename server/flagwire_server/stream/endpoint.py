@@ -38,9 +38,9 @@ from flagwire.core.limits import MAX_CLIENT_FRAME, STREAM_PATH
 from flagwire.core.protocol import Ack, CloseCode, Identify, Resync, Summary, decode
 from flagwire.core.reports import MAX_SUMMARY_FRAME
 from flagwire_server.config import Settings
-from flagwire_server.console.session import read_session
 from flagwire_server.observability.refusals import RefusalLog
 from flagwire_server.services import services_of
+from flagwire_server.sessions import read_session
 from flagwire_server.stream.conn import Conn
 from flagwire_server.stream.feed import EnvFeed, EnvNotFound
 from flagwire_server.stream.reports import Insight
