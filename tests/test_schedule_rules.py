@@ -134,3 +134,21 @@ def test_deleted_flag() -> None:
 
 def test_actor_names_creator_and_change() -> None:
     assert scheduler_actor(_record(created_by="alice")) == "scheduler, created by alice (sch_1)"
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        -1.7976931348623157e308,
+        7.7e307,
+        float("inf"),
+        float("nan"),
+        -1,
+        253_402_300_800,
+        "0001-01-01T00:00:00Z",
+    ],
+)
+def test_a_due_time_outside_1970_to_9999_is_a_validation_error_not_a_crash(bad: object) -> None:
+    # Found by schemathesis: a huge negative due_at was a 500 (OverflowError) at the API.
+    with pytest.raises(ValidationError):
+        due_ms_of(bad)

@@ -67,6 +67,10 @@ _FIELDS: Final = frozenset({"flag", "action", "change", "version", "due_at", "if
 _EDITABLE: Final = frozenset({"change", "version", "due_at", "if_changed", "wait"})
 
 
+#: 9999-12-31T23:59:59Z, the last instant ``datetime`` (and so ``iso_ms``) can print.
+_LATEST_S: Final = 253_402_300_799
+
+
 def due_ms_of(value: object, field: str = "due_at") -> int:
     """``due_at`` as epoch milliseconds: an RFC 3339 time with an offset, or epoch seconds.
 
@@ -76,16 +80,22 @@ def due_ms_of(value: object, field: str = "due_at") -> int:
     if isinstance(value, bool):
         raise ValidationError([(field, "expected an RFC 3339 time or epoch seconds")])
     if isinstance(value, int | float):
-        return round(float(value) * 1000)
-    if isinstance(value, str):
+        seconds = float(value)
+    elif isinstance(value, str):
         try:
             when = dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
         except ValueError:
             raise ValidationError([(field, f"{value[:60]!r} is not an RFC 3339 time")]) from None
         if when.tzinfo is None:
             raise ValidationError([(field, "give a UTC offset (such as Z or +02:00)")])
-        return round(when.timestamp() * 1000)
-    raise ValidationError([(field, "expected an RFC 3339 time or epoch seconds")])
+        seconds = when.timestamp()
+    else:
+        raise ValidationError([(field, "expected an RFC 3339 time or epoch seconds")])
+    # Checked before any arithmetic: an infinite, NaN or huge value must be a 422, not an
+    # OverflowError, and a stored due time must stay printable (iso_ms) for its whole life.
+    if not (0 <= seconds <= _LATEST_S):  # also false for NaN
+        raise ValidationError([(field, "must lie between 1970-01-01 and 9999-12-31 (UTC)")])
+    return round(seconds * 1000)
 
 
 def iso_ms(ms: int) -> str:
