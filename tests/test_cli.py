@@ -102,6 +102,9 @@ def test_flags_commands(live: Live, env: str, tmp_path: Path) -> None:
         run_json(live, "flags", "off", "checkout", "-e", env, "--wait", "0.1")["flag"]["on"]
         is False
     )
+    # A write that changes nothing says so, rather than echoing a version as if it moved.
+    again = run(live, "flags", "off", "checkout", "-e", env, "--wait", "0.1").stdout
+    assert "unchanged (already off), nothing sent" in again
     hist = run(live, "flags", "history", "checkout", "-e", env).stdout
     assert "current" in hist
     assert run_json(live, "flags", "restore", "checkout", "2", "-e", env)["version"] == 6

@@ -56,7 +56,9 @@ def write_summary(data: dict[str, Any], kind: str, as_json: bool) -> None:
         f"environment version {data['env_version']}"
     )
     prop = data.get("propagation")
-    if prop and not prop.get("connected"):
+    if data.get("changed") is False:
+        line += f"; unchanged (already {state}), nothing sent"
+    elif prop and not prop.get("connected"):
         line += "; no clients connected"
     elif prop:
         line += (
