@@ -13,6 +13,7 @@ import threading
 import time
 from collections.abc import Callable
 
+import httpx
 import pytest
 
 from tests.support.builders import flag
@@ -71,3 +72,41 @@ async def test_sigterm_with_open_streams_and_a_busy_change_log_exits_within_the_
         )
         for c in clients:
             assert await c.wait_closed(5) == 1001
+
+
+def test_sigterm_ends_open_ofrep_event_streams_at_once(
+    make_server: Callable[..., ServerProcess],
+) -> None:
+    """An open SSE stream does not hold a restart for the whole drain time.
+
+    uvicorn waits for every HTTP response to finish before the lifespan's
+    shutdown runs; an event stream never finishes by itself, so a browser with
+    the console's OFREP stream open used to keep the old process (and its port)
+    for ``FLAGWIRE_SHUTDOWN_TIMEOUT`` on every rolling restart.
+    """
+    drain = 8.0
+    srv = make_server(env={"FLAGWIRE_SHUTDOWN_TIMEOUT": str(drain)})
+    srv.api("PUT", "/environments/production/flags/f", flag("f", client_side=True))
+    key = srv.api("POST", "/keys", {"name": "web", "kind": "client", "env": "production"})
+    first = httpx.post(
+        srv.url + "/ofrep/v1/evaluate/flags",
+        json={"context": {"targetingKey": "u"}},
+        headers={"Authorization": f"Bearer {key['secret']}"},
+    )
+    url = first.json()["eventStreams"][0]["url"]
+    opened, ended = threading.Event(), threading.Event()
+
+    def listen() -> None:
+        with httpx.stream("GET", url, timeout=drain + 10) as stream:
+            for _ in stream.iter_lines():
+                opened.set()
+        ended.set()
+
+    threading.Thread(target=listen, daemon=True).start()
+    assert opened.wait(10), "the event stream did not open"
+    began = time.monotonic()
+    code = srv.stop(drain + 10)
+    took = time.monotonic() - began
+    assert code == 0, srv.output()[-3000:]
+    assert took < 2.5, f"exit took {took:.2f}s with an event stream open (drain {drain}s)"
+    assert ended.wait(2), "the event stream was not ended by the shutdown"

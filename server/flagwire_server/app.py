@@ -40,7 +40,7 @@ from flagwire_server.api.ratelimit import RateLimiter
 from flagwire_server.config import Settings
 from flagwire_server.observability import health
 from flagwire_server.observability.metrics import Metrics, RequestMetricsMiddleware
-from flagwire_server.process import fix_mmap_threshold, freeze_gc, raise_nofile
+from flagwire_server.process import fix_mmap_threshold, freeze_gc, on_exit_signal, raise_nofile
 from flagwire_server.release.runner import Releases
 from flagwire_server.release.scheduler import Scheduler
 from flagwire_server.services import Services
@@ -207,6 +207,9 @@ def _lifespan(
         await insight.start()
         releases.start_loop()
         freeze_gc()
+        # uvicorn drains open responses before the code after ``yield`` runs: end the
+        # event streams (which never end by themselves) as soon as the exit is asked.
+        on_exit_signal(fanout.end_event_streams)
         log.info(
             "flagwire ready",
             extra={"instance": instance_id, "envs": sorted(fanout.feeds), "pid": os.getpid()},

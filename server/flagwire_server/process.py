@@ -14,18 +14,27 @@
   heap and stay resident after the streams are gone (measured: 62 → 232 MiB
   and still 232 after they closed).  A fixed threshold keeps every large
   buffer in its own mapping, returned when freed (84 MiB after they closed).
+* Shutdown: uvicorn drains every open HTTP response before the lifespan's
+  shutdown runs, and an event stream never ends by itself; so the app is told
+  when SIGTERM/SIGINT arrives (:func:`on_exit_signal`) and ends its streams
+  then, rather than holding a restart for the whole drain time.
 """
 
 from __future__ import annotations
 
+import asyncio
 import ctypes
 import ctypes.util
 import gc
 import logging
+import signal
 import sys
+import threading
+from collections.abc import Callable
+from types import FrameType
 from typing import Final
 
-__all__ = ["USEFUL_NOFILE", "fix_mmap_threshold", "freeze_gc", "raise_nofile"]
+__all__ = ["USEFUL_NOFILE", "fix_mmap_threshold", "freeze_gc", "on_exit_signal", "raise_nofile"]
 
 log = logging.getLogger("flagwire.process")
 
@@ -84,3 +93,34 @@ def fix_mmap_threshold(size: int = MMAP_THRESHOLD) -> bool:
     mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
     mallopt.restype = ctypes.c_int
     return bool(mallopt(_M_MMAP_THRESHOLD, size))
+
+
+def on_exit_signal(callback: Callable[[], None]) -> bool:
+    """Also run ``callback`` on the running loop when SIGTERM or SIGINT arrives.
+
+    The handlers in place (uvicorn's, which start its shutdown) still run first.
+    Call it from the lifespan's start-up, after the server has installed them;
+    uvicorn restores its own on exit, so nothing needs undoing.  Returns False
+    (nothing installed) off the main thread, e.g. a server run in a test thread,
+    or where no Python handler is in place to chain to.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        return False
+    loop = asyncio.get_running_loop()
+    installed = False
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        previous = signal.getsignal(sig)
+        if not callable(previous):
+            continue  # the default action or ignored: not a server's shutdown; leave it
+
+        def handler(
+            signum: int,
+            frame: FrameType | None,
+            previous: Callable[[int, FrameType | None], object] = previous,
+        ) -> None:
+            previous(signum, frame)
+            loop.call_soon_threadsafe(callback)
+
+        signal.signal(sig, handler)
+        installed = True
+    return installed

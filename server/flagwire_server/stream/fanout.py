@@ -300,6 +300,11 @@ class Fanout:
         for feed in self.feeds.values():
             feed.close_all(code, reason)
 
+    def end_event_streams(self) -> None:
+        """End every open OFREP event stream (the server is exiting; they reconnect)."""
+        for feed in self.feeds.values():
+            feed.listeners.close_all()
+
     async def revoke(self, key_id: str) -> None:
         """A key was revoked: close its streams with 4001 (do not retry).
 
