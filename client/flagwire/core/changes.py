@@ -11,6 +11,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from flagwire.core._flags import entries_of
 from flagwire.core.evaluation import Snapshot
 
 __all__ = ["ChangeKind", "FlagChange", "change_of", "diff"]
@@ -58,17 +59,28 @@ def change_of(
     )
 
 
+def _or(version: int | None, fallback: int) -> int:
+    return fallback if version is None else version
+
+
 def diff(old: Snapshot | None, new: Snapshot) -> list[FlagChange]:
     """Every flag and segment that differs between two snapshots (segments after flags)."""
     changes: list[FlagChange] = []
-    pairs: tuple[tuple[ChangeKind, Mapping[str, Any], Mapping[str, Any]], ...] = (
-        ("flag", old.flags if old else {}, new.flags),
-        ("segment", old.segments if old else {}, new.segments),
-    )
-    for kind, before, after in pairs:
-        for key in sorted(before.keys() | after.keys()):
-            a, b = before.get(key), after.get(key)
-            if a is b or a == b:
-                continue
-            changes.append(change_of(kind, key, a, b, new.version))
+    # Flags are compared by their JSON first: documents are decoded only when it differs.
+    before = entries_of(old.flags) if old else {}
+    after = entries_of(new.flags)
+    for key in sorted(before.keys() | after.keys()):
+        a, b = before.get(key), after.get(key)
+        if a is not None and b is not None and a.same_as(b):
+            continue
+        old_version = None if a is None else _or(a.version, new.version - 1)
+        new_version = None if b is None else _or(b.version, new.version)
+        changes.append(FlagChange(key, old_version, new_version, "flag", new.version))
+    seg_before: Mapping[str, Any] = old.segments if old else {}
+    seg_after = new.segments
+    for key in sorted(seg_before.keys() | seg_after.keys()):
+        x, y = seg_before.get(key), seg_after.get(key)
+        if x is y or x == y:
+            continue
+        changes.append(change_of("segment", key, x, y, new.version))
     return changes

@@ -19,18 +19,13 @@ targets → rules in order → fallthrough.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from types import MappingProxyType
 from typing import Any, Final
 
 from flagwire.core._clauses import CompiledSegment, MalformedError, compile_segment
-from flagwire.core._compile import (
-    USE_DEFAULT,
-    CompiledFlag,
-    CycleError,
-    compile_flag,
-    malformed_flag,
-)
+from flagwire.core._compile import USE_DEFAULT, CycleError
+from flagwire.core._flags import Entries, FlagDocs, FlagEntry, derive, entries_of
 from flagwire.core.detail import ErrorKind, EvaluationDetail, Reason
 from flagwire.core.errors import ValidationError
 from flagwire.core.limits import KEY_RE, LIMITS
@@ -38,6 +33,7 @@ from flagwire.core.limits import KEY_RE, LIMITS
 __all__ = ["ErrorKind", "EvaluationDetail", "Reason", "Snapshot"]
 
 _EMPTY: Final[Mapping[str, dict[str, Any]]] = MappingProxyType({})
+_NO_ENTRIES: Final[Entries] = {}
 _ERROR: Final = Reason.ERROR
 _PREREQUISITE_FAILED: Final = Reason.PREREQUISITE_FAILED
 
@@ -47,12 +43,13 @@ def _error(default: Any, kind: ErrorKind) -> EvaluationDetail:
 
 
 class Snapshot:
-    """All flags and segments of an environment at one version, compiled.
+    """All flags and segments of an environment at one version, compiled on use.
 
     Immutable: the ``with_*``/``without_*`` methods return a new snapshot
     that shares the compiled form of everything unchanged.  Documents that
     fail validation are kept (they are still the environment's data) and
-    evaluate to ``ERROR``/``MALFORMED_FLAG``.
+    evaluate to ``ERROR``/``MALFORMED_FLAG``.  Flag documents are held as
+    their JSON and decoded when read (``core/_flags.py``).
 
     Args:
         flags: flag key → flag document.
@@ -61,11 +58,12 @@ class Snapshot:
         epoch: the environment's epoch (changes when its history restarts).
     """
 
-    __slots__ = ("_compiled", "_epoch", "_flags", "_segments", "_segs", "_version")
+    __slots__ = ("_base", "_count", "_epoch", "_over", "_segments", "_segs", "_version")
 
-    _flags: dict[str, dict[str, Any]]
+    _base: Entries
+    _over: Entries
+    _count: int
     _segments: dict[str, dict[str, Any]]
-    _compiled: _CompiledFlags
     _segs: dict[str, CompiledSegment]
     _version: int
     _epoch: str
@@ -77,9 +75,9 @@ class Snapshot:
         version: int = 0,
         epoch: str = "",
     ) -> None:
-        self._flags = dict(flags)
+        self._base, self._over = entries_of(flags), _NO_ENTRIES
+        self._count = len(self._base)
         self._segments = dict(segments)
-        self._compiled = _CompiledFlags(self._flags)
         self._segs = {key: _compile_segment_as(key, doc) for key, doc in self._segments.items()}
         self._version = version
         self._epoch = epoch
@@ -87,8 +85,8 @@ class Snapshot:
     @classmethod
     def _derive(cls, base: Snapshot, version: int) -> Snapshot:
         new = cls.__new__(cls)
-        new._flags, new._segments = base._flags, base._segments
-        new._compiled, new._segs = base._compiled, base._segs
+        new._base, new._over, new._count = base._base, base._over, base._count
+        new._segments, new._segs = base._segments, base._segs
         new._version, new._epoch = version, base._epoch
         return new
 
@@ -96,8 +94,8 @@ class Snapshot:
 
     @property
     def flags(self) -> Mapping[str, dict[str, Any]]:
-        """The flag documents as given (a read-only mapping; do not mutate the documents)."""
-        return MappingProxyType(self._flags)
+        """The flag documents (a read-only mapping; each read decodes a fresh copy)."""
+        return FlagDocs(self._base, self._over, self._count)
 
     @property
     def segments(self) -> Mapping[str, dict[str, Any]]:
@@ -114,10 +112,15 @@ class Snapshot:
         """The environment epoch this snapshot belongs to."""
         return self._epoch
 
+    @property
+    def _compiled(self) -> Mapping[str, FlagEntry]:
+        """The flags compiled so far (reading one compiles it): for tests and debugging."""
+        return _Compiled(self)
+
     def __repr__(self) -> str:
         return (
             f"<Snapshot epoch={self._epoch!r} version={self._version} "
-            f"flags={len(self._flags)} segments={len(self._segments)}>"
+            f"flags={self._count} segments={len(self._segments)}>"
         )
 
     # --- changes -------------------------------------------------------------
@@ -125,26 +128,25 @@ class Snapshot:
     def with_flag(self, doc: dict[str, Any], version: int) -> Snapshot:
         """A new snapshot with ``doc`` added or replaced; it is compiled when first evaluated.
 
+        Costs ``O(√n)`` for ``n`` flags, amortised (``core/_flags.py``).
+
         Raises:
             ValidationError: ``doc`` has no valid ``key`` to file it under.
                 (Any other problem yields a flag that evaluates to MALFORMED_FLAG.)
         """
         key = _doc_key(doc)
         new = Snapshot._derive(self, version)
-        # dict.copy() of a dict without deletions is one memory copy: ~20 µs at
-        # 10,000 flags, where a merge into a new dict rehashed every key.
-        flags = self._flags.copy()
-        flags[key] = doc
-        new._flags, new._compiled = flags, self._compiled.derive(flags, key)
+        if not (key in self._over or key in self._base):
+            new._count += 1
+        new._base, new._over = derive(self._base, self._over, key, FlagEntry(doc))
         return new
 
     def without_flag(self, key: str, version: int) -> Snapshot:
         """A new snapshot without flag ``key`` (no error if it was absent)."""
         new = Snapshot._derive(self, version)
-        if key in self._flags:
-            flags = self._flags.copy()
-            del flags[key]
-            new._flags, new._compiled = flags, self._compiled.derive(flags, key)
+        if key in self._over or key in self._base:
+            new._base, new._over = derive(self._base, self._over, key, None)
+            new._count -= 1
         return new
 
     def with_segment(self, doc: dict[str, Any], version: int) -> Snapshot:
@@ -192,11 +194,14 @@ class Snapshot:
             The value, its variation index and the reason.
         """
         try:
-            flag = self._compiled.get(key) or self._compiled.first_use(key)
+            flag = self._over.get(key) or self._base.get(key)
         except TypeError:  # an unhashable "key" cannot name a flag
             flag = None
         if flag is None:
             return _error(default, ErrorKind.FLAG_NOT_FOUND)
+        run = flag.run
+        if run is None:
+            run = flag.compile(key)
         if kind is not None:
             try:
                 accepted = kind in flag.accepts
@@ -208,7 +213,7 @@ class Snapshot:
             ckey = context.get("key")
             if ckey.__class__ is not str:
                 return _error(default, ErrorKind.INVALID_CONTEXT)
-            detail = flag.run(context, ckey, self, ())
+            detail = run(context, ckey, self, ())
         except MalformedError:
             return _error(default, ErrorKind.MALFORMED_FLAG)
         except CycleError:
@@ -226,7 +231,7 @@ class Snapshot:
     def evaluate_all(self, context: Mapping[str, Any]) -> dict[str, EvaluationDetail]:
         """Evaluate every flag for ``context`` (default None), keyed by flag key."""
         evaluate = self.evaluate
-        return {key: evaluate(key, context, None) for key in self._flags}
+        return {key: evaluate(key, context, None) for key in self.flags}
 
     # --- the Env protocol used by compiled code --------------------------------
 
@@ -256,11 +261,16 @@ class Snapshot:
         """
         if key in chain or len(chain) > LIMITS.max_prerequisite_depth:
             raise CycleError(" -> ".join((*chain, key)))
-        flag = self._compiled.get(key) or self._compiled.first_use(key)
-        if flag is None or not flag.on:
+        flag = self._over.get(key) or self._base.get(key)
+        if flag is None:
+            return None
+        run = flag.run
+        if run is None:
+            run = flag.compile(key)
+        if not flag.on:
             return None
         try:
-            detail = flag.run(ctx, ckey, self, chain)
+            detail = run(ctx, ckey, self, chain)
         except MalformedError:
             return None
         if transitive and detail.reason is _PREREQUISITE_FAILED:
@@ -268,48 +278,26 @@ class Snapshot:
         return detail
 
 
-class _CompiledFlags(dict[str, CompiledFlag]):
-    """The compiled flags of one set of flag documents, each compiled on first use.
+class _Compiled(Mapping[str, FlagEntry]):
+    """The compiled flags of a snapshot, as a mapping; reading a flag compiles it."""
 
-    ``docs`` is the snapshot's flag dict (never mutated); ``parent`` is the cache
-    of the snapshot this one was derived from, asked first for a flag whose
-    document both share, so that a change recompiles only the changed flag even
-    when the others were first used after it.  Only the newest link is kept
-    (:meth:`derive` cuts the parent's own), so a long run of changes does not
-    keep old snapshots alive.  Two threads may compile the same flag at once:
-    each gets an equal result and one is kept, so no lock is needed.
-    """
+    def __init__(self, snap: Snapshot) -> None:
+        self._docs = FlagDocs(snap._base, snap._over, snap._count)
 
-    __slots__ = ("docs", "parent")
+    def __getitem__(self, key: str) -> FlagEntry:
+        entry = self._docs.entry(key)
+        if entry is None:
+            raise KeyError(key)
+        if entry.run is None:
+            entry.compile(key)
+        return entry
 
-    def __init__(
-        self, docs: dict[str, dict[str, Any]], parent: _CompiledFlags | None = None
-    ) -> None:
-        super().__init__()
-        self.docs = docs
-        self.parent = parent
+    def __iter__(self) -> Iterator[str]:
+        docs = self._docs
+        return (key for key in docs if docs.entry(key).run is not None)  # type: ignore[union-attr]
 
-    def __missing__(self, key: str) -> CompiledFlag:
-        doc = self.docs[key]  # KeyError: no such flag
-        parent = self.parent
-        if parent is not None and key in parent.docs and parent.docs[key] is doc:
-            flag = parent[key]
-        else:
-            flag = _compile_flag_as(key, doc)
-        self[key] = flag
-        return flag
-
-    def first_use(self, key: str) -> CompiledFlag | None:
-        """Flag ``key`` compiled now and kept, or None if there is no such flag."""
-        return self[key] if key in self.docs else None
-
-    def derive(self, docs: dict[str, dict[str, Any]], changed: str) -> _CompiledFlags:
-        """The cache for ``docs``: this one's compiled flags but ``changed``."""
-        new = _CompiledFlags(docs, self)
-        new.update(self)
-        new.pop(changed, None)
-        self.parent = None
-        return new
+    def __len__(self) -> int:
+        return sum(1 for _ in self)
 
 
 def _doc_key(doc: Any) -> str:
@@ -317,17 +305,6 @@ def _doc_key(doc: Any) -> str:
     if not isinstance(key, str) or not KEY_RE.match(key):
         raise ValidationError([("key", f"{key!r} is not a valid key")])
     return key
-
-
-def _compile_flag_as(key: str, doc: Any) -> CompiledFlag:
-    """Compile a flag filed under ``key``; a document naming another key is malformed."""
-    doc_key = doc.get("key") if isinstance(doc, dict) else None
-    if doc_key != key:
-        return malformed_flag(key, f"document key {doc_key!r} does not match {key!r}")
-    try:
-        return compile_flag(doc)
-    except Exception as exc:  # pragma: no cover - a compiler bug must not break the snapshot
-        return malformed_flag(key, f"cannot compile: {exc!r}")
 
 
 def _compile_segment_as(key: str, doc: Any) -> CompiledSegment:

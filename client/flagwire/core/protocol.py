@@ -21,11 +21,13 @@ limits, the key pattern) live in :mod:`flagwire.core.limits`.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final, Literal, TypeAlias
 
 import orjson
 
+from flagwire.core._flags import FlagDocs
 from flagwire.core.errors import ProtocolError
 from flagwire.core.limits import DEFAULT_HEARTBEAT, KEY_RE, PROTOCOL_VERSION
 from flagwire.core.reports import Identify, Summary, Watch, decode_report, report_object
@@ -88,8 +90,8 @@ class SnapshotMessage:
     env: str
     epoch: str
     version: int
-    flags: dict[str, dict[str, Any]]
-    segments: dict[str, dict[str, Any]]
+    flags: Mapping[str, dict[str, Any]]
+    segments: Mapping[str, dict[str, Any]]
     type: Literal["snapshot"] = field(default="snapshot", init=False, repr=False)
 
 
@@ -172,8 +174,8 @@ def encode(message: Message) -> bytes:
             "env": message.env,
             "epoch": message.epoch,
             "version": message.version,
-            "flags": message.flags,
-            "segments": message.segments,
+            "flags": _encodable(message.flags),
+            "segments": _encodable(message.segments),
         }
     elif isinstance(message, Hello):
         obj = {
@@ -194,6 +196,18 @@ def encode(message: Message) -> bytes:
     else:  # pragma: no cover - exhaustive
         raise TypeError(f"not a flagwire message: {message!r}")
     return orjson.dumps(obj)
+
+
+def _encodable(docs: Mapping[str, Any]) -> Mapping[str, Any]:
+    """Documents orjson can write: a snapshot's flags as the JSON they are kept as."""
+    if isinstance(docs, dict):
+        return docs
+    if isinstance(docs, FlagDocs):
+        return {
+            key: orjson.Fragment(raw) if isinstance(raw, bytes) else raw
+            for key, raw in docs.raw_items()
+        }
+    return dict(docs)
 
 
 def patch_template(kind: Kind, key: str, data: dict[str, Any] | None) -> tuple[bytes, bytes]:
