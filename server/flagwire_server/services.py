@@ -8,14 +8,12 @@ what it gets; nothing is created on first use, so nothing races.
 
 from __future__ import annotations
 
-from collections import OrderedDict
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from starlette.requests import HTTPConnection
 
 if TYPE_CHECKING:
-    from flagwire.core.evaluation import Snapshot
     from flagwire_server.api.freshness import VersionReads
     from flagwire_server.api.ratelimit import RateLimiter
     from flagwire_server.config import Settings
@@ -78,8 +76,6 @@ class Services:
     #: Release plans in Redis, and this process's runner of them.
     plans: PlanStore
     releases: Releases
-    #: Compiled snapshots of the evaluate endpoint, by environment (most recent last).
-    snapshots: OrderedDict[str, Snapshot] = field(default_factory=OrderedDict)
 
 
 def services_of(conn: HTTPConnection) -> Services:

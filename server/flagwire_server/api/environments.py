@@ -1,8 +1,7 @@
 """Admin handlers for environments, their audit log and change propagation.
 
 Evaluation, under ``/environments/{env}/evaluate``, has a module of its own
-(``evaluation.py``): it is the one admin route an SDK key may call, and it
-keeps compiled snapshots.
+(``evaluation.py``): it is the one admin route an SDK key may call.
 """
 
 from __future__ import annotations
@@ -65,7 +64,6 @@ async def get_env(request: Request, who: Principal | None) -> Response:
 async def delete_env(request: Request, who: Principal | None) -> Response:
     env = env_param(request)
     await store(request).delete_env(env)
-    services_of(request).snapshots.pop(env, None)
     await audit_event(request, who, action="delete", kind="environment", key=env)
     return Response(status_code=204)
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from flagwire.core.protocol import CloseCode
@@ -23,6 +23,7 @@ from flagwire_server.stream.mirror import Mirror
 from flagwire_server.stream.ofrep_events import Listeners
 
 if TYPE_CHECKING:
+    from flagwire.core.evaluation import Snapshot
     from flagwire_server.config import Settings
     from flagwire_server.observability.metrics import Metrics
     from flagwire_server.store.changelog import Change
@@ -82,12 +83,17 @@ class EnvFeed:
         return self.mirror.epoch
 
     @property
-    def flags(self) -> dict[str, dict[str, Any]]:
+    def flags(self) -> Mapping[str, dict[str, Any]]:
         return self.mirror.flags
 
     @property
-    def segments(self) -> dict[str, dict[str, Any]]:
+    def segments(self) -> Mapping[str, dict[str, Any]]:
         return self.mirror.segments
+
+    @property
+    def snapshot(self) -> Snapshot:
+        """The environment at :attr:`version`, compiled on use (the evaluate endpoint's)."""
+        return self.mirror.snapshot
 
     @property
     def conns(self) -> set[Conn]:
