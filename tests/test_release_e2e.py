@@ -9,6 +9,7 @@ old to new: no stage, pause or resume sends anyone back or reshuffles them.
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import Callable
 from typing import Any
 
@@ -66,7 +67,7 @@ async def test_plan_moves_every_client_only_from_old_to_new(
         stages = [
             {"segments": ["staff"], "hold": 0.5},
             {"percent": 10, "hold": 0.5},
-            {"percent": 50, "hold": 0.5},
+            {"percent": 50, "hold": 3},  # long enough to pause it on a loaded machine
             {"percent": 100, "hold": 0},
         ]
         plan = a.api(
@@ -78,9 +79,17 @@ async def test_plan_moves_every_client_only_from_old_to_new(
             return bool(b.api("GET", f"{BASE}/releases/{pid}")["stage"] >= n)
 
         await poll(lambda: at_stage(2), within=20, what="the 50% stage")
-        paused = b.api("POST", f"{BASE}/releases/{pid}/pause")  # through the other server
+
+        def pause() -> dict[str, Any] | None:
+            # Through the other server; a 409 "being changed" (the loop writing the
+            # stage and waiting for the clients' acks) says try again in a moment.
+            status, text = b.request("POST", f"/api/v1{BASE}/releases/{pid}/pause")
+            assert status in (200, 409), text
+            return json.loads(text) if status == 200 else None
+
+        paused = await poll(pause, within=20, what="the plan to pause")
         assert paused["status"] == "paused"
-        await asyncio.sleep(1.0)  # past the hold: a paused plan stays where it is
+        await asyncio.sleep(3.5)  # past the hold: a paused plan stays where it is
         assert b.api("GET", f"{BASE}/releases/{pid}")["stage"] == paused["stage"]
         b.api("POST", f"{BASE}/releases/{pid}/resume")
 
