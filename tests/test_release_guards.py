@@ -17,7 +17,8 @@ import httpx
 import pytest
 
 from flagwire.core.errors import ValidationError
-from flagwire_server.release.prometheus import breach, parse_guards
+from flagwire_server.release.guards import parse_guards
+from flagwire_server.release.prometheus import breach
 from tests.support.builders import flag
 from tests.support.inprocess import asgi_app
 from tests.support.polling import poll

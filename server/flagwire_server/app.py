@@ -152,8 +152,9 @@ def _lifespan(
             lease=settings.schedule_lease,
             on_finish=metrics.schedule_finished,
         )
+        insight_store = InsightStore(redis, keyspace, settings.insight_retention_days)
         insight = Insight(
-            InsightStore(redis, keyspace, settings.insight_retention_days),
+            insight_store,
             metrics,
             lambda: fanout.feeds,
             instance_id=instance_id,
@@ -167,6 +168,7 @@ def _lifespan(
             owner=instance_id,
             wait_for=fanout.wait_for,
             prometheus_url=settings.prometheus_url,
+            insight=insight_store,
             on_event=metrics.release_event,
             on_guard=metrics.guard_checked,
         )

@@ -27,7 +27,7 @@ def _actor(who: Principal | None) -> str:
 
 def _view(plan: dict[str, Any]) -> dict[str, Any]:
     """A plan as the API shows it: the flag before the plan is summarised, not repeated."""
-    out = {k: v for k, v in plan.items() if k != "before"}
+    out = {k: v for k, v in plan.items() if k not in ("before", "base", "stage_base")}
     out["before_version"] = (plan.get("before") or {}).get("version")
     return out
 
@@ -53,6 +53,13 @@ async def list_plans(request: Request, who: Principal | None) -> Response:
 async def get(request: Request, who: Principal | None) -> Response:
     env, plan_id = env_param(request), str(request.path_params["id"])
     return json_response(_view(await services_of(request).plans.get(env, plan_id)))
+
+
+async def readings(request: Request, who: Principal | None) -> Response:
+    env, plan_id = env_param(request), str(request.path_params["id"])
+    plans = services_of(request).plans
+    await plans.get(env, plan_id)
+    return json_response({"readings": await plans.readings(env, plan_id)})
 
 
 async def operate(request: Request, who: Principal | None) -> Response:

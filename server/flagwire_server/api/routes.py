@@ -276,6 +276,16 @@ def _releases() -> list[ApiRoute]:
             errors=(404,),
         ),
         ApiRoute(
+            "GET",
+            f"{base}/{{id}}/readings",
+            releases.readings,
+            operation_id="getReleaseGuardReadings",
+            summary="A release plan's guard readings, oldest first (values new vs old, n, z)",
+            tag="releases",
+            responses={200: "ReleaseGuardReadings"},
+            errors=(404,),
+        ),
+        ApiRoute(
             "POST",
             f"{base}/{{id}}/{{op}}",
             releases.operate,

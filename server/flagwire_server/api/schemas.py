@@ -512,7 +512,37 @@ SCHEMAS: Final[dict[str, _S]] = {
             "percent": {"type": "number", "minimum": 0, "maximum": 100},
             "hold": {"type": "number", "minimum": 0, "description": "seconds"},
             "approval": {"type": "boolean"},
+            "guards": {
+                "type": "array",
+                "maxItems": 10,
+                "items": ref("ReleaseGuard"),
+                "description": "checked while this stage is the current one",
+            },
         }
+    ),
+    "ReleaseGuard": _obj(
+        {
+            "name": _STR,
+            "query": {
+                "type": "string",
+                "description": "Prometheus guard: PromQL giving one number, with max or min",
+            },
+            "max": {"type": "number"},
+            "min": {"type": "number"},
+            "event": {
+                "type": "string",
+                "description": "client-event guard: the tracked event whose rate per "
+                "evaluation is compared, new variation vs old (two-proportion z-test)",
+            },
+            "margin": {"type": "number", "minimum": 0, "maximum": 1, "default": 0},
+            "min_samples": {"type": "integer", "minimum": 1, "default": 1000},
+            "confidence": {"type": "number", "minimum": 0.5, "maximum": 0.999999, "default": 0.99},
+            "worse": {"enum": ["higher", "lower"], "default": "higher"},
+            "action": {"enum": ["rollback", "pause"], "default": "rollback"},
+        }
+    ),
+    "ReleaseGuardReadings": _obj(
+        {"readings": {"type": "array", "items": {"type": "object"}}}, ("readings",)
     ),
     "ReleaseTemplate": _obj(
         {"name": _STR, "stages": {"type": "array", "items": ref("ReleaseStage")}}, ("stages",)
@@ -535,17 +565,8 @@ SCHEMAS: Final[dict[str, _S]] = {
             "guards": {
                 "type": "array",
                 "maxItems": 10,
-                "items": _obj(
-                    {
-                        "name": _STR,
-                        "query": {"type": "string", "description": "PromQL giving one number"},
-                        "max": {"type": "number"},
-                        "min": {"type": "number"},
-                        "action": {"enum": ["rollback", "pause"], "default": "rollback"},
-                    },
-                    ("query",),
-                ),
-                "description": "checked continuously against FLAGWIRE_PROMETHEUS_URL",
+                "items": ref("ReleaseGuard"),
+                "description": "checked for as long as the plan runs",
             },
             "wait": {"type": "number", "minimum": 0, "maximum": 30},
         },

@@ -27,6 +27,7 @@ import copy
 from typing import Any, Final
 
 from flagwire.core.errors import ValidationError
+from flagwire_server.release.guards import parse_guards
 
 __all__ = [
     "TEMPLATES",
@@ -58,7 +59,8 @@ def rule_id(plan_id: str) -> str:
 
 
 def parse_stages(raw: object) -> list[dict[str, Any]]:
-    """Checked stages: ``name``, ``segments``, ``percent`` (0-100), ``hold`` (s), ``approval``.
+    """Checked stages: ``name``, ``segments``, ``percent`` (0-100), ``hold`` (s), ``approval``,
+    ``guards`` (checked while the stage is current; ``release/guards.py``).
 
     Raises:
         ValidationError: every problem, with its path (``stages[2].percent``).
@@ -73,7 +75,7 @@ def parse_stages(raw: object) -> list[dict[str, Any]]:
         if not isinstance(st, dict):
             errors.append((path, "expected an object"))
             continue
-        unknown = sorted(set(st) - {"name", "segments", "percent", "hold", "approval"})
+        unknown = sorted(set(st) - {"name", "segments", "percent", "hold", "approval", "guards"})
         errors += [(f"{path}.{k}", "unknown field") for k in unknown]
         segs = st.get("segments", [])
         if not isinstance(segs, list) or not all(isinstance(s, str) and s for s in segs):
@@ -94,6 +96,11 @@ def parse_stages(raw: object) -> list[dict[str, Any]]:
         approval = st.get("approval", False)
         if not isinstance(approval, bool):
             errors.append((f"{path}.approval", "expected true or false"))
+        try:
+            guards = parse_guards(st.get("guards"), f"{path}.guards")
+        except ValidationError as exc:
+            errors += exc.errors
+            guards = []
         if not segs and pct == 0 and i == len(raw) - 1:
             errors.append((path, "the last stage serves nobody"))
         last_percent = max(last_percent, float(pct))
@@ -104,6 +111,7 @@ def parse_stages(raw: object) -> list[dict[str, Any]]:
                 "percent": float(pct),
                 "hold": float(hold),
                 "approval": approval is True,
+                "guards": guards,
             }
         )
     if errors:

@@ -3,14 +3,11 @@
 Every server runs the loop; people's operations (start, pause, resume, advance,
 approve, roll back, abandon) come through the API of any server.  Each acts
 under the plan's lock (``store/plans.py``), re-reads the plan, writes the flag
-through the store's normal write path (versioned, audited, sent to clients)
-and saves the plan with an event: what, when, the flag version and, for
-writes, the clients' propagation ("applied by N of M in X ms").
-
-The flag is written at the version the plan wrote last: a flag edited outside
-the plan is not overwritten by the next stage; the plan pauses and says why.
-Roll back writes the flag exactly as it was before the plan, whatever happened
-since, in one write confirmed by the clients' acknowledgements.
+(``release/writes.py``: versioned, audited, confirmed by the clients) and
+saves the plan with an event.  On each tick the loop also asks the running
+plans' guards (``release/checks.py``) and on a breach rolls back or pauses at
+once.  A plan with client-event guards keeps its flag watched (the clients
+attribute ``track`` events to it) from its start to its end.
 """
 
 from __future__ import annotations
@@ -20,31 +17,24 @@ import contextlib
 import logging
 import secrets
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from typing import Any, Final
-
-import httpx
 
 from flagwire.core.errors import ValidationError
 from flagwire_server.background import stop_requested
-from flagwire_server.release.plan import (
-    TEMPLATES,
-    flag_at_stage,
-    flag_completed,
-    old_variation,
-    parse_stages,
-)
-from flagwire_server.release.prometheus import PrometheusError, breach, parse_guards, query
+from flagwire_server.release.checks import GuardChecks, active_guards, has_event_guards
+from flagwire_server.release.guards import parse_guards
+from flagwire_server.release.plan import TEMPLATES, old_variation, parse_stages
 from flagwire_server.release.schedule import iso_ms
-from flagwire_server.store.documents import Conflict, NotFound, Store, StoreError, WriteResult
+from flagwire_server.release.writes import PlanWriter, WaitFor
+from flagwire_server.store.documents import Conflict, NotFound, Store, StoreError
+from flagwire_server.store.insight import InsightStore
 from flagwire_server.store.plans import PlanStore
-from flagwire_server.store.types import _body
 
 __all__ = ["OPERATIONS", "PlanBusy", "Releases"]
 
 log = logging.getLogger("flagwire.releases")
 
-WaitFor = Callable[[str, int, float], Awaitable[dict[str, Any]]]
 OPERATIONS: Final = ("pause", "resume", "advance", "approve", "rollback", "abandon")
 _LOCK_MS: Final = 30_000
 _ENDED: Final = ("completed", "rolled_back", "abandoned")
@@ -64,6 +54,9 @@ class Releases:
         wait_for: the fan-out's ``(env, env_version, seconds) -> propagation``.
         clock: seconds since the epoch (tests pass their own).
         interval: seconds between two looks at the active plans.
+        prometheus_url: the Prometheus that query guards ask.
+        insight: the fleet-insight aggregates that client-event guards read.
+        on_event, on_guard: metrics callbacks ``(env, what)``.
     """
 
     def __init__(
@@ -76,19 +69,26 @@ class Releases:
         clock: Callable[[], float] = time.time,
         interval: float = 0.25,
         prometheus_url: str | None = None,
+        insight: InsightStore | None = None,
         on_event: Callable[[str, str], None] | None = None,
         on_guard: Callable[[str, str], None] | None = None,
     ) -> None:
         self.store = store
         self.plans = plans
         self.owner = owner
-        self.wait_for = wait_for
         self.clock = clock
         self.interval = interval
         self.prometheus_url = prometheus_url
-        self.on_event = on_event
-        self.on_guard = on_guard
-        self._http = httpx.AsyncClient(timeout=2.0)
+        self.checks = GuardChecks(
+            plans, insight, prometheus_url=prometheus_url, on_guard=on_guard, clock=clock
+        )
+        self.writer = PlanWriter(
+            store,
+            wait_for=wait_for,
+            clock=clock,
+            on_event=on_event,
+            baseline=self.checks.baseline,
+        )
         self._task: asyncio.Task[None] | None = None
 
     def now_ms(self) -> int:
@@ -142,7 +142,8 @@ class Releases:
             except NotFound:
                 raise ValidationError([("stages", f"segment {seg!r} does not exist")]) from None
         guards = parse_guards(body.get("guards"))
-        if guards and not self.prometheus_url:
+        every = guards + [g for st in stages for g in st["guards"]]
+        if not self.prometheus_url and any(g["kind"] == "prometheus" for g in every):
             raise ValidationError(
                 [("guards", "no Prometheus configured (FLAGWIRE_PROMETHEUS_URL)")]
             )
@@ -172,12 +173,16 @@ class Releases:
         }
         await self.plans.create(env, plan)
         try:
-            plan = await self._write_stage(env, plan, 0, what="started", actor=actor)
+            if has_event_guards(every):
+                plan["watch_added"] = await self.checks.watch(env, flag)
+                if guards:
+                    plan["base"] = await self.checks.baseline(env, flag)
+            plan = await self.writer.stage(env, plan, 0, what="started", actor=actor)
         except Exception:
             plan = {**plan, "status": "abandoned", "reason": "the first stage could not be written"}
-            await self.plans.save(env, plan, ended=True)
+            await self._save(env, plan)
             raise
-        await self.plans.save(env, plan)
+        await self._save(env, plan)
         return plan
 
     # --- operations ---------------------------------------------------------------
@@ -196,7 +201,7 @@ class Releases:
             if op == "pause":
                 if plan["status"] != "running":
                     raise Conflict(f"release plan {plan_id!r} is not running", 0)
-                plan = self._event(
+                plan = self.writer.event(
                     {**plan, "status": "paused", "paused_ms": now}, "paused", actor=actor
                 )
             elif op == "resume":
@@ -212,19 +217,29 @@ class Releases:
                     "flag_version": current["version"],
                     "reason": "",
                 }
-                plan = self._event(plan, "resumed", actor=actor)
+                plan = self.writer.event(plan, "resumed", actor=actor)
             elif op == "approve":
-                plan = self._event({**plan, "approved": True}, "approved", actor=actor)
+                plan = self.writer.event({**plan, "approved": True}, "approved", actor=actor)
             elif op == "advance":
-                plan = await self._next(env, plan, actor=actor, what="advanced")
+                plan = await self.writer.next(env, plan, actor=actor, what="advanced")
             elif op == "rollback":
-                plan = await self._rollback(env, plan, actor=actor, reason="rolled back by hand")
+                plan = await self.writer.rollback(
+                    env, plan, actor=actor, reason="rolled back by hand"
+                )
             elif op == "abandon":
-                plan = self._event({**plan, "status": "abandoned"}, "abandoned", actor=actor)
+                plan = self.writer.event({**plan, "status": "abandoned"}, "abandoned", actor=actor)
             else:
                 raise ValidationError([("operation", f"expected one of {', '.join(OPERATIONS)}")])
-            await self.plans.save(env, plan, ended=plan["status"] in _ENDED)
+            await self._save(env, plan)
             return plan
+
+    async def _save(self, env: str, plan: dict[str, Any]) -> None:
+        """Save the plan; an ended one frees its flag and stops watching it if it started to."""
+        ended = plan["status"] in _ENDED
+        await self.plans.save(env, plan, ended=ended)
+        if ended and plan.get("watch_added"):
+            with contextlib.suppress(StoreError):
+                await self.checks.unwatch(env, plan["flag"])
 
     # --- the loop -----------------------------------------------------------------
 
@@ -237,7 +252,7 @@ class Releases:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
             self._task = None
-        await self._http.aclose()
+        await self.checks.aclose()
 
     async def _run(self) -> None:
         while not stop_requested():
@@ -256,7 +271,7 @@ class Releases:
             for plan_id in await self.plans.active_ids(env):
                 with contextlib.suppress(NotFound):
                     plan = await self.plans.get(env, plan_id)
-                    if plan.get("guards") and plan.get("status") == "running":
+                    if plan.get("status") == "running" and active_guards(plan):
                         with contextlib.suppress(PlanBusy):
                             stopped = await self._check_guards(env, plan)
                             if stopped is not None:
@@ -270,46 +285,33 @@ class Releases:
         return moved
 
     async def _check_guards(self, env: str, plan: dict[str, Any]) -> dict[str, Any] | None:
-        """Query each guard; on a breach roll back (or pause) at once, under the lock."""
-        assert self.prometheus_url is not None
-        for guard in plan["guards"]:
-            try:
-                value = await query(self._http, self.prometheus_url, guard["query"])
-            except PrometheusError as exc:
-                if self.on_guard is not None:
-                    self.on_guard(env, "error")
-                log.warning(
-                    "releases: guard %s of %s not checked: %s", guard["name"], plan["id"], exc
+        """Ask the active guards; on a breach roll back (or pause) at once, under the lock."""
+        found = await self.checks.breached(env, plan)
+        if found is None:
+            return None
+        guard, why = found
+        detected = self.now_ms()
+        async with self._locked(env, plan["id"]):
+            plan = await self.plans.get(env, plan["id"])
+            if plan.get("status") != "running":
+                return None
+            reason = f"guard breached: {why}"
+            if guard["action"] == "pause":
+                plan = self.writer.event(
+                    {**plan, "status": "paused", "reason": reason},
+                    "paused by a guard",
+                    actor="guard",
+                    detected_ms=detected,
+                    detected_at=iso_ms(detected),
+                    reason=reason,
                 )
-                continue
-            why = breach(guard, value)
-            if self.on_guard is not None:
-                self.on_guard(env, "ok" if why is None else "breach")
-            if why is None:
-                continue
-            detected = self.now_ms()
-            async with self._locked(env, plan["id"]):
-                plan = await self.plans.get(env, plan["id"])
-                if plan.get("status") != "running":
-                    return None
-                reason = f"guard breached: {why}"
-                if guard["action"] == "pause":
-                    plan = self._event(
-                        {**plan, "status": "paused", "reason": reason},
-                        "paused by a guard",
-                        actor="guard",
-                        detected_ms=detected,
-                    )
-                else:
-                    plan = await self._rollback(env, plan, actor="guard", reason=reason)
-                    event = plan["events"][-1]
-                    event["detected_ms"] = detected
-                    event["detected_at"] = iso_ms(detected)
-                    event["reason"] = reason
-                await self.plans.save(env, plan, ended=plan["status"] in _ENDED)
-                log.warning("release plan %s stopped: %s", plan["id"], reason)
-                return plan
-        return None
+            else:
+                plan = await self.writer.rollback(
+                    env, plan, actor="guard", reason=reason, detected_ms=detected
+                )
+            await self._save(env, plan)
+            log.warning("release plan %s stopped: %s", plan["id"], reason)
+            return plan
 
     def _due(self, plan: dict[str, Any]) -> bool:
         if plan.get("status") != "running":
@@ -324,101 +326,11 @@ class Releases:
             plan = await self.plans.get(env, plan_id)
             if not self._due(plan):
                 return None  # another server advanced it first
-            plan = await self._next(env, plan, actor="release plan", what="advanced on schedule")
-            await self.plans.save(env, plan, ended=plan["status"] in _ENDED)
+            plan = await self.writer.next(
+                env, plan, actor="release plan", what="advanced on schedule"
+            )
+            await self._save(env, plan)
             return plan
-
-    # --- writes ---------------------------------------------------------------------
-
-    async def _next(
-        self, env: str, plan: dict[str, Any], *, actor: str, what: str
-    ) -> dict[str, Any]:
-        if plan["status"] != "running":
-            raise Conflict(f"release plan {plan['id']!r} is {plan['status']}", 0)
-        nxt = int(plan["stage"]) + 1
-        try:
-            if nxt >= len(plan["stages"]):
-                doc = flag_completed(plan["before"], plan)
-                res = await self._write(env, plan, doc, actor=actor)
-                plan = {**plan, "status": "completed", "flag_version": res.version}
-                return await self._confirmed(env, plan, res, "completed", actor=actor)
-            return await self._write_stage(env, plan, nxt, what=what, actor=actor)
-        except Conflict as exc:
-            reason = (
-                f"the flag was edited outside the plan ({exc}); resume to continue, or roll back"
-            )
-            return self._event(
-                {**plan, "status": "paused", "reason": reason}, "paused", actor=actor
-            )
-
-    async def _write_stage(
-        self, env: str, plan: dict[str, Any], stage: int, *, what: str, actor: str
-    ) -> dict[str, Any]:
-        doc = flag_at_stage(plan["before"], plan, stage)
-        res = await self._write(env, plan, doc, actor=actor)
-        plan = {
-            **plan,
-            "stage": stage,
-            "stage_started_ms": self.now_ms(),
-            "approved": False,
-            "flag_version": res.version,
-        }
-        return await self._confirmed(env, plan, res, what, actor=actor)
-
-    async def _rollback(
-        self, env: str, plan: dict[str, Any], *, actor: str, reason: str
-    ) -> dict[str, Any]:
-        started = self.now_ms()
-        current = await self.store.get_doc(env, "flag", plan["flag"])
-        body = _body(plan["before"], plan["flag"])
-        res = await self.store.put(
-            env,
-            "flag",
-            body,
-            actor=f"{actor} (release plan {plan['id']})",
-            expected=current["version"],
-            key=plan["flag"],
-        )
-        plan = {**plan, "status": "rolled_back", "reason": reason, "flag_version": res.version}
-        plan = await self._confirmed(env, plan, res, "rolled back", actor=actor)
-        plan["events"][-1]["detected_ms"] = started
-        return plan
-
-    async def _write(
-        self, env: str, plan: dict[str, Any], doc: dict[str, Any], *, actor: str
-    ) -> WriteResult:
-        return await self.store.put(
-            env,
-            "flag",
-            _body(doc, plan["flag"]),
-            actor=f"{actor} (release plan {plan['id']})",
-            expected=int(plan["flag_version"]),
-            key=plan["flag"],
-        )
-
-    async def _confirmed(
-        self, env: str, plan: dict[str, Any], res: WriteResult, what: str, *, actor: str
-    ) -> dict[str, Any]:
-        extra: dict[str, Any] = {"flag_version": res.version, "env_version": res.env_version}
-        if self.wait_for is not None and res.changed:
-            with contextlib.suppress(Exception):
-                prop = await self.wait_for(env, res.env_version, float(plan.get("wait", 5.0)))
-                extra["propagation"] = prop
-                extra["summary"] = (
-                    f"applied by {prop.get('acknowledged')} of {prop.get('connected')} "
-                    f"in {prop.get('max_ms')} ms"
-                )
-        return self._event(plan, what, actor=actor, **extra)
-
-    def _event(
-        self, plan: dict[str, Any], what: str, *, actor: str, **extra: Any
-    ) -> dict[str, Any]:
-        now = self.now_ms()
-        if self.on_event is not None:
-            self.on_event(str(plan.get("env", "")), what)
-        event = {"at": iso_ms(now), "at_ms": now, "what": what, "by": actor, "stage": plan["stage"]}
-        event.update(extra)
-        return {**plan, "events": [*plan.get("events", []), event][-200:]}
 
     @contextlib.asynccontextmanager
     async def _locked(self, env: str, plan_id: str) -> AsyncIterator[None]:

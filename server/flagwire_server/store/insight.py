@@ -161,6 +161,14 @@ class InsightStore:
         pipe.zrem(self._key(env, "seen"), *ids)
         await self._run(pipe)
 
+    async def watch(self, env: str, flag: str) -> bool:
+        """Add ``flag`` to the watched set; False if it was there already (a release
+        plan's event guards watch their flag, and unwatch it only if they added it)."""
+        return bool(await self._call(self.redis.sadd(self._key(env, "watched"), flag)))
+
+    async def unwatch(self, env: str, flag: str) -> None:
+        await self._call(self.redis.srem(self._key(env, "watched"), flag))
+
     async def set_watched(self, env: str, flags: Iterable[str]) -> None:
         key = self._key(env, "watched")
         pipe = self.redis.pipeline(transaction=True)
@@ -261,6 +269,32 @@ class InsightStore:
             keys = [self._key(env, f"u:{flag}:{day}:{variation}") for day in days]
             out[variation]["contexts"] = int(await self._call(self.redis.pfcount(*keys)))
         # Variations seen only in HyperLogLogs (no reasons recorded) are not reported.
+        return out
+
+    async def counts_since(self, env: str, flag: str, day: int) -> dict[str, dict[str, Any]]:
+        """Running totals per variation from ``day`` (a day number) to today.
+
+        ``{"<variation>": {"n": evaluations, "e": {event: count}}}``: every field
+        only grows until it expires, so two reads subtracted are what happened in
+        between (release-plan guards read one at a stage's start and one per check).
+        """
+        today = int(time.time() * 1000) // DAY_MS
+        pipe = self.redis.pipeline(transaction=False)
+        for d in range(day, max(day, today) + 1):
+            pipe.hgetall(self._key(env, f"h:{flag}:{d}"))
+        out: dict[str, dict[str, Any]] = {}
+        for raw in await self._run(pipe):
+            for f, v in raw.items():
+                name = as_str(f)
+                if name.startswith("r:"):
+                    _, index, _reason = name.split(":", 2)
+                    entry = out.setdefault(index, {"n": 0, "e": {}})
+                    entry["n"] += int(v)
+                elif name.startswith("e:") and name.endswith(":n"):
+                    _, index, rest = name.split(":", 2)
+                    event = rest[:-2]
+                    entry = out.setdefault(index, {"n": 0, "e": {}})
+                    entry["e"][event] = entry["e"].get(event, 0) + int(v)
         return out
 
     async def variations_since(self, env: str, flag: str, since_ms: int) -> set[int]:

@@ -106,6 +106,10 @@ class Keyspace:
         """STRING owner, with a TTL: the server acting on a plan right now."""
         return self.env(env, f"plans:lock:{plan_id}")
 
+    def plan_readings(self, env: str, plan_id: str) -> str:
+        """LIST of a plan's guard readings (JSON), oldest first, capped (the console's chart)."""
+        return self.env(env, f"plans:readings:{plan_id}")
+
     def plan_templates(self, env: str) -> str:
         """HASH name -> stages (JSON) of the environment's own release templates."""
         return self.env(env, "plans:templates")
@@ -210,5 +214,6 @@ class Keyspace:
             self.plans(env),
             self.plans_active(env),
             self.plan_lock(env, sample),
+            self.plan_readings(env, sample),
             self.plan_templates(env),
         ]

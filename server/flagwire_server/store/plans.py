@@ -11,7 +11,7 @@ flag is ``HSETNX`` on ``P:{env}:plans:active``.
 from __future__ import annotations
 
 import secrets
-from typing import Any
+from typing import Any, Final
 
 import orjson
 import redis.asyncio as aioredis
@@ -19,7 +19,10 @@ import redis.asyncio as aioredis
 from flagwire_server.store.keyspace import Keyspace
 from flagwire_server.store.types import Conflict, NotFound, _loads, _script, _translated, as_str
 
-__all__ = ["PlanStore"]
+__all__ = ["MAX_READINGS", "PlanStore"]
+
+#: Guard readings kept per plan (one a second per server while a guard runs).
+MAX_READINGS: Final = 2000
 
 
 class PlanStore:
@@ -89,6 +92,20 @@ class PlanStore:
     @_translated
     async def unlock(self, env: str, plan_id: str, owner: str) -> None:
         await self._unlock(keys=[self.keyspace.plan_lock(env, plan_id)], args=[owner])
+
+    @_translated
+    async def add_reading(self, env: str, plan_id: str, reading: dict[str, Any]) -> None:
+        """Append one guard reading, keeping the last :data:`MAX_READINGS`."""
+        key = self.keyspace.plan_readings(env, plan_id)
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.rpush(key, orjson.dumps(reading))
+            pipe.ltrim(key, -MAX_READINGS, -1)
+            await pipe.execute()
+
+    @_translated
+    async def readings(self, env: str, plan_id: str) -> list[dict[str, Any]]:
+        raw = await self.redis.lrange(self.keyspace.plan_readings(env, plan_id), 0, -1)
+        return [orjson.loads(r) for r in raw]
 
     @_translated
     async def templates(self, env: str) -> dict[str, list[dict[str, Any]]]:

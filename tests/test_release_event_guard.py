@@ -1,0 +1,214 @@
+"""A client-event guard stops a release: real ``FlagClient``s call ``track("error")`` more
+often for contexts served the new variation; the plan rolls back by itself and every
+client serves the old variation within a second of the detection.
+
+The statistics (``release/guards.py``) are tested pure first: the two-proportion
+z-test on made-up counts, the minimum sample size, the margin and the direction.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from flagwire import ClientStatus, FlagClient
+from flagwire.core.errors import ValidationError
+from flagwire_server.release.guards import Tally, event_reading, parse_guards
+from flagwire_server.release.plan import parse_stages
+from tests.support.builders import flag
+from tests.support.inprocess import InProcessServer
+from tests.support.polling import poll
+from tests.support.server import _cleanup_prefix
+
+pytestmark = pytest.mark.timeout(120)
+
+
+def _guard(**extra: Any) -> dict[str, Any]:
+    [g] = parse_guards([{"event": "error", **extra}])
+    return g
+
+
+def test_event_guard_parsed_with_defaults_and_paths() -> None:
+    g = _guard()
+    assert g["kind"] == "event"
+    assert (g["min_samples"], g["confidence"], g["margin"], g["worse"]) == (1000, 0.99, 0, "higher")
+    assert g["action"] == "rollback"
+    assert g["name"] == "error rate"
+    with pytest.raises(ValidationError) as err:
+        parse_guards([{"event": "bad event"}, {"event": "e", "min_samples": 0, "worse": "up"}, {}])
+    assert {p for p, _ in err.value.errors} == {
+        "guards[0].event",
+        "guards[1].min_samples",
+        "guards[1].worse",
+        "guards[2]",
+    }
+    # A stage carries guards of its own, checked with the stage's path.
+    with pytest.raises(ValidationError) as err:
+        parse_stages([{"percent": 10, "guards": [{"event": "e", "confidence": 2}]}])
+    assert [p for p, _ in err.value.errors] == ["stages[0].guards[0].confidence"]
+    [stage] = parse_stages([{"percent": 100, "guards": [{"event": "error"}]}])
+    assert stage["guards"][0]["event"] == "error"
+
+
+def test_two_proportion_z_test() -> None:
+    g = _guard(min_samples=1000)
+    # 4.1% vs 0.9% on 2,000 and 3,300 evaluations: far past z = 2.33.
+    r = event_reading(g, Tally(2000, 82), Tally(3300, 30))
+    assert r.breach == "error rate 4.1% vs 0.9%, n = 5,300 (z = 7.83 > 2.33)"
+    assert r.stat is not None
+    assert round(r.stat, 2) == 7.83
+    # The same rates on fewer evaluations than min_samples: not judged yet.
+    r = event_reading(g, Tally(999, 41), Tally(3300, 30))
+    assert r.breach is None
+    assert r.stat is None
+    assert r.new == pytest.approx(41 / 999)
+    # A small difference is noise at 99%: 1.1% vs 0.9% on 5,000 each (z ~ 1.0).
+    r = event_reading(g, Tally(5000, 55), Tally(5000, 45))
+    assert r.breach is None
+    assert r.stat is not None
+    assert 0.9 < r.stat < 1.1
+    # The margin tolerates a known increase: 4.1% vs 0.9% is within 4 points.
+    assert event_reading(_guard(margin=0.04), Tally(2000, 82), Tally(3300, 30)).breach is None
+    # worse=lower: a rate that falls breaches, one that rises does not.
+    lower = _guard(worse="lower", min_samples=100)
+    assert event_reading(lower, Tally(2000, 10), Tally(2000, 60)).breach is not None
+    assert event_reading(lower, Tally(2000, 60), Tally(2000, 10)).breach is None
+    # No events anywhere: nothing to test, no breach.
+    assert event_reading(g, Tally(5000, 0), Tally(5000, 0)).breach is None
+    # More events than evaluations count as one per evaluation (a proportion).
+    r = event_reading(g, Tally(1000, 5000), Tally(1000, 10))
+    assert r.new == 1.0
+    assert r.breach is not None
+
+
+@pytest.fixture
+def server(redis_url: str, redis_prefix: str, admin_key: str) -> Iterator[InProcessServer]:
+    srv = InProcessServer(
+        redis_url, prefix=redis_prefix, admin_key=admin_key, env={"FLAGWIRE_INSIGHT_FLUSH": "0.2"}
+    ).start()
+    try:
+        yield srv
+    finally:
+        srv.stop()
+        _cleanup_prefix(redis_url, redis_prefix)
+
+
+async def _api(server: InProcessServer, method: str, path: str, body: Any = None) -> Any:
+    return await asyncio.to_thread(server.api, method, path, body)
+
+
+CONTEXTS = [{"key": f"user-{i}"} for i in range(200)]
+
+
+async def test_tracked_errors_on_the_new_variation_roll_the_plan_back(
+    server: InProcessServer,
+) -> None:
+    env = f"g{uuid.uuid4().hex[:8]}"
+    base = f"/environments/{env}"
+    await _api(server, "POST", "/environments", {"key": env})
+    sdk = (await _api(server, "POST", "/keys", {"name": "g", "kind": "sdk", "env": env}))["secret"]
+    await _api(
+        server,
+        "PUT",
+        f"{base}/flags/checkout",
+        flag("checkout", variations=["new", "old"], fallthrough=1),
+    )
+    clients = [FlagClient(server.url, sdk, app="shop", report_interval=0.2) for _ in range(4)]
+    for c in clients:
+        assert await c.start(timeout=10) is ClientStatus.READY
+
+    # Each client notes when it applies a change that serves "old" to every context again.
+    back_to_old: dict[int, float] = {}
+
+    def noted(i: int, c: FlagClient) -> None:
+        def on_change(_change: object) -> None:
+            if all(c.variation("checkout", ctx, None) == "old" for ctx in CONTEXTS):
+                back_to_old.setdefault(i, time.time())
+            else:
+                back_to_old.pop(i, None)
+
+        c.on_change(on_change, "checkout")
+
+    for i, c in enumerate(clients):
+        noted(i, c)
+    stop = asyncio.Event()
+    rounds = 0
+
+    async def application(c: FlagClient) -> None:
+        # The new code fails one request in 5, the old one in 50.
+        nonlocal rounds
+        n = 0
+        while not stop.is_set():
+            for ctx in CONTEXTS:
+                n += 1
+                value = c.variation("checkout", ctx, "old")
+                if n % (5 if value == "new" else 50) == 0:
+                    c.track("error", ctx)
+            rounds += 1
+            await asyncio.sleep(0.02)
+
+    apps = [asyncio.create_task(application(c)) for c in clients]
+    try:
+        plan = await _api(
+            server,
+            "POST",
+            f"{base}/releases",
+            {
+                "flag": "checkout",
+                "variation": 0,
+                "stages": [
+                    {
+                        "percent": 50,
+                        "hold": 3600,
+                        "guards": [{"event": "error", "min_samples": 300, "name": "errors"}],
+                    },
+                    {"percent": 100},
+                ],
+            },
+        )
+        pid = plan["id"]
+        watched = await _api(server, "GET", f"{base}/insight/watched")
+        assert watched["flags"] == ["checkout"]  # the guard's flag is watched while it runs
+
+        async def rolled_back() -> dict[str, Any] | None:
+            p = await _api(server, "GET", f"{base}/releases/{pid}")
+            return p if p["status"] == "rolled_back" else None
+
+        done = await poll(rolled_back, within=30, what="the event guard to roll the plan back")
+        event = done["events"][-1]
+        detected_ms = event["detected_ms"]
+
+        async def all_back() -> bool:
+            return len(back_to_old) == len(clients)
+
+        await poll(all_back, within=5, what="every client to serve old again")
+    finally:
+        stop.set()
+        await asyncio.gather(*apps)
+        for c in clients:
+            await c.close()
+    assert done["reason"].startswith("guard breached: error rate ")
+    assert event["what"] == "rolled back"
+    assert event["by"] == "guard"
+    assert (
+        event["summary"]
+        == f"applied by {len(clients)} of {len(clients)} in {event['propagation']['max_ms']} ms"
+    )
+    # Every client serves old again within a second of the detection.
+    applied_ms = sorted((t * 1000 - detected_ms) for t in back_to_old.values())
+    assert applied_ms[-1] < 1000, applied_ms
+    # The readings the console charts: rates of both variations, the sample, z.
+    readings = (await _api(server, "GET", f"{base}/releases/{pid}/readings"))["readings"]
+    assert readings
+    assert readings[-1]["breach"] == done["reason"].removeprefix("guard breached: ")
+    last = readings[-1]
+    assert last["new"] > last["old"]
+    assert last["n"] >= 600
+    assert last["z"] > 2.33
+    # The plan ended: its flag is no longer watched (it was not before the plan).
+    assert (await _api(server, "GET", f"{base}/insight/watched"))["flags"] == []
