@@ -41,6 +41,7 @@ from flagwire_server.config import Settings
 from flagwire_server.observability import health
 from flagwire_server.observability.metrics import Metrics, RequestMetricsMiddleware
 from flagwire_server.process import fix_mmap_threshold, freeze_gc, on_exit_signal, raise_nofile
+from flagwire_server.release.retention import Retention
 from flagwire_server.release.runner import Releases
 from flagwire_server.release.scheduler import Scheduler
 from flagwire_server.services import Services
@@ -171,6 +172,9 @@ def _lifespan(
             insight=insight_store,
             on_event=metrics.release_event,
             on_guard=metrics.guard_checked,
+            retention=Retention(
+                schedules, plans, env_names, keep_days=settings.release_retention_days
+            ),
         )
         app.state.services = Services(
             settings=settings,

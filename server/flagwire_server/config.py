@@ -85,6 +85,8 @@ class Settings:
     schedule_lease: float = 10.0
     #: Prometheus base URL that release-plan guards query (``http://prometheus:9090``).
     prometheus_url: str | None = None
+    #: Days finished scheduled changes and ended release plans are kept.
+    release_retention_days: float = 90.0
     #: Expose ``/metrics`` (Prometheus text).
     metrics: bool = True
     #: Identifies this process in ``P:instances`` and acknowledgement reports.
@@ -150,6 +152,8 @@ class Settings:
             raise ValueError("FLAGWIRE_MAX_BUFFER must be at least 4096 bytes")
         if self.heartbeat <= 0 or self.ping_timeout <= 0:
             raise ValueError("FLAGWIRE_HEARTBEAT and FLAGWIRE_PING_TIMEOUT must be positive")
+        if self.release_retention_days <= 0:
+            raise ValueError("FLAGWIRE_RELEASE_RETENTION_DAYS must be positive")
         if self.schedule_grace < 0 or self.schedule_lease <= 0:
             raise ValueError(
                 "FLAGWIRE_SCHEDULE_GRACE must not be negative and FLAGWIRE_SCHEDULE_LEASE"
@@ -227,6 +231,7 @@ ENV_VARS: Final[dict[str, tuple[str, Any]]] = {
     "FLAGWIRE_SCHEDULE_GRACE": ("schedule_grace", float),
     "FLAGWIRE_SCHEDULE_LEASE": ("schedule_lease", float),
     "FLAGWIRE_PROMETHEUS_URL": ("prometheus_url", str),
+    "FLAGWIRE_RELEASE_RETENTION_DAYS": ("release_retention_days", float),
     "FLAGWIRE_METRICS": ("metrics", _bool),
     "FLAGWIRE_INSTANCE_ID": ("instance_id", str),
     "FLAGWIRE_INSIGHT_RETENTION_DAYS": ("insight_retention_days", int),

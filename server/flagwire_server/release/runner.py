@@ -25,6 +25,7 @@ from flagwire_server.background import stop_requested
 from flagwire_server.release.checks import GuardChecks, active_guards, has_event_guards
 from flagwire_server.release.guards import parse_guards
 from flagwire_server.release.plan import TEMPLATES, old_variation, parse_stages
+from flagwire_server.release.retention import Retention
 from flagwire_server.release.schedule import iso_ms
 from flagwire_server.release.writes import PlanWriter, WaitFor
 from flagwire_server.store.documents import Conflict, NotFound, Store, StoreError
@@ -57,6 +58,7 @@ class Releases:
         prometheus_url: the Prometheus that query guards ask.
         insight: the fleet-insight aggregates that client-event guards read.
         on_event, on_guard: metrics callbacks ``(env, what)``.
+        retention: trims finished changes and ended plans from this loop.
     """
 
     def __init__(
@@ -72,6 +74,7 @@ class Releases:
         insight: InsightStore | None = None,
         on_event: Callable[[str, str], None] | None = None,
         on_guard: Callable[[str, str], None] | None = None,
+        retention: Retention | None = None,
     ) -> None:
         self.store = store
         self.plans = plans
@@ -89,6 +92,7 @@ class Releases:
             on_event=on_event,
             baseline=self.checks.baseline,
         )
+        self.retention = retention
         self._task: asyncio.Task[None] | None = None
 
     def now_ms(self) -> int:
@@ -258,6 +262,8 @@ class Releases:
         while not stop_requested():
             try:
                 await self.tick()
+                if self.retention is not None:
+                    await self.retention.maybe_trim()
             except StoreError as exc:
                 log.warning("releases: store unavailable (%s); trying again", exc)
             except Exception:

@@ -84,6 +84,17 @@ class PlanStore:
             await pipe.execute()
 
     @_translated
+    async def delete(self, env: str, ids: list[str]) -> int:
+        """Delete ended plans and their readings (retention); how many there were."""
+        ks = self.keyspace
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.hdel(ks.plans(env), *ids)
+            for plan_id in ids:
+                pipe.delete(ks.plan_readings(env, plan_id))
+            results = await pipe.execute()
+        return int(results[0])
+
+    @_translated
     async def lock(self, env: str, plan_id: str, owner: str, ms: int) -> bool:
         return bool(
             await self.redis.set(self.keyspace.plan_lock(env, plan_id), owner, nx=True, px=ms)

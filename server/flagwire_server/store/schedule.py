@@ -114,6 +114,17 @@ class ScheduleStore:
             raise Conflict(f"scheduled change {record['id']!r} is being executed now", 0)
 
     @_translated
+    async def delete(self, env: str, ids: list[str]) -> int:
+        """Delete finished changes (retention); how many there were."""
+        records, due, lease = self._keys(env)
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.hdel(records, *ids)
+            pipe.zrem(due, *ids)
+            pipe.hdel(lease, *ids)
+            deleted, _, _ = await pipe.execute()
+        return int(deleted)
+
+    @_translated
     async def claim(self, env: str, *, owner: str, now_ms: int, lease_ms: int) -> list[str]:
         """The ids of due changes this ``owner`` now holds a lease on."""
         _records, due, lease = self._keys(env)
