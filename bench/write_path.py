@@ -3,10 +3,12 @@
     python -m bench.write_path                    # 10 s sequential, 10 s with 16 in flight
     python -m bench.write_path --seconds 5 --concurrency 1,4,16 --clients 1000
 
-Each write is ``PATCH /api/v1/environments/bench/flags/<key>`` flipping ``on``
+Each write is ``PATCH /api/v1/environments/bench/flags/<key>`` flipping that flag's ``on``
 (one Lua script in Redis: version check, INCR, HSET, XADD change, LPUSH
 history, XADD audit) over 32 flags (no two in flight on one flag), from raw keep-alive HTTP/1.1
-sockets (the load generator's CPU share is reported beside the figures).
+sockets (the load generator's CPU share is reported beside the figures).  Every answer must
+say ``"changed":true``: a patch that changes nothing writes nothing, so it is counted as an
+error, not as a write.
 With ``--clients N`` that many stream clients are connected too, so every
 write is also broadcast and acknowledged.
 """
@@ -43,13 +45,21 @@ ENV = "bench"
 FLAGS = [f"bench-write-{i:02d}" for i in range(32)]
 
 
-async def load(base: str, key: str, concurrency: int, seconds: float) -> dict[str, Any]:
+async def load(
+    base: str, key: str, concurrency: int, seconds: float, state: dict[str, bool] | None = None
+) -> dict[str, Any]:
     """Writers on raw keep-alive HTTP/1.1 sockets, one request in flight on each.
 
     Why not httpx: its pool cost more CPU per request than the server's handler, so
     the figure measured the load generator (the issue's first table); a request
     here is one prebuilt byte string and a header scan.
+
+    ``state`` is each flag's ``on`` as stored (all on, as ``bench_flag`` makes them),
+    updated as the writes land.  Why per flag: a writer that alternated ``on`` by its
+    own count sent each flag the same value every time (32 flags, an even stride),
+    so after the first round every patch was a no-op that wrote nothing.
     """
+    on_of = state if state is not None else dict.fromkeys(FLAGS, True)
     lat: list[int] = []
     errors = 0
     stop = time.monotonic() + seconds
@@ -58,13 +68,12 @@ async def load(base: str, key: str, concurrency: int, seconds: float) -> dict[st
     async def writer(i: int) -> None:
         nonlocal errors
         reader, w = await asyncio.open_connection(host, int(port))
-        on = False
         n = 0
         try:
             while time.monotonic() < stop:
                 flag = FLAGS[(i + n * concurrency) % len(FLAGS)]
                 n += 1
-                on = not on
+                on = on_of[flag] = not on_of[flag]
                 body = b'{"on":true}' if on else b'{"on":false}'
                 req = (
                     f"PATCH /api/v1/environments/{ENV}/flags/{flag} HTTP/1.1\r\n"
@@ -78,8 +87,12 @@ async def load(base: str, key: str, concurrency: int, seconds: float) -> dict[st
                 for line in head.split(b"\r\n"):
                     if line[:15].lower() == b"content-length:":
                         length = int(line[15:])
-                await reader.readexactly(length)
+                answer = await reader.readexactly(length)
                 if not head.startswith(b"HTTP/1.1 2"):
+                    on_of[flag] = not on  # refused: the flag keeps its value
+                    errors += 1
+                    continue
+                if b'"changed":true' not in answer:
                     errors += 1
                     continue
                 lat.append(time.monotonic_ns() - t0)
@@ -123,6 +136,7 @@ def main(argv: list[str] | None = None) -> int:
         admin.ensure_env(ENV)
         for key in FLAGS:
             admin.put_flag(ENV, bench_flag(key))
+        state = dict.fromkeys(FLAGS, True)
         swarm = None
         if a.clients:
             swarm = Swarm(
@@ -140,7 +154,7 @@ def main(argv: list[str] | None = None) -> int:
                 spy = start_profile(server.pid, prof) if a.profile else None
                 before = psutil.Process(server.pid).cpu_times()
                 try:
-                    r = asyncio.run(load(server.url, server.admin_key, conc, a.seconds))
+                    r = asyncio.run(load(server.url, server.admin_key, conc, a.seconds, state))
                 finally:
                     stop_profile(spy)
                 after = psutil.Process(server.pid).cpu_times()
