@@ -8,36 +8,33 @@ stores the document, appends the encoded change message (``<version>-0`` in
 adds an audit entry in one script — all of it or none of it.
 
 The new document carries its own flag ``version`` and the change message
-carries the new environment version, so the document is built here in Python
-from the one just read, and the script re-checks that the flag version it
-finds is still the one read (optimistic concurrency).  When the caller gave
-no expected version a lost race is retried a few times; when they did, it is
-a :class:`Conflict`.  Validation runs before the script, so nothing is
-written for an invalid document.
+carries the new environment version, so the document is built in Python from
+the stored one (as this process last read or wrote it), and the script
+re-checks that it is still what is stored (optimistic concurrency, see
+``write.py``).  When the caller gave no expected version a lost race is built
+again on what is stored; when they did, it is a :class:`Conflict`.
+Validation runs before the script, so nothing is written for an invalid
+document.
 
 Key layout: see ``docs/design.md`` (Storage).  Segment history lives in
 ``P:{env}:seghistory:<key>``.
 
-Errors, results and the pure helpers live in ``store_types`` (re-exported here).
+Errors, results and the pure helpers live in ``types.py`` (re-exported here);
+the one write path (a per-document lock, the cache of stored documents that
+spares a read per write, the script call) lives in ``write.py``.
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
-import random
-import secrets
-import weakref
-from collections.abc import Callable
-from typing import Any, Final, Literal
+from typing import Any
 
-import orjson
 import redis.asyncio as aioredis
 
 from flagwire.core.errors import ValidationError
-from flagwire.core.limits import ENV_RE, KEY_RE, MAX_SERVER_FRAME
-from flagwire.core.protocol import patch_template
+from flagwire.core.limits import ENV_RE
 from flagwire_server.store.apply import Applier, ApplyItem, ApplyResult
+from flagwire_server.store.environments import Environments
 from flagwire_server.store.keyspace import Keyspace
 from flagwire_server.store.types import (
     SERVER_FIELDS,
@@ -52,19 +49,22 @@ from flagwire_server.store.types import (
     StoreError,
     StoreUnavailable,
     WriteResult,
-    _action,
     _audit_entry,
     _body,
     _loads,
-    _now,
-    _pairs,
-    _script,
     _translated,
-    _version_of,
     as_str,
     merge_patch,
     stream_before,
-    validate_doc,
+)
+from flagwire_server.store.write import (
+    AUDIT_MAXLEN,
+    CHANGES_MAXLEN,
+    HISTORY_CAP,
+    MAX_SNAPSHOT_DOCS,
+    Compute,
+    Mode,
+    Writer,
 )
 
 __all__ = [
@@ -88,33 +88,11 @@ __all__ = [
 ]
 
 
-def _same(kind: Kind, key: str, cur: dict[str, Any], new: dict[str, Any]) -> bool:
-    """True when ``new`` is the stored ``cur`` apart from the server's bookkeeping.
-
-    Why no validation of ``cur`` here: every stored document is the model's
-    normalised copy (``validate_doc``'s output plus the server's fields), so a plain
-    comparison answers, and validating it again cost each write as much as its own
-    validation (bench/results/write-profile.md).  A document stored un-normalised by
-    an older server compares unequal once and is written normalised.
-    """
-    try:
-        return _body(cur, key) == new
-    except ValidationError:  # a stored document without a usable key: not the same
-        return False
-
-
-CHANGES_MAXLEN: Final = 10_000
-HISTORY_CAP: Final = 100
-AUDIT_MAXLEN: Final = 10_000
-_RETRIES: Final = 8
-#: The documents of one snapshot may fill the client's frame limit but for this much
-#: (the snapshot's own fields: type, env, epoch, version).
-SNAPSHOT_HEADROOM: Final = 1024
-MAX_SNAPSHOT_DOCS: Final = MAX_SERVER_FRAME - SNAPSHOT_HEADROOM
-
-
-class Store:
+class Store(Environments):
     """Flags, segments, environments, history and audit in one Redis.
+
+    The environments' own operations (create, list, delete, load) are inherited
+    from :class:`~flagwire_server.store.environments.Environments`.
 
     Args:
         redis: an asyncio Redis client (``decode_responses`` either way).
@@ -122,12 +100,9 @@ class Store:
     """
 
     def __init__(self, redis: aioredis.Redis, prefix: str = "fw") -> None:
-        self.redis = redis
+        super().__init__(redis, Keyspace(prefix))
         self._prefix = prefix
-        self.keyspace = Keyspace(prefix)
-        self._write = redis.register_script(_script("write"))
-        self._load = redis.register_script(_script("load"))
-        self._create_env = redis.register_script(_script("create_env"))
+        self._writer = Writer(redis, self.keyspace)
         self._applier = Applier(
             redis,
             self.keyspace,
@@ -135,11 +110,6 @@ class Store:
             history_cap=HISTORY_CAP,
             audit_maxlen=AUDIT_MAXLEN,
             max_snapshot=MAX_SNAPSHOT_DOCS,
-        )
-        # Writers of one document in this process queue up instead of racing; the
-        # optimistic check in the script still guards against other processes.
-        self._locks: weakref.WeakValueDictionary[tuple[str, str, str], asyncio.Lock] = (
-            weakref.WeakValueDictionary()
         )
 
     @property
@@ -156,109 +126,6 @@ class Store:
     def _history_key(self, env: str, kind: Kind, key: str) -> str:
         return self.keyspace.history(env, kind, key)
 
-    # --- environments -------------------------------------------------------
-
-    @_translated
-    async def list_envs(self) -> list[dict[str, Any]]:
-        """Every environment's ``{key, name, created_at}``, sorted by key."""
-        raw = await self.redis.hgetall(self.keyspace.envs)
-        envs = [doc for doc in (_loads(v) for v in raw.values()) if doc is not None]
-        return sorted(envs, key=lambda e: str(e.get("key", "")))
-
-    @_translated
-    async def get_env(self, env: str) -> dict[str, Any]:
-        """``{key, name, created_at, version, epoch}``; raises :class:`NotFound`."""
-        raw, meta = await self._env_info(env)
-        if meta is None:
-            raise NotFound(f"environment {env!r} does not exist")
-        info = raw or {"key": env, "name": env, "created_at": meta.get("created_at", "")}
-        return {**info, "version": int(meta.get("version", "0")), "epoch": meta.get("epoch", "")}
-
-    async def _env_info(self, env: str) -> tuple[dict[str, Any] | None, dict[str, str] | None]:
-        raw = await self.redis.hget(self.keyspace.envs, env)
-        meta_raw = await self.redis.hgetall(self.keyspace.meta(env))
-        meta = {as_str(k): as_str(v) for k, v in meta_raw.items()} if meta_raw else None
-        return _loads(raw), meta
-
-    @_translated
-    async def create_env(self, key: str, name: str = "") -> dict[str, Any]:
-        """Create an environment at version 0 with a fresh epoch.
-
-        Raises:
-            ValidationError: ``key`` is not a valid environment key.
-            AlreadyExists: it exists.
-        """
-        if not isinstance(key, str) or not ENV_RE.match(key):
-            raise ValidationError([("key", "expected 1-64 of a-z 0-9 _ - starting alphanumeric")])
-        if not isinstance(name, str) or len(name) > 200:
-            raise ValidationError([("name", "expected a string of at most 200 characters")])
-        ks = self.keyspace
-        created_at = _now()
-        listing = orjson.dumps({"key": key, "name": name or key, "created_at": created_at})
-        made = await self._create_env(
-            keys=[
-                ks.meta(key),
-                ks.docs(key, "flag"),
-                ks.docs(key, "segment"),
-                ks.changes(key),
-                ks.audit(key),
-            ],
-            args=[secrets.token_hex(8), created_at],
-        )
-        envs_key = self.keyspace.envs
-        if not int(made):
-            # The meta exists; repair a missing listing entry (a crash between the two writes).
-            if await self.redis.hsetnx(envs_key, key, listing):
-                return await self.get_env(key)
-            raise AlreadyExists(f"environment {key!r} already exists", 0)
-        await self.redis.hset(envs_key, key, listing)
-        return await self.get_env(key)
-
-    async def ensure_env(self, key: str, name: str = "") -> bool:
-        """Create the environment unless it exists; True when it was created."""
-        try:
-            await self.create_env(key, name)
-        except AlreadyExists:
-            return False
-        return True
-
-    @_translated
-    async def delete_env(self, env: str) -> None:
-        """Delete an environment and every key it owns; raises :class:`NotFound`."""
-        # The meta goes first: from here on the environment does not exist for writers,
-        # and a create of the same name starts from empty keys (see create_env.lua).
-        gone = await self.redis.unlink(self.keyspace.meta(env))
-        removed = await self.redis.hdel(self.keyspace.envs, env)
-        if not removed and not gone:
-            raise NotFound(f"environment {env!r} does not exist")
-        batch: list[Any] = []
-        async for k in self.redis.scan_iter(match=self.keyspace.env_pattern(env), count=500):
-            batch.append(k)
-            if len(batch) >= 500:
-                await self.redis.unlink(*batch)
-                batch.clear()
-        if batch:
-            await self.redis.unlink(*batch)
-
-    @_translated
-    async def load_env(self, env: str) -> EnvState:
-        """Version, epoch, flags and segments of ``env`` read atomically (one script)."""
-        res = await self._load(
-            keys=[
-                self.keyspace.meta(env),
-                self.keyspace.docs(env, "flag"),
-                self.keyspace.docs(env, "segment"),
-            ]
-        )
-        if not res:
-            raise NotFound(f"environment {env!r} does not exist")
-        return EnvState(
-            version=int(as_str(res[0])),
-            epoch=as_str(res[1]),
-            flags=_pairs(res[2]),
-            segments=_pairs(res[3]),
-        )
-
     # --- documents ----------------------------------------------------------
 
     @_translated
@@ -268,12 +135,6 @@ class Store:
         raw = await self.redis.hgetall(self._docs_key(env, kind))
         docs = [d for d in (_loads(v) for v in raw.values()) if d is not None]
         return sorted(docs, key=lambda d: str(d.get("key", "")))
-
-    async def _require_env(self, env: str) -> None:
-        """:class:`NotFound` for a missing environment, so that a read of an empty or
-        absent one does not answer an empty list or "no such document"."""
-        if not await self.redis.exists(self.keyspace.meta(env)):
-            raise NotFound(f"environment {env!r} does not exist")
 
     @_translated
     async def get_doc(self, env: str, kind: Kind, key: str) -> dict[str, Any]:
@@ -426,124 +287,18 @@ class Store:
 
     # --- the one write path ------------------------------------------------
 
-    async def _unchanged(self, env: str, kind: Kind, key: str, cur: dict[str, Any]) -> WriteResult:
-        """A merge patch that changes nothing: answer with what is there, send nothing.
-
-        Why not write it anyway: every write bumps the environment version and is
-        sent to every client, so a repeated kill switch would notify them all.
-        """
-        raw = await self.redis.hget(self.keyspace.meta(env), "version")
-        if raw is None:
-            raise NotFound(f"environment {env!r} does not exist")
-        cur_version = _version_of(cur)
-        return WriteResult(kind, key, cur, cur_version, int(as_str(raw)), 0, cur, changed=False)
-
-    @_translated
     async def _commit(
         self,
         env: str,
         kind: Kind,
         key: str,
-        compute: Callable[[dict[str, Any] | None], dict[str, Any] | None],
+        compute: Compute,
         *,
-        mode: Literal["create", "replace", "update", "delete"],
+        mode: Mode,
         expected: int | None,
         actor: str,
         action: str | None = None,
     ) -> WriteResult:
-        if not KEY_RE.match(key):
-            raise ValidationError([("key", f"{key[:140]!r} is not a valid key")])
-        # Held in a local: the lock table keeps its locks only while someone does.
-        lock = self._locks.setdefault((env, kind, key), asyncio.Lock())
-        async with lock:
-            docs_key, hist_key = self._docs_key(env, kind), self._history_key(env, kind, key)
-            for attempt in range(_RETRIES):
-                if attempt:
-                    await asyncio.sleep(random.uniform(0, 0.005 * attempt))
-                cur = _loads(await self.redis.hget(docs_key, key))
-                cur_version = _version_of(cur)
-                if cur is None:
-                    await self._require_env(env)
-                if mode == "create" and cur is not None:
-                    raise AlreadyExists(f"{kind} {key!r} already exists", cur_version)
-                if mode in ("update", "delete") and cur is None:
-                    raise NotFound(f"{kind} {key!r} does not exist in {env!r}")
-                if expected is not None and expected != cur_version:
-                    raise Conflict(
-                        f"{kind} {key!r} is at version {cur_version}, not {expected}", cur_version
-                    )
-                # A deleted document's versions continue from its history, so that a
-                # version number never names two different documents.
-                base = (
-                    cur_version
-                    if cur is not None
-                    else _version_of(_loads(await self.redis.lindex(hist_key, 0)))
-                )
-                body = compute(cur)
-                new: dict[str, Any] | None = None
-                if body is not None:
-                    new = validate_doc(kind, body)
-                    if mode == "update" and cur is not None and _same(kind, key, cur, new):
-                        return await self._unchanged(env, kind, key, cur)
-                    now = _now()
-                    new["version"] = base + 1
-                    new["created_at"] = cur.get("created_at", now) if cur else now
-                    new["updated_at"] = now
-                    new["updated_by"] = actor
-                prefix, suffix = patch_template(kind, key, new)
-                res = await self._write(
-                    keys=[
-                        self.keyspace.meta(env),
-                        docs_key,
-                        self.keyspace.changes(env),
-                        hist_key,
-                        self.keyspace.audit(env),
-                        self.keyspace.docs(env, "segment" if kind == "flag" else "flag"),
-                    ],
-                    args=[
-                        key,
-                        mode,
-                        cur_version,
-                        orjson.dumps(new) if new is not None else b"",
-                        prefix,
-                        suffix,
-                        actor,
-                        action or _action(mode, cur),
-                        kind,
-                        base + 1 if new is not None else cur_version,
-                        CHANGES_MAXLEN,
-                        HISTORY_CAP,
-                        AUDIT_MAXLEN,
-                        MAX_SNAPSHOT_DOCS,
-                    ],
-                )
-                status = as_str(res[0])
-                if status == "ok":
-                    return WriteResult(
-                        kind,
-                        key,
-                        new,
-                        base + 1 if new is not None else cur_version,
-                        int(as_str(res[1])),
-                        int(as_str(res[2])),
-                        cur,
-                    )
-                if status == "noenv":
-                    raise NotFound(f"environment {env!r} does not exist")
-                if status == "missing":
-                    raise NotFound(f"{kind} {key!r} does not exist in {env!r}")
-                if status == "toolarge":
-                    raise SnapshotTooLarge(int(as_str(res[1])), MAX_SNAPSHOT_DOCS)
-                if status == "corrupt":
-                    raise StoreCorrupt(
-                        f"key {as_str(res[1])} has an unexpected type; nothing was written"
-                    )
-                now_version = int(as_str(res[1]))
-                if status == "exists":
-                    raise AlreadyExists(f"{kind} {key!r} already exists", now_version)
-                if expected is not None or attempt == _RETRIES - 1:
-                    raise Conflict(
-                        f"{kind} {key!r} changed concurrently (now version {now_version})",
-                        now_version,
-                    )
-        raise AssertionError("unreachable")  # pragma: no cover
+        return await self._writer.commit(
+            env, kind, key, compute, mode=mode, expected=expected, actor=actor, action=action
+        )

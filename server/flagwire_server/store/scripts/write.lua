@@ -5,9 +5,14 @@
 -- ARGV: 1 key, 2 mode (create|replace|update|delete), 3 flag version the caller read (0 = absent),
 --       4 new document JSON ("" for delete), 5 message prefix, 6 message suffix, 7 actor,
 --       8 audit action, 9 kind, 10 new flag version, 11 changes maxlen, 12 history cap,
---       13 audit maxlen, 14 largest snapshot in bytes (the client's frame limit, less headroom)
--- Returns {"ok", env_version, commit_ms} or {"noenv"} / {"exists", v} / {"missing", 0} /
--- {"conflict", v} / {"corrupt", key} / {"toolarge", bytes}.
+--       13 audit maxlen, 14 largest snapshot in bytes (the client's frame limit, less headroom),
+--       15 SHA-1 hex of the stored document the caller built on ("" = absent)
+-- Returns {"ok", env_version, commit_ms} or {"noenv"} / {"stale", v, stored document or ""} /
+-- {"exists", v} / {"missing", 0} / {"conflict", v} / {"corrupt", key} / {"toolarge", bytes}.
+--
+-- "stale": the caller built on other bytes than are stored (its cache of the document is old,
+-- see store/write.py); nothing is written and the stored document comes back so the caller
+-- can build again without another round trip.
 --
 -- meta.bytes is the size of every document in a snapshot (key, document, quoting), kept with
 -- the version so the check costs nothing per write; a store without it (v1) counts it once.
@@ -30,6 +35,7 @@ if cur then
   local ok, doc = pcall(cjson.decode, cur)
   if ok and type(doc) == 'table' and tonumber(doc['version']) then curver = tonumber(doc['version']) end
 end
+if (cur and redis.sha1hex(cur) or '') ~= ARGV[15] then return {'stale', curver, cur or ''} end
 local mode = ARGV[2]
 if mode == 'create' and cur then return {'exists', curver} end
 if (mode == 'update' or mode == 'delete') and not cur then return {'missing', 0} end
