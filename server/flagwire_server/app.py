@@ -26,6 +26,7 @@ import sys
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager
 from pathlib import Path
+from typing import Any
 
 import orjson
 from starlette.applications import Starlette
@@ -38,6 +39,7 @@ from flagwire_server.api.freshness import VersionReads
 from flagwire_server.api.problems import exception_handlers
 from flagwire_server.api.ratelimit import RateLimiter
 from flagwire_server.config import Settings
+from flagwire_server.notify.notifier import DeliveryPolicy, Notifier
 from flagwire_server.observability import health
 from flagwire_server.observability.metrics import Metrics, RequestMetricsMiddleware
 from flagwire_server.process import fix_mmap_threshold, freeze_gc, on_exit_signal, raise_nofile
@@ -58,6 +60,7 @@ from flagwire_server.store.plans import PlanStore
 from flagwire_server.store.redisurl import connect
 from flagwire_server.store.schedule import ScheduleStore
 from flagwire_server.store.sessions import SessionStore
+from flagwire_server.store.webhooks import WebhookStore
 from flagwire_server.stream import endpoint as stream
 from flagwire_server.stream.fanout import Fanout
 from flagwire_server.stream.quota import StreamQuota
@@ -143,6 +146,23 @@ def _lifespan(
                 keyspace,
             ),
         )
+        webhooks = WebhookStore(redis, keyspace)
+        notifier = Notifier(
+            webhooks,
+            owner=instance_id,
+            policy=DeliveryPolicy(
+                timeout=settings.webhook_timeout,
+                attempts=settings.webhook_attempts,
+                retry_base=settings.webhook_retry_base,
+                allow_private=settings.webhook_allow_private,
+            ),
+            on_outcome=metrics.webhook_outcome,
+        )
+
+        async def schedule_finished(env: str, record: dict[str, Any]) -> None:
+            await metrics.schedule_finished(env, record)
+            await notifier.schedule_finished(env, record)
+
         schedules = ScheduleStore(redis, keyspace)
         scheduler = Scheduler(
             store,
@@ -151,7 +171,7 @@ def _lifespan(
             wait_for=fanout.wait_for,
             grace=settings.schedule_grace,
             lease=settings.schedule_lease,
-            on_finish=metrics.schedule_finished,
+            on_finish=schedule_finished,
         )
         insight_store = InsightStore(redis, keyspace, settings.insight_retention_days)
         insight = Insight(
@@ -175,6 +195,7 @@ def _lifespan(
             retention=Retention(
                 schedules, plans, env_names, keep_days=settings.release_retention_days
             ),
+            on_plan_event=notifier.plan_event,
         )
         app.state.services = Services(
             settings=settings,
@@ -203,6 +224,8 @@ def _lifespan(
             insight=insight,
             plans=plans,
             releases=releases,
+            webhooks=webhooks,
+            notifier=notifier,
         )
         await keys.start()
         await sessions.start()
@@ -212,6 +235,7 @@ def _lifespan(
         scheduler.start()
         await insight.start()
         releases.start_loop()
+        notifier.start()
         freeze_gc()
         # uvicorn drains open responses before the code after ``yield`` runs: end the
         # event streams (which never end by themselves) as soon as the exit is asked.
@@ -229,6 +253,7 @@ def _lifespan(
                 await scheduler.stop()
                 await insight.stop()
                 await releases.stop()
+                await notifier.stop()
                 await fanout.stop()
                 await sessions.stop()
                 await keys.stop()

@@ -87,6 +87,14 @@ class Settings:
     prometheus_url: str | None = None
     #: Days finished scheduled changes and ended release plans are kept.
     release_retention_days: float = 90.0
+    #: Seconds one webhook delivery attempt may take (docs/webhooks.md).
+    webhook_timeout: float = 10.0
+    #: Attempts per webhook delivery, the first included.
+    webhook_attempts: int = 6
+    #: Seconds before a webhook's second attempt, doubled for each next (at most 5 min).
+    webhook_retry_base: float = 2.0
+    #: Whether webhooks may call loopback, private and link-local addresses.
+    webhook_allow_private: bool = True
     #: Expose ``/metrics`` (Prometheus text).
     metrics: bool = True
     #: Identifies this process in ``P:instances`` and acknowledgement reports.
@@ -159,6 +167,13 @@ class Settings:
                 "FLAGWIRE_SCHEDULE_GRACE must not be negative and FLAGWIRE_SCHEDULE_LEASE"
                 " must be positive"
             )
+        if self.webhook_timeout <= 0 or self.webhook_retry_base < 0:
+            raise ValueError(
+                "FLAGWIRE_WEBHOOK_TIMEOUT must be positive and FLAGWIRE_WEBHOOK_RETRY_BASE"
+                " must not be negative"
+            )
+        if not 1 <= self.webhook_attempts <= 20:
+            raise ValueError("FLAGWIRE_WEBHOOK_ATTEMPTS must be from 1 to 20")
         if self.log_format not in (None, "json", "console"):
             raise ValueError("FLAGWIRE_LOG_FORMAT must be json or console")
         if not self.redis_prefix or any(c in self.redis_prefix for c in "{} "):
@@ -232,6 +247,10 @@ ENV_VARS: Final[dict[str, tuple[str, Any]]] = {
     "FLAGWIRE_SCHEDULE_LEASE": ("schedule_lease", float),
     "FLAGWIRE_PROMETHEUS_URL": ("prometheus_url", str),
     "FLAGWIRE_RELEASE_RETENTION_DAYS": ("release_retention_days", float),
+    "FLAGWIRE_WEBHOOK_TIMEOUT": ("webhook_timeout", float),
+    "FLAGWIRE_WEBHOOK_ATTEMPTS": ("webhook_attempts", int),
+    "FLAGWIRE_WEBHOOK_RETRY_BASE": ("webhook_retry_base", float),
+    "FLAGWIRE_WEBHOOK_ALLOW_PRIVATE": ("webhook_allow_private", _bool),
     "FLAGWIRE_METRICS": ("metrics", _bool),
     "FLAGWIRE_INSTANCE_ID": ("instance_id", str),
     "FLAGWIRE_INSIGHT_RETENTION_DAYS": ("insight_retention_days", int),

@@ -17,6 +17,7 @@ if TYPE_CHECKING:
     from flagwire_server.api.freshness import VersionReads
     from flagwire_server.api.ratelimit import RateLimiter
     from flagwire_server.config import Settings
+    from flagwire_server.notify.notifier import Notifier
     from flagwire_server.observability.metrics import Metrics
     from flagwire_server.release.runner import Releases
     from flagwire_server.release.scheduler import Scheduler
@@ -29,6 +30,7 @@ if TYPE_CHECKING:
     from flagwire_server.store.plans import PlanStore
     from flagwire_server.store.schedule import ScheduleStore
     from flagwire_server.store.sessions import SessionStore
+    from flagwire_server.store.webhooks import WebhookStore
     from flagwire_server.stream.endpoint import FailureLimiter
     from flagwire_server.stream.fanout import Fanout
     from flagwire_server.stream.quota import StreamQuota
@@ -76,6 +78,9 @@ class Services:
     #: Release plans in Redis, and this process's runner of them.
     plans: PlanStore
     releases: Releases
+    #: Outgoing webhooks in Redis, and this process's share of their deliveries.
+    webhooks: WebhookStore
+    notifier: Notifier
 
 
 def services_of(conn: HTTPConnection) -> Services:

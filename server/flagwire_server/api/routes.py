@@ -36,6 +36,7 @@ from flagwire_server.api import (
     ofrep,
     releases,
     schedule,
+    webhooks,
 )
 from flagwire_server.api.auth import Principal
 from flagwire_server.api.helpers import MAX_WAIT, json_response
@@ -320,6 +321,79 @@ def _releases() -> list[ApiRoute]:
     ]
 
 
+def _webhooks() -> list[ApiRoute]:
+    """Outgoing webhooks of one environment (``api/webhooks.py``)."""
+    base = "/environments/{env}/webhooks"
+    one = f"{base}/{{id}}"
+    return [
+        ApiRoute(
+            "GET",
+            base,
+            webhooks.list_webhooks,
+            operation_id="listWebhooks",
+            summary="The environment's webhooks (never their secrets)",
+            tag="webhooks",
+            responses={200: "WebhookList"},
+            errors=(404,),
+        ),
+        ApiRoute(
+            "POST",
+            base,
+            webhooks.create,
+            operation_id="createWebhook",
+            summary="Create a webhook; the answer carries its signing secret, shown only once",
+            tag="webhooks",
+            responses={201: "NewWebhook"},
+            body="WebhookInput",
+            errors=(400, 404, 409, 413, 415, 422),
+        ),
+        ApiRoute(
+            "GET",
+            one,
+            webhooks.get,
+            operation_id="getWebhook",
+            summary="A webhook (without its secret)",
+            tag="webhooks",
+            responses={200: "Webhook"},
+            errors=(404,),
+        ),
+        ApiRoute(
+            "PATCH",
+            one,
+            webhooks.edit,
+            operation_id="editWebhook",
+            summary="Change a webhook's URL, events, description or enabled",
+            tag="webhooks",
+            responses={200: "Webhook"},
+            body="WebhookEdit",
+            errors=(400, 404, 413, 415, 422),
+        ),
+        ApiRoute(
+            "DELETE",
+            one,
+            webhooks.delete,
+            operation_id="deleteWebhook",
+            summary="Delete a webhook and its delivery log",
+            tag="webhooks",
+            responses={200: "DeletedWebhook"},
+            errors=(404,),
+        ),
+        ApiRoute(
+            "GET",
+            f"{one}/deliveries",
+            webhooks.deliveries,
+            operation_id="listWebhookDeliveries",
+            summary="The webhook's last delivery attempts, newest first",
+            tag="webhooks",
+            responses={200: "WebhookDeliveries"},
+            errors=(400, 404),
+            query=(
+                Param("limit", {"type": "integer", "minimum": 1, "maximum": 50, "default": 50}),
+            ),
+        ),
+    ]
+
+
 async def _openapi(request: Request, who: Principal | None) -> Response:
     return json_response(document(OPERATIONS))
 
@@ -329,6 +403,7 @@ OPERATIONS: Final[tuple[ApiRoute, ...]] = (
     *_documents("segment"),
     *_schedule(),
     *_releases(),
+    *_webhooks(),
     ApiRoute(
         "GET",
         "/environments",

@@ -16,6 +16,8 @@ from typing import Any, Final
 
 from flagwire.core.limits import ENV_PATTERN, KEY_PATTERN
 from flagwire.core.model import SEMANTICS
+from flagwire_server.notify.events import EVENT_TYPES
+from flagwire_server.notify.hooks import MAX_URL
 from flagwire_server.release.schedule import STATUSES
 
 __all__ = ["SCHEMAS", "ref"]
@@ -127,6 +129,64 @@ def _write(kind: str) -> _S:
         (kind, "version", "env_version", "changed"),
     )
 
+
+_SUBSCRIPTION: Final[_S] = {
+    "enum": [*EVENT_TYPES, "plan.*", "*"],
+    "description": "an event type, plan.* (every plan event) or * (every event)",
+}
+_WEBHOOK_FIELDS: Final[_S] = {
+    "url": {"type": "string", "maxLength": MAX_URL, "description": "http or https"},
+    "events": {"type": "array", "items": _SUBSCRIPTION, "minItems": 1},
+    "description": {"type": "string", "maxLength": 500},
+    "enabled": {"type": "boolean", "default": True},
+}
+_WEBHOOKS: Final[dict[str, _S]] = {
+    "WebhookInput": _obj(_WEBHOOK_FIELDS, ("url", "events"), extra=False),
+    "WebhookEdit": _obj(_WEBHOOK_FIELDS, extra=False),
+    "Webhook": _obj(
+        {
+            **_WEBHOOK_FIELDS,
+            "id": _STR,
+            "env": _STR,
+            "created_at": _STR,
+            "created_by": _STR,
+            "updated_at": _STR,
+            "updated_by": _STR,
+        },
+        ("id", "env", "url", "events", "enabled"),
+    ),
+    "NewWebhook": _obj(
+        {
+            "webhook": ref("Webhook"),
+            "secret": {
+                "type": "string",
+                "description": "the signing secret (whsec_...), shown only in this answer",
+            },
+        },
+        ("webhook", "secret"),
+    ),
+    "DeletedWebhook": _obj({"webhook": ref("Webhook")}, ("webhook",)),
+    "WebhookList": _obj({"webhooks": {"type": "array", "items": ref("Webhook")}}, ("webhooks",)),
+    "WebhookDelivery": _obj(
+        {
+            "delivery": _STR,
+            "event_id": _STR,
+            "event": _STR,
+            "attempt": _INT,
+            "at": _STR,
+            "status": _INT_OR_NULL,
+            "duration_ms": {"type": "number"},
+            "response": {"type": "string", "description": "the first 1 KiB of the answer"},
+            "error": _STR,
+            "outcome": {"enum": ["delivered", "retrying", "failed", "refused"]},
+            "by": {"type": "string", "description": "the server that sent it"},
+        },
+        ("delivery", "event_id", "event", "attempt", "at", "outcome"),
+    ),
+    "WebhookDeliveries": _obj(
+        {"deliveries": {"type": "array", "items": ref("WebhookDelivery")}}, ("deliveries",)
+    ),
+}
 
 SCHEMAS: Final[dict[str, _S]] = {
     "Problem": _obj(
@@ -594,4 +654,5 @@ SCHEMAS: Final[dict[str, _S]] = {
     "ScheduledChangeList": _obj(
         {"changes": {"type": "array", "items": ref("ScheduledChange")}}, ("changes",)
     ),
+    **_WEBHOOKS,
 }

@@ -3,8 +3,8 @@
 Every subcommand is defined at module level in the module named for what it
 manages (``admin``: environments, keys, import; ``audit``; ``ascode``: flags as
 code — validate, plan, apply, export; ``flags``; ``segments``; ``schedule``; ``release``;
-``watch``) and
-is added here, in one place, so that no command module imports another.
+``webhooks``; ``watch``) and is added here, in one place, so that no command module imports
+another.
 Every command is documented in docs/cli.md.
 """
 
@@ -27,6 +27,7 @@ from flagwire_server.cli.release import release
 from flagwire_server.cli.schedule import schedule
 from flagwire_server.cli.segments import segments
 from flagwire_server.cli.watch import watch
+from flagwire_server.cli.webhooks import webhooks
 from flagwire_server.config import Settings
 
 __all__ = ["app", "main"]
@@ -147,6 +148,7 @@ app.command("clients")(clients)
 app.add_typer(segments, name="segments")
 app.add_typer(schedule, name="schedule")
 app.add_typer(release, name="release")
+app.add_typer(webhooks, name="webhooks")
 app.command("audit")(audit)
 app.command("export")(ascode.export)
 app.command("validate")(ascode.validate)

@@ -13,7 +13,7 @@ __all__ = ["routes"]
 
 def routes() -> list[BaseRoute]:
     """The console's pages, sign-in/out and static assets (paths outside ``/api/v1``)."""
-    from flagwire_server.console import insight, releases
+    from flagwire_server.console import insight, releases, webhooks
     from flagwire_server.console.pages import build_routes
 
-    return [*insight.routes(), *releases.routes(), *build_routes()]
+    return [*insight.routes(), *releases.routes(), *webhooks.routes(), *build_routes()]

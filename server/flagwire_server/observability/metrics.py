@@ -136,6 +136,13 @@ class Metrics:
             ["env", "outcome"],
             registry=r,
         )
+        self.webhook_deliveries = Counter(
+            "flagwire_webhook_deliveries",
+            "Webhook delivery attempts by outcome (delivered, retrying, failed, refused),"
+            " and events dropped before delivery (dropped)",
+            ["env", "outcome"],
+            registry=r,
+        )
         self.schedule_lateness = Histogram(
             "flagwire_schedule_lateness_seconds",
             "Due time of a scheduled change to the end of its write",
@@ -167,6 +174,10 @@ class Metrics:
     def release_event(self, env: str, what: str) -> None:
         """A release plan's event (started, advanced…, rolled back, paused by a guard)."""
         self.release_events.labels(env, what).inc()
+
+    def webhook_outcome(self, env: str, outcome: str) -> None:
+        """The notifier's ``on_outcome``: one attempt's outcome, or a dropped event."""
+        self.webhook_deliveries.labels(env, outcome).inc()
 
     def guard_checked(self, env: str, outcome: str) -> None:
         """A guard query: ``ok``, ``breach`` or ``error`` (Prometheus did not answer)."""

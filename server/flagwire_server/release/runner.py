@@ -58,6 +58,7 @@ class Releases:
         prometheus_url: the Prometheus that query guards ask.
         insight: the fleet-insight aggregates that client-event guards read.
         on_event, on_guard: metrics callbacks ``(env, what)``.
+        on_plan_event: ``(plan, event)`` for each plan event (webhooks).
         retention: trims finished changes and ended plans from this loop.
     """
 
@@ -75,6 +76,7 @@ class Releases:
         on_event: Callable[[str, str], None] | None = None,
         on_guard: Callable[[str, str], None] | None = None,
         retention: Retention | None = None,
+        on_plan_event: Callable[[dict[str, Any], dict[str, Any]], None] | None = None,
     ) -> None:
         self.store = store
         self.plans = plans
@@ -91,6 +93,7 @@ class Releases:
             clock=clock,
             on_event=on_event,
             baseline=self.checks.baseline,
+            on_plan_event=on_plan_event,
         )
         self.retention = retention
         self._task: asyncio.Task[None] | None = None

@@ -38,6 +38,7 @@ class PlanWriter:
         wait_for: the fan-out's ``(env, env_version, seconds) -> propagation``.
         clock: seconds since the epoch.
         on_event: ``(env, what)`` for each event (metrics).
+        on_plan_event: ``(plan, event)`` for each event (the webhooks' ``plan.*``).
         baseline: reads the counts a stage's client-event guards start from.
     """
 
@@ -49,12 +50,14 @@ class PlanWriter:
         clock: Callable[[], float] = time.time,
         on_event: Callable[[str, str], None] | None = None,
         baseline: Baseline | None = None,
+        on_plan_event: Callable[[dict[str, Any], dict[str, Any]], None] | None = None,
     ) -> None:
         self.store = store
         self.wait_for = wait_for
         self.clock = clock
         self.on_event = on_event
         self.baseline = baseline
+        self.on_plan_event = on_plan_event
 
     def now_ms(self) -> int:
         return int(self.clock() * 1000)
@@ -166,4 +169,6 @@ class PlanWriter:
             self.on_event(str(plan.get("env", "")), what)
         event = {"at": iso_ms(now), "at_ms": now, "what": what, "by": actor, "stage": plan["stage"]}
         event.update(extra)
+        if self.on_plan_event is not None:
+            self.on_plan_event(plan, event)
         return {**plan, "events": [*plan.get("events", []), event][-200:]}

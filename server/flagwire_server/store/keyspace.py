@@ -114,6 +114,18 @@ class Keyspace:
         """HASH name -> stages (JSON) of the environment's own release templates."""
         return self.env(env, "plans:templates")
 
+    def webhooks(self, env: str) -> str:
+        """HASH webhook id -> webhook (JSON, with its signing secret; ``store/webhooks.py``)."""
+        return self.env(env, "webhooks")
+
+    def webhook_events(self, env: str) -> str:
+        """STREAM of schedule and plan events waiting to be delivered to webhooks."""
+        return self.env(env, "webhooks:events")
+
+    def webhook_log(self, env: str, webhook_id: str) -> str:
+        """LIST of a webhook's last delivery attempts (JSON), newest first."""
+        return self.env(env, f"webhooks:log:{webhook_id}")
+
     # --- instance-wide: P:<lowercase letter>... ------------------------------
 
     @property
@@ -160,6 +172,11 @@ class Keyspace:
         """HASH ``salt``, ``digest``: a slow hash of ``FLAGWIRE_ADMIN_KEY`` to notice rotation."""
         return f"{self.prefix}:sys:adminkey"
 
+    @property
+    def webhook_envs(self) -> str:
+        """SET of the environments that have (or recently had) webhooks."""
+        return f"{self.prefix}:sys:webhooks:envs"
+
     # --- v1 names, read only to migrate them ----------------------------------
 
     def legacy_keyring(self, suffix: Literal["records", "byhash", "version"]) -> str:
@@ -190,6 +207,7 @@ class Keyspace:
             self.sessions_version,
             self.audit_log,
             self.admin_key_check,
+            self.webhook_envs,
         ]
 
     def env_families(self, env: str, sample: str) -> list[str]:
@@ -216,4 +234,7 @@ class Keyspace:
             self.plan_lock(env, sample),
             self.plan_readings(env, sample),
             self.plan_templates(env),
+            self.webhooks(env),
+            self.webhook_events(env),
+            self.webhook_log(env, sample),
         ]

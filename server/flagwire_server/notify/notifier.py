@@ -1,0 +1,376 @@
+"""The notifier: reads events from Redis and POSTs them to webhooks, in the background.
+
+Why it never slows a write: flag and segment writes are not touched at all;
+their events are read afterwards from the audit stream the write already
+appends to.  Schedule and plan events are handed to :meth:`Notifier.emit`,
+which only puts them on a bounded in-memory queue (full: the event is
+dropped, counted and logged) that a task appends to Redis.
+
+Why memory stays bounded: the reader takes new entries from Redis only while
+fewer than ``max_inflight`` deliveries are in progress in this process; the
+rest wait in Redis.  A receiver that is slow or down holds at most that many
+deliveries (each waits for its retry in a sleeping task), and at most
+``max_requests`` requests are open at once.  Response bodies are read up to
+:data:`BODY_KEEP` bytes.
+
+Exactly once per fleet: the consumer group (``store/webhooks.py``) hands each
+entry to one server, which acknowledges it when every delivery of it ended
+(delivered, refused, or out of attempts).  A server that dies leaves its
+entries pending; another claims them after :attr:`Notifier.reclaim_after`
+seconds and delivers them again with the same event id (at least once, then:
+receivers dedupe on ``Flagwire-Event-Id``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ipaddress
+import logging
+import random
+import time
+import urllib.parse
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Final
+
+import httpx
+
+from flagwire_server.background import stop_requested
+from flagwire_server.notify import events, retry, signature
+from flagwire_server.notify.events import Event
+from flagwire_server.notify.hooks import is_private
+from flagwire_server.store.types import StoreError
+from flagwire_server.store.webhooks import Entry, Source, WebhookStore
+
+__all__ = ["BODY_KEEP", "DeliveryPolicy", "Notifier"]
+
+log = logging.getLogger("flagwire.webhooks")
+
+#: Bytes of a receiver's response body kept in the delivery log.
+BODY_KEEP: Final = 1024
+#: Events :meth:`Notifier.emit` holds before they reach Redis; past it they are dropped.
+EMIT_QUEUE: Final = 1000
+_USER_AGENT: Final = "flagwire-webhooks/1"
+
+
+@dataclass(frozen=True, slots=True)
+class DeliveryPolicy:
+    """How hard a delivery tries (``FLAGWIRE_WEBHOOK_*``, docs/webhooks.md)."""
+
+    #: Seconds one attempt may take (connect, send, first byte, body).
+    timeout: float = 10.0
+    #: Attempts per delivery, the first included.
+    attempts: int = 6
+    #: Nominal wait after the first failed attempt, doubled after each (seconds).
+    retry_base: float = 2.0
+    #: Longest nominal wait between two attempts (seconds).
+    retry_cap: float = 300.0
+    #: Whether receivers on loopback, private and link-local addresses are allowed.
+    allow_private: bool = True
+
+    @property
+    def longest_ms(self) -> int:
+        """An upper bound of one delivery's duration, from first attempt to giving up."""
+        waits = sum(min(self.retry_cap, self.retry_base * 2**i) for i in range(self.attempts - 1))
+        return int((self.attempts * (self.timeout + 1) + waits) * 1000)
+
+
+@dataclass(slots=True)
+class _Pending:
+    """An entry whose deliveries are in progress; acknowledged when ``left`` reaches 0."""
+
+    env: str
+    source: Source
+    entry_id: str
+    left: int
+
+
+class Notifier:
+    """Delivers this process's share of the fleet's webhook events.
+
+    Args:
+        store: webhooks, event streams and delivery logs in Redis.
+        owner: this process's instance id (its consumer name in the group).
+        policy: timeouts, attempts and backoff.
+        on_outcome: called with ``(env, outcome)`` for each attempt's outcome
+            (``delivered``, ``retrying``, ``failed``, ``refused``) and each
+            dropped event (``dropped``): the metrics.
+        poll: seconds between two looks at Redis when nothing came.
+        max_inflight: deliveries in progress in this process at most.
+        max_requests: requests open at once at most.
+        rng: the backoff's random source (tests pass their own).
+    """
+
+    def __init__(
+        self,
+        store: WebhookStore,
+        *,
+        owner: str,
+        policy: DeliveryPolicy | None = None,
+        on_outcome: Callable[[str, str], None] | None = None,
+        poll: float = 0.25,
+        max_inflight: int = 256,
+        max_requests: int = 16,
+        rng: Callable[[], float] = random.random,
+    ) -> None:
+        self.store = store
+        self.owner = owner
+        self.policy = policy or DeliveryPolicy()
+        self.on_outcome = on_outcome
+        self.poll = poll
+        self.max_inflight = max_inflight
+        self.rng = rng
+        #: Seconds an entry stays pending before another server delivers it again.
+        self.reclaim_after = self.policy.longest_ms / 1000 + 30
+        self._requests = asyncio.Semaphore(max_requests)
+        self._room = asyncio.Event()
+        self._room.set()
+        self._emitted: asyncio.Queue[tuple[str, dict[str, Any]]] = asyncio.Queue(EMIT_QUEUE)
+        self._jobs: set[asyncio.Task[None]] = set()
+        self._loops: list[asyncio.Task[None]] = []
+        self._http: httpx.AsyncClient | None = None
+
+    # --- lifecycle --------------------------------------------------------------------
+
+    def start(self) -> None:
+        t = self.policy.timeout
+        self._http = httpx.AsyncClient(
+            timeout=httpx.Timeout(t, connect=min(t, 5.0)),
+            follow_redirects=False,
+            trust_env=False,
+            headers={"User-Agent": _USER_AGENT},
+        )
+        self._loops = [
+            asyncio.create_task(self._read_loop(), name="webhooks-read"),
+            asyncio.create_task(self._publish_loop(), name="webhooks-publish"),
+        ]
+
+    async def stop(self) -> None:
+        """Stop reading and cancel deliveries in progress (their entries stay pending)."""
+        tasks = [*self._loops, *self._jobs]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        self._loops = []
+        if self._http is not None:
+            await self._http.aclose()
+
+    @property
+    def inflight(self) -> int:
+        return len(self._jobs)
+
+    # --- events from the release layer -------------------------------------------------
+
+    def emit(self, env: str, event: dict[str, Any]) -> None:
+        """Queue a schedule or plan event for ``env``'s webhooks; never blocks, never raises."""
+        try:
+            self._emitted.put_nowait((env, event))
+        except asyncio.QueueFull:
+            self._count(env, "dropped")
+            log.warning("webhooks: event queue full, dropped a %s event", event.get("type"))
+
+    async def schedule_finished(self, env: str, record: dict[str, Any]) -> None:
+        """The scheduler's ``on_finish``: a ``schedule.executed`` event."""
+        self.emit(env, events.schedule_event(record, int(time.time() * 1000)))
+
+    def plan_event(self, plan: dict[str, Any], event: dict[str, Any]) -> None:
+        """The release runner's ``on_plan_event``: a ``plan.*`` event."""
+        published = events.plan_event(plan, event)
+        if published is not None:
+            self.emit(str(plan.get("env", "")), published)
+
+    async def _publish_loop(self) -> None:
+        while not stop_requested():
+            env, event = await self._emitted.get()
+            try:
+                await self.store.publish(env, event)
+            except StoreError as exc:
+                self._count(env, "dropped")
+                log.warning("webhooks: could not store a %s event: %s", event.get("type"), exc)
+
+    # --- reading ------------------------------------------------------------------------
+
+    async def _read_loop(self) -> None:
+        last_reclaim = 0.0
+        while not stop_requested():
+            got = 0
+            try:
+                await self._room.wait()
+                reclaim = time.monotonic() - last_reclaim > min(30.0, self.reclaim_after / 2)
+                for env in await self.store.envs():
+                    got += await self._read_env(env, reclaim=reclaim)
+                if reclaim:
+                    last_reclaim = time.monotonic()
+            except StoreError as exc:
+                log.warning("webhooks: cannot read events: %s", exc)
+            except Exception:
+                log.exception("webhooks: reader failed")
+            if not got:
+                await asyncio.sleep(self.poll)
+
+    async def _read_env(self, env: str, *, reclaim: bool) -> int:
+        hooks = [h for h in await self.store.list_webhooks(env) if h.get("enabled", True)]
+        if not hooks and await self.store.forget(env):
+            return 0
+        room = self.max_inflight - len(self._jobs)
+        if room <= 0:
+            return 0
+        entries = await self.store.read(env, self.owner, min(100, room))
+        if reclaim:
+            idle_ms = int(self.reclaim_after * 1000)
+            entries += await self.store.reclaim(env, self.owner, idle_ms, 100)
+        for entry in entries:
+            await self._dispatch(env, entry, hooks)
+        return len(entries)
+
+    async def _dispatch(self, env: str, entry: Entry, hooks: list[dict[str, Any]]) -> None:
+        source, entry_id, fields = entry
+        parse = events.from_audit if source == "audit" else events.from_published
+        event = parse(env, entry_id, fields)
+        wanted = [h for h in hooks if event and events.matches(h.get("events", []), event.type)]
+        if event is None or not wanted:
+            await self.store.ack(env, source, entry_id)
+            return
+        pending = _Pending(env, source, entry_id, len(wanted))
+        for hook in wanted:
+            task = asyncio.create_task(self._deliver(hook, event, pending))
+            self._jobs.add(task)
+            task.add_done_callback(self._job_done)
+        if len(self._jobs) >= self.max_inflight:
+            self._room.clear()
+
+    def _job_done(self, task: asyncio.Task[None]) -> None:
+        self._jobs.discard(task)
+        if len(self._jobs) < self.max_inflight:
+            self._room.set()
+
+    # --- delivering -----------------------------------------------------------------------
+
+    async def _deliver(self, hook: dict[str, Any], event: Event, pending: _Pending) -> None:
+        body = event.body(str(hook["id"]))
+        delivery = "dlv_" + event.id[4:16] + str(hook["id"])[3:]
+        try:
+            for attempt in range(1, self.policy.attempts + 1):
+                outcome = await self._attempt(hook, event, body, delivery, attempt)
+                if outcome != "retrying":
+                    break
+                wait = retry.backoff(
+                    attempt, base=self.policy.retry_base, cap=self.policy.retry_cap, rng=self.rng
+                )
+                await asyncio.sleep(wait)
+        except asyncio.CancelledError:
+            raise  # shutting down: the entry stays pending for another server
+        except Exception:
+            log.exception("webhooks: delivery of %s to %s failed", event.id, hook.get("id"))
+        pending.left -= 1
+        if pending.left == 0:
+            with contextlib.suppress(StoreError):
+                await self.store.ack(pending.env, pending.source, pending.entry_id)
+
+    async def _attempt(
+        self, hook: dict[str, Any], event: Event, body: bytes, delivery: str, attempt: int
+    ) -> str:
+        url = str(hook["url"])
+        status: int | None = None
+        error = ""
+        response = ""
+        started = time.perf_counter()
+        refused = await self._refused(url)
+        if refused:
+            error, verdict = refused, "final"
+        else:
+            try:
+                status, response = await self._post(hook, event, body, delivery, attempt)
+            except httpx.TimeoutException:
+                error = f"timed out after {self.policy.timeout:g} s"
+            except httpx.HTTPError as exc:
+                error = f"{type(exc).__name__}: {exc}"[:300]
+            verdict = retry.verdict(status)
+        duration_ms = round((time.perf_counter() - started) * 1000, 1)
+        if verdict == "delivered":
+            outcome = "delivered"
+        elif refused:
+            outcome = "refused"
+        elif verdict == "retry" and attempt < self.policy.attempts:
+            outcome = "retrying"
+        else:
+            outcome = "failed"
+        self._count(event.env, outcome)
+        entry = {
+            "delivery": delivery,
+            "event_id": event.id,
+            "event": event.type,
+            "attempt": attempt,
+            "at": events.iso_ms(int(time.time() * 1000)),
+            "status": status,
+            "duration_ms": duration_ms,
+            "response": response,
+            "error": error,
+            "outcome": outcome,
+            "by": self.owner,
+        }
+        try:
+            await self.store.log(event.env, str(hook["id"]), entry)
+        except StoreError as exc:
+            log.warning("webhooks: could not log a delivery: %s", exc)
+        if outcome != "delivered":
+            log.info(
+                "webhook %s: %s %s",
+                hook["id"],
+                event.type,
+                outcome,
+                extra={"env": event.env, "status": status, "error": error, "attempt": attempt},
+            )
+        return outcome
+
+    async def _post(
+        self, hook: dict[str, Any], event: Event, body: bytes, delivery: str, attempt: int
+    ) -> tuple[int, str]:
+        assert self._http is not None, "start() first"
+        headers = {
+            "Content-Type": "application/json",
+            "Flagwire-Event": event.type,
+            "Flagwire-Event-Id": event.id,
+            "Flagwire-Delivery": delivery,
+            "Flagwire-Delivery-Attempt": str(attempt),
+            "Flagwire-Webhook-Id": str(hook["id"]),
+            signature.HEADER: signature.sign(str(hook["secret"]), int(time.time()), body),
+        }
+        async with self._requests:
+            req = self._http.build_request("POST", str(hook["url"]), content=body, headers=headers)
+            resp = await self._http.send(req, stream=True)
+            try:
+                kept = bytearray()
+                async for chunk in resp.aiter_bytes():
+                    kept += chunk[: BODY_KEEP - len(kept)]
+                    if len(kept) >= BODY_KEEP:
+                        break
+            finally:
+                await resp.aclose()
+        return resp.status_code, kept.decode("utf-8", "replace")
+
+    async def _refused(self, url: str) -> str:
+        """Why ``url`` may not be called now (empty: it may), under ``allow_private=False``."""
+        if self.policy.allow_private:
+            return ""
+        host = urllib.parse.urlsplit(url).hostname or ""
+        if is_private(host):
+            return f"{host} is a private address (FLAGWIRE_WEBHOOK_ALLOW_PRIVATE=0)"
+        try:
+            infos = await asyncio.get_running_loop().getaddrinfo(host, None)
+        except OSError:
+            return ""  # the request fails to resolve it too, and is retried
+        for info in infos:
+            address = str(info[4][0]).partition("%")[0]
+            with contextlib.suppress(ValueError):
+                if is_private(str(ipaddress.ip_address(address))):
+                    return (
+                        f"{host} resolves to the private address {address} "
+                        "(FLAGWIRE_WEBHOOK_ALLOW_PRIVATE=0)"
+                    )
+        return ""
+
+    def _count(self, env: str, outcome: str) -> None:
+        if self.on_outcome is not None:
+            self.on_outcome(env, outcome)

@@ -1,0 +1,458 @@
+"""Outgoing webhooks end to end: real app, real Redis, a real receiver on a free port.
+
+A flag written through the API reaches the receiver signed, with the document
+before and after; a receiver that fails is retried and the delivery log shows
+every attempt; bad input is a 422 naming the field; the secret is answered
+once; with two servers sharing one Redis each change is delivered once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import Counter
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import httpx
+import orjson
+import pytest
+from starlette.applications import Starlette
+
+from flagwire_server.notify.signature import SignatureError, verify
+from tests.support.builders import flag
+from tests.support.inprocess import InProcessServer, asgi_app
+from tests.support.polling import poll, poll_blocking
+from tests.support.receiver import Received, receiver
+from tests.support.server import _cleanup_prefix
+from tests.test_console_sessions import sign_in
+
+pytestmark = pytest.mark.timeout(60)
+
+BASE = "/api/v1/environments/production"
+#: Fast retries, short timeouts: a test waits milliseconds, not minutes.
+FAST = {
+    "FLAGWIRE_WEBHOOK_RETRY_BASE": "0.05",
+    "FLAGWIRE_WEBHOOK_TIMEOUT": "2",
+    "FLAGWIRE_WEBHOOK_ATTEMPTS": "3",
+}
+
+
+@pytest.fixture
+def prefix(redis_url: str, redis_prefix: str) -> Iterator[str]:
+    yield redis_prefix
+    _cleanup_prefix(redis_url, redis_prefix)
+
+
+async def _hook(http: httpx.AsyncClient, url: str, events: list[str]) -> tuple[str, str]:
+    r = await http.post(f"{BASE}/webhooks", json={"url": url, "events": events})
+    assert r.status_code == 201, r.text
+    return r.json()["webhook"]["id"], r.json()["secret"]
+
+
+def _payloads(requests: list[Received], event_type: str) -> list[dict[str, Any]]:
+    return [orjson.loads(q.body) for q in requests if q.headers.get("flagwire-event") == event_type]
+
+
+async def test_a_flag_patch_reaches_the_receiver_signed_with_before_and_after(
+    redis_url: str, prefix: str
+) -> None:
+    async with receiver() as rec, asgi_app(redis_url, prefix, env=FAST) as (_app, http):
+        hook_id, secret = await _hook(http, rec.url, ["flag.changed"])
+        assert secret.startswith("whsec_")
+        assert len(secret) > 40
+        assert (await http.post(f"{BASE}/flags", json=flag("checkout", on=False))).is_success
+        r = await http.patch(f"{BASE}/flags/checkout", json={"on": True})
+        assert r.status_code == 200, r.text
+
+        def patched() -> list[Received]:
+            return [q for q in rec.requests if orjson.loads(q.body)["data"]["action"] == "update"]
+
+        (got,) = await poll(patched, within=10, what="the PATCH's delivery")
+        assert got.method == "POST"
+        assert got.path == "/hook"
+        assert got.headers["content-type"] == "application/json"
+        assert got.headers["flagwire-event"] == "flag.changed"
+        assert got.headers["flagwire-webhook-id"] == hook_id
+        assert got.headers["flagwire-delivery-attempt"] == "1"
+        stamp = verify(secret, got.headers["flagwire-signature"], got.body, now=time.time())
+        assert abs(stamp - time.time()) < 30
+        with pytest.raises(SignatureError):  # one byte changed: no match
+            verify(secret, got.headers["flagwire-signature"], got.body + b" ", now=time.time())
+        with pytest.raises(SignatureError):  # replayed ten minutes later: refused
+            verify(secret, got.headers["flagwire-signature"], got.body, now=time.time() + 600)
+        body = orjson.loads(got.body)
+        assert body["type"] == "flag.changed"
+        assert body["env"] == "production"
+        assert body["id"] == got.headers["flagwire-event-id"]
+        assert body["id"].startswith("evt_")
+        data = body["data"]
+        assert (data["kind"], data["key"], data["actor"]) == (
+            "flag",
+            "checkout",
+            "admin (FLAGWIRE_ADMIN_KEY)",
+        )
+        assert data["before"]["on"] is False
+        assert data["after"]["on"] is True
+        assert data["after"]["version"] == data["before"]["version"] + 1 == data["flag_version"]
+
+        # The secret was in the creation's answer only.
+        one = (await http.get(f"{BASE}/webhooks/{hook_id}")).json()
+        listed = (await http.get(f"{BASE}/webhooks")).json()["webhooks"]
+        assert one["url"] == rec.url
+        assert listed == [one]
+        assert secret not in orjson.dumps([one, listed]).decode()
+        assert "secret" not in one
+
+        log = (await http.get(f"{BASE}/webhooks/{hook_id}/deliveries")).json()["deliveries"]
+        assert {d["outcome"] for d in log} == {"delivered"}
+        assert log[0]["status"] == 200
+
+
+async def test_a_failing_receiver_is_retried_and_the_log_shows_each_attempt(
+    redis_url: str, prefix: str
+) -> None:
+    async with (
+        receiver(script=[500]) as rec,
+        asgi_app(redis_url, prefix, env=FAST) as (_app, http),
+    ):
+        hook_id, secret = await _hook(http, rec.url, ["*"])
+        assert (await http.post(f"{BASE}/flags", json=flag("retry-me"))).is_success
+
+        async def two_attempts() -> list[dict[str, Any]] | None:
+            r = await http.get(f"{BASE}/webhooks/{hook_id}/deliveries")
+            log: list[dict[str, Any]] = r.json()["deliveries"]
+            return log if len(log) == 2 else None
+
+        newest, oldest = await poll(two_attempts, within=10, what="two delivery attempts")
+        assert (oldest["attempt"], oldest["status"], oldest["outcome"]) == (1, 500, "retrying")
+        assert oldest["response"] == "receiver failed on purpose"
+        assert (newest["attempt"], newest["status"], newest["outcome"]) == (2, 200, "delivered")
+        assert newest["delivery"] == oldest["delivery"]
+        assert newest["duration_ms"] >= 0
+        first, second = rec.requests
+        assert first.body == second.body  # the same event, signed afresh for each attempt
+        assert first.headers["flagwire-delivery"] == second.headers["flagwire-delivery"]
+        assert second.headers["flagwire-delivery-attempt"] == "2"
+        verify(secret, second.headers["flagwire-signature"], second.body, now=time.time())
+        metrics = (await http.get("/metrics")).text
+        assert 'flagwire_webhook_deliveries_total{env="production",outcome="retrying"} 1.0' in (
+            metrics
+        )
+        assert 'flagwire_webhook_deliveries_total{env="production",outcome="delivered"} 1.0' in (
+            metrics
+        )
+
+
+async def test_a_receiver_that_keeps_failing_gets_the_bounded_attempts(
+    redis_url: str, prefix: str
+) -> None:
+    async with (
+        receiver(script=[503, 503, 503, 503]) as rec,
+        asgi_app(redis_url, prefix, env=FAST) as (app, http),
+    ):
+        hook_id, _ = await _hook(http, rec.url, ["flag.changed"])
+        assert (await http.post(f"{BASE}/flags", json=flag("doomed"))).is_success
+        await poll(lambda: len(rec.requests) >= 3, within=10, what="three attempts")
+        hooks = app.state.services.webhooks
+        await poll(
+            lambda: _not(hooks.pending("production")), within=10, what="the entry acknowledged"
+        )
+        log = (await http.get(f"{BASE}/webhooks/{hook_id}/deliveries")).json()["deliveries"]
+        assert [(d["attempt"], d["outcome"]) for d in reversed(log)] == [
+            (1, "retrying"),
+            (2, "retrying"),
+            (3, "failed"),
+        ]
+        assert len(rec.requests) == 3
+
+
+async def _not(value: Any) -> bool:
+    return not await value
+
+
+async def test_a_slow_receiver_holds_no_more_than_max_inflight_deliveries(
+    redis_url: str, prefix: str
+) -> None:
+    """Events past the bound wait in Redis, not in the server's memory."""
+    env = {**FAST, "FLAGWIRE_WEBHOOK_TIMEOUT": "20"}
+    async with receiver(hold=30) as rec, asgi_app(redis_url, prefix, env=env) as (app, http):
+        notifier = app.state.services.notifier
+        hooks = app.state.services.webhooks
+        notifier.max_inflight = 2
+        await _hook(http, rec.url, ["flag.changed"])
+        for i in range(8):
+            assert (await http.post(f"{BASE}/flags", json=flag(f"slow{i}"))).is_success
+        await poll(lambda: len(rec.requests) >= 2, within=10, what="two requests held")
+        # Watch the reader for a few of its rounds: it must not take more.
+        for _ in range(6):
+            assert notifier.inflight <= 2
+            assert await hooks.pending("production") <= 2
+            assert len(rec.requests) == 2
+            await asyncio.sleep(notifier.poll)
+
+
+async def test_a_new_webhook_gets_only_what_happens_after_it(redis_url: str, prefix: str) -> None:
+    async with receiver() as rec, asgi_app(redis_url, prefix, env=FAST) as (app, http):
+        first, _ = await _hook(http, rec.url, ["flag.changed"])
+        assert (await http.post(f"{BASE}/flags", json=flag("seen"))).is_success
+        await poll(lambda: len(rec.requests) == 1, within=10, what="the first delivery")
+        assert (await http.delete(f"{BASE}/webhooks/{first}")).is_success
+        hooks = app.state.services.webhooks
+        await poll(
+            lambda: _not(_contains(hooks.envs(), "production")),
+            within=10,
+            what="the environment no longer read",
+        )
+        for key in ("unseen1", "unseen2"):  # while it has no webhook
+            assert (await http.post(f"{BASE}/flags", json=flag(key))).is_success
+        await _hook(http, rec.url, ["flag.changed"])
+        assert (await http.post(f"{BASE}/flags", json=flag("seen-again"))).is_success
+        await poll(lambda: len(rec.requests) >= 2, within=10, what="the second delivery")
+        await poll(lambda: _not(hooks.pending("production")), within=10, what="acknowledged")
+        keys = [orjson.loads(q.body)["data"]["key"] for q in rec.requests]
+        assert keys == ["seen", "seen-again"]
+
+
+async def _contains(value: Any, item: str) -> bool:
+    return item in await value
+
+
+async def test_bad_input_is_a_422_naming_the_field(redis_url: str, prefix: str) -> None:
+    async with asgi_app(redis_url, prefix) as (_app, http):
+        cases = [
+            ({"url": "ftp://example.com/x", "events": ["flag.changed"]}, "url"),
+            ({"url": "http:///nohost", "events": ["flag.changed"]}, "url"),
+            ({"url": "https://user:pw@example.com/", "events": ["flag.changed"]}, "url"),
+            ({"url": "not a url", "events": ["flag.changed"]}, "url"),
+            ({"url": "https://example.com/", "events": ["flag.renamed"]}, "events/0"),
+            ({"url": "https://example.com/", "events": []}, "events"),
+            ({"url": "https://example.com/", "events": ["*"], "secret": "mine"}, "secret"),
+            ({"events": ["*"]}, "url"),
+        ]
+        for body, path in cases:
+            r = await http.post(f"{BASE}/webhooks", json=body)
+            assert r.status_code == 422, (body, r.text)
+            assert r.headers["content-type"].startswith("application/problem+json")
+            problem = r.json()
+            assert path in [e["path"] for e in problem["errors"]], (body, problem)
+            assert "invalid webhook" in problem["detail"]
+        assert (await http.get(f"{BASE}/webhooks")).json() == {"webhooks": []}
+        missing = await http.post(
+            "/api/v1/environments/nope/webhooks",
+            json={"url": "https://example.com/", "events": ["*"]},
+        )
+        assert missing.status_code == 404
+        hook_id, _ = await _hook(http, "https://example.com/", ["plan.*"])
+        r = await http.patch(f"{BASE}/webhooks/{hook_id}", json={"url": "gopher://x"})
+        assert r.status_code == 422
+        assert r.json()["errors"][0]["path"] == "url"
+        r = await http.patch(f"{BASE}/webhooks/{hook_id}", json={"enabled": False})
+        assert r.status_code == 200
+        assert r.json()["enabled"] is False
+        assert (await http.get(f"{BASE}/webhooks/wh_000000000000")).status_code == 404
+
+
+async def test_private_addresses_can_be_refused(redis_url: str, prefix: str) -> None:
+    env = {**FAST, "FLAGWIRE_WEBHOOK_ALLOW_PRIVATE": "0"}
+    async with asgi_app(redis_url, prefix, env=env) as (_app, http):
+        for url in (
+            "http://127.0.0.1:9/",
+            "http://10.1.2.3/",
+            "http://[::1]/",
+            "http://localhost/",
+        ):
+            r = await http.post(f"{BASE}/webhooks", json={"url": url, "events": ["*"]})
+            assert r.status_code == 422, (url, r.text)
+            assert "FLAGWIRE_WEBHOOK_ALLOW_PRIVATE" in r.json()["errors"][0]["message"]
+
+
+async def test_creating_and_deleting_a_webhook_is_audited(redis_url: str, prefix: str) -> None:
+    async with asgi_app(redis_url, prefix) as (_app, http):
+        hook_id, secret = await _hook(http, "https://example.com/in", ["flag.changed"])
+        r = await http.delete(f"{BASE}/webhooks/{hook_id}")
+        assert r.status_code == 200
+        assert r.json()["webhook"]["id"] == hook_id
+        assert (await http.delete(f"{BASE}/webhooks/{hook_id}")).status_code == 404
+        entries = (await http.get("/api/v1/audit")).json()["entries"]
+        mine = [(e["action"], e["detail"]["url"]) for e in entries if e["key"] == hook_id]
+        assert mine == [("delete", "https://example.com/in"), ("create", "https://example.com/in")]
+        assert secret not in orjson.dumps(entries).decode()
+
+
+@pytest.fixture
+async def two_servers(
+    redis_url: str, prefix: str
+) -> AsyncIterator[list[tuple[Starlette, httpx.AsyncClient]]]:
+    """Two servers (apps with their lifespans and notifiers) sharing one Redis prefix."""
+    async with (
+        asgi_app(redis_url, prefix, env=FAST) as server_a,
+        asgi_app(redis_url, prefix, env=FAST) as server_b,
+    ):
+        yield [server_a, server_b]
+
+
+async def test_a_change_through_one_of_two_servers_is_delivered_once(
+    two_servers: list[tuple[Starlette, httpx.AsyncClient]],
+) -> None:
+    (app_a, a), (app_b, b) = two_servers
+    assert app_a.state.services.instance_id != app_b.state.services.instance_id
+    async with receiver() as rec:
+        hook_id, _ = await _hook(a, rec.url, ["flag.changed"])
+        writes = 12
+        for i in range(writes):
+            r = await a.post(f"{BASE}/flags", json=flag(f"f{i}"))
+            assert r.status_code == 201, r.text
+        await poll(lambda: len(rec.requests) >= writes, within=15, what=f"{writes} deliveries")
+        # Every entry acknowledged: no server holds one that it could still send.
+        hooks = app_a.state.services.webhooks
+        await poll(lambda: _not(hooks.pending("production")), within=10, what="all acknowledged")
+        ids = Counter(q.headers["flagwire-event-id"] for q in rec.requests)
+        assert len(ids) == writes, ids
+        assert set(ids.values()) == {1}, ids
+        keys = sorted(orjson.loads(q.body)["data"]["key"] for q in rec.requests)
+        assert keys == sorted(f"f{i}" for i in range(writes))
+        log = (await b.get(f"{BASE}/webhooks/{hook_id}/deliveries")).json()["deliveries"]
+        assert len(log) == writes
+
+
+async def test_a_scheduled_change_sends_schedule_executed(redis_url: str, prefix: str) -> None:
+    async with receiver() as rec, asgi_app(redis_url, prefix, env=FAST) as (_app, http):
+        assert (await http.post(f"{BASE}/flags", json=flag("later", on=False))).is_success
+        await _hook(http, rec.url, ["schedule.executed"])
+        r = await http.post(
+            f"{BASE}/schedule",
+            json={"flag": "later", "change": {"on": True}, "due_at": time.time() + 0.2},
+        )
+        assert r.status_code == 201, r.text
+        (got,) = await poll(
+            lambda: _payloads(rec.requests, "schedule.executed"), within=10, what="the event"
+        )
+        change = got["data"]["change"]
+        assert (change["id"], change["status"], change["flag"]) == (
+            r.json()["id"],
+            "applied",
+            "later",
+        )
+        assert not _payloads(rec.requests, "flag.changed")  # not subscribed
+
+
+async def test_release_plan_events_are_sent(redis_url: str, prefix: str) -> None:
+    async with receiver() as rec, asgi_app(redis_url, prefix, env=FAST) as (_app, http):
+        new_old = flag("plan-me", variations=["new", "old"], fallthrough=1)
+        assert (await http.post(f"{BASE}/flags", json=new_old)).is_success
+        await _hook(http, rec.url, ["plan.*"])
+        r = await http.post(
+            f"{BASE}/releases",
+            json={
+                "flag": "plan-me",
+                "variation": 0,
+                "stages": [{"percent": 10, "hold": 3600}, {"percent": 100}],
+                "wait": 0,
+            },
+        )
+        assert r.status_code == 201, r.text
+        plan_id = r.json()["id"]
+        r = await http.post(f"{BASE}/releases/{plan_id}/rollback")
+        assert r.status_code == 200, r.text
+
+        def both() -> list[str] | None:
+            types = [q.headers["flagwire-event"] for q in rec.requests]
+            return types if len(types) >= 2 else None
+
+        types = await poll(both, within=10, what="two plan events")
+        assert sorted(types) == ["plan.rolled_back", "plan.started"]
+        (rolled,) = _payloads(rec.requests, "plan.rolled_back")
+        assert rolled["data"]["plan"]["id"] == plan_id
+        assert rolled["data"]["plan"]["status"] == "rolled_back"
+        assert rolled["data"]["event"]["what"] == "rolled back"
+        assert not _payloads(rec.requests, "flag.changed")  # not subscribed
+
+
+def test_through_a_real_uvicorn_server_and_on_the_console(redis_url: str, prefix: str) -> None:
+    """The same over a real socket: uvicorn serving the API, the receiver in a thread."""
+    import asyncio
+    import threading
+
+    got: list[Received] = []
+    ready = threading.Event()
+    stop = threading.Event()
+    port: list[int] = []
+
+    def run_receiver() -> None:
+        async def main() -> None:
+            async with receiver() as rec:
+                port.append(rec.port)
+                ready.set()
+                while not stop.is_set():
+                    got[:] = rec.requests
+                    await asyncio.sleep(0.02)
+
+        asyncio.run(main())
+
+    thread = threading.Thread(target=run_receiver, daemon=True)
+    thread.start()
+    assert ready.wait(10)
+    server = InProcessServer(redis_url, prefix=prefix, env=FAST).start()
+    try:
+        url = f"http://127.0.0.1:{port[0]}/hook"
+        made = server.api(
+            "POST", "/environments/production/webhooks", {"url": url, "events": ["*"]}
+        )
+        server.api("POST", "/environments/production/flags", flag("wired"))
+        poll_blocking(lambda: got, within=10, what="the delivery")
+        verify(made["secret"], got[0].headers["flagwire-signature"], got[0].body, now=time.time())
+        assert orjson.loads(got[0].body)["data"]["key"] == "wired"
+        # The console's page shows the webhook and its deliveries, never the secret.
+        console, _csrf = sign_in(server.url, server.admin_key)
+        try:
+            page = console.get("/envs/production/webhooks")
+            assert page.status_code == 200
+            assert url in page.text
+            assert made["webhook"]["id"] in page.text
+            poll_blocking(
+                lambda: "<td>delivered</td>" in console.get("/envs/production/webhooks").text,
+                within=10,
+                what="the delivery on the console page",
+            )
+            assert made["secret"] not in page.text
+        finally:
+            console.close()
+    finally:
+        server.stop()
+        stop.set()
+        thread.join(5)
+
+
+def test_the_cli_manages_webhooks(redis_url: str, prefix: str) -> None:
+    """``flagwire webhooks`` create (secret printed once), list, update, deliveries, delete."""
+    from typer.testing import CliRunner
+
+    from flagwire_server.cli.main import app
+
+    server = InProcessServer(redis_url, prefix=prefix).start()
+    runner = CliRunner()
+    env = {"FLAGWIRE_URL": server.url, "FLAGWIRE_ADMIN_KEY": server.admin_key}
+
+    def cli(*args: str, code: int = 0) -> str:
+        result = runner.invoke(app, list(args), env=env)
+        assert result.exit_code == code, result.output
+        return str(result.output)
+
+    try:
+        out = cli("webhooks", "create", "https://hooks.example.com/in", "--event", "plan.*")
+        secret = out.split("store it now): ")[1].strip()
+        assert secret.startswith("whsec_")
+        listed = orjson.loads(cli("webhooks", "list", "--json"))["webhooks"]
+        (hook,) = listed
+        assert hook["events"] == ["plan.*"]
+        assert secret not in cli("webhooks", "list") + cli("webhooks", "show", hook["id"])
+        out = cli("webhooks", "update", hook["id"], "--disable", "--event", "flag.changed")
+        assert "(disabled)" in out
+        assert "[flag.changed]" in out
+        assert "AT" in cli("webhooks", "deliveries", hook["id"])
+        assert "ftp" in cli("webhooks", "create", "ftp://x/", "--event", "*", code=1)
+        assert "deleted" in cli("webhooks", "delete", hook["id"])
+        assert orjson.loads(cli("webhooks", "list", "--json")) == {"webhooks": []}
+    finally:
+        server.stop()
