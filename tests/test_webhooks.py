@@ -9,6 +9,7 @@ once; with two servers sharing one Redis each change is delivered once.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Iterator
@@ -314,6 +315,33 @@ async def test_a_change_through_one_of_two_servers_is_delivered_once(
         assert keys == sorted(f"f{i}" for i in range(writes))
         log = (await b.get(f"{BASE}/webhooks/{hook_id}/deliveries")).json()["deliveries"]
         assert len(log) == writes
+
+
+async def test_an_event_left_by_a_server_that_stopped_is_delivered_by_another(
+    redis_url: str, prefix: str
+) -> None:
+    """Server A reads the event and stops mid-delivery; B claims it and delivers it again."""
+    async with receiver(script=[], hold=30) as rec, contextlib.AsyncExitStack() as stack:
+        app_a, http_a = await stack.enter_async_context(asgi_app(redis_url, prefix, env=FAST))
+        await _hook(http_a, rec.url, ["flag.changed"])
+        assert (await http_a.post(f"{BASE}/flags", json=flag("orphan"))).is_success
+        await poll(lambda: len(rec.requests) == 1, within=10, what="A's request")
+        await stack.aclose()  # A stops: its delivery is cancelled, the entry stays pending
+        rec.hold = 0.0
+        async with asgi_app(redis_url, prefix, env=FAST) as (app_b, http_b):
+            app_b.state.services.notifier.reclaim_after = 0.5
+            hooks = app_b.state.services.webhooks
+            await poll(lambda: len(rec.requests) == 2, within=10, what="B's request")
+            await poll(lambda: _not(hooks.pending("production")), within=10, what="acknowledged")
+            first, second = rec.requests
+            assert first.headers["flagwire-event-id"] == second.headers["flagwire-event-id"]
+            assert first.body == second.body
+            (hook,) = (await http_b.get(f"{BASE}/webhooks")).json()["webhooks"]
+            log = (await http_b.get(f"{BASE}/webhooks/{hook['id']}/deliveries")).json()
+            (done,) = log["deliveries"]
+            assert done["outcome"] == "delivered"
+            assert done["by"] == app_b.state.services.instance_id
+            assert done["by"] != app_a.state.services.instance_id
 
 
 async def test_a_scheduled_change_sends_schedule_executed(redis_url: str, prefix: str) -> None:
