@@ -168,6 +168,22 @@ async def test_a_receiver_that_keeps_failing_gets_the_bounded_attempts(
         assert len(rec.requests) == 3
 
 
+async def test_retries_stop_when_the_webhook_is_deleted(redis_url: str, prefix: str) -> None:
+    env = {**FAST, "FLAGWIRE_WEBHOOK_RETRY_BASE": "1", "FLAGWIRE_WEBHOOK_ATTEMPTS": "5"}
+    async with (
+        receiver(script=[500] * 5) as rec,
+        asgi_app(redis_url, prefix, env=env) as (app, http),
+    ):
+        hook_id, _ = await _hook(http, rec.url, ["flag.changed"])
+        assert (await http.post(f"{BASE}/flags", json=flag("gone"))).is_success
+        await poll(lambda: len(rec.requests) == 1, within=10, what="the first attempt")
+        assert (await http.delete(f"{BASE}/webhooks/{hook_id}")).is_success
+        hooks = app.state.services.webhooks
+        # Acknowledged after the first wait (0.5-1 s), with no second request.
+        await poll(lambda: _not(hooks.pending("production")), within=10, what="acknowledged")
+        assert len(rec.requests) == 1
+
+
 async def _not(value: Any) -> bool:
     return not await value
 

@@ -40,7 +40,7 @@ from flagwire_server.background import stop_requested
 from flagwire_server.notify import events, retry, signature
 from flagwire_server.notify.events import Event
 from flagwire_server.notify.hooks import is_private
-from flagwire_server.store.types import StoreError
+from flagwire_server.store.types import NotFound, StoreError
 from flagwire_server.store.webhooks import Entry, Source, WebhookStore
 
 __all__ = ["BODY_KEEP", "DeliveryPolicy", "Notifier"]
@@ -259,6 +259,13 @@ class Notifier:
                     attempt, base=self.policy.retry_base, cap=self.policy.retry_cap, rng=self.rng
                 )
                 await asyncio.sleep(wait)
+                # Read again: a webhook deleted, disabled or moved meanwhile is obeyed.
+                try:
+                    hook = await self.store.get(event.env, str(hook["id"]))
+                except NotFound:
+                    break
+                if not hook.get("enabled", True):
+                    break
         except asyncio.CancelledError:
             raise  # shutting down: the entry stays pending for another server
         except Exception:
