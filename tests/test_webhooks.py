@@ -231,6 +231,26 @@ async def test_a_new_webhook_gets_only_what_happens_after_it(redis_url: str, pre
         assert keys == ["seen", "seen-again"]
 
 
+async def test_a_deleted_environment_is_no_longer_read_and_not_recreated(
+    redis_url: str, prefix: str
+) -> None:
+    async with asgi_app(redis_url, prefix, env=FAST) as (app, http):
+        assert (await http.post("/api/v1/environments", json={"key": "brief"})).is_success
+        r = await http.post(
+            "/api/v1/environments/brief/webhooks",
+            json={"url": "https://example.com/", "events": ["*"]},
+        )
+        assert r.status_code == 201, r.text
+        hooks = app.state.services.webhooks
+        assert "brief" in await hooks.envs()
+        assert (await http.delete("/api/v1/environments/brief")).is_success
+        await poll(
+            lambda: _not(_contains(hooks.envs(), "brief")), within=10, what="brief forgotten"
+        )
+        keys = await hooks.redis.keys(f"{prefix}:{{brief}}:*")
+        assert keys == []  # the reader made no stream or group for it again
+
+
 async def _contains(value: Any, item: str) -> bool:
     return item in await value
 

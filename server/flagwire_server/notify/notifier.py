@@ -210,9 +210,7 @@ class Notifier:
                 await asyncio.sleep(self.poll)
 
     async def _read_env(self, env: str, *, reclaim: bool) -> int:
-        hooks = [h for h in await self.store.list_webhooks(env) if h.get("enabled", True)]
-        if not hooks and await self.store.forget(env):
-            return 0
+        """One look at ``env``: one ``XREADGROUP`` when nothing happened there."""
         room = self.max_inflight - len(self._jobs)
         if room <= 0:
             return 0
@@ -220,6 +218,10 @@ class Notifier:
         if reclaim:
             idle_ms = int(self.reclaim_after * 1000)
             entries += await self.store.reclaim(env, self.owner, idle_ms, 100)
+        if not entries:
+            return 0
+        # Read when there is something to send, so a webhook made a moment ago counts.
+        hooks = [h for h in await self.store.list_webhooks(env) if h.get("enabled", True)]
         for entry in entries:
             await self._dispatch(env, entry, hooks)
         return len(entries)

@@ -132,6 +132,8 @@ class WebhookStore:
     async def delete(self, env: str, webhook_id: str) -> dict[str, Any]:
         """Delete a webhook and its delivery log; returns what it was.
 
+        The environment's last webhook takes the environment off the read list.
+
         Raises:
             NotFound: no such webhook.
         """
@@ -144,6 +146,7 @@ class WebhookStore:
         record = _loads(raw)
         if record is None:
             raise NotFound(f"webhook {webhook_id[:40]!r} does not exist in {env!r}")
+        await self.forget(env)
         return record
 
     # --- what the notifier reads -----------------------------------------------------
@@ -187,7 +190,8 @@ class WebhookStore:
         """New entries of both streams handed to ``consumer`` (none waits: no ``BLOCK``).
 
         A stream whose group is gone (Redis restarted empty, the audit stream was
-        deleted by hand) gets it again, at its end, and this read returns nothing.
+        deleted by hand) gets it again, at its end, and this read returns nothing;
+        an environment that is gone (deleted with its webhooks) is no longer read.
         """
         streams = self._streams(env)
         try:
@@ -197,7 +201,10 @@ class WebhookStore:
         except redis.exceptions.ResponseError as exc:
             if "NOGROUP" not in str(exc):
                 raise
-            await self.ensure_groups(env)
+            if await self.redis.exists(self.keyspace.webhooks(env)):
+                await self.ensure_groups(env)
+            else:  # the environment was deleted, with its webhooks and streams
+                await self.forget(env)
             return []
         return _entries(streams, resp)
 
