@@ -186,7 +186,8 @@ def test_current_data_ends_the_outage_but_errors_need_a_healthy_period() -> None
         b.restart_delay()
         b.next_delay()
     b.current()
-    assert b.restart_ceiling() == pytest.approx(0.2)
+    assert b.restarts == 0
+    assert b.restart_ceiling() == pytest.approx(1.5)
     assert b.ceiling() == pytest.approx(0.2 * 2**5)
 
 
@@ -227,8 +228,9 @@ def test_delay_dispatches_on_pace() -> None:
     for _ in range(10):
         b.delay(Pace.ERROR)
     assert b.failures == 10
-    assert b.delay(Pace.RESTART, outage=1.0) <= 0.2
+    assert b.delay(Pace.RESTART, outage=1.0) <= 1.5
     assert b.restarts == 1
+    assert b.failures == 10  # a restart does not count as an error
 
 
 @given(
@@ -254,3 +256,57 @@ def test_within_patience_no_restart_delay_exceeds_the_restart_cap(
         else:
             b.current()
     assert b.restart_ceiling(outage) <= 1.5
+
+
+def _first_delays_after_a_crash(n: int, settings: BackoffSettings, seed: int) -> list[float]:
+    """The first delay of ``n`` clients whose connections died in the same instant."""
+    rng = random.Random(seed)
+    delays = []
+    for _ in range(n):
+        b = Backoff(settings, rng=rng.random)
+        event = Closed(None)  # SIGKILL: no close frame, the connection just died
+        assert classify(event) is Action.RETRY
+        delays.append(b.delay(pace_of(event), outage=0.0))
+    return sorted(delays)
+
+
+@pytest.mark.parametrize(
+    "settings",
+    [BackoffSettings(), BackoffSettings(initial=0.2, cap=1.0, going_away=0.5)],
+    ids=["default", "fault-tests"],
+)
+def test_a_crashed_servers_clients_come_back_spread_over_the_restart_window(
+    settings: BackoffSettings,
+) -> None:
+    """The first retry after a dead connection is full jitter over the whole restart window.
+
+    CI saw 8 clients of a SIGKILLed server come back within 63 ms: the first
+    retry's ceiling was ``initial`` (0.2 s), so a killed server's whole fleet
+    landed on the survivors in a fifth of a second.
+    """
+    window = min(settings.restart_cap, settings.cap)
+    delays = _first_delays_after_a_crash(2000, settings, seed=10)
+    assert all(0 <= d <= window for d in delays)
+    assert delays[-1] - delays[0] > 0.95 * window
+    # uniform over the window: no tenth of it holds more than ~1.3x its share
+    tenth = window / 10
+    counts = [sum(1 for d in delays if i * tenth <= d < (i + 1) * tenth) for i in range(10)]
+    assert max(counts) < 1.3 * len(delays) / 10, counts
+    # and 8 clients (the CI case) are never all within a fifth of the window
+    rng = random.Random(16)
+    for trial in range(200):
+        eight = _first_delays_after_a_crash(8, settings, seed=rng.randrange(2**32))
+        assert eight[-1] - eight[0] > window / 5, (trial, eight)
+
+
+def test_a_returning_server_is_met_within_the_restart_cap_of_readiness() -> None:
+    """However long the outage (within patience), the next attempt after readiness is near."""
+    rng = random.Random(5)
+    s = BackoffSettings()
+    for back_at in (0.3, 2.0, 7.5, 29.0, 59.0):
+        for _ in range(200):
+            b = Backoff(s, rng=rng.random)
+            t = 0.0
+            while t < back_at:  # refused until the server is back
+                t += b.delay(pace_of(ConnectionRefusedError()), outage=t)
+            assert t - back_at <= s.restart_cap

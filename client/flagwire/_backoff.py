@@ -11,10 +11,13 @@ Three paces, because failures say different things about the server:
   died) or is not listening (connection refused, a proxy's 502/504).  It is
   restarting or gone, and the kill switch someone flips the moment it is back
   must reach us within seconds, however many restarts came before.  So the
-  ceiling stays at ``restart_cap`` (1.5 s) for the first ``patience`` seconds
-  of an outage, and only a longer outage backs off further (doubling every
-  ``patience`` seconds, up to ``cap``).  A connection that delivered current
-  data ends the outage.
+  ceiling is ``restart_cap`` (1.5 s) from the first retry on, for the first
+  ``patience`` seconds of an outage, and only a longer outage backs off
+  further (doubling every ``patience`` seconds, up to ``cap``).  A connection
+  that delivered current data ends the outage.  The first retry is not made
+  faster: a dead server's whole fleet loses its connections in the same
+  instant, and a short first window (v1's 0.2 s) brought it back onto the
+  survivors in a fifth of a second.
 * ``ERROR`` — the server answered, with an error (HTTP 500, close 1011,
   a bad frame).  Retrying at once would hammer a broken server, so the
   ceiling doubles per failure up to ``cap`` (30 s) and only a connection that
@@ -71,9 +74,10 @@ class BackoffSettings:
         going_away: ceiling of the delay after the server said it is going
             away (close 1001/1012): soon, but jittered so a restarting server
             is not met by all its clients at once.
-        restart_cap: ceiling of the delays while the server is restarting or
-            unreachable, for the first ``patience`` seconds of an outage: the
-            longest a client waits after the server is back.
+        restart_cap: ceiling of every delay while the server is restarting or
+            unreachable (the first retry too), for the first ``patience``
+            seconds of an outage: the window a dead server's fleet is spread
+            over, and the longest a client waits after the server is back.
         patience: an outage longer than this backs off further: the restart
             ceiling doubles every ``patience`` seconds, up to ``cap``.
         max_retry_after: a server's ``Retry-After`` is honoured up to this many
@@ -130,8 +134,7 @@ class Backoff:
     def restart_ceiling(self, outage: float = 0.0) -> float:
         """The upper bound of the next RESTART delay, ``outage`` seconds into an outage."""
         s = self.settings
-        short = min(s.restart_cap, s.cap)
-        ceiling = min(short, self._grown(self.restarts))
+        short = ceiling = min(s.restart_cap, s.cap)
         if outage > s.patience and s.patience > 0:
             # min() before the power: a week-long outage must not overflow.
             periods = min((outage - s.patience) / s.patience, 64.0)
@@ -167,19 +170,17 @@ class Backoff:
     def going_away_delay(self) -> float:
         """The delay after a close 1001: uniform in ``[0, going_away]``.
 
-        It also lifts both schedules to about that window (the largest ceiling
-        not above it): if the server is restarting, not just handing us over
-        to another instance, the retries that fail while it is down must stay
-        spread over a comparable window, or its whole fleet of clients would
-        crowd back in the first instant it listens again.
+        It also lifts the error schedule to about that window (the largest
+        ceiling not above it): if the server comes back broken, its fleet's
+        retries must stay spread over a comparable window, or they would crowd
+        it in the first instant it listens again.  (The restart schedule needs
+        no lift: its window is ``restart_cap`` from the first retry.)
         """
         s = self.settings
         window = min(s.going_away, s.cap)
         if s.factor > 1:
             while self.failures < 64 and self.ceiling() * s.factor <= window:
                 self.failures += 1
-            while self.restarts < 64 and self._grown(self.restarts + 1) <= window:
-                self.restarts += 1
         return self._rng() * s.going_away
 
     def delay(self, pace: Pace, *, outage: float = 0.0, retry_after: float | None = None) -> float:
