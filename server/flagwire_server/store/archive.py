@@ -1,11 +1,17 @@
 """Archived flags: hidden from SDKs, kept whole, restorable.
 
 Archiving is a delete through the store's ordinary write, so every SDK learns
-of it the way it learns of any delete (one change-log entry, one frame), with
-the document saved first in ``P:{env}:archive`` (HASH key → JSON).  Restoring
-writes the saved document back as a new version and forgets the copy.  Each
-is two steps, ordered so that a crash between them leaves a flag both live and
-archived (harmless: a restore overwrites it), never lost.
+of it the way it learns of any delete (one change-log entry, one frame), and
+the same Lua script saves the deleted document in ``P:{env}:archive`` (HASH
+key → JSON).  Restoring is the ordinary write of the saved document as a new
+version, and the same script forgets the copy, provided it is still the one
+read (else NotFound: it was restored or archived again meanwhile).
+
+Why one script each (``store/scripts/write.lua``, the archive step): Redis
+runs a script whole, with no command of another client in between, and a
+script whose checks fail writes nothing.  So no reader can ever see a flag
+both live and archived, or neither, and no crash can leave it so: there is no
+"between" to stop in.
 """
 
 from __future__ import annotations
@@ -31,20 +37,18 @@ class FlagArchive:
         return self.store.keyspace.archive(env)
 
     async def archive(self, env: str, key: str, *, actor: str) -> WriteResult:
-        """Save flag ``key`` and delete it (NotFound when it does not exist)."""
-        doc = await self.store.get_doc(env, "flag", key)
-        await self.redis.hset(self._key(env), key, orjson.dumps(doc))
-        return await self.store.delete(env, "flag", key, actor=actor)
+        """Delete flag ``key`` and keep it, atomically (NotFound when it does not exist)."""
+        return await self.store.delete(env, "flag", key, actor=actor, archive=True)
 
     async def restore(self, env: str, key: str, *, actor: str) -> WriteResult:
-        """Write the archived flag back (NotFound when nothing is archived under ``key``)."""
+        """Write the archived flag back and forget the copy, atomically (NotFound when
+        nothing is archived under ``key``)."""
         raw = await self.redis.hget(self._key(env), key)
         if raw is None:
             raise NotFound(f"no archived flag {key!r} in {env!r}")
-        doc = {k: v for k, v in orjson.loads(raw).items() if k not in SERVER_FIELDS}
-        result = await self.store.put(env, "flag", doc, actor=actor, key=key)
-        await self.redis.hdel(self._key(env), key)
-        return result
+        saved = raw if isinstance(raw, bytes) else raw.encode()
+        doc = {k: v for k, v in orjson.loads(saved).items() if k not in SERVER_FIELDS}
+        return await self.store.put(env, "flag", doc, actor=actor, key=key, archived=saved)
 
     async def list(self, env: str) -> list[dict[str, Any]]:
         raw = await self.redis.hgetall(self._key(env))

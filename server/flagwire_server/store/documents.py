@@ -62,6 +62,7 @@ from flagwire_server.store.write import (
     CHANGES_MAXLEN,
     HISTORY_CAP,
     MAX_SNAPSHOT_DOCS,
+    Archive,
     Compute,
     Mode,
     Writer,
@@ -155,11 +156,15 @@ class Store(Environments):
         create: bool = False,
         expected: int | None = None,
         key: str | None = None,
+        archived: bytes | None = None,
     ) -> WriteResult:
         """Create (``create=True``, 409 when present) or replace a document.
 
         ``doc`` is validated (server-owned fields are ignored); ``key``, when
         given, is the key from the URL and must match the document's.
+        ``archived``: restore from the archive, in the same script: write only
+        while the archive holds exactly these bytes for the key (else NotFound),
+        and forget them (``store/archive.py``).
         """
         body = _body(doc, key)
         return await self._commit(
@@ -171,6 +176,7 @@ class Store(Environments):
             expected=expected,
             actor=actor,
             action="create" if create else None,
+            archive=("take", archived) if archived is not None else None,
         )
 
     async def patch(
@@ -199,10 +205,25 @@ class Store(Environments):
         )
 
     async def delete(
-        self, env: str, kind: Kind, key: str, *, actor: str, expected: int | None = None
+        self,
+        env: str,
+        kind: Kind,
+        key: str,
+        *,
+        actor: str,
+        expected: int | None = None,
+        archive: bool = False,
     ) -> WriteResult:
+        """Delete a document; ``archive`` keeps it in the archive in the same script."""
         return await self._commit(
-            env, kind, key, lambda _cur: None, mode="delete", expected=expected, actor=actor
+            env,
+            kind,
+            key,
+            lambda _cur: None,
+            mode="delete",
+            expected=expected,
+            actor=actor,
+            archive=("save", b"") if archive else None,
         )
 
     async def apply(
@@ -298,7 +319,16 @@ class Store(Environments):
         expected: int | None,
         actor: str,
         action: str | None = None,
+        archive: Archive | None = None,
     ) -> WriteResult:
         return await self._writer.commit(
-            env, kind, key, compute, mode=mode, expected=expected, actor=actor, action=action
+            env,
+            kind,
+            key,
+            compute,
+            mode=mode,
+            expected=expected,
+            actor=actor,
+            action=action,
+            archive=archive,
         )

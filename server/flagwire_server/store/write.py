@@ -66,6 +66,7 @@ __all__ = [
     "CHANGES_MAXLEN",
     "HISTORY_CAP",
     "MAX_SNAPSHOT_DOCS",
+    "Archive",
     "Compute",
     "Mode",
     "Writer",
@@ -85,6 +86,8 @@ _LIMITS: Final = tuple(
     b"%d" % n for n in (CHANGES_MAXLEN, HISTORY_CAP, AUDIT_MAXLEN, MAX_SNAPSHOT_DOCS)
 )
 Mode = Literal["create", "replace", "update", "delete"]
+#: The archive step of a write (``scripts/write.lua``, ARGV 16-17).
+Archive = tuple[Literal["save", "take"], bytes]
 Compute = Callable[[dict[str, Any] | None], dict[str, Any] | None]
 
 
@@ -132,13 +135,19 @@ class Writer:
         expected: int | None,
         actor: str,
         action: str | None = None,
+        archive: Archive | None = None,
     ) -> WriteResult:
         """Write what ``compute`` makes of the current document (None deletes it).
+
+        ``archive``: ``("save", b"")`` keeps a deleted document in the environment's
+        archive, ``("take", saved)`` writes only while the archive holds ``saved`` for
+        the key and forgets it, in the same script (``store/archive.py``).
 
         Raises:
             ValidationError: ``key`` or the computed document is invalid.
             AlreadyExists: ``create`` of a document that exists.
-            NotFound: the environment, or the document to update or delete, is missing.
+            NotFound: the environment, or the document to update or delete, is missing
+                (or, for ``take``, the archived copy).
             Conflict: ``expected`` is not the current version, or writers kept racing.
             SnapshotTooLarge: the environment's snapshot would outgrow a client's frame.
             StoreCorrupt: a key of the wrong type; nothing was written.
@@ -147,7 +156,9 @@ class Writer:
             raise ValidationError([("key", f"{key[:140]!r} is not a valid key")])
         lock = self._locks.setdefault((env, kind, key), asyncio.Lock())
         async with lock:
-            return await self._commit(env, kind, key, compute, mode, expected, actor, action)
+            return await self._commit(
+                env, kind, key, compute, mode, expected, actor, action, archive
+            )
 
     async def _commit(
         self,
@@ -159,6 +170,7 @@ class Writer:
         expected: int | None,
         actor: str,
         action: str | None,
+        archive: Archive | None = None,
     ) -> WriteResult:
         doc_id: DocId = (env, kind, key)
         cached = self.cache.get(doc_id)
@@ -191,8 +203,9 @@ class Writer:
                     self.keyspace.history(env, kind, key),
                     self.keyspace.audit(env),
                     self.keyspace.docs(env, "segment" if kind == "flag" else "flag"),
+                    *((self.keyspace.archive(env),) if archive else ()),
                 ],
-                step.args,
+                [*step.args, archive[0].encode(), archive[1]] if archive else step.args,
             )
             status = as_str(res[0])
             if status == "ok":
@@ -349,6 +362,8 @@ class Writer:
             raise StoreCorrupt(f"key {as_str(res[1])} has an unexpected type; nothing was written")
         if status == "exists":
             raise AlreadyExists(f"{kind} {key!r} already exists", int(as_str(res[1])))
+        if status == "unarchived":
+            raise NotFound(f"no archived {kind} {key!r} in {env!r} (restored meanwhile?)")
         if status != "conflict":
             raise StoreCorrupt(f"the write script answered {status!r}; nothing was written")
 

@@ -6,9 +6,16 @@
 --       4 new document JSON ("" for delete), 5 message prefix, 6 message suffix, 7 actor,
 --       8 audit action, 9 kind, 10 new flag version, 11 changes maxlen, 12 history cap,
 --       13 audit maxlen, 14 largest snapshot in bytes (the client's frame limit, less headroom),
---       15 SHA-1 hex of the stored document the caller built on ("" = absent)
+--       15 SHA-1 hex of the stored document the caller built on ("" = absent),
+--       16 archive step ("" none; "save": a delete keeps the deleted document in KEYS[7];
+--       "take": a write happens only if KEYS[7] holds exactly ARGV[17] under the key, and
+--       forgets it), 17 the archived document "take" expects
+-- KEYS 7 (only with an archive step): the archive hash (store/archive.py), so that archiving
+--       and restoring are one script each: no reader ever sees a flag both live and archived,
+--       or neither.
 -- Returns {"ok", env_version, commit_ms} or {"noenv"} / {"stale", v, stored document or ""} /
--- {"exists", v} / {"missing", 0} / {"conflict", v} / {"corrupt", key} / {"toolarge", bytes}.
+-- {"exists", v} / {"missing", 0} / {"conflict", v} / {"corrupt", key} / {"toolarge", bytes} /
+-- {"unarchived"}.
 --
 -- "stale": the caller built on other bytes than are stored (its cache of the document is old,
 -- see store/write.py); nothing is written and the stored document comes back so the caller
@@ -23,6 +30,11 @@
 local expect = {meta = 'hash', docs = 'hash', changes = 'stream', history = 'list', audit = 'stream',
   other = 'hash'}
 local names = {'meta', 'docs', 'changes', 'history', 'audit', 'other'}
+local archive = ARGV[16] or ''
+if archive ~= '' then
+  expect['archive'] = 'hash'
+  names[7] = 'archive'
+end
 for i, name in ipairs(names) do
   local t = redis.call('TYPE', KEYS[i])['ok']
   if t ~= 'none' and t ~= expect[name] then return {'corrupt', KEYS[i]} end
@@ -40,6 +52,9 @@ local mode = ARGV[2]
 if mode == 'create' and cur then return {'exists', curver} end
 if (mode == 'update' or mode == 'delete') and not cur then return {'missing', 0} end
 if curver ~= tonumber(ARGV[3]) then return {'conflict', curver} end
+if archive == 'take' and redis.call('HGET', KEYS[7], ARGV[1]) ~= ARGV[17] then
+  return {'unarchived'}
+end
 
 local function entry(k, v) return string.len(k) + string.len(v) + 4 end
 local size = tonumber(redis.call('HGET', KEYS[1], 'bytes') or '')
@@ -69,6 +84,11 @@ if mode == 'delete' then
   redis.call('HDEL', KEYS[2], ARGV[1])
 else
   redis.call('HSET', KEYS[2], ARGV[1], ARGV[4])
+end
+if archive == 'save' then
+  redis.call('HSET', KEYS[7], ARGV[1], cur)
+elseif archive == 'take' then
+  redis.call('HDEL', KEYS[7], ARGV[1])
 end
 if cur then
   redis.call('LPUSH', KEYS[4], cur)
