@@ -65,6 +65,7 @@ async def flag_insight(request: Request, who: Principal | None) -> Response:
     totals = await ins.totals(env, key, start, end)
     last = (await ins.last_evaluated(env)).get(key)
     apps = await ins.apps(env, key)
+    apps_over = await ins.apps_over_cap(env, key)
     variations = doc.get("variations") or []
     n = max(1, -(-(end - start) // (step * 1000)))
     out = []
@@ -95,6 +96,7 @@ async def flag_insight(request: Request, who: Principal | None) -> Response:
                 {"app": app, "last_evaluated": ms}
                 for app, ms in sorted(apps.items(), key=lambda kv: -kv[1])
             ],
+            "applications_over_cap": apps_over,
         }
     )
 

@@ -361,6 +361,11 @@ SCHEMAS: Final[dict[str, _S]] = {
             "applications": {
                 "type": "array",
                 "items": _obj({"app": _STR, "last_evaluated": _INT}, ("app", "last_evaluated")),
+                "description": "at most 100 (the most recent first)",
+            },
+            "applications_over_cap": {
+                "type": "integer",
+                "description": "distinct applications past the cap of 100, not listed (estimate)",
             },
         },
         ("env", "flag", "start", "end", "step", "variations", "last_evaluated", "applications"),

@@ -10,7 +10,8 @@ lives in its slot and ``delete_env``'s pattern removes it; ``docs/insight.md``):
   event count / value sum; kept the retention (default 30 days) after the day ends;
 * ``P:{env}:ins:u:<flag>:<day>:<variation>`` HyperLogLog of hashed context keys (same TTL);
 * ``P:{env}:ins:last`` HASH flag → last evaluated (ms); ``P:{env}:ins:apps:<flag>`` HASH
-  application → last evaluated (ms);
+  application → last evaluated (ms), at most :data:`MAX_APPS_PER_FLAG` applications, the
+  others counted in ``P:{env}:ins:appsx:<flag>`` (HyperLogLog of their names);
 * ``P:{env}:ins:clients`` HASH stream id → JSON of the SDK and its stream,
   ``P:{env}:ins:seen`` ZSET stream id → last report (ms); entries not refreshed for
   :data:`CLIENT_TTL_MS` are removed when the inventory is read;
@@ -19,9 +20,10 @@ lives in its slot and ``delete_env``'s pattern removes it; ``docs/insight.md``):
 Why this memory is bounded per flag: minute buckets exist for at most
 ``MINUTE_DAYS + 1`` days (1,440 fields per variation per day), hourly ones for
 the retention (24 per variation per day), and a HyperLogLog is at most 12 KiB
-whatever the number of contexts.  Writes are one pipeline per environment per
-flush (``stream/reports.py`` aggregates in memory between flushes), so the
-Redis cost grows with flags, not with clients.
+whatever the number of contexts; the applications of a flag are at most
+:data:`MAX_APPS_PER_FLAG` fields, whatever clients call themselves.  Writes
+are one pipeline per environment per flush (``stream/reports.py`` aggregates in
+memory between flushes), so the Redis cost grows with flags, not with clients.
 """
 
 from __future__ import annotations
@@ -36,11 +38,12 @@ import redis.asyncio as aioredis
 import redis.exceptions
 
 from flagwire_server.store.keyspace import Keyspace
-from flagwire_server.store.types import StoreUnavailable, as_str
+from flagwire_server.store.types import StoreUnavailable, _script, as_str
 
 __all__ = [
     "CLIENT_TTL_MS",
     "DAY_MS",
+    "MAX_APPS_PER_FLAG",
     "MINUTE_DAYS",
     "FlagBatch",
     "InsightStore",
@@ -51,6 +54,9 @@ DAY_MS: Final = 86_400_000
 #: Days after its day ends that a minute bucket is kept (finer steps over older windows
 #: are answered from hourly buckets).
 MINUTE_DAYS: Final = 2
+#: Applications listed per flag; more are counted (``apps_over_cap``), not listed.  A client
+#: names its application itself, so without a cap any client could grow a flag's list.
+MAX_APPS_PER_FLAG: Final = 100
 #: An SDK stream not reported for this long has gone from the inventory.
 CLIENT_TTL_MS: Final = 60_000
 
@@ -87,6 +93,7 @@ class InsightStore:
         self.redis = redis
         self.ks = keyspace
         self.retention_days = retention_days
+        self._apps = redis.register_script(_script("insight_apps"))
 
     def _key(self, env: str, suffix: str) -> str:
         return self.ks.insight(env, suffix)
@@ -133,9 +140,14 @@ class InsightStore:
             if batch.last_ms:
                 pipe.hset(self._key(env, "last"), flag, batch.last_ms)
             if batch.apps:
-                akey = self._key(env, f"apps:{flag}")
-                pipe.hset(akey, mapping={a: ms for a, ms in batch.apps.items()})
-                expiries[akey] = batch.last_ms + self.retention_days * DAY_MS
+                args: list[str | int] = [
+                    MAX_APPS_PER_FLAG,
+                    batch.last_ms + self.retention_days * DAY_MS,
+                ]
+                for app, ms in batch.apps.items():
+                    args += [app, ms]
+                keys = [self._key(env, f"apps:{flag}"), self._key(env, f"appsx:{flag}")]
+                await self._apps(keys=keys, args=args, client=pipe)  # queued, not run
         for key, at in expiries.items():
             pipe.pexpireat(key, at)
         await self._run(pipe)
@@ -206,8 +218,13 @@ class InsightStore:
         return {as_str(k): int(v) for k, v in raw.items()}
 
     async def apps(self, env: str, flag: str) -> dict[str, int]:
+        """The applications listed for ``flag`` (at most :data:`MAX_APPS_PER_FLAG`)."""
         raw = await self._call(self.redis.hgetall(self._key(env, f"apps:{flag}")))
         return {as_str(k): int(v) for k, v in raw.items()}
+
+    async def apps_over_cap(self, env: str, flag: str) -> int:
+        """Distinct applications of ``flag`` not listed for the cap (an estimate)."""
+        return int(await self._call(self.redis.pfcount(self._key(env, f"appsx:{flag}"))))
 
     async def series(
         self, env: str, flag: str, start_ms: int, end_ms: int, step_s: int
