@@ -13,43 +13,25 @@ Why the rules below are exact for the contexts flagwire evaluates (single
 entry of another context kind against a user, and buckets a rollout of
 another kind at -1 (its first slot).  So those parts are replaced by what
 they always do for a user — dropped, or a fixed variation — and reported.
+
+Clauses (operators, attribute references, values that can never match) are
+converted by ``migrate/launchdarkly_clauses.py``; flags, targets, rollouts and
+segments here.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Final
+from typing import Any
 
 from flagwire.core.errors import ValidationError
 from flagwire.core.limits import KEY_RE
 from flagwire.core.model import LAUNCHDARKLY, validate_flag, validate_segment
-from flagwire.core.operators import parse_semver, parse_timestamp, regex_problem
+from flagwire_server.migrate.launchdarkly_clauses import USER, ClauseConverter, Skip, lower
 
 __all__ = ["Conversion", "convert"]
-
-_OPS: Final = {
-    "in": "in",
-    "startsWith": "starts_with",
-    "endsWith": "ends_with",
-    "contains": "contains",
-    "matches": "matches",
-    "lessThan": "lt",
-    "lessThanOrEqual": "lte",
-    "greaterThan": "gt",
-    "greaterThanOrEqual": "gte",
-    "before": "before",
-    "after": "after",
-    "semVerEqual": "semver_eq",
-    "semVerLessThan": "semver_lt",
-    "semVerGreaterThan": "semver_gt",
-    "segmentMatch": "segment_match",
-}
-_USER: Final = "user"
-#: A clause every context matches (a context key is a string, and every string
-#: starts with ""): stands in for a LaunchDarkly clause that is always true for a user.
-_ALWAYS: Final = {"attribute": "key", "op": "starts_with", "values": [""], "negate": False}
 
 
 @dataclass
@@ -69,10 +51,6 @@ class Conversion:
     keys: dict[str, str] = field(default_factory=dict)
     report: dict[str, list[str]] = field(default_factory=dict)
     skipped: list[str] = field(default_factory=list)
-
-
-class _Skip(Exception):
-    """This rule (or document) cannot be carried over; the message says why."""
 
 
 def _map_keys(keys: list[str]) -> dict[str, str]:
@@ -119,7 +97,7 @@ def convert(data: Mapping[str, Any]) -> Conversion:
         try:
             doc = validate_segment(conv.segment(str(ld_key), seg))
             out.segments.append(doc)
-        except (_Skip, ValidationError, TypeError, KeyError, AttributeError) as exc:
+        except (Skip, ValidationError, TypeError, KeyError, AttributeError) as exc:
             conv.notes.append(f"not imported: {exc}")
             out.skipped.append(name)
         if seg_keys.get(str(ld_key), ld_key) != ld_key:
@@ -135,7 +113,7 @@ def convert(data: Mapping[str, Any]) -> Conversion:
         try:
             doc = validate_flag(conv.flag(str(ld_key), flag))
             out.flags.append(doc)
-        except (_Skip, ValidationError, TypeError, KeyError, AttributeError) as exc:
+        except (Skip, ValidationError, TypeError, KeyError, AttributeError) as exc:
             conv.notes.append(f"not imported: {exc}")
             out.skipped.append(name)
         if flag_keys.get(str(ld_key), ld_key) != ld_key:
@@ -147,20 +125,19 @@ def convert(data: Mapping[str, Any]) -> Conversion:
     return out
 
 
-class _Converter:
+class _Converter(ClauseConverter):
     """Converts one document at a time, collecting its report lines in ``notes``."""
 
     def __init__(self, flag_keys: dict[str, str], seg_keys: dict[str, str]) -> None:
+        super().__init__(seg_keys)
         self.flag_keys = flag_keys
-        self.seg_keys = seg_keys
-        self.notes: list[str] = []
 
     # --- flags --------------------------------------------------------------------------
 
     def flag(self, ld_key: str, f: Mapping[str, Any]) -> dict[str, Any]:
         variations = f.get("variations") or []
         if not variations:
-            raise _Skip("the flag has no variations")
+            raise Skip("the flag has no variations")
         doc: dict[str, Any] = {
             "key": self.flag_keys[ld_key],
             "name": ld_key,
@@ -177,16 +154,16 @@ class _Converter:
         for p in f.get("prerequisites") or []:
             pkey = p.get("key")
             if pkey == ld_key:
-                raise _Skip("the flag is its own prerequisite (LaunchDarkly: always an error)")
+                raise Skip("the flag is its own prerequisite (LaunchDarkly: always an error)")
             doc["prerequisites"].append(
-                {"key": self.flag_keys.get(pkey, _lower(pkey)), "variation": p.get("variation")}
+                {"key": self.flag_keys.get(pkey, lower(pkey)), "variation": p.get("variation")}
             )
         rules: list[dict[str, Any]] = []
         ids: set[str] = set()
         for i, r in enumerate(f.get("rules") or []):
             try:
                 rule = self.flag_rule(r)
-            except _Skip as why:
+            except Skip as why:
                 self.notes.append(f"rules[{i}] (id {r.get('id')!r}) dropped: {why}")
                 continue
             rid = r.get("id")
@@ -197,8 +174,8 @@ class _Converter:
         doc["rules"] = rules
         try:
             doc["fallthrough"] = self.serve(f.get("fallthrough") or {})
-        except _Skip as why:
-            raise _Skip(f"fallthrough: {why}") from None
+        except Skip as why:
+            raise Skip(f"fallthrough: {why}") from None
         if f.get("trackEvents") or f.get("trackEventsFallthrough"):
             self.notes.append("event tracking settings not imported (flagwire has no experiments)")
         available = f.get("clientSideAvailability")
@@ -220,8 +197,8 @@ class _Converter:
             ]
         out = []
         for t in ordered:
-            kind = t.get("contextKind") or _USER
-            if kind != _USER:
+            kind = t.get("contextKind") or USER
+            if kind != USER:
                 self.notes.append(
                     f"targets of context kind {kind!r} ({len(t.get('values') or [])} keys) "
                     "not imported: they never match a user"
@@ -245,14 +222,12 @@ class _Converter:
             return {"variation": vr["variation"]}
         roll = vr.get("rollout")
         if not isinstance(roll, Mapping) or not roll.get("variations"):
-            raise _Skip(
-                "neither a variation nor a rollout with variations (LaunchDarkly: an error)"
-            )
+            raise Skip("neither a variation nor a rollout with variations (LaunchDarkly: an error)")
         slots = [
             {"variation": s.get("variation"), "weight": s.get("weight")} for s in roll["variations"]
         ]
-        kind = roll.get("contextKind") or _USER
-        if kind != _USER:
+        kind = roll.get("contextKind") or USER
+        if kind != USER:
             # LaunchDarkly buckets a context without that kind at -1: always the first slot.
             self.notes.append(
                 f"a rollout by context kind {kind!r} always serves its first slot to a user: "
@@ -274,61 +249,6 @@ class _Converter:
             )
         return {"rollout": out}
 
-    # --- clauses ------------------------------------------------------------------------
-
-    def clauses(self, clauses: list[Any], *, segment: bool) -> list[dict[str, Any]]:
-        out = []
-        for c in clauses:
-            converted = self.clause(c, segment=segment)
-            if converted is not None:
-                out.append(converted)
-        return out or [dict(_ALWAYS)]
-
-    def clause(self, c: Mapping[str, Any], *, segment: bool) -> dict[str, Any] | None:
-        """A flagwire clause; None for one that always matches; _Skip when it never can."""
-        op = _OPS.get(c.get("op", ""))
-        negate = bool(c.get("negate"))
-        if op is None:
-            raise _Skip(f"unknown operator {c.get('op')!r}")
-        values = list(c.get("values") or [])
-        if op == "segment_match":
-            if segment:
-                raise _Skip("a segment referring to another segment (flagwire does not nest them)")
-            keys = [self.seg_keys.get(v, _lower(v)) for v in values if isinstance(v, str)]
-            if not keys:
-                raise _Skip("segmentMatch without segment keys")
-            return {"op": op, "values": keys, "negate": negate}
-        kind = c.get("contextKind")
-        attr = c.get("attribute")
-        if not isinstance(attr, str) or not attr:
-            raise _Skip("a clause without an attribute")
-        if attr in ("kind", "/kind"):
-            _kind_clause(op, values, negate)
-            return None
-        if kind is not None and kind != _USER:
-            raise _Skip(f"a clause on context kind {kind!r} never matches a user")
-        name = self.attribute(attr, kind)
-        kept = [v for v in values if _usable(op, v)]
-        if len(kept) < len(values):
-            self.notes.append(
-                f"clause on {attr!r}: {len(values) - len(kept)} value(s) that can never match "
-                f"{c.get('op')} dropped"
-            )
-        if not kept:
-            if negate:
-                raise _Skip(f"a negated {c.get('op')} clause with no usable value")
-            raise _Skip(f"a {c.get('op')} clause with no usable value never matches")
-        return {"attribute": name, "op": op, "values": kept, "negate": negate}
-
-    def attribute(self, ref: str, kind: Any) -> str:
-        """A LaunchDarkly attribute (a reference when the clause names a kind) as a name."""
-        if kind is None or not ref.startswith("/"):
-            return ref
-        parts = ref[1:].split("/")
-        if len(parts) != 1 or not parts[0]:
-            raise _Skip(f"attribute path {ref!r} (flagwire matches top-level attributes only)")
-        return parts[0].replace("~1", "/").replace("~0", "~")
-
     # --- segments -----------------------------------------------------------------------
 
     def segment(self, ld_key: str, s: Mapping[str, Any]) -> dict[str, Any]:
@@ -336,8 +256,8 @@ class _Converter:
         excluded = [k for k in s.get("excluded") or [] if isinstance(k, str)]
         for name, into in (("includedContexts", included), ("excludedContexts", excluded)):
             for t in s.get(name) or []:
-                kind = t.get("contextKind") or _USER
-                if kind == _USER:
+                kind = t.get("contextKind") or USER
+                if kind == USER:
                     into.extend(v for v in t.get("values") or [] if isinstance(v, str))
                 else:
                     self.notes.append(f"{name} of context kind {kind!r} not imported: never a user")
@@ -367,12 +287,12 @@ class _Converter:
                 rule: dict[str, Any] = {
                     "clauses": self.clauses(r.get("clauses") or [], segment=True)
                 }
-            except _Skip as why:
+            except Skip as why:
                 self.notes.append(f"rules[{i}] dropped: {why}")
                 continue
             if r.get("weight") is not None:
-                kind = r.get("rolloutContextKind") or _USER
-                if kind == _USER:
+                kind = r.get("rolloutContextKind") or USER
+                if kind == USER:
                     rule["weight"] = r["weight"]
                     if r.get("bucketBy"):
                         rule["bucket_by"] = self.attribute(
@@ -381,43 +301,3 @@ class _Converter:
             rules.append(rule)
         doc["rules"] = rules
         return doc
-
-
-_KIND_TESTS: Final[dict[str, Callable[[Any], bool]]] = {
-    "in": lambda v: bool(v == _USER),
-    "starts_with": lambda v: isinstance(v, str) and _USER.startswith(v),
-    "ends_with": lambda v: isinstance(v, str) and _USER.endswith(v),
-    "contains": lambda v: isinstance(v, str) and v in _USER,
-}
-
-
-def _kind_clause(op: str, values: list[Any], negate: bool) -> None:
-    """A clause on ``kind`` is decided now: a user context's only kind is "user".
-
-    Returns None (always true: the clause is left out) or raises _Skip (never true).
-    """
-    test = _KIND_TESTS.get(op)
-    if test is None:
-        raise _Skip(f"a clause on the context kind with operator {op} (not imported)")
-    if any(test(v) for v in values) is negate:
-        raise _Skip("a clause on the context kind that a user never matches")
-    return None
-
-
-def _lower(key: Any) -> str:
-    return key.lower() if isinstance(key, str) else str(key)
-
-
-def _usable(op: str, v: Any) -> bool:
-    """Can LaunchDarkly's clause value ``v`` ever match with operator ``op``?"""
-    if op == "in":
-        return isinstance(v, str | bool | int | float)
-    if op in ("starts_with", "ends_with", "contains"):
-        return isinstance(v, str)
-    if op == "matches":
-        return isinstance(v, str) and regex_problem(v) is None
-    if op in ("lt", "lte", "gt", "gte"):
-        return isinstance(v, int | float) and not isinstance(v, bool)
-    if op in ("before", "after"):
-        return not isinstance(v, bool) and parse_timestamp(v) is not None
-    return parse_semver(v) is not None  # semver_*
