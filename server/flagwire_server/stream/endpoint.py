@@ -327,6 +327,8 @@ def _handle(
     if summary and size > MAX_SUMMARY_FRAME:
         insight.drop("oversized")
         return
+    if summary and not insight.admit():  # the process's budget for summaries is spent
+        return
     try:
         msg = decode(data, max_size=MAX_SUMMARY_FRAME)
     except ProtocolError as exc:

@@ -10,10 +10,18 @@ memory and one Redis write per environment per flush, not 1,000 writes.
 
 A summary never breaks the stream: one that is invalid, too big, too
 frequent or sent before ``identify`` is dropped and counted in
-``flagwire_insight_summaries{result=...}``.  It carries no environment: it
-counts for the environment of the stream it arrived on, and only for flags
-that exist there, so no client can write into another environment or grow
-Redis with invented keys.
+``flagwire_insight_summaries{result=...}``.  Nor does the sum of them break
+the process: decoding and aggregating summaries may take at most
+:data:`MAX_LOOP_SHARE` of the event loop's time in each second (the endpoint
+asks :meth:`Insight.admit` before decoding one); past it they are dropped
+unread as ``overload`` until the second ends.  Why: 10,000 clients with 50
+flags every 10 s want about one core of decoding (``bench/results/insight.json``);
+without a budget the backlog held the loop for seconds at a time, the
+change-log reader's Redis calls timed out and every stream was closed (1013).
+
+A summary carries no environment: it counts for the environment of the
+stream it arrived on, and only for flags that exist there, so no client can
+write into another environment or grow Redis with invented keys.
 """
 
 from __future__ import annotations
@@ -38,7 +46,14 @@ if TYPE_CHECKING:
     from flagwire_server.stream.conn import Conn
     from flagwire_server.stream.feed import EnvFeed
 
-__all__ = ["SUMMARY_BURST", "SUMMARY_RATE", "ConnReport", "Insight"]
+__all__ = [
+    "LOOP_WINDOW",
+    "MAX_LOOP_SHARE",
+    "SUMMARY_BURST",
+    "SUMMARY_RATE",
+    "ConnReport",
+    "Insight",
+]
 
 log = logging.getLogger("flagwire.insight")
 
@@ -46,6 +61,10 @@ log = logging.getLogger("flagwire.insight")
 SUMMARY_RATE: Final = 64 * 1024
 #: ... and at once (a client with many flags splits a summary into several frames).
 SUMMARY_BURST: Final = 4 * MAX_SUMMARY_FRAME
+#: Share of the event loop's time, per second, that summaries may take (decode + aggregate).
+MAX_LOOP_SHARE: Final = 0.5
+#: The budget's window (seconds).
+LOOP_WINDOW: Final = 1.0
 #: Hashed context keys kept per flag and variation between two flushes; more are not
 #: counted (distinct estimates undercount past this many new contexts per flush).
 MAX_PENDING_CONTEXTS: Final = 50_000
@@ -74,6 +93,7 @@ class Insight:
         instance_id: names this process in stream ids.
         flush_interval: seconds between flushes.
         max_series: label sets of the per-flag counters before ``flag="_other"``.
+        clock: seconds, for the loop-share budget (``time.perf_counter``; tests pass theirs).
     """
 
     def __init__(
@@ -85,6 +105,7 @@ class Insight:
         instance_id: str,
         flush_interval: float,
         max_series: int,
+        clock: Callable[[], float] = time.perf_counter,
     ) -> None:
         self.store = store
         self.metrics = metrics
@@ -99,10 +120,31 @@ class Insight:
         self._watch_frames: dict[str, bytes] = {}
         self._reported: dict[str, set[str]] = {}
         self._task: asyncio.Task[None] | None = None
+        self._clock = clock
+        self._window = clock()
+        self._spent = 0.0
+        self._admitted: float | None = None
 
     # --- from the endpoint (synchronous) ------------------------------------------------
 
+    def admit(self) -> bool:
+        """May one more summary be decoded now?  False (counted as ``overload``) once
+        summaries took :data:`MAX_LOOP_SHARE` of this second."""
+        now = self._clock()
+        if now - self._window >= LOOP_WINDOW:
+            self._window, self._spent = now, 0.0
+        if self._spent >= MAX_LOOP_SHARE * LOOP_WINDOW:
+            self.metrics.insight_summaries.labels("overload").inc()
+            return False
+        self._admitted = now
+        return True
+
     def drop(self, reason: str) -> None:
+        """Count a summary's end (accepted, or why not) and charge its time to the budget."""
+        if self._admitted is not None:
+            # admit → decode → receive/drop run with no await between: this is their time.
+            self._spent += self._clock() - self._admitted
+            self._admitted = None
         self.metrics.insight_summaries.labels(reason).inc()
 
     def receive(self, feed: EnvFeed, conn: Conn, msg: Identify | Summary, size: int) -> None:

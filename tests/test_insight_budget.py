@@ -1,0 +1,76 @@
+"""The process's budget for summaries: at most MAX_LOOP_SHARE of each second of the loop.
+
+No network: the server's own Insight, feed and connection objects, with a clock the
+test moves (the budget's only input besides the summaries themselves).  What the
+budget prevents, the loop held for seconds and every stream closed, is shown by
+``python -m bench.insight --sockets`` (bench/results/insight.json).
+"""
+
+from __future__ import annotations
+
+import redis.asyncio as aioredis
+
+from flagwire.core.protocol import Identify, Summary
+from flagwire.core.reports import VariationStats
+from flagwire_server.config import Settings
+from flagwire_server.observability.metrics import Metrics
+from flagwire_server.store.insight import InsightStore
+from flagwire_server.store.keyspace import Keyspace
+from flagwire_server.stream.conn import Conn
+from flagwire_server.stream.feed import EnvFeed
+from flagwire_server.stream.reports import LOOP_WINDOW, MAX_LOOP_SHARE, Insight
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_summaries_past_the_loop_share_are_dropped_unread_until_the_second_ends() -> None:
+    metrics = Metrics()
+    feed = EnvFeed("e", settings=Settings(), metrics=metrics, on_acks=lambda: None)
+    feed.mirror.load("x", 1, {"f": {"key": "f"}}, {})
+    clock = Clock()
+    store = InsightStore(aioredis.Redis(), Keyspace("unused"), retention_days=30)  # not called
+    insight = Insight(
+        store,
+        metrics,
+        lambda: {"e": feed},
+        instance_id="t",
+        flush_interval=5,
+        max_series=10,
+        clock=clock,
+    )
+    conn = Conn("k", None)
+    insight.receive(feed, conn, Identify("test", "1", "app"), 10)
+    summary = Summary(0, 1, {"f": {0: VariationStats({"FALLTHROUGH": 3})}})
+
+    def count(result: str) -> float:
+        value = metrics.registry.get_sample_value(
+            "flagwire_insight_summaries_total", {"result": result}
+        )
+        return value or 0.0
+
+    step = MAX_LOOP_SHARE * LOOP_WINDOW * 0.6  # each summary takes 60% of the budget
+    assert insight.admit()
+    clock.now += step
+    insight.receive(feed, conn, summary, 100)
+    assert insight.admit()  # 60% spent: one more may start
+    clock.now += step
+    insight.drop("invalid")  # a bad one costs its decode too
+    assert not insight.admit()  # 120% spent
+    assert not insight.admit()
+    assert count("overload") == 2
+    assert count("accepted") == 1
+    assert count("invalid") == 1
+    assert insight._pending["e"]["f"].variations[0].reasons == {"FALLTHROUGH": 3}
+
+    clock.now += LOOP_WINDOW  # the next second
+    assert insight.admit()
+    clock.now += 0.001
+    insight.receive(feed, conn, summary, 100)
+    assert count("accepted") == 2
+    assert insight._pending["e"]["f"].variations[0].reasons == {"FALLTHROUGH": 6}
