@@ -24,6 +24,7 @@ import multiprocessing as mp
 from multiprocessing.connection import Connection
 from typing import Any
 
+from bench._swarm_report import Reporter
 from bench._swarm_worker import Worker, pin, raise_nofile
 
 __all__ = ["Swarm", "worker_main"]
@@ -49,6 +50,7 @@ async def _worker_loop(pipe: Connection, cfg: dict[str, Any]) -> None:
         lean=cfg.get("lean", False),
     )
     done = loop.create_future()
+    reporters: list[Reporter] = []
     inbox: asyncio.Queue[tuple[Any, ...]] = asyncio.Queue()
 
     def readable() -> None:
@@ -80,6 +82,14 @@ async def _worker_loop(pipe: Connection, cfg: dict[str, Any]) -> None:
                 if c.transport is not None:
                     c.transport.abort()
             reply = True
+        elif op == "report":  # fleet-insight summaries (bench/_swarm_report.py)
+            reporter = Reporter(w, cmd[1], cmd[2], cmd[3])
+            reporters.append(reporter)
+            reply = reporter.start()
+        elif op == "report_stats":
+            reply = reporters[-1].stats() if reporters else {}
+        elif op == "report_stop":
+            reply = reporters[-1].stop() if reporters else {}
         elif op == "exit":
             w.close_all()
             if not done.done():
@@ -221,6 +231,14 @@ class Swarm:
     def drop(self) -> None:
         self._all("drop")
 
+    def report(self, identify: bytes, summaries: list[bytes], interval: float) -> dict[str, Any]:
+        """Every open connection sends ``identify``, then one of ``summaries`` every
+        ``interval`` s, staggered (``bench/_swarm_report.py``)."""
+        return _sum(self._all("report", identify, summaries, interval))
+
+    def report_stats(self, stop: bool = False) -> dict[str, Any]:
+        return _sum(self._all("report_stop" if stop else "report_stats"))
+
     def close(self) -> None:
         for p in self.pipes:
             with contextlib.suppress(OSError):
@@ -235,3 +253,11 @@ class Swarm:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _sum(replies: list[dict[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for r in replies:
+        for k, v in r.items():
+            out[k] = out.get(k, 0) + v
+    return out

@@ -21,6 +21,10 @@ it does not:
   with the retention (minute buckets 3 days, the rest 31) the steady state.
 
 Writes ``bench/results/insight.json``.
+
+``--sockets`` runs the same load over real sockets instead: ``--clients`` lean
+WebSocket clients against a real ``flagwire serve`` (``bench/_insight_sockets.py``),
+and adds its figures to ``insight.json`` under ``"sockets"``.
 """
 
 from __future__ import annotations
@@ -212,9 +216,29 @@ def main() -> int:
     parser.add_argument("--flags", type=int, default=50)
     parser.add_argument("--seconds", type=int, default=30, help="simulated seconds of reports")
     parser.add_argument("--contexts", type=int, default=100_000, help="per variation per day")
+    parser.add_argument("--sockets", action="store_true", help="real sockets, a real server")
+    parser.add_argument("--interval", type=float, default=10.0, help="report interval (s)")
+    parser.add_argument("--flush", type=float, default=5.0, help="server flush interval (s)")
+    parser.add_argument("--window", type=float, default=60.0, help="steady window (s)")
+    parser.add_argument("--idle", type=float, default=20.0, help="idle baseline window (s)")
+    parser.add_argument("--server-cpus", default="0")
+    parser.add_argument("--client-cpus", default="1")
+    parser.add_argument("--name", default="insight")
     args = parser.parse_args()
+    out = ROOT / "bench" / "results" / f"{args.name}.json"
+    if args.sockets:
+        from bench._harness import machine
+        from bench._insight_sockets import run_sockets
+
+        previous = json.loads(out.read_text()) if out.exists() else {}
+        sockets = run_sockets(args, summaries)
+        sockets["when"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        sockets["machine"] = machine()
+        out.write_text(json.dumps({**previous, "sockets": sockets}, indent=2) + "\n")
+        print(json.dumps(sockets, indent=2))
+        print(f"wrote {out}")
+        return 0
     result = asyncio.run(run(args))
-    out = ROOT / "bench" / "results" / "insight.json"
     out.write_text(json.dumps(result, indent=2) + "\n")
     print(f"wrote {out}")
     return 0
