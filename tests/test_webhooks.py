@@ -20,6 +20,7 @@ import orjson
 import pytest
 from starlette.applications import Starlette
 
+from flagwire_server.notify.notifier import DeliveryPolicy, Notifier
 from flagwire_server.notify.signature import SignatureError, verify
 from tests.support.builders import flag
 from tests.support.inprocess import InProcessServer, asgi_app
@@ -108,6 +109,28 @@ async def test_a_flag_patch_reaches_the_receiver_signed_with_before_and_after(
         log = (await http.get(f"{BASE}/webhooks/{hook_id}/deliveries")).json()["deliveries"]
         assert {d["outcome"] for d in log} == {"delivered"}
         assert log[0]["status"] == 200
+
+
+async def test_a_rotated_secret_signs_from_then_on(redis_url: str, prefix: str) -> None:
+    async with receiver() as rec, asgi_app(redis_url, prefix, env=FAST) as (_app, http):
+        hook_id, old = await _hook(http, rec.url, ["flag.changed"])
+        r = await http.post(f"{BASE}/webhooks/{hook_id}/secret")
+        assert r.status_code == 200, r.text
+        new = r.json()["secret"]
+        assert new.startswith("whsec_")
+        assert new != old
+        assert r.json()["webhook"]["id"] == hook_id
+        assert (await http.post(f"{BASE}/flags", json=flag("rotated"))).is_success
+        (got,) = await poll(lambda: rec.requests, within=10, what="the delivery")
+        verify(new, got.headers["flagwire-signature"], got.body, now=time.time())
+        with pytest.raises(SignatureError):
+            verify(old, got.headers["flagwire-signature"], got.body, now=time.time())
+        shown = (await http.get(f"{BASE}/webhooks/{hook_id}")).text
+        entries = (await http.get("/api/v1/audit")).text
+        assert new not in shown + entries
+        assert '"rotate_secret"' in entries
+        r = await http.post(f"{BASE}/webhooks/wh_000000000000/secret")
+        assert r.status_code == 404
 
 
 async def test_a_failing_receiver_is_retried_and_the_log_shows_each_attempt(
@@ -380,6 +403,27 @@ async def test_an_event_left_by_a_server_that_stopped_is_delivered_by_another(
             assert done["by"] != app_a.state.services.instance_id
 
 
+async def test_without_a_blocking_read_each_environment_is_polled(
+    redis_url: str, prefix: str
+) -> None:
+    """The path a Redis Cluster takes: no ``waiter``, one read per environment per poll."""
+    async with receiver() as rec, asgi_app(redis_url, prefix, env=FAST) as (app, http):
+        services = app.state.services
+        await services.notifier.stop()  # this test's own notifier takes over
+        poller = Notifier(
+            services.webhooks, owner="poller", policy=DeliveryPolicy(timeout=2), poll=0.05
+        )
+        poller.start()
+        try:
+            hook_id, _ = await _hook(http, rec.url, ["flag.changed"])
+            assert (await http.post(f"{BASE}/flags", json=flag("polled"))).is_success
+            await poll(lambda: rec.requests, within=10, what="the delivery")
+            log = (await http.get(f"{BASE}/webhooks/{hook_id}/deliveries")).json()
+            assert [d["by"] for d in log["deliveries"]] == ["poller"]
+        finally:
+            await poller.stop()
+
+
 async def test_a_scheduled_change_sends_schedule_executed(redis_url: str, prefix: str) -> None:
     async with receiver() as rec, asgi_app(redis_url, prefix, env=FAST) as (_app, http):
         assert (await http.post(f"{BASE}/flags", json=flag("later", on=False))).is_success
@@ -515,6 +559,9 @@ def test_the_cli_manages_webhooks(redis_url: str, prefix: str) -> None:
         assert "(disabled)" in out
         assert "[flag.changed]" in out
         assert "AT" in cli("webhooks", "deliveries", hook["id"])
+        rotated = cli("webhooks", "rotate-secret", hook["id"]).split("(shown once): ")[1].strip()
+        assert rotated.startswith("whsec_")
+        assert rotated != secret
         assert "ftp" in cli("webhooks", "create", "ftp://x/", "--event", "*", code=1)
         assert "deleted" in cli("webhooks", "delete", hook["id"])
         assert orjson.loads(cli("webhooks", "list", "--json")) == {"webhooks": []}

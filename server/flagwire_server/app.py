@@ -157,6 +157,11 @@ def _lifespan(
                 allow_private=settings.webhook_allow_private,
             ),
             on_outcome=metrics.webhook_outcome,
+            # One blocking read over every watched environment, on a connection of its own.
+            waiter=WebhookStore(
+                connect(url, socket_timeout=READ_BLOCK_MS / 1000 + 1, health_check_interval=0),
+                keyspace,
+            ),
         )
 
         async def schedule_finished(env: str, record: dict[str, Any]) -> None:

@@ -369,6 +369,16 @@ def _webhooks() -> list[ApiRoute]:
             errors=(400, 404, 413, 415, 422),
         ),
         ApiRoute(
+            "POST",
+            f"{one}/secret",
+            webhooks.rotate_secret,
+            operation_id="rotateWebhookSecret",
+            summary="Replace the webhook's signing secret; the answer carries the new one, once",
+            tag="webhooks",
+            responses={200: "NewWebhook"},
+            errors=(404,),
+        ),
+        ApiRoute(
             "DELETE",
             one,
             webhooks.delete,

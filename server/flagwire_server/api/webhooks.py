@@ -120,6 +120,25 @@ async def edit(request: Request, who: Principal | None) -> Response:
     return json_response(public(record))
 
 
+async def rotate_secret(request: Request, who: Principal | None) -> Response:
+    """A new signing secret, answered this once; the old one signs nothing from now on."""
+    env, webhook_id = env_param(request), _id(request)
+    hooks = services_of(request).webhooks
+    secret = new_secret()
+    record = {**await hooks.get(env, webhook_id), "secret": secret}
+    record.update(updated_at=_now(), updated_by=_who(who))
+    await hooks.update(env, record)
+    await audit_event(
+        request,
+        who,
+        action="rotate_secret",
+        kind="webhook",
+        key=webhook_id,
+        detail={"env": env},
+    )
+    return json_response({"webhook": public(record), "secret": secret})
+
+
 async def delete(request: Request, who: Principal | None) -> Response:
     env, webhook_id = env_param(request), _id(request)
     record = await services_of(request).webhooks.delete(env, webhook_id)

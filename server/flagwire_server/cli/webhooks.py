@@ -123,6 +123,23 @@ def webhooks_update(
             typer.echo(f"updated {_line(data)}")
 
 
+@webhooks.command("rotate-secret")
+def webhooks_rotate_secret(
+    webhook_id: str,
+    env: Env = "production",
+    url: Url = DEFAULT_URL,
+    admin_key: Key = "",
+    as_json: Json = False,
+) -> None:
+    """Give a webhook a new signing secret and print it (shown this once)."""
+    with cli_errors():
+        data = Api(url, admin_key).call("POST", f"{_base(env)}/{webhook_id}/secret")
+        if as_json:
+            emit(data, True)
+        else:
+            typer.echo(f"new signing secret for {webhook_id} (shown once): {data['secret']}")
+
+
 @webhooks.command("delete")
 def webhooks_delete(
     webhook_id: str,

@@ -7,11 +7,18 @@ which only puts them on a bounded in-memory queue (full: the event is
 dropped, counted and logged) that a task appends to Redis.
 
 Why memory stays bounded: the reader takes new entries from Redis only while
-fewer than ``max_inflight`` deliveries are in progress in this process; the
-rest wait in Redis.  A receiver that is slow or down holds at most that many
-deliveries (each waits for its retry in a sleeping task), and at most
+fewer than ``max_inflight`` deliveries are in progress in this process, and no
+more than there is room for (or one per stream); the rest wait in Redis.  A
+receiver that is slow or down holds at most that many deliveries (each waits
+for its retry in a sleeping task), and at most
 ``max_requests`` requests are open at once.  Response bodies are read up to
 :data:`BODY_KEEP` bytes.
+
+How it reads: one blocking ``XREADGROUP`` over every watched environment, on a
+connection of its own (the ``waiter``), so an event is read within
+milliseconds and an idle server sends one command a second.  On a Redis
+Cluster the environments' streams are in different slots and one read cannot
+span them: each environment is then read every ``poll`` seconds.
 
 Exactly once per fleet: the consumer group (``store/webhooks.py``) hands each
 entry to one server, which acknowledges it when every delivery of it ended
@@ -52,6 +59,8 @@ BODY_KEEP: Final = 1024
 #: Events :meth:`Notifier.emit` holds before they reach Redis; past it they are dropped.
 EMIT_QUEUE: Final = 1000
 _USER_AGENT: Final = "flagwire-webhooks/1"
+#: Longest wait of one blocking read; a newly watched environment joins the next.
+_BLOCK_MS: Final = 1000
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,10 +105,15 @@ class Notifier:
         on_outcome: called with ``(env, outcome)`` for each attempt's outcome
             (``delivered``, ``retrying``, ``failed``, ``refused``) and each
             dropped event (``dropped``): the metrics.
-        poll: seconds between two looks at Redis when nothing came.
+        poll: seconds between two looks at Redis when nothing came (without a
+            ``waiter``, or on a cluster where one blocking read cannot span
+            environments).
         max_inflight: deliveries in progress in this process at most.
         max_requests: requests open at once at most.
         rng: the backoff's random source (tests pass their own).
+        waiter: the same store on a connection of its own, for a blocking read
+            over every watched environment (an event is then read within
+            milliseconds, and an idle server sends one command a second).
     """
 
     def __init__(
@@ -113,8 +127,10 @@ class Notifier:
         max_inflight: int = 256,
         max_requests: int = 16,
         rng: Callable[[], float] = random.random,
+        waiter: WebhookStore | None = None,
     ) -> None:
         self.store = store
+        self.waiter = waiter
         self.owner = owner
         self.policy = policy or DeliveryPolicy()
         self.on_outcome = on_outcome
@@ -155,6 +171,9 @@ class Notifier:
         self._loops = []
         if self._http is not None:
             await self._http.aclose()
+        if self.waiter is not None:
+            with contextlib.suppress(Exception):
+                await self.waiter.redis.aclose()
 
     @property
     def inflight(self) -> int:
@@ -193,15 +212,27 @@ class Notifier:
 
     async def _read_loop(self) -> None:
         last_reclaim = 0.0
+        blocking = self.waiter is not None
         while not stop_requested():
             got = 0
             try:
                 await self._room.wait()
                 reclaim = time.monotonic() - last_reclaim > min(30.0, self.reclaim_after / 2)
-                for env in await self.store.envs():
-                    got += await self._read_env(env, reclaim=reclaim)
-                if reclaim:
-                    last_reclaim = time.monotonic()
+                envs = await self.store.envs()
+                waited = None
+                if blocking and envs and not reclaim:
+                    try:
+                        waited = await self._wait_any(envs)
+                    except NotImplementedError as exc:  # a cluster: poll each environment
+                        blocking = False
+                        log.info("webhooks: polling each environment (%s)", exc)
+                if waited is None:  # look at each (repairing groups, reclaiming)
+                    for env in envs:
+                        got += await self._read_env(env, reclaim=reclaim)
+                    if reclaim:
+                        last_reclaim = time.monotonic()
+                else:
+                    got = -1  # the blocking read was the wait
             except StoreError as exc:
                 log.warning("webhooks: cannot read events: %s", exc)
             except Exception:
@@ -209,22 +240,43 @@ class Notifier:
             if not got:
                 await asyncio.sleep(self.poll)
 
+    async def _wait_any(self, envs: list[str]) -> int | None:
+        """One blocking read over ``envs`` (None: not possible now; read them one by one)."""
+        assert self.waiter is not None
+        room = self.max_inflight - len(self._jobs)
+        if room <= 0:
+            return 0
+        # Per stream, two per environment: at most ``room`` in all (or one per stream).
+        count = max(1, min(100, room // (2 * len(envs))))
+        got = await self.waiter.wait_any(envs, self.owner, count, _BLOCK_MS)
+        if got is None:
+            return None
+        by_env: dict[str, list[Entry]] = {}
+        for env, entry in got:
+            by_env.setdefault(env, []).append(entry)
+        for env, entries in by_env.items():
+            await self._dispatch_all(env, entries)
+        return len(got)
+
     async def _read_env(self, env: str, *, reclaim: bool) -> int:
         """One look at ``env``: one ``XREADGROUP`` when nothing happened there."""
         room = self.max_inflight - len(self._jobs)
         if room <= 0:
             return 0
-        entries = await self.store.read(env, self.owner, min(100, room))
+        entries = await self.store.read(env, self.owner, max(1, min(100, room // 2)))
         if reclaim:
             idle_ms = int(self.reclaim_after * 1000)
             entries += await self.store.reclaim(env, self.owner, idle_ms, 100)
+        await self._dispatch_all(env, entries)
+        return len(entries)
+
+    async def _dispatch_all(self, env: str, entries: list[Entry]) -> None:
         if not entries:
-            return 0
+            return
         # Read when there is something to send, so a webhook made a moment ago counts.
         hooks = [h for h in await self.store.list_webhooks(env) if h.get("enabled", True)]
         for entry in entries:
             await self._dispatch(env, entry, hooks)
-        return len(entries)
 
     async def _dispatch(self, env: str, entry: Entry, hooks: list[dict[str, Any]]) -> None:
         source, entry_id, fields = entry

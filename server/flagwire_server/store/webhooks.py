@@ -189,6 +189,8 @@ class WebhookStore:
     async def read(self, env: str, consumer: str, count: int) -> list[Entry]:
         """New entries of both streams handed to ``consumer`` (none waits: no ``BLOCK``).
 
+        ``count`` is per stream.
+
         A stream whose group is gone (Redis restarted empty, the audit stream was
         deleted by hand) gets it again, at its end, and this read returns nothing;
         an environment that is gone (deleted with its webhooks) is no longer read.
@@ -207,6 +209,45 @@ class WebhookStore:
                 await self.forget(env)
             return []
         return _entries(streams, resp)
+
+    @_translated
+    async def wait_any(
+        self, envs: list[str], consumer: str, count: int, block_ms: int
+    ) -> list[tuple[str, Entry]] | None:
+        """New entries of every environment in ``envs``, waiting up to ``block_ms`` for one.
+
+        One ``XREADGROUP ... BLOCK`` over both streams of each environment, on
+        this store's client (give it a connection of its own whose timeout is
+        longer than ``block_ms``).  None when that cannot work: a group is missing
+        (a :meth:`read` per environment repairs it).  ``count`` is per stream.
+
+        Raises:
+            NotImplementedError: the streams are in different cluster slots (read
+                the environments one by one instead).
+        """
+        names: dict[str, tuple[str, Source]] = {}
+        for env in envs:
+            for source, stream in self._streams(env).items():
+                names[stream] = (env, source)
+        try:
+            resp: Any = await self.redis.xreadgroup(
+                GROUP, consumer, dict.fromkeys(names, ">"), count=count, block=block_ms
+            )
+        except redis.exceptions.RedisClusterException as exc:
+            raise NotImplementedError(f"one read over many environments: {exc}") from None
+        except redis.exceptions.ResponseError as exc:
+            if "CROSSSLOT" in str(exc):
+                raise NotImplementedError(f"one read over many environments: {exc}") from None
+            if "NOGROUP" not in str(exc):
+                raise
+            return None
+        out: list[tuple[str, Entry]] = []
+        for stream_name, items in resp or ():
+            env, source = names[as_str(stream_name)]
+            out.extend(
+                (env, e) for e in _entries({source: as_str(stream_name)}, [[stream_name, items]])
+            )
+        return out
 
     @_translated
     async def reclaim(self, env: str, consumer: str, min_idle_ms: int, count: int) -> list[Entry]:
