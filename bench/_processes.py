@@ -24,7 +24,14 @@ from tests.support.redisproc import RedisProcess, free_port
 
 from bench._harness import ROOT
 
-__all__ = ["FlagwireServer", "FloorServer", "redis_server", "rss_tree", "wait_port"]
+__all__ = [
+    "FlagwireServer",
+    "FloorServer",
+    "cpu_seconds",
+    "redis_server",
+    "rss_tree",
+    "wait_port",
+]
 
 
 def rss_tree(pid: int) -> int:
@@ -40,6 +47,27 @@ def rss_tree(pid: int) -> int:
     for q in procs:
         with contextlib.suppress(psutil.Error):
             total += q.memory_info().rss
+    return total
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process and its live descendants, as the kernel counts it.
+
+    Read from ``/proc/PID/stat`` (utime + stime, in clock ticks): the server's
+    own cost, which the clients sharing a core cannot distort.
+    """
+    import psutil
+
+    try:
+        p = psutil.Process(pid)
+        procs = [p, *p.children(recursive=True)]
+    except psutil.Error:
+        return 0.0
+    total = 0.0
+    for q in procs:
+        with contextlib.suppress(psutil.Error):
+            t = q.cpu_times()
+            total += t.user + t.system
     return total
 
 

@@ -11,7 +11,7 @@ from typing import Any
 
 from bench._harness import print_table
 
-__all__ = ["TARGETS", "chart", "print_report", "summary_line", "verdicts"]
+__all__ = ["CPU_TARGET", "TARGETS", "chart", "print_report", "summary_line", "verdicts"]
 
 
 def chart(rows: list[dict[str, Any]], path: Path) -> None:
@@ -39,6 +39,8 @@ def chart(rows: list[dict[str, Any]], path: Path) -> None:
 
 
 TARGETS = {1000: 25.0, 10000: 250.0}
+#: Issue 16: the server's CPU per change and client at most this many times the acking floor's.
+CPU_TARGET = 1.5
 
 
 def verdicts(rows: list[dict[str, Any]]) -> list[str]:
@@ -52,6 +54,10 @@ def verdicts(rows: list[dict[str, Any]]) -> list[str]:
             ratio = r["p99_ms"] / floor["p99_ms"]
             r["ratio_p99"] = round(ratio, 2)
             r["ratio_p50"] = round(r["p50_ms"] / floor["p50_ms"], 2)
+            if floor.get("server_cpu_us_per_client") and "server_cpu_us_per_client" in r:
+                r["ratio_cpu"] = round(
+                    r["server_cpu_us_per_client"] / floor["server_cpu_us_per_client"], 2
+                )
         if n in TARGETS and run == "flagwire":
             ok = r["p99_ms"] < TARGETS[n]
             out.append(
@@ -65,6 +71,13 @@ def verdicts(rows: list[dict[str, Any]]) -> list[str]:
                 f"{'meets' if ok else 'MISSES'} "
                 "the 1.5x target"
             )
+        if n in (1000, 10000) and run == "flagwire" and "ratio_cpu" in r:
+            ok = r["ratio_cpu"] <= CPU_TARGET
+            out.append(
+                f"{run} N={n}: server CPU {r['server_cpu_us_per_client']:.2f} us per change "
+                f"and client is {r['ratio_cpu']:.2f}x the floor's: "
+                f"{'meets' if ok else 'MISSES'} the {CPU_TARGET}x target"
+            )
     return out
 
 
@@ -72,7 +85,18 @@ def print_report(rows: list[dict[str, Any]], table: list[dict[str, Any]], notes:
     """The run table, the stalled run's phases and the verdicts, on stdout."""
     print()
     print_table(
-        ["run", "clients", "p50 ms", "p99 ms", "max ms", "first p50", "x floor p99", "RSS MiB"],
+        [
+            "run",
+            "clients",
+            "p50 ms",
+            "p99 ms",
+            "max ms",
+            "first p50",
+            "x floor p99",
+            "CPU us/client",
+            "x floor CPU",
+            "RSS MiB",
+        ],
         [
             [
                 r["run"],
@@ -82,6 +106,8 @@ def print_report(rows: list[dict[str, Any]], table: list[dict[str, Any]], notes:
                 r["max_ms"],
                 r.get("first_p50_ms", ""),
                 r.get("ratio_p99", ""),
+                r.get("server_cpu_us_per_client", ""),
+                r.get("ratio_cpu", ""),
                 r.get("server_rss", 0) / 2**20,
             ]
             for r in table
@@ -127,6 +153,7 @@ def summary_line(r: dict[str, Any]) -> str:
     if "p50_ms" in r:
         return (
             f"p50 {r['p50_ms']:.2f} ms  p99 {r['p99_ms']:.2f} ms  max {r['max_ms']:.2f} ms"
+            f"  CPU {r.get('server_cpu_us_per_client', float('nan')):.2f} us/client"
             f"  ({r['seconds']} s)"
         )
     return f"stalled: {r['all_reading']['p99_ms']:.2f} → {r['with_stalled']['p99_ms']:.2f} ms p99"
