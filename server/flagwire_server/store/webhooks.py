@@ -54,11 +54,6 @@ if redis.call('HEXISTS', KEYS[1], ARGV[1]) == 0 then return 0 end
 redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
 return 1
 """
-_FORGET: Final = """
-if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
-redis.call('SREM', KEYS[2], ARGV[1])
-return 1
-"""
 
 
 class WebhookStore:
@@ -68,7 +63,6 @@ class WebhookStore:
         self.redis = redis
         self.keyspace = keyspace
         self._update = redis.register_script(_UPDATE)
-        self._forget = redis.register_script(_FORGET)
 
     @staticmethod
     def new_id() -> str:
@@ -91,10 +85,9 @@ class WebhookStore:
         if not await self.redis.exists(self.keyspace.webhooks(env)):
             for stream in self._streams(env).values():
                 await self.redis.xgroup_setid(stream, GROUP, "$")
-        async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.hset(self.keyspace.webhooks(env), record["id"], orjson.dumps(record))
-            pipe.sadd(self.keyspace.webhook_envs, env)
-            await pipe.execute()
+        # Two slots on a cluster, so two commands; the record first (see forget).
+        await self.redis.hset(self.keyspace.webhooks(env), record["id"], orjson.dumps(record))
+        await self.redis.sadd(self.keyspace.webhook_envs, env)
 
     @_translated
     async def get(self, env: str, webhook_id: str) -> dict[str, Any]:
@@ -158,9 +151,22 @@ class WebhookStore:
 
     @_translated
     async def forget(self, env: str) -> bool:
-        """Stop watching ``env`` if it has no webhook (atomically: a new one keeps it)."""
+        """Stop watching ``env`` if it has no webhook; a webhook made meanwhile keeps it.
+
+        Not one script: the set and the environment's keys are in different
+        cluster slots.  :meth:`create` stores the record before it adds the
+        environment, and this looks again after removing it, so either this
+        sees the new record and puts the environment back, or the creation's
+        add comes after this removal.
+        """
         ks = self.keyspace
-        return bool(int(await self._forget(keys=[ks.webhooks(env), ks.webhook_envs], args=[env])))
+        if await self.redis.exists(ks.webhooks(env)):
+            return False
+        await self.redis.srem(ks.webhook_envs, env)
+        if await self.redis.exists(ks.webhooks(env)):
+            await self.redis.sadd(ks.webhook_envs, env)
+            return False
+        return True
 
     @_translated
     async def ensure_groups(self, env: str) -> None:
