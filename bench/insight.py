@@ -24,7 +24,7 @@ Writes ``bench/results/insight.json``.
 
 ``--sockets`` runs the same load over real sockets instead: ``--clients`` lean
 WebSocket clients against a real ``flagwire serve`` (``bench/_insight_sockets.py``),
-and adds its figures to ``insight.json`` under ``"sockets"``.
+and adds its figures to ``insight.json`` under ``"sockets"`` (``--label``).
 """
 
 from __future__ import annotations
@@ -224,6 +224,7 @@ def main() -> int:
     parser.add_argument("--server-cpus", default="0")
     parser.add_argument("--client-cpus", default="1")
     parser.add_argument("--name", default="insight")
+    parser.add_argument("--label", default="sockets", help="key of the --sockets figures")
     args = parser.parse_args()
     out = ROOT / "bench" / "results" / f"{args.name}.json"
     if args.sockets:
@@ -234,7 +235,7 @@ def main() -> int:
         sockets = run_sockets(args, summaries)
         sockets["when"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
         sockets["machine"] = machine()
-        out.write_text(json.dumps({**previous, "sockets": sockets}, indent=2) + "\n")
+        out.write_text(json.dumps({**previous, args.label: sockets}, indent=2) + "\n")
         print(json.dumps(sockets, indent=2))
         print(f"wrote {out}")
         return 0
