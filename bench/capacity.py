@@ -12,8 +12,13 @@
    and started again on the same port; every client redials after a random
    0 to ``--spread`` s delay (the client library's jittered backoff), resuming
    from its version.  A flag is flipped as soon as the new server is ready.
-   Reported: time from the restart until every client has that change, and
-   the peak handshake rate in any 100 ms window.
+   Reported: time from the restart and from readiness (``/readyz`` polled
+   every 20 ms) until every client has that change (target: 3 s after
+   readiness), the peak handshake rate in any 100 ms window, when the
+   handshakes completed, the server's and the clients' CPU time and share of
+   a core after readiness (which side was the bound), and the server's peak
+   RSS through the storm.  ``--profile`` adds a py-spy profile of the new
+   server from readiness until every client is current.
 """
 
 from __future__ import annotations
@@ -33,15 +38,19 @@ from bench._harness import (
     Admin,
     bench_flag,
     cpus,
+    pct,
     print_table,
     write_result,
 )
 from bench._processes import FlagwireServer, redis_server
+from bench._profile import start_profile, stop_profile, summarize_profile
+from bench._storm import Sampler, restart_timed
 from bench._swarm import Swarm
 
 ENV = "bench"
 FLAG = "bench-capacity"
 TARGET_IDLE_BYTES = 32 * 1024
+TARGET_STORM_S = 3.0  # issue 16: every client current within 3 s of readiness
 
 
 def peak_rate(times_ns: list[int], window_ms: int = 100) -> float:
@@ -54,6 +63,14 @@ def peak_rate(times_ns: list[int], window_ms: int = 100) -> float:
             j += 1
         best = max(best, i - j + 1)
     return best * 1000 / window_ms
+
+
+def _quantiles(values: list[float]) -> dict[str, float]:
+    if not values:
+        return {}
+    return {q: round(pct(values, p), 3) for q, p in (("p10", 10), ("p50", 50), ("p90", 90))} | {
+        "max": round(max(values), 3)
+    }
 
 
 def wait_all(swarm: Swarm, n: int, version: int, timeout: float) -> tuple[bool, dict[str, Any]]:
@@ -75,10 +92,21 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--concurrency", type=int, default=1000, help="handshakes in flight, per process"
     )
-    ap.add_argument("--spread", type=float, default=2.0, help="reconnect jitter, seconds")
+    ap.add_argument(
+        "--spread",
+        type=float,
+        default=1.5,
+        help="reconnect jitter, seconds (the library's going_away and restart_cap)",
+    )
     ap.add_argument("--server-cpus", default="0")
     ap.add_argument("--client-cpus", default="1")
     ap.add_argument("--name", default="capacity")
+    ap.add_argument(
+        "--profile",
+        type=Path,
+        default=None,
+        help="py-spy the new server from readiness until every client is current (speedscope)",
+    )
     a = ap.parse_args(argv)
     n = a.clients
     procs = max(1, math.ceil(n / 5000))
@@ -120,13 +148,17 @@ def main(argv: list[str] | None = None) -> int:
             )
 
             # reconnect storm
-            t_restart = time.monotonic_ns()
-            server.restart()
-            t_ready = time.monotonic_ns()
-            doc["on"] = not doc["on"]
-            version = int(admin.patch_flag(ENV, FLAG, {"on": doc["on"]})["env_version"])
-            ok, st = wait_all(swarm, n, version, timeout=120)
-            t_done = time.monotonic_ns()
+            swarm.opens()  # forget the first connects
+            clients = [p.pid for p in swarm.procs]
+            with Sampler(lambda: server.proc.pid if server.proc else None, clients) as sampler:
+                t_restart, t_ready = restart_timed(server)
+                prof = start_profile(server.pid, a.profile) if a.profile else None
+                doc["on"] = not doc["on"]
+                version = int(admin.patch_flag(ENV, FLAG, {"on": doc["on"]})["env_version"])
+                ok, st = wait_all(swarm, n, version, timeout=120)
+                t_done = time.monotonic_ns()
+                stop_profile(prof)
+                time.sleep(0.2)
             opens = swarm.opens()
             out["storm"] = {
                 "restart_to_ready_s": round((t_ready - t_restart) / 1e9, 3),
@@ -136,6 +168,12 @@ def main(argv: list[str] | None = None) -> int:
                 "open_at_end": st["open"],
                 "peak_accept_per_s": peak_rate(opens),
                 "handshakes": len(opens),
+                "handshakes_after_readiness_s": _quantiles(
+                    [(t - t_ready) / 1e9 for t in sorted(opens)]
+                ),
+                "before_readiness": sum(1 for t in opens if t < t_ready),
+                "after_readiness": sampler.between(t_ready, t_done),
+                "peak_rss": max((s[1] for s in sampler.samples), default=0),
                 "refused": st["refused"],
                 "gaps": st["gaps"],
                 "close_codes": st.get("close_codes", {}),
@@ -155,7 +193,12 @@ def main(argv: list[str] | None = None) -> int:
             ["per idle connection (KiB)", out["idle_bytes_per_conn"] / 1024, "< 32"],
             ["storm: restart → ready (s)", s["restart_to_ready_s"], ""],
             ["storm: restart → all current (s)", s["restart_to_all_current_s"], ""],
+            ["storm: ready → all current (s)", s["ready_to_all_current_s"], "<= 3"],
             ["storm: peak accept rate (/s)", s["peak_accept_per_s"], ""],
+            ["storm: handshakes after ready p50/p90/max (s)", _hs(s), ""],
+            ["storm: server CPU / run-queue wait (s)", _cpu(s, "server"), ""],
+            ["storm: clients CPU / run-queue wait (s)", _cpu(s, "clients"), ""],
+            ["storm: peak server RSS (MiB)", s["peak_rss"] / 2**20, ""],
             ["storm: complete", s["complete"], "True"],
         ],
     )
@@ -164,14 +207,34 @@ def main(argv: list[str] | None = None) -> int:
         f"idle connection: {out['idle_bytes_per_conn'] / 1024:.1f} KiB {verdict} the 32 KiB target"
         + ("" if n >= 10_000 else f" (measured at N={n}, not 10,000)")
     ]
+    storm_ok = s["complete"] and s["ready_to_all_current_s"] <= TARGET_STORM_S
+    out["verdicts"].append(
+        f"storm: all {n:,} current {s['ready_to_all_current_s']} s after readiness: "
+        f"{'meets' if storm_ok else 'MISSES'} the {TARGET_STORM_S:g} s target"
+        + ("" if n >= 10_000 else f" (at N={n}, not 10,000)")
+    )
     if not s["complete"]:
         out["verdicts"].append(f"storm INCOMPLETE: {s['open_at_end']}/{n} back after 120 s")
     for v in out["verdicts"]:
         print(v)
+    if a.profile is not None and a.profile.exists():
+        text = summarize_profile(a.profile)
+        a.profile.with_suffix(".txt").write_text(text)
+        print(text)
     chart(out, RESULTS / f"{a.name}.png")
     path = write_result(a.name, {**out, "chart": f"{a.name}.png"})
     print(f"\nwrote {path}")
     return 0
+
+
+def _hs(s: dict[str, Any]) -> str:
+    q = s["handshakes_after_readiness_s"]
+    return f"{q.get('p50')} / {q.get('p90')} / {q.get('max')}"
+
+
+def _cpu(s: dict[str, Any], side: str) -> str:
+    c = s["after_readiness"]
+    return f"{c.get(side + '_cpu_s')} / {c.get(side + '_waiting_s')}"
 
 
 def chart(out: dict[str, Any], path: Path) -> None:

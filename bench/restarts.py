@@ -34,7 +34,6 @@ import logging
 import math
 import multiprocessing as mp
 import sys
-import threading
 import time
 from multiprocessing.connection import Connection
 from pathlib import Path
@@ -43,7 +42,6 @@ from typing import Any
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import httpx
 
 from bench._harness import (
     Admin,
@@ -54,6 +52,7 @@ from bench._harness import (
     write_result,
 )
 from bench._processes import FlagwireServer, redis_server
+from bench._storm import Sampler, restart_timed
 
 ENV = "bench"
 FLAG = "kill-switch"
@@ -173,37 +172,6 @@ class Fleet:
 # --- coordinator -------------------------------------------------------------------------
 
 
-def _restart(server: FlagwireServer) -> tuple[int, int]:
-    """Stop (SIGTERM) and start; the monotonic times of the stop and of readiness.
-
-    ``server.start()`` polls ``/readyz`` every 100 ms; a thread beside it polls
-    every 20 ms so that readiness is not taken up to 100 ms late (which would
-    flatter the figures).
-    """
-    t_stop = time.monotonic_ns()
-    server.stop()
-    first: list[int] = []
-    done = threading.Event()
-
-    def poll() -> None:
-        with httpx.Client(timeout=1) as http:
-            while not done.is_set():
-                with contextlib.suppress(httpx.HTTPError):
-                    if http.get(server.url + "/readyz").status_code == 200:
-                        first.append(time.monotonic_ns())
-                        return
-                time.sleep(0.02)
-
-    poller = threading.Thread(target=poll, daemon=True)
-    poller.start()
-    try:
-        server.start()
-    finally:
-        poller.join(5)
-        done.set()
-    return t_stop, first[0] if first else time.monotonic_ns()
-
-
 def _merge(counts: list[dict[str, int]]) -> dict[str, int]:
     total: dict[str, int] = {}
     for c in counts:
@@ -256,16 +224,23 @@ def main(argv: list[str] | None = None) -> int:
             if got < n:
                 raise RuntimeError(f"only {got}/{n} clients became READY")
             restarts: list[tuple[int, int]] = []
-            for i in range(a.restarts):
-                if i:
-                    time.sleep(a.gap)
-                restarts.append(_restart(server))
-                print(f"restart {i + 1}: down {(restarts[-1][1] - restarts[-1][0]) / 1e9:.2f} s")
-            t_write = time.monotonic_ns()
-            resp = admin.patch_flag(ENV, FLAG, {"on": False})
-            t_written = time.monotonic_ns()
-            version = int(resp["version"])
-            have = fleet.wait(("has", version), n, timeout=60)
+            pids = [p.pid for p in fleet.procs]
+            with Sampler(lambda: server.proc.pid if server.proc else None, pids) as sampler:
+                for i in range(a.restarts):
+                    if i:
+                        time.sleep(a.gap)
+                    restarts.append(restart_timed(server))
+                    down = (restarts[-1][1] - restarts[-1][0]) / 1e9
+                    print(f"restart {i + 1}: down {down:.2f} s")
+                t_write = time.monotonic_ns()
+                resp = admin.patch_flag(ENV, FLAG, {"on": False})
+                t_written = time.monotonic_ns()
+                version = int(resp["version"])
+                have = fleet.wait(("has", version), n, timeout=60)
+                t_have = time.monotonic_ns()
+                time.sleep(0.1)
+            # which side was busy from the last readiness until every client had the change
+            out["after_last_readiness"] = sampler.between(restarts[-1][1], t_have)
             reports = fleet.ask("report")
         finally:
             fleet.close()
@@ -344,6 +319,18 @@ def main(argv: list[str] | None = None) -> int:
         ],
         ["kill switch: max after the write (s)", k["after_write_s"].get("max"), ""],
         ["connection attempts (all clients)", out["attempts"], ""],
+        [
+            "after the last readiness: server CPU / run-queue wait (s)",
+            f"{out['after_last_readiness'].get('server_cpu_s')} / "
+            f"{out['after_last_readiness'].get('server_waiting_s')}",
+            "",
+        ],
+        [
+            "after the last readiness: clients CPU / run-queue wait (s)",
+            f"{out['after_last_readiness'].get('clients_cpu_s')} / "
+            f"{out['after_last_readiness'].get('clients_waiting_s')}",
+            "",
+        ],
     ]
     print()
     print_table(["figure", "value", "target"], rows)
