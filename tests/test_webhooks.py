@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
+import socket
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Iterator
@@ -325,6 +327,32 @@ async def test_private_addresses_can_be_refused(redis_url: str, prefix: str) -> 
             r = await http.post(f"{BASE}/webhooks", json={"url": url, "events": ["*"]})
             assert r.status_code == 422, (url, r.text)
             assert "FLAGWIRE_WEBHOOK_ALLOW_PRIVATE" in r.json()["errors"][0]["message"]
+
+
+async def test_a_name_resolving_to_a_private_address_is_refused_at_delivery(
+    redis_url: str, prefix: str
+) -> None:
+    """Names pass at creation (not resolved then); each delivery resolves and checks them."""
+    name = socket.gethostname()
+    addresses = {i[4][0] for i in socket.getaddrinfo(name, None)}
+    if not any(ipaddress.ip_address(a).is_private for a in addresses):
+        pytest.skip(f"{name} resolves to no private address here: {addresses}")
+    env = {**FAST, "FLAGWIRE_WEBHOOK_ALLOW_PRIVATE": "0"}
+    async with receiver() as rec, asgi_app(redis_url, prefix, env=env) as (_app, http):
+        url = f"http://{name}:{rec.port}/hook"
+        hook_id, _ = await _hook(http, url, ["flag.changed"])
+        assert (await http.post(f"{BASE}/flags", json=flag("private"))).is_success
+
+        async def logged() -> list[dict[str, Any]]:
+            r = await http.get(f"{BASE}/webhooks/{hook_id}/deliveries")
+            deliveries: list[dict[str, Any]] = r.json()["deliveries"]
+            return deliveries
+
+        (attempt,) = await poll(logged, within=10, what="the refused attempt")
+        assert attempt["outcome"] == "refused"
+        assert attempt["status"] is None
+        assert "private address" in attempt["error"]
+        assert rec.requests == []
 
 
 async def test_creating_and_deleting_a_webhook_is_audited(redis_url: str, prefix: str) -> None:
