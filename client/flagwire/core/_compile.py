@@ -44,6 +44,7 @@ from flagwire.core._clauses import (
     fast_parts,
     match_all,
 )
+from flagwire.core._intern import shared
 from flagwire.core.bucketing import LD_SCALE, bucket_text, launchdarkly_bucket_text
 from flagwire.core.detail import EvaluationDetail, Reason
 from flagwire.core.errors import ValidationError
@@ -171,7 +172,7 @@ def _compile_valid_flag(d: dict[str, Any]) -> CompiledFlag:
         for value in t["values"]:
             targets.setdefault(value, found)  # the first target listing a key wins
     if targets:
-        gen.line(f"hit = {gen.bind(targets.get)}(ckey)")
+        gen.line(f"hit = {gen.bind(targets)}.get(ckey)")
         gen.line("if hit is not None: return hit")
     if sum(len(r["clauses"]) for r in d["rules"]) <= _INLINE_CLAUSES:
         for i, r in enumerate(d["rules"]):
@@ -296,7 +297,7 @@ class _Generator:
 
     def bind(self, value: Any) -> str:
         """A name for ``value`` inside the generated function (by position only)."""
-        self.values.append(value)
+        self.values.append(shared(value))  # equal values: one warm object (``_intern``)
         return f"_{len(self.values) - 1}"
 
     def line(self, text: str, indent: int = 0) -> None:
