@@ -90,11 +90,30 @@ def test_release_commands(live: Live, tmp_path: Any) -> None:
         json=flag("checkout", variations=["new", "old"], fallthrough=1),
     ).is_success
     stages = tmp_path / "stages.yaml"
-    stages.write_text("- {percent: 10, hold: 3600}\n- {percent: 100}\n")
-    started = run_json(live, "release", "start", "checkout", "--stages", str(stages), "--env", env)
+    stages.write_text(
+        "- {percent: 10, hold: 3600, guards: [{event: latency-ms, stat: mean, action: pause}]}\n"
+        "- {percent: 100}\n"
+    )
+    guards = tmp_path / "guards.json"
+    guards.write_text('[{"event": "error", "name": "errors", "min_samples": 500}]')
+    started = run_json(
+        live,
+        "release",
+        "start",
+        "checkout",
+        "--stages",
+        str(stages),
+        "--guards",
+        str(guards),
+        "--env",
+        env,
+    )
     assert started["stage"] == 0
+    assert started["guards"][0]["min_samples"] == 500
     out = run(live, "release", "status", "checkout", "--env", env).stdout
     assert "> 1. 10%: 10%, hold 3600 s" in out
+    assert "guard errors: rate of error (z-test), min 500, then rollback" in out
+    assert "guard latency-ms mean: mean of latency-ms (Welch), min 1000, then pause" in out
     assert run_json(live, "release", "pause", "checkout", "--env", env)["status"] == "paused"
     assert run_json(live, "release", "resume", "checkout", "--env", env)["status"] == "running"
     rolled = run_json(live, "release", "rollback", "checkout", "--env", env)

@@ -30,11 +30,24 @@ def _latest(api: Api, env: str, flag: str, *, active: bool) -> dict[str, Any]:
     return dict(plans[0])
 
 
+def _guard(g: dict[str, Any]) -> str:
+    """One guard in words: ``errors: rate of error (z-test), then rollback``."""
+    if g.get("kind") == "event":
+        test = "mean of {e} (Welch)" if g.get("stat") == "mean" else "rate of {e} (z-test)"
+        what = test.format(e=g["event"]) + f", min {g['min_samples']}"
+    else:
+        bound = f"<= {g['max']:g}" if "max" in g else f">= {g['min']:g}"
+        what = f"{g['query']} {bound}"
+    return f"{g['name']}: {what}, then {g['action']}"
+
+
 def _show(plan: dict[str, Any], as_json: bool) -> None:
     if as_json:
         emit(plan, True)
         return
     typer.echo(f"{plan['id']} {plan['flag']}: {plan['status']} {plan.get('reason') or ''}".rstrip())
+    for g in plan.get("guards") or []:
+        typer.echo(f"   guard {_guard(g)}")
     for i, st in enumerate(plan["stages"]):
         mark = ">" if i == plan["stage"] and plan["status"] in ("running", "paused") else " "
         segs = f" segments {', '.join(st['segments'])}" if st["segments"] else ""
@@ -42,8 +55,15 @@ def _show(plan: dict[str, Any], as_json: bool) -> None:
         typer.echo(
             f" {mark} {i + 1}. {st['name']}: {st['percent']:g}%{segs}, hold {st['hold']:g} s{gate}"
         )
+        for g in st.get("guards") or []:
+            typer.echo(f"        guard {_guard(g)}")
     for ev in plan.get("events", [])[-10:]:
-        typer.echo(f"   {ev['at']} {ev['what']} by {ev['by']} {ev.get('summary', '')}".rstrip())
+        line = f"   {ev['at']} {ev['what']} by {ev['by']} {ev.get('summary', '')}".rstrip()
+        if "detection_to_applied_ms" in ev:
+            line += f" ({ev['detection_to_applied_ms']:g} ms from detection)"
+        if ev.get("reason"):
+            line += f", because {ev['reason']}"
+        typer.echo(line)
 
 
 @release.command("start")
@@ -55,6 +75,10 @@ def release_start(
     ] = None,
     stages: Annotated[
         Path | None, typer.Option("--stages", help="A JSON or YAML file: a list of stages.")
+    ] = None,
+    guards: Annotated[
+        Path | None,
+        typer.Option("--guards", help="A JSON or YAML file: the plan's guards (docs/releases.md)."),
     ] = None,
     env: Env = "production",
     url: Url = DEFAULT_URL,
@@ -71,6 +95,8 @@ def release_start(
         else:
             assert stages is not None
             body["stages"] = load_file(stages)
+        if guards is not None:
+            body["guards"] = load_file(guards)
         _show(Api(url, admin_key).call("POST", f"/environments/{env}/releases", body=body), as_json)
 
 
