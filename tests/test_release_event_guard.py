@@ -18,7 +18,7 @@ import pytest
 
 from flagwire import ClientStatus, FlagClient
 from flagwire.core.errors import ValidationError
-from flagwire_server.release.guards import Tally, event_reading, parse_guards
+from flagwire_server.release.guards import Tally, event_reading, parse_guards, t_quantile
 from flagwire_server.release.plan import parse_stages
 from tests.support.builders import flag
 from tests.support.inprocess import InProcessServer
@@ -84,6 +84,44 @@ def test_two_proportion_z_test() -> None:
     r = event_reading(g, Tally(1000, 5000), Tally(1000, 10))
     assert r.new == 1.0
     assert r.breach is not None
+
+
+def _valued(n: int, mean: float, sd: float) -> Tally:
+    """``n`` events whose values have this mean and (sample) standard deviation."""
+    return Tally(n, n, n * mean, (n - 1) * sd * sd + n * mean * mean)
+
+
+def test_welch_t_test_on_means() -> None:
+    g = _guard(stat="mean", min_samples=100)
+    assert g["name"] == "error mean"
+    # 220 vs 200 with sd 50 on 500 each: t = 20 / sqrt(2 * 2500 / 500) = 6.32.
+    r = event_reading(g, _valued(500, 220, 50), _valued(500, 200, 50))
+    assert r.new == pytest.approx(220)
+    assert r.old == pytest.approx(200)
+    assert r.breach == "error mean 220 vs 200, n = 1,000 (t = 6.32 > 2.33, Welch)"
+    # 203 vs 200 is noise (t = 0.95); a margin of 25 tolerates the 20; lower is not worse.
+    assert event_reading(g, _valued(500, 203, 50), _valued(500, 200, 50)).breach is None
+    assert (
+        event_reading(
+            _guard(stat="mean", margin=25, min_samples=100),
+            _valued(500, 220, 50),
+            _valued(500, 200, 50),
+        ).breach
+        is None
+    )
+    assert event_reading(g, _valued(500, 180, 50), _valued(500, 200, 50)).breach is None
+    # Unequal variances and sizes: Welch's degrees of freedom, not the pooled ones.
+    r = event_reading(g, _valued(100, 230, 120), _valued(2000, 200, 20))
+    assert r.stat == pytest.approx(30 / (120**2 / 100 + 20**2 / 2000) ** 0.5)
+    assert r.breach is not None
+    assert event_reading(g, _valued(99, 300, 1), _valued(500, 200, 1)).stat is None  # < min
+    # The t quantile against the table (df 5, 10, 30 at 99%; df 5 at 99.9% within 0.02).
+    for p, df, exact in ((0.99, 5, 3.365), (0.99, 10, 2.764), (0.99, 30, 2.457), (0.95, 3, 2.353)):
+        assert t_quantile(p, df) == pytest.approx(exact, abs=0.002)
+    assert t_quantile(0.999, 5) == pytest.approx(5.893, abs=0.02)
+    with pytest.raises(ValidationError) as err:
+        parse_guards([{"event": "e", "stat": "median"}])
+    assert [p for p, _ in err.value.errors] == ["guards[0].stat"]
 
 
 @pytest.fixture
@@ -212,3 +250,80 @@ async def test_tracked_errors_on_the_new_variation_roll_the_plan_back(
     assert last["z"] > 2.33
     # The plan ended: its flag is no longer watched (it was not before the plan).
     assert (await _api(server, "GET", f"{base}/insight/watched"))["flags"] == []
+
+
+async def test_a_slower_new_variation_pauses_the_plan_by_welchs_t_test(
+    server: InProcessServer,
+) -> None:
+    env = f"m{uuid.uuid4().hex[:8]}"
+    base = f"/environments/{env}"
+    await _api(server, "POST", "/environments", {"key": env})
+    sdk = (await _api(server, "POST", "/keys", {"name": "m", "kind": "sdk", "env": env}))["secret"]
+    await _api(
+        server,
+        "PUT",
+        f"{base}/flags/search",
+        flag("search", variations=["new", "old"], fallthrough=1),
+    )
+    clients = [FlagClient(server.url, sdk, app="shop", report_interval=0.2) for _ in range(2)]
+    for c in clients:
+        assert await c.start(timeout=10) is ClientStatus.READY
+    stop = asyncio.Event()
+
+    async def application(c: FlagClient) -> None:
+        # The new code answers in 260 ms on average, the old one in 200 (both +-40).
+        n = 0
+        while not stop.is_set():
+            for ctx in CONTEXTS:
+                n += 1
+                value = c.variation("search", ctx, "old")
+                jitter = (n * 7919 % 81) - 40
+                c.track("latency-ms", ctx, (260 if value == "new" else 200) + jitter)
+            await asyncio.sleep(0.02)
+
+    apps = [asyncio.create_task(application(c)) for c in clients]
+    try:
+        plan = await _api(
+            server,
+            "POST",
+            f"{base}/releases",
+            {
+                "flag": "search",
+                "variation": 0,
+                "guards": [
+                    {
+                        "event": "latency-ms",
+                        "stat": "mean",
+                        "min_samples": 300,
+                        "action": "pause",
+                        "name": "latency",
+                    }
+                ],
+                "stages": [{"percent": 30, "hold": 3600}, {"percent": 100}],
+            },
+        )
+        pid = plan["id"]
+
+        async def paused() -> dict[str, Any] | None:
+            p = await _api(server, "GET", f"{base}/releases/{pid}")
+            return p if p["status"] == "paused" else None
+
+        done = await poll(paused, within=30, what="the mean guard to pause the plan")
+    finally:
+        stop.set()
+        await asyncio.gather(*apps)
+        for c in clients:
+            await c.close()
+    assert done["reason"].startswith("guard breached: latency-ms mean 2")
+    assert "Welch" in done["reason"]
+    event = done["events"][-1]
+    assert event["what"] == "paused by a guard"
+    assert event["detected_ms"] <= event["at_ms"]
+    readings = (await _api(server, "GET", f"{base}/releases/{pid}/readings"))["readings"]
+    last = readings[-1]
+    assert 240 < last["new"] < 280
+    assert 180 < last["old"] < 220
+    assert last["t"] > 2.33
+    # Paused, not rolled back: the flag still serves the stage (30% new).
+    doc = await _api(server, "GET", f"{base}/flags/search")
+    assert doc["fallthrough"]["rollout"]["variations"][0] == {"variation": 0, "weight": 30000}

@@ -140,3 +140,24 @@ def test_decoding_any_fields_raises_only_protocol_error(
 ) -> None:
     with contextlib.suppress(ProtocolError):
         decode(orjson.dumps({"type": kind, **fields}))
+
+
+def test_events_carry_an_optional_sum_of_squares() -> None:
+    """[count, sum, sum of squares] for valued events (release guards test means with it);
+    [count, sum] is still accepted, and a bad third number is refused on both decode paths."""
+    stats = VariationStats(
+        {"FALLTHROUGH": 3}, (), {"latency-ms": (3, 30.0), "error": (1, 0.0)}, {"latency-ms": 350.0}
+    )
+    msg = Summary(start=1, end=2, flags={"f": {0: stats}})
+    frame = encode(msg)
+    body = orjson.loads(frame)["flags"]["f"]["0"]["events"]
+    assert body == {"latency-ms": [3, 30.0, 350.0], "error": [1, 0.0]}
+    assert decode(frame) == msg
+    for bad in (b"-1.0", b'"x"'):
+        text = frame.replace(b"350.0", bad)
+        with pytest.raises(ProtocolError, match="sum of squares"):
+            decode(text)
+    raw = orjson.loads(frame)
+    raw["flags"]["f"]["0"]["events"]["latency-ms"] = [3, 30.0, 1.0, 2.0]
+    with pytest.raises(ProtocolError, match=r"or \[count, sum, sum of squares\]"):
+        decode(orjson.dumps(raw))

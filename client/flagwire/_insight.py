@@ -92,6 +92,7 @@ class InsightRecorder:
         self._contexts: dict[tuple[str, _Outcome], set[str]] = {}
         #: Folds that found the pending deque full (some evaluations were not counted).
         self.saturated = 0
+        #: (flag, variation) -> event -> [count, sum, sum of squares]
         self._events: dict[tuple[str, int | None], dict[str, list[float]]] = {}
         self._since_ms: int | None = None
         #: The flags ``track`` attributes events to (pushed by the server).
@@ -163,10 +164,11 @@ class InsightRecorder:
                 if len(per) >= MAX_SUMMARY_EVENTS:
                     self.dropped_events += 1
                     continue
-                per[event] = [1, amount]
+                per[event] = [1, amount, amount * amount]
             else:
                 pair[0] += 1
                 pair[1] += amount
+                pair[2] += amount * amount
 
     def watch(self, flags: Iterable[str]) -> None:
         self.watched = tuple(flags)
@@ -189,7 +191,8 @@ class InsightRecorder:
             b.contexts.update(contexts.get((key, (index, reason)), ()))
         for (key, index), named in events.items():
             b = _building(flags, key, index)
-            b.events.update({name: (int(c), s) for name, (c, s) in named.items()})
+            b.events.update({name: (int(c), s) for name, (c, s, _q) in named.items()})
+            b.squares.update({name: q for name, (_c, _s, q) in named.items() if q})
         if not flags:
             return []
         start = min(start, now_ms)
@@ -205,16 +208,17 @@ def _context_key(context: Any) -> Any:
 
 
 class _Building:
-    __slots__ = ("contexts", "events", "reasons")
+    __slots__ = ("contexts", "events", "reasons", "squares")
 
     def __init__(self) -> None:
         self.reasons: dict[str, int] = {}
         self.contexts: set[str] = set()
         self.events: dict[str, tuple[int, float]] = {}
+        self.squares: dict[str, float] = {}
 
     def stats(self) -> VariationStats:
         hashed = sorted({context_hash(k) for k in self.contexts})[:MAX_SUMMARY_CONTEXTS]
-        return VariationStats(self.reasons, tuple(hashed), self.events)
+        return VariationStats(self.reasons, tuple(hashed), self.events, self.squares)
 
 
 def _building(flags: dict[str, dict[int, _Building]], key: str, index: int | None) -> _Building:

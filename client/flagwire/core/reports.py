@@ -101,12 +101,16 @@ class Identify:
 class VariationStats:
     """One flag variation's figures in one summary.
 
-    ``events`` maps an event name to ``(count, sum of values)``.
+    ``events`` maps an event name to ``(count, sum of values)``; ``squares`` an
+    event name to the sum of its values squared, for events tracked with values
+    (a release guard's test on means needs the variance).  On the wire an event
+    is ``[count, sum]`` or ``[count, sum, sum of squares]``.
     """
 
     reasons: dict[str, int]
     contexts: tuple[str, ...] = ()
     events: dict[str, tuple[int, float]] = field(default_factory=dict)
+    squares: dict[str, float] = field(default_factory=dict)
 
     @property
     def evaluations(self) -> int:
@@ -150,7 +154,10 @@ def report_object(message: Report) -> dict[str, Any]:
                     str(index): {
                         "reasons": stats.reasons,
                         "contexts": list(stats.contexts),
-                        "events": {n: [c, s] for n, (c, s) in stats.events.items()},
+                        "events": {
+                            n: [c, s, stats.squares[n]] if n in stats.squares else [c, s]
+                            for n, (c, s) in stats.events.items()
+                        },
                     }
                     for index, stats in variations.items()
                 }
@@ -226,17 +233,27 @@ def _stats(value: Any, where: str) -> VariationStats:
                 f"{where}.contexts: {_show(h)} is not a 16-hex-digit hash (clear keys are refused)"
             )
     events: dict[str, tuple[int, float]] = {}
+    squares: dict[str, float] = {}
     raw_events = _object(obj.get("events", {}), f"{where}.events", MAX_SUMMARY_EVENTS)
     for name, pair in raw_events.items():
         if not KEY_RE.match(name):
             raise ProtocolError(f"{where}.events: {name[:40]!r} is not a valid event name")
-        if not isinstance(pair, list) or len(pair) != 2:
-            raise ProtocolError(f"{where}.events.{name}: expected [count, sum]")
+        if not isinstance(pair, list) or len(pair) not in (2, 3):
+            raise ProtocolError(
+                f"{where}.events.{name}: expected [count, sum] or [count, sum, sum of squares]"
+            )
         total = pair[1]
         if type(total) not in (int, float) or not math.isfinite(total):
             raise ProtocolError(f"{where}.events.{name}: sum must be a finite number")
+        if len(pair) == 3:
+            sq = pair[2]
+            if type(sq) not in (int, float) or not math.isfinite(sq) or sq < 0:
+                raise ProtocolError(
+                    f"{where}.events.{name}: sum of squares must be a finite number >= 0"
+                )
+            squares[name] = float(sq)
         events[name] = (_count(pair[0], f"{where}.events.{name}"), float(total))
-    return VariationStats(reasons, tuple(contexts), events)
+    return VariationStats(reasons, tuple(contexts), events, squares)
 
 
 def _stats_fast(obj: Any) -> VariationStats | None:
@@ -265,16 +282,22 @@ def _stats_fast(obj: Any) -> VariationStats | None:
     if type(raw) is not dict or len(raw) > MAX_SUMMARY_EVENTS:
         return None
     events: dict[str, tuple[int, float]] = {}
+    squares: dict[str, float] = {}
     for name, pair in raw.items():
-        if type(pair) is not list or len(pair) != 2 or not KEY_RE.match(name):
+        if type(pair) is not list or not 2 <= len(pair) <= 3 or not KEY_RE.match(name):
             return None
-        count, total = pair
+        count, total = pair[0], pair[1]
         if type(count) is not int or not 0 <= count <= _MAX_COUNT:
             return None
         if type(total) not in (int, float) or not math.isfinite(total):
             return None
+        if len(pair) == 3:
+            sq = pair[2]
+            if type(sq) not in (int, float) or not math.isfinite(sq) or sq < 0:
+                return None
+            squares[name] = float(sq)
         events[name] = (count, float(total))
-    return VariationStats(reasons, tuple(contexts), events)
+    return VariationStats(reasons, tuple(contexts), events, squares)
 
 
 def _summary(obj: dict[str, Any]) -> Summary:

@@ -597,9 +597,21 @@ SCHEMAS: Final[dict[str, _S]] = {
             "event": {
                 "type": "string",
                 "description": "client-event guard: the tracked event whose rate per "
-                "evaluation is compared, new variation vs old (two-proportion z-test)",
+                "evaluation (or mean value) is compared, new variation vs old",
             },
-            "margin": {"type": "number", "minimum": 0, "maximum": 1, "default": 0},
+            "stat": {
+                "enum": ["rate", "mean"],
+                "default": "rate",
+                "description": "rate: events per evaluation (z-test); mean: the events' mean "
+                "value (Welch's t-test)",
+            },
+            "margin": {
+                "type": "number",
+                "minimum": 0,
+                "default": 0,
+                "description": "the increase accepted: a proportion (at most 1) for rates, "
+                "the value's unit for means",
+            },
             "min_samples": {"type": "integer", "minimum": 1, "default": 1000},
             "confidence": {"type": "number", "minimum": 0.5, "maximum": 0.999999, "default": 0.99},
             "worse": {"enum": ["higher", "lower"], "default": "higher"},

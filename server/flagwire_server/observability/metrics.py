@@ -132,7 +132,7 @@ class Metrics:
         )
         self.guard_checks = Counter(
             "flagwire_release_guard_checks",
-            "Release guard queries by outcome (ok, breach, error)",
+            "Release guard checks by outcome (ok, breach, error, waiting: not enough samples)",
             ["env", "outcome"],
             registry=r,
         )
@@ -180,7 +180,7 @@ class Metrics:
         self.webhook_deliveries.labels(env, outcome).inc()
 
     def guard_checked(self, env: str, outcome: str) -> None:
-        """A guard query: ``ok``, ``breach`` or ``error`` (Prometheus did not answer)."""
+        """A guard check: ``ok``, ``breach``, ``error`` (no data), ``waiting`` (few samples)."""
         self.guard_checks.labels(env, outcome).inc()
 
     async def schedule_finished(self, env: str, record: dict[str, Any]) -> None:

@@ -51,7 +51,12 @@ def has_event_guards(guards: list[dict[str, Any]]) -> bool:
 
 def _tallies(counts: dict[str, dict[str, Any]], event: str) -> dict[int, Tally]:
     return {
-        int(v): Tally(int(c.get("n", 0)), int((c.get("e") or {}).get(event, 0)))
+        int(v): Tally(
+            int(c.get("n", 0)),
+            int((c.get("e") or {}).get(event, 0)),
+            float((c.get("s") or {}).get(event, 0.0)),
+            float((c.get("q") or {}).get(event, 0.0)),
+        )
         for v, c in counts.items()
     }
 

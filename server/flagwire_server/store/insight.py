@@ -6,8 +6,9 @@ lives in its slot and ``delete_env``'s pattern removes it; ``docs/insight.md``):
 * ``P:{env}:ins:m:<flag>:<day>`` HASH ``<minute of day>:<variation>`` → evaluations,
   kept :data:`MINUTE_DAYS` days after the day ends;
 * ``P:{env}:ins:h:<flag>:<day>`` HASH ``<hour>:<variation>`` → evaluations,
-  ``r:<variation>:<reason>`` → evaluations, ``e:<variation>:<event>:n``/``:s`` →
-  event count / value sum; kept the retention (default 30 days) after the day ends;
+  ``r:<variation>:<reason>`` → evaluations, ``e:<variation>:<event>:n``/``:s``/``:q`` →
+  event count / value sum / sum of squared values; kept the retention (default 30 days)
+  after the day ends;
 * ``P:{env}:ins:u:<flag>:<day>:<variation>`` HyperLogLog of hashed context keys (same TTL);
 * ``P:{env}:ins:last`` HASH flag → last evaluated (ms); ``P:{env}:ins:apps:<flag>`` HASH
   application → last evaluated (ms), at most :data:`MAX_APPS_PER_FLAG` applications, the
@@ -68,7 +69,8 @@ class VariationBatch:
     minutes: dict[int, int] = field(default_factory=dict)  #: minute (epoch ms // 60000) → n
     reasons: dict[str, int] = field(default_factory=dict)
     contexts: set[str] = field(default_factory=set)
-    events: dict[str, list[float]] = field(default_factory=dict)  #: name → [count, sum]
+    #: name → [count, sum, sum of squares]
+    events: dict[str, list[float]] = field(default_factory=dict)
 
 
 @dataclass(slots=True)
@@ -129,10 +131,12 @@ class InsightStore:
                 expiries[hkey] = (last_day + 1 + self.retention_days) * DAY_MS
                 for reason, n in vb.reasons.items():
                     pipe.hincrby(hkey, f"r:{index}:{reason}", n)
-                for name, (count, total) in vb.events.items():
+                for name, (count, total, squares) in vb.events.items():
                     pipe.hincrby(hkey, f"e:{index}:{name}:n", int(count))
                     if total:
                         pipe.hincrbyfloat(hkey, f"e:{index}:{name}:s", total)
+                    if squares:
+                        pipe.hincrbyfloat(hkey, f"e:{index}:{name}:q", squares)
                 if vb.contexts:
                     ukey = self._key(env, f"u:{flag}:{last_day}:{index}")
                     pipe.pfadd(ukey, *sorted(vb.contexts))
@@ -280,7 +284,7 @@ class InsightStore:
                     ev = entry(int(index))["events"].setdefault(event, {"count": 0, "sum": 0.0})
                     if what == "n":
                         ev["count"] += int(v)
-                    else:
+                    elif what == "s":
                         ev["sum"] += float(v)
         for variation in list(out):
             keys = [self._key(env, f"u:{flag}:{day}:{variation}") for day in days]
@@ -291,7 +295,8 @@ class InsightStore:
     async def counts_since(self, env: str, flag: str, day: int) -> dict[str, dict[str, Any]]:
         """Running totals per variation from ``day`` (a day number) to today.
 
-        ``{"<variation>": {"n": evaluations, "e": {event: count}}}``: every field
+        ``{"<variation>": {"n": evaluations, "e": {event: count}, "s": {event: sum},
+        "q": {event: sum of squares}}}``: every field
         only grows until it expires, so two reads subtracted are what happened in
         between (release-plan guards read one at a stage's start and one per check).
         """
@@ -307,11 +312,15 @@ class InsightStore:
                     _, index, _reason = name.split(":", 2)
                     entry = out.setdefault(index, {"n": 0, "e": {}})
                     entry["n"] += int(v)
-                elif name.startswith("e:") and name.endswith(":n"):
+                elif name.startswith("e:"):
                     _, index, rest = name.split(":", 2)
-                    event = rest[:-2]
+                    event, _, what = rest.rpartition(":")
                     entry = out.setdefault(index, {"n": 0, "e": {}})
-                    entry["e"][event] = entry["e"].get(event, 0) + int(v)
+                    if what == "n":
+                        entry["e"][event] = entry["e"].get(event, 0) + int(v)
+                    elif what in ("s", "q"):
+                        part = entry.setdefault(what, {})
+                        part[event] = part.get(event, 0.0) + float(v)
         return out
 
     async def variations_since(self, env: str, flag: str, since_ms: int) -> set[int]:

@@ -195,12 +195,14 @@ class Insight:
                 if len(vb.contexts) < MAX_PENDING_CONTEXTS:
                     vb.contexts.update(stats.contexts)
                 for name, (count, total) in stats.events.items():
+                    sq = stats.squares.get(name, 0.0)
                     pair = vb.events.get(name)
                     if pair is None:
-                        vb.events[name] = [count, total]
+                        vb.events[name] = [count, total, sq]
                     else:
                         pair[0] += count
                         pair[1] += total
+                        pair[2] += sq
 
     def _label(self, env: str, flag: str) -> str:
         pair = (env, flag)
@@ -244,7 +246,7 @@ class Insight:
                 n = sum(vb.minutes.values())
                 if n:
                     evaluations.labels(env, label, str(index)).inc(n)
-                for name, (count, _total) in vb.events.items():
+                for name, (count, _total, _sq) in vb.events.items():
                     events.labels(env, label, str(index), name).inc(count)
 
     async def flush(self) -> None:

@@ -234,7 +234,7 @@
     });
     var label = svgEl("text", { x: 2, y: H + 15, "font-size": 11, fill: "#555" });
     label.textContent = clock(t0) + "  →  " + clock(t1) + "   max " +
-      (guard.kind === "event" ? pct(max) : max.toPrecision(3));
+      (guard.kind === "event" && guard.stat !== "mean" ? pct(max) : max.toPrecision(3));
     svg.appendChild(label);
     return svg;
   }
@@ -251,17 +251,22 @@
       var last = points.length ? points[points.length - 1] : null;
       var head = text("h3", g.name);
       card.appendChild(head);
+      var mean = g.stat === "mean";
       var desc = g.kind === "event"
-        ? "rate of \u201c" + g.event + "\u201d per evaluation, new (red) vs old (blue); z-test at " +
-          (g.confidence * 100) + "%, at least " + g.min_samples + " evaluations each" +
-          (g.margin ? ", margin " + pct(g.margin) : "") + "; on a breach: " + g.action
+        ? (mean ? "mean value of \u201c" + g.event + "\u201d" : "rate of \u201c" + g.event + "\u201d per evaluation") +
+          ", new (red) vs old (blue); " + (mean ? "Welch's t-test" : "z-test") + " at " +
+          (g.confidence * 100) + "%, at least " + g.min_samples + (mean ? " events" : " evaluations") + " each" +
+          (g.margin ? ", margin " + (mean ? g.margin : pct(g.margin)) : "") + "; on a breach: " + g.action
         : g.query + (g.max !== undefined ? " ≤ " + g.max : " ≥ " + g.min) + "; on a breach: " + g.action;
       card.appendChild(text("p", desc, "muted small"));
       var now = text("p", null, "small guard-value");
       if (!last) now.textContent = "No reading yet.";
       else if (g.kind === "event") {
-        now.textContent = "new " + pct(last.new) + " vs old " + pct(last.old) + ", n = " +
-          Number(last.n).toLocaleString("en") + (last.z === null || last.z === undefined ? " (not enough data yet)" : ", z = " + last.z.toFixed(2)) +
+        var fmt = mean ? function (x) { return x === null || x === undefined ? "–" : Number(x).toPrecision(4); } : pct;
+        var stat = mean ? last.t : last.z;
+        now.textContent = "new " + fmt(last.new) + " vs old " + fmt(last.old) + ", n = " +
+          Number(last.n).toLocaleString("en") +
+          (stat === null || stat === undefined ? " (not enough data yet)" : ", " + (mean ? "t" : "z") + " = " + stat.toFixed(2)) +
           (last.breach ? " — breached" : "");
       } else {
         now.textContent = "value " + last.value + (last.breach ? " — breached" : "");
