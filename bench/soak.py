@@ -41,6 +41,7 @@ from bench._harness import (
     bench_flag,
     cpus,
     print_table,
+    summary_ms,
     write_result,
 )
 from bench._processes import FlagwireServer, redis_server
@@ -67,6 +68,7 @@ def main(argv: list[str] | None = None) -> int:
     acked: dict[str, int] = {}
     failed_writes = 0
     writes = 0
+    write_ns: list[int] = []  # each acknowledged write's latency, as the admin client saw it
     rss: dict[str, int] = {}
     samples: list[tuple[float, int]] = []
     with (
@@ -121,8 +123,10 @@ def main(argv: list[str] | None = None) -> int:
                 i += 1
                 on[key] = not on[key]
                 try:
+                    t0 = time.monotonic_ns()
                     r = admin.http.patch(f"/environments/{ENV}/flags/{key}", json={"on": on[key]})
                     if r.status_code < 400:
+                        write_ns.append(time.monotonic_ns() - t0)
                         writes += 1
                         acked[key] = max(acked.get(key, 0), int(r.json()["version"]))
                     else:
@@ -156,6 +160,8 @@ def main(argv: list[str] | None = None) -> int:
         "interval_s": a.interval,
         "writes_acknowledged": writes,
         "writes_failed": failed_writes,
+        "changes_per_s": round(writes / duration, 2),
+        "write_latency": summary_ms(write_ns),
         "events": events,
         "env_version": env_version,
         "clients_wrong": check["wrong"],
@@ -184,6 +190,7 @@ def main(argv: list[str] | None = None) -> int:
             ["streams dropped", st["drops"], ""],
             ["close codes received", st.get("close_codes", {}), ""],
             ["changes per second achieved", round(writes / duration, 1), round(1 / a.interval, 1)],
+            ["write p50 / p99 / max (ms)", _lat(out["write_latency"]), "p99 <= 50"],
             ["RSS after warm-up (MiB)", rss["warm_after_restart"] / 2**20, ""],
             ["RSS at end (MiB)", rss["end"] / 2**20, ""],
             ["growth", f"{growth:+.1%}", "within 10%"],
@@ -194,6 +201,10 @@ def main(argv: list[str] | None = None) -> int:
     path = write_result(a.name, {**out, "chart": f"{a.name}.png"})
     print(f"\nwrote {path}")
     return 0 if out["passed"] else 1
+
+
+def _lat(s: dict[str, float]) -> str:
+    return f"{s['p50_ms']:.1f} / {s['p99_ms']:.1f} / {s['max_ms']:.1f}"
 
 
 def chart(out: dict[str, Any], path: Path) -> None:

@@ -124,12 +124,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--clients", type=int, default=0, help="stream clients connected meanwhile")
     ap.add_argument("--server-cpus", default="0")
     ap.add_argument("--client-cpus", default="1")
+    ap.add_argument(
+        "--redis-cpus", default=None, help="CPUs for Redis (default: the clients' CPUs)"
+    )
     ap.add_argument("--name", default="write_path")
     ap.add_argument("--profile", action="store_true", help="py-spy the server for each run")
     a = ap.parse_args(argv)
     rows = []
     with (
-        redis_server(cpus(a.client_cpus)) as redis,
+        redis_server(cpus(a.client_cpus if a.redis_cpus is None else a.redis_cpus)) as redis,
         FlagwireServer(redis.url, cpu_set=cpus(a.server_cpus)) as server,
     ):
         admin = Admin(server.url, server.admin_key)
