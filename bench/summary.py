@@ -174,26 +174,42 @@ def main() -> int:
     wp = _load("write_path")
     if wp:
         lines += [
-            f"## Write path (`{wp['command']}`, {wp['when']})",
+            f"## Write path (`{wp['command']}`, {wp['when']}, "
+            f"load {wp['machine']['loadavg_at_start'][0]:.1f})",
             "",
-            "| in flight | writes/s | p50 ms | p99 ms |",
-            "|---:|---:|---:|---:|",
+            "Raw keep-alive HTTP/1.1 PATCHes, each flipping a flag (no two in flight on one flag). "
+            "Server CPU per write is user + system from /proc; the analysis is in "
+            "`write-profile.md`.",
+            "",
+            "| in flight | writes/s | p50 ms | p99 ms | load generator CPU | server CPU share "
+            "| server CPU ms/write |",
+            "|---:|---:|---:|---:|---:|---:|---:|",
         ]
         lines += [
             f"| {r['concurrency']} | {_f(r['writes_per_s'])} | {_f(r['p50_ms'], 2)} | "
-            f"{_f(r['p99_ms'], 2)} |"
+            f"{_f(r['p99_ms'], 2)} | {r.get('loadgen_cpu_share', '')} | "
+            f"{r.get('server_cpu_share', '')} | {r.get('server_cpu_ms_per_write', '')} |"
             for r in wp["rows"]
         ]
         lines.append("")
     soak = _load("soak")
     if soak:
+        wl = soak.get("write_latency") or {}
         lines += [
             f"## Soak (`{soak['command']}`, {soak['when']})",
             "",
             f"{soak['clients']:,} clients, {soak['minutes']} min, a change every "
             f"{int(soak['interval_s'] * 1000)} ms over {soak['flags']} flags, events: "
             f"{', '.join(f'{e[1]} at {e[0]} s' for e in soak['events'])}. "
-            f"{soak['writes_acknowledged']:,} changes acknowledged; clients with wrong flags: "
+            f"{soak['writes_acknowledged']:,} changes acknowledged"
+            + (
+                f" ({soak['changes_per_s']} per second of {1 / soak['interval_s']:g} asked; "
+                f"write p50 {wl['p50_ms']:.1f} ms, p99 {wl['p99_ms']:.1f} ms, "
+                f"max {wl['max_ms']:.1f} ms)"
+                if wl
+                else ""
+            )
+            + f"; clients with wrong flags: "
             f"{soak['clients_wrong']}, behind: {soak['clients_behind']}, out-of-order updates: "
             f"{soak['out_of_order']}, acknowledged but lost: {len(soak['acknowledged_but_lost'])}; "
             f"memory growth after warm-up {soak['rss_growth_after_warmup']:+.1%}. "
