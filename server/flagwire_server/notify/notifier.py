@@ -10,9 +10,8 @@ Why memory stays bounded: the reader takes new entries from Redis only while
 fewer than ``max_inflight`` deliveries are in progress in this process, and no
 more than there is room for (or one per stream); the rest wait in Redis.  A
 receiver that is slow or down holds at most that many deliveries (each waits
-for its retry in a sleeping task), and at most
-``max_requests`` requests are open at once.  Response bodies are read up to
-:data:`BODY_KEEP` bytes.
+for its retry in a sleeping task), and at most ``max_requests`` requests are
+open at once (``sender.py``, which reads at most 1 KiB of each answer).
 
 How it reads: one blocking ``XREADGROUP`` over every watched environment, on a
 connection of its own (the ``waiter``), so an event is read within
@@ -32,57 +31,28 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ipaddress
 import logging
 import random
 import time
-import urllib.parse
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Final
 
-import httpx
-
 from flagwire_server.background import stop_requested
-from flagwire_server.notify import events, retry, signature
+from flagwire_server.notify import events, retry
 from flagwire_server.notify.events import Event
-from flagwire_server.notify.hooks import is_private
+from flagwire_server.notify.sender import DeliveryPolicy, Sender
 from flagwire_server.store.types import NotFound, StoreError
 from flagwire_server.store.webhooks import Entry, Source, WebhookStore
 
-__all__ = ["BODY_KEEP", "DeliveryPolicy", "Notifier"]
+__all__ = ["DeliveryPolicy", "Notifier"]
 
 log = logging.getLogger("flagwire.webhooks")
 
-#: Bytes of a receiver's response body kept in the delivery log.
-BODY_KEEP: Final = 1024
 #: Events :meth:`Notifier.emit` holds before they reach Redis; past it they are dropped.
 EMIT_QUEUE: Final = 1000
-_USER_AGENT: Final = "flagwire-webhooks/1"
 #: Longest wait of one blocking read; a newly watched environment joins the next.
 _BLOCK_MS: Final = 1000
-
-
-@dataclass(frozen=True, slots=True)
-class DeliveryPolicy:
-    """How hard a delivery tries (``FLAGWIRE_WEBHOOK_*``, docs/webhooks.md)."""
-
-    #: Seconds one attempt may take (connect, send, first byte, body).
-    timeout: float = 10.0
-    #: Attempts per delivery, the first included.
-    attempts: int = 6
-    #: Nominal wait after the first failed attempt, doubled after each (seconds).
-    retry_base: float = 2.0
-    #: Longest nominal wait between two attempts (seconds).
-    retry_cap: float = 300.0
-    #: Whether receivers on loopback, private and link-local addresses are allowed.
-    allow_private: bool = True
-
-    @property
-    def longest_ms(self) -> int:
-        """An upper bound of one delivery's duration, from first attempt to giving up."""
-        waits = sum(min(self.retry_cap, self.retry_base * 2**i) for i in range(self.attempts - 1))
-        return int((self.attempts * (self.timeout + 1) + waits) * 1000)
 
 
 @dataclass(slots=True)
@@ -139,24 +109,17 @@ class Notifier:
         self.rng = rng
         #: Seconds an entry stays pending before another server delivers it again.
         self.reclaim_after = self.policy.longest_ms / 1000 + 30
-        self._requests = asyncio.Semaphore(max_requests)
+        self.sender = Sender(self.policy, max_requests)
         self._room = asyncio.Event()
         self._room.set()
         self._emitted: asyncio.Queue[tuple[str, dict[str, Any]]] = asyncio.Queue(EMIT_QUEUE)
         self._jobs: set[asyncio.Task[None]] = set()
         self._loops: list[asyncio.Task[None]] = []
-        self._http: httpx.AsyncClient | None = None
 
     # --- lifecycle --------------------------------------------------------------------
 
     def start(self) -> None:
-        t = self.policy.timeout
-        self._http = httpx.AsyncClient(
-            timeout=httpx.Timeout(t, connect=min(t, 5.0)),
-            follow_redirects=False,
-            trust_env=False,
-            headers={"User-Agent": _USER_AGENT},
-        )
+        self.sender.start()
         self._loops = [
             asyncio.create_task(self._read_loop(), name="webhooks-read"),
             asyncio.create_task(self._publish_loop(), name="webhooks-publish"),
@@ -169,8 +132,7 @@ class Notifier:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         self._loops = []
-        if self._http is not None:
-            await self._http.aclose()
+        await self.sender.aclose()
         if self.waiter is not None:
             with contextlib.suppress(Exception):
                 await self.waiter.redis.aclose()
@@ -332,27 +294,23 @@ class Notifier:
     async def _attempt(
         self, hook: dict[str, Any], event: Event, body: bytes, delivery: str, attempt: int
     ) -> str:
-        url = str(hook["url"])
-        status: int | None = None
-        error = ""
-        response = ""
-        started = time.perf_counter()
-        refused = await self._refused(url)
-        if refused:
-            error, verdict = refused, "final"
-        else:
-            try:
-                status, response = await self._post(hook, event, body, delivery, attempt)
-            except httpx.TimeoutException:
-                error = f"timed out after {self.policy.timeout:g} s"
-            except httpx.HTTPError as exc:
-                error = f"{type(exc).__name__}: {exc}"[:300]
-            verdict = retry.verdict(status)
-        duration_ms = round((time.perf_counter() - started) * 1000, 1)
-        if verdict == "delivered":
-            outcome = "delivered"
-        elif refused:
+        got = await self.sender.send(
+            str(hook["url"]),
+            str(hook["secret"]),
+            body,
+            {
+                "Flagwire-Event": event.type,
+                "Flagwire-Event-Id": event.id,
+                "Flagwire-Delivery": delivery,
+                "Flagwire-Delivery-Attempt": str(attempt),
+                "Flagwire-Webhook-Id": str(hook["id"]),
+            },
+        )
+        verdict = retry.verdict(got.status)
+        if got.refused:
             outcome = "refused"
+        elif verdict == "delivered":
+            outcome = "delivered"
         elif verdict == "retry" and attempt < self.policy.attempts:
             outcome = "retrying"
         else:
@@ -364,10 +322,10 @@ class Notifier:
             "event": event.type,
             "attempt": attempt,
             "at": events.iso_ms(int(time.time() * 1000)),
-            "status": status,
-            "duration_ms": duration_ms,
-            "response": response,
-            "error": error,
+            "status": got.status,
+            "duration_ms": got.duration_ms,
+            "response": got.response,
+            "error": got.error,
             "outcome": outcome,
             "by": self.owner,
         }
@@ -381,56 +339,9 @@ class Notifier:
                 hook["id"],
                 event.type,
                 outcome,
-                extra={"env": event.env, "status": status, "error": error, "attempt": attempt},
+                extra={"env": event.env, "status": got.status, "error": got.error},
             )
         return outcome
-
-    async def _post(
-        self, hook: dict[str, Any], event: Event, body: bytes, delivery: str, attempt: int
-    ) -> tuple[int, str]:
-        assert self._http is not None, "start() first"
-        headers = {
-            "Content-Type": "application/json",
-            "Flagwire-Event": event.type,
-            "Flagwire-Event-Id": event.id,
-            "Flagwire-Delivery": delivery,
-            "Flagwire-Delivery-Attempt": str(attempt),
-            "Flagwire-Webhook-Id": str(hook["id"]),
-            signature.HEADER: signature.sign(str(hook["secret"]), int(time.time()), body),
-        }
-        async with self._requests:
-            req = self._http.build_request("POST", str(hook["url"]), content=body, headers=headers)
-            resp = await self._http.send(req, stream=True)
-            try:
-                kept = bytearray()
-                async for chunk in resp.aiter_bytes():
-                    kept += chunk[: BODY_KEEP - len(kept)]
-                    if len(kept) >= BODY_KEEP:
-                        break
-            finally:
-                await resp.aclose()
-        return resp.status_code, kept.decode("utf-8", "replace")
-
-    async def _refused(self, url: str) -> str:
-        """Why ``url`` may not be called now (empty: it may), under ``allow_private=False``."""
-        if self.policy.allow_private:
-            return ""
-        host = urllib.parse.urlsplit(url).hostname or ""
-        if is_private(host):
-            return f"{host} is a private address (FLAGWIRE_WEBHOOK_ALLOW_PRIVATE=0)"
-        try:
-            infos = await asyncio.get_running_loop().getaddrinfo(host, None)
-        except OSError:
-            return ""  # the request fails to resolve it too, and is retried
-        for info in infos:
-            address = str(info[4][0]).partition("%")[0]
-            with contextlib.suppress(ValueError):
-                if is_private(str(ipaddress.ip_address(address))):
-                    return (
-                        f"{host} resolves to the private address {address} "
-                        "(FLAGWIRE_WEBHOOK_ALLOW_PRIVATE=0)"
-                    )
-        return ""
 
     def _count(self, env: str, outcome: str) -> None:
         if self.on_outcome is not None:
