@@ -1,12 +1,15 @@
-"""The process's budget for summaries: at most MAX_LOOP_SHARE of each second of the loop.
+"""The process's budgets for summaries: at most MAX_LOOP_SHARE of each second of the loop,
+and at most MAX_PENDING_HASHES context hashes held between flushes.
 
-No network: the server's own Insight, feed and connection objects, with a clock the
-test moves (the budget's only input besides the summaries themselves).  What the
+The server's own Insight, feed and connection objects with no socket; a clock the
+test moves for the loop budget, and a real Redis for the flush the hash cap triggers.  What the
 budget prevents, the loop held for seconds and every stream closed, is shown by
 ``python -m bench.insight --sockets`` (bench/results/insight.json).
 """
 
 from __future__ import annotations
+
+import time
 
 import redis.asyncio as aioredis
 
@@ -14,11 +17,12 @@ from flagwire.core.protocol import Identify, Summary
 from flagwire.core.reports import VariationStats
 from flagwire_server.config import Settings
 from flagwire_server.observability.metrics import Metrics
-from flagwire_server.store.insight import InsightStore
+from flagwire_server.store.insight import DAY_MS, InsightStore
 from flagwire_server.store.keyspace import Keyspace
 from flagwire_server.stream.conn import Conn
 from flagwire_server.stream.feed import EnvFeed
 from flagwire_server.stream.reports import LOOP_WINDOW, MAX_LOOP_SHARE, Insight
+from tests.support.polling import poll
 
 
 class Clock:
@@ -74,3 +78,49 @@ def test_summaries_past_the_loop_share_are_dropped_unread_until_the_second_ends(
     insight.receive(feed, conn, summary, 100)
     assert count("accepted") == 2
     assert insight._pending["e"]["f"].variations[0].reasons == {"FALLTHROUGH": 6}
+
+
+async def test_pending_context_hashes_are_capped_for_all_flags_and_the_cap_flushes_at_once(
+    redis_url: str, redis_prefix: str
+) -> None:
+    metrics = Metrics()
+    feed = EnvFeed("e", settings=Settings(), metrics=metrics, on_acks=lambda: None)
+    feed.mirror.load("x", 1, {k: {"key": k} for k in ("f", "g")}, {})
+    redis = aioredis.Redis.from_url(redis_url)
+    ks = Keyspace(redis_prefix)
+    insight = Insight(
+        InsightStore(redis, ks, retention_days=30),
+        metrics,
+        lambda: {"e": feed},
+        instance_id="t",
+        flush_interval=60,  # the test ends long before: only the cap can flush
+        max_series=10,
+        max_pending_hashes=100,
+    )
+    conn = Conn("k", None)
+    insight.receive(feed, conn, Identify("test", "1", "app"), 10)
+    await insight.start()
+    try:
+        sent: set[str] = set()
+        for i in range(5):  # 5 x 32 distinct hashes, over two flags, no await between
+            hashes = tuple(f"{i:08x}{j:08x}" for j in range(32))
+            key = "fg"[i % 2]
+            summary = Summary(0, 1, {key: {0: VariationStats({"FALLTHROUGH": 1}, hashes)}})
+            insight.receive(feed, conn, summary, 100)
+            if i < 4:  # the fifth arrives after the cap (128 >= 100): not counted
+                sent.update(hashes)
+        assert insight._hashes == 128
+
+        async def counted() -> int:
+            day = int(time.time() * 1000) // DAY_MS
+            keys = [ks.insight("e", f"u:{k}:{day}:0") for k in "fg"]
+            return int(await redis.pfcount(*keys))
+
+        await poll(lambda: counted(), within=10, what="the cap's flush, not the 60 s one")
+        assert abs(await counted() - len(sent)) <= 2  # HyperLogLog, small sets near exact
+        assert insight._hashes == 0
+    finally:
+        await insight.stop()
+        async for k in redis.scan_iter(match=f"{redis_prefix}:*"):
+            await redis.delete(k)
+        await redis.aclose()

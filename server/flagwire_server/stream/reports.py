@@ -49,6 +49,7 @@ if TYPE_CHECKING:
 __all__ = [
     "LOOP_WINDOW",
     "MAX_LOOP_SHARE",
+    "MAX_PENDING_HASHES",
     "SUMMARY_BURST",
     "SUMMARY_RATE",
     "ConnReport",
@@ -68,6 +69,10 @@ LOOP_WINDOW: Final = 1.0
 #: Hashed context keys kept per flag and variation between two flushes; more are not
 #: counted (distinct estimates undercount past this many new contexts per flush).
 MAX_PENDING_CONTEXTS: Final = 50_000
+#: ... and for all flags together (about 100 bytes each in memory, one PFADD argument at the
+#: flush).  Reaching it flushes at once; until that flush lands, more are not counted.  Why:
+#: the cap per flag alone let 50 busy flags x 2 variations hold 5 million (~500 MB).
+MAX_PENDING_HASHES: Final = 500_000
 
 
 class ConnReport:
@@ -94,6 +99,7 @@ class Insight:
         flush_interval: seconds between flushes.
         max_series: label sets of the per-flag counters before ``flag="_other"``.
         clock: seconds, for the loop-share budget (``time.perf_counter``; tests pass theirs).
+        max_pending_hashes: :data:`MAX_PENDING_HASHES` (tests pass a small one).
     """
 
     def __init__(
@@ -106,6 +112,7 @@ class Insight:
         flush_interval: float,
         max_series: int,
         clock: Callable[[], float] = time.perf_counter,
+        max_pending_hashes: int = MAX_PENDING_HASHES,
     ) -> None:
         self.store = store
         self.metrics = metrics
@@ -124,6 +131,9 @@ class Insight:
         self._window = clock()
         self._spent = 0.0
         self._admitted: float | None = None
+        self.max_pending_hashes = max_pending_hashes
+        self._hashes = 0  # hashed context keys in _pending, all flags together
+        self._wake = asyncio.Event()  # set: flush now, without waiting for the interval
 
     # --- from the endpoint (synchronous) ------------------------------------------------
 
@@ -192,8 +202,16 @@ class Insight:
                     vb.minutes[minute] = vb.minutes.get(minute, 0) + n
                 for reason, count in stats.reasons.items():
                     vb.reasons[reason] = vb.reasons.get(reason, 0) + count
-                if len(vb.contexts) < MAX_PENDING_CONTEXTS:
+                if (
+                    stats.contexts
+                    and len(vb.contexts) < MAX_PENDING_CONTEXTS
+                    and self._hashes < self.max_pending_hashes
+                ):
+                    before = len(vb.contexts)
                     vb.contexts.update(stats.contexts)
+                    self._hashes += len(vb.contexts) - before
+                    if self._hashes >= self.max_pending_hashes:
+                        self._wake.set()
                 for name, (count, total) in stats.events.items():
                     sq = stats.squares.get(name, 0.0)
                     pair = vb.events.get(name)
@@ -229,7 +247,9 @@ class Insight:
 
     async def _loop(self) -> None:
         while not stop_requested():
-            await asyncio.sleep(self.flush_interval)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), self.flush_interval)
+            self._wake.clear()
             try:
                 await self.flush()
             except (StoreUnavailable, OSError) as exc:
@@ -252,6 +272,7 @@ class Insight:
     async def flush(self) -> None:
         """Write the aggregates, refresh the inventory, push changed watch lists."""
         pending, self._pending = self._pending, {}
+        self._hashes = 0
         for env, flags in pending.items():
             self._count(env, flags)
             await self.store.write(env, flags)
