@@ -20,10 +20,13 @@ from flagwire import ClientStatus, FlagClient
 from flagwire.core.errors import ValidationError
 from flagwire_server.release.guards import Tally, event_reading, parse_guards, t_quantile
 from flagwire_server.release.plan import parse_stages
+from flagwire_server.store.keyspace import Keyspace
+from flagwire_server.store.plans import PlanStore
 from tests.support.builders import flag
 from tests.support.inprocess import InProcessServer
 from tests.support.polling import poll
 from tests.support.server import _cleanup_prefix
+from tests.support.stores import open_store
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -327,3 +330,20 @@ async def test_a_slower_new_variation_pauses_the_plan_by_welchs_t_test(
     # Paused, not rolled back: the flag still serves the stage (30% new).
     doc = await _api(server, "GET", f"{base}/flags/search")
     assert doc["fallthrough"]["rollout"]["variations"][0] == {"variation": 0, "weight": 30000}
+
+
+async def test_one_reading_per_period_for_the_whole_fleet(
+    redis_url: str, redis_prefix: str
+) -> None:
+    """Every server checks every plan's guards; only the first in each period keeps a reading."""
+    async with open_store(redis_url, redis_prefix) as store:
+        ks = Keyspace(redis_prefix)
+        a, b = PlanStore(store.redis, ks), PlanStore(store.redis, ks)  # two servers
+        assert await a.reading_due("production", "rp_1", 300) is True
+        assert await b.reading_due("production", "rp_1", 300) is False
+        assert await b.reading_due("production", "rp_2", 300) is True  # per plan
+
+        async def due_again() -> bool:
+            return await b.reading_due("production", "rp_1", 300)
+
+        await poll(due_again, within=5, what="the next period")

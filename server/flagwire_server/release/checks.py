@@ -3,10 +3,11 @@
 The runner (``release/runner.py``) asks :meth:`GuardChecks.breached` on every
 tick for each running plan; this module reads Prometheus or the fleet-insight
 counts, judges them with the pure functions of ``release/guards.py`` and
-``release/prometheus.py``, and appends a reading per guard (at most one a
-second per plan on this server) for the console's chart.  It never writes the
-flag: a breach is returned, and the runner rolls back or pauses under the
-plan's lock.
+``release/prometheus.py``, and keeps a reading per guard for the console's
+chart: one per plan every :data:`READING_EVERY` seconds on the whole fleet
+(the first server to check in each period keeps it), and every breach.  It
+never writes the flag: a breach is returned, and the runner rolls back or
+pauses under the plan's lock.
 
 A guard's data that cannot be read (Prometheus down, Redis slow) is logged and
 counted as ``error``, not as a breach: an outage of the monitoring must not
@@ -32,8 +33,9 @@ __all__ = ["GuardChecks", "active_guards", "has_event_guards"]
 
 log = logging.getLogger("flagwire.releases")
 
-#: Seconds between two readings of one plan kept by one server.
-READING_EVERY: Final = 1.0
+#: Seconds between two readings of one plan kept, fleet-wide (with ``MAX_READINGS`` of
+#: ``store/plans.py``: the last 4 hours and 10 minutes of a plan's guards).
+READING_EVERY: Final = 5.0
 
 
 def active_guards(plan: dict[str, Any]) -> list[tuple[dict[str, Any], str]]:
@@ -87,7 +89,6 @@ class GuardChecks:
         self.on_guard = on_guard
         self.clock = clock
         self._http = httpx.AsyncClient(timeout=2.0)
-        self._last_reading: dict[str, float] = {}
 
     async def aclose(self) -> None:
         await self._http.aclose()
@@ -117,9 +118,11 @@ class GuardChecks:
         if not guards:
             return None
         now = self.clock()
-        keep = now - self._last_reading.get(plan["id"], 0.0) >= READING_EVERY
-        if keep:
-            self._last_reading[plan["id"]] = now
+        # One server of the fleet keeps the reading of each period (the others only judge).
+        try:
+            keep = await self.plans.reading_due(env, plan["id"], int(READING_EVERY * 1000))
+        except StoreError:
+            keep = False
         counts: dict[int, dict[str, dict[str, Any]]] = {}  # by the baseline's day
         for guard, base_key in guards:
             entry: dict[str, Any] = {

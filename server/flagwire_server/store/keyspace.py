@@ -110,6 +110,10 @@ class Keyspace:
         """LIST of a plan's guard readings (JSON), oldest first, capped (the console's chart)."""
         return self.env(env, f"plans:readings:{plan_id}")
 
+    def plan_reading_tick(self, env: str, plan_id: str) -> str:
+        """STRING with a TTL: a guard reading of the plan was kept in this period."""
+        return self.env(env, f"plans:readtick:{plan_id}")
+
     def plan_templates(self, env: str) -> str:
         """HASH name -> stages (JSON) of the environment's own release templates."""
         return self.env(env, "plans:templates")
@@ -233,6 +237,7 @@ class Keyspace:
             self.plans_active(env),
             self.plan_lock(env, sample),
             self.plan_readings(env, sample),
+            self.plan_reading_tick(env, sample),
             self.plan_templates(env),
             self.webhooks(env),
             self.webhook_events(env),

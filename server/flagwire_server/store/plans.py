@@ -21,8 +21,8 @@ from flagwire_server.store.types import Conflict, NotFound, _loads, _script, _tr
 
 __all__ = ["MAX_READINGS", "PlanStore"]
 
-#: Guard readings kept per plan (one a second per server while a guard runs).
-MAX_READINGS: Final = 2000
+#: Guard readings kept per plan (about 120 bytes each).
+MAX_READINGS: Final = 3000
 
 
 class PlanStore:
@@ -112,6 +112,12 @@ class PlanStore:
             pipe.rpush(key, orjson.dumps(reading))
             pipe.ltrim(key, -MAX_READINGS, -1)
             await pipe.execute()
+
+    @_translated
+    async def reading_due(self, env: str, plan_id: str, every_ms: int) -> bool:
+        """True for the first caller of the fleet in each ``every_ms`` (``SET NX PX``)."""
+        key = self.keyspace.plan_reading_tick(env, plan_id)
+        return bool(await self.redis.set(key, "1", nx=True, px=every_ms))
 
     @_translated
     async def readings(self, env: str, plan_id: str) -> list[dict[str, Any]]:
