@@ -143,7 +143,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             vb = VariationBatch()
             vb.minutes = {minute0 + m: rng.randint(1000, 5000) for m in range(1440)}
             vb.reasons = {"FALLTHROUGH": 10**7, "RULE_MATCH": 10**5}
-            vb.events = {"error": [1000, 0.0], "latency-ms": [10**6, 4.2e7]}
+            vb.events = {"error": [1000, 0.0, 0.0], "latency-ms": [10**6, 4.2e7, 2.1e9]}
             batch.variations[v] = vb
         await store.write(ENV, {"probe": batch})
         for v in (0, 1):  # the HyperLogLogs, filled in chunks
@@ -240,7 +240,10 @@ def main() -> int:
         print(f"wrote {out}")
         return 0
     result = asyncio.run(run(args))
-    out.write_text(json.dumps(result, indent=2) + "\n")
+    # Keep the --sockets figures of an earlier run (under their labels) beside these.
+    previous = json.loads(out.read_text()) if out.exists() else {}
+    kept = {k: v for k, v in previous.items() if k.startswith("sockets")}
+    out.write_text(json.dumps({**result, **kept}, indent=2) + "\n")
     print(f"wrote {out}")
     return 0
 
