@@ -24,6 +24,7 @@ import orjson
 import pytest
 from starlette.applications import Starlette
 
+from flagwire_server.notify import events
 from flagwire_server.notify.notifier import DeliveryPolicy, Notifier
 from flagwire_server.notify.signature import SignatureError, verify
 from tests.support.builders import flag
@@ -375,3 +376,20 @@ async def test_release_plan_events_are_sent(redis_url: str, prefix: str) -> None
         assert rolled["data"]["plan"]["status"] == "rolled_back"
         assert rolled["data"]["event"]["what"] == "rolled back"
         assert not payloads(rec.requests, "flag.changed")  # not subscribed
+
+
+async def test_events_still_queued_at_shutdown_are_written_to_redis(
+    redis_url: str, prefix: str
+) -> None:
+    """What the release layer emitted just before a stop is left for another server."""
+    async with asgi_app(redis_url, prefix, env=FAST) as (app, http):
+        await add_hook(http, "https://example.com/in", ["schedule.executed"])
+        services = app.state.services
+        notifier = services.notifier
+        await notifier.stop()  # the loops end: nothing publishes from now on
+        record = {"id": "sch_queued", "status": "applied", "flag": "f"}
+        notifier.emit("production", events.schedule_event(record, int(time.time() * 1000)))
+        await notifier.stop()  # a server's shutdown: the queue is written first
+        stream = services.keyspace.webhook_events("production")
+        (entry,) = await services.webhooks.redis.xrange(stream)
+        assert orjson.loads(entry[1][b"event"])["data"]["change"]["id"] == "sch_queued"

@@ -51,6 +51,8 @@ log = logging.getLogger("flagwire.webhooks")
 
 #: Events :meth:`Notifier.emit` holds before they reach Redis; past it they are dropped.
 EMIT_QUEUE: Final = 1000
+#: Seconds :meth:`Notifier.stop` spends writing the events still queued to Redis.
+DRAIN_S: Final = 1.0
 #: Longest wait of one blocking read; a newly watched environment joins the next.
 _BLOCK_MS: Final = 1000
 
@@ -126,12 +128,18 @@ class Notifier:
         ]
 
     async def stop(self) -> None:
-        """Stop reading and cancel deliveries in progress (their entries stay pending)."""
+        """Stop reading and cancel deliveries in progress (their entries stay pending).
+
+        Schedule and plan events still queued are written to Redis first, for up
+        to :data:`DRAIN_S` seconds, so another server delivers them.
+        """
         tasks = [*self._loops, *self._jobs]
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         self._loops = []
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._drain(), DRAIN_S)
         await self.sender.aclose()
         if self.waiter is not None:
             with contextlib.suppress(Exception):
@@ -163,12 +171,18 @@ class Notifier:
 
     async def _publish_loop(self) -> None:
         while not stop_requested():
-            env, event = await self._emitted.get()
-            try:
-                await self.store.publish(env, event)
-            except StoreError as exc:
-                self._count(env, "dropped")
-                log.warning("webhooks: could not store a %s event: %s", event.get("type"), exc)
+            await self._publish(*await self._emitted.get())
+
+    async def _publish(self, env: str, event: dict[str, Any]) -> None:
+        try:
+            await self.store.publish(env, event)
+        except StoreError as exc:
+            self._count(env, "dropped")
+            log.warning("webhooks: could not store a %s event: %s", event.get("type"), exc)
+
+    async def _drain(self) -> None:
+        while not self._emitted.empty():
+            await self._publish(*self._emitted.get_nowait())
 
     # --- reading ------------------------------------------------------------------------
 
