@@ -22,7 +22,7 @@ import json
 from pathlib import Path
 from typing import Any, Final
 
-from flagwire.core import model
+from flagwire.core import _check_rules, model
 from flagwire.core.limits import KEY_PATTERN, LIMITS, WEIGHT_TOTAL
 from flagwire.core.operators import (
     _RFC3339_RE,
@@ -105,7 +105,7 @@ def _values_of(op_group: tuple[str, ...], items: _S) -> _S:
 def _clause(*, segment: bool) -> _S:
     ops = [op for op in OPERATORS if not (segment and op == "segment_match")]
     schema = _closed(
-        model._CLAUSE_FIELDS,
+        _check_rules.CLAUSE_FIELDS,
         {
             "attribute": _text(
                 LIMITS.max_name_length,
@@ -143,7 +143,7 @@ _LD_ONLY: Final = 'only with "semantics": "launchdarkly" (imported flags)'
 
 def _rollout() -> _S:
     slot = _closed(
-        model._WEIGHTED_FIELDS,
+        _check_rules.WEIGHTED_FIELDS,
         {
             "variation": _INDEX,
             "weight": {
@@ -156,7 +156,7 @@ def _rollout() -> _S:
         ("variation", "weight"),
     )
     return _closed(
-        model._LD_ROLLOUT_FIELDS,  # the larger set: the schema is looser, never stricter
+        _check_rules.LD_ROLLOUT_FIELDS,  # the larger set: the schema is looser, never stricter
         {
             "variations": _array(slot, LIMITS.max_variations, min_items=1),
             "bucket_by": _text(
@@ -197,7 +197,7 @@ def _common(what: str) -> _S:
 def flag_schema() -> _S:
     """The JSON Schema (2020-12) of a flag document."""
     rule = _closed(
-        model._RULE_FIELDS,
+        _check_rules.RULE_FIELDS,
         {
             "id": _text(LIMITS.max_name_length, empty=False),
             "description": _text(LIMITS.max_description_length),
@@ -208,7 +208,7 @@ def flag_schema() -> _S:
         ("clauses",),
     )
     rule.update(_serves())
-    fallthrough = _closed(model._SERVE_FIELDS, {"variation": _INDEX, "rollout": _rollout()})
+    fallthrough = _closed(_check_rules.SERVE_FIELDS, {"variation": _INDEX, "rollout": _rollout()})
     fallthrough.update(_serves())
     target = _closed(
         model._TARGET_FIELDS,
@@ -259,7 +259,7 @@ def flag_schema() -> _S:
 def segment_schema() -> _S:
     """The JSON Schema (2020-12) of a segment document."""
     rule = _closed(
-        model._LD_SEGMENT_RULE_FIELDS,  # the larger set: the schema is looser, never stricter
+        _check_rules.LD_SEGMENT_RULE_FIELDS,  # the larger set: the schema is looser, never stricter
         {
             "id": _text(LIMITS.max_name_length, empty=False),
             "description": _text(LIMITS.max_description_length),
