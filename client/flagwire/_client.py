@@ -6,6 +6,15 @@ The client holds one attribute, ``_snapshot``, pointing at an immutable
 each change.  Replacing an attribute is atomic in Python, so evaluations on
 any thread see either the old snapshot or the new one, never a mix, and need
 no lock.
+
+Why one module of about 690 lines (issue 11): it is one class, the client's
+whole public surface (evaluation, status and its listeners, change
+listeners, lifecycle), and much of it is the docstrings of that API.  What is
+not public surface already lives in modules of its own: the I/O loop
+(``_connection.py``), listener plumbing (``_changes.py``), persistence,
+backoff, fleet insight, and the stream's rules (``core/subscription.py``).
+Spreading ``FlagClient``'s methods over modules would scatter its documented
+API without separating a concept.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Clause and segment compilation: per-operator tests built once, run per call.
+"""Clause compilation: per-operator tests built once, run per call (segments: ``_segments``).
 
 Every clause becomes a callable ``clause(context, env) -> bool``.  Values
 are prepared here once (frozensets for ``in``, a tuple for ``starts_with`` so
@@ -21,10 +21,7 @@ import functools
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, Final, Protocol
 
-from flagwire.core.bucketing import launchdarkly_bucket
-from flagwire.core.errors import ValidationError
-from flagwire.core.limits import MAX_STRING_ATTRIBUTE, WEIGHT_TOTAL
-from flagwire.core.model import LAUNCHDARKLY, semantics_of, validate_segment
+from flagwire.core.limits import MAX_STRING_ATTRIBUTE
 from flagwire.core.operators import (
     NUMBER_OPS,
     compile_matcher,
@@ -45,7 +42,6 @@ __all__ = [
     "Env",
     "MalformedError",
     "compile_clause",
-    "compile_segment",
     "fast_parts",
     "match_all",
 ]
@@ -346,79 +342,3 @@ def _doubles(op: str) -> Callable[[list[Any]], Test]:
 
 
 _DOUBLE_TESTS: Final = {op: _doubles(op) for op in NUMBER_OPS}
-
-
-# --- segments --------------------------------------------------------------
-
-
-def compile_segment(doc: Any) -> CompiledSegment:
-    """Validate and compile a segment: ``seg(ctx, env)`` says whether ctx is a member.
-
-    A segment that fails validation raises :class:`MalformedError` when a
-    flag consults it, so that flag answers MALFORMED_FLAG rather than
-    silently treating everyone as outside.
-    """
-    try:
-        d = validate_segment(doc)
-    except ValidationError as exc:
-        why = str(exc)
-
-        def malformed(ctx: Mapping[str, Any], env: Env) -> bool:
-            raise MalformedError(why)
-
-        return malformed
-    excluded = frozenset(d["excluded"])
-    included = frozenset(d["included"])
-    if semantics_of(d) == LAUNCHDARKLY:
-        return _launchdarkly_segment(d, included, excluded)
-    rules = tuple(match_all(tuple(compile_clause(c) for c in r["clauses"])) for r in d["rules"])
-
-    def member(ctx: Mapping[str, Any], env: Env) -> bool:
-        ckey = ctx.get("key")
-        if ckey in excluded:
-            return False
-        if ckey in included:
-            return True
-        for match in rules:  # noqa: SIM110 - a loop beats any(<genexpr>) on CPython
-            if match(ctx, env):
-                return True
-        return False
-
-    return member
-
-
-def _launchdarkly_segment(
-    d: dict[str, Any], included: frozenset[str], excluded: frozenset[str]
-) -> CompiledSegment:
-    """A segment with LaunchDarkly's rules: included wins over excluded; weighted rules.
-
-    A rule with a ``weight`` holds only the contexts whose LaunchDarkly bucket
-    (``salt.value`` of its ``bucket_by``, default the key) is below
-    ``weight / 100000``.
-    """
-    prefix: str = d.get("salt", d["key"])
-    rules = tuple(
-        (
-            match_all(tuple(compile_clause(c, doubles=True) for c in r["clauses"])),
-            r.get("weight"),
-            r.get("bucket_by", "key"),
-        )
-        for r in d["rules"]
-    )
-
-    def member(ctx: Mapping[str, Any], env: Env) -> bool:
-        ckey = ctx.get("key")
-        if ckey in included:
-            return True
-        if ckey in excluded:
-            return False
-        for match, weight, by in rules:
-            if match(ctx, env):
-                if weight is None:
-                    return True
-                value = ckey if by == "key" else ctx.get(by)
-                if launchdarkly_bucket(prefix, value) < weight / WEIGHT_TOTAL:
-                    return True
-        return False
-
-    return member

@@ -28,8 +28,6 @@ that shape, which also keeps loading ten thousand flags fast.
 from __future__ import annotations
 
 import functools
-import hashlib
-import struct
 from bisect import bisect_right
 from collections.abc import Callable, Mapping
 from typing import Any, Final
@@ -45,10 +43,10 @@ from flagwire.core._clauses import (
     match_all,
 )
 from flagwire.core._intern import shared
-from flagwire.core.bucketing import LD_SCALE, bucket_text, launchdarkly_bucket_text
+from flagwire.core._serve import Q, rollout_parts, serve_parts
 from flagwire.core.detail import EvaluationDetail, Reason
 from flagwire.core.errors import ValidationError
-from flagwire.core.limits import BUCKETS, WEIGHT_TOTAL
+from flagwire.core.limits import BUCKETS
 from flagwire.core.model import LAUNCHDARKLY, semantics_of, validate_flag
 from flagwire.core.operators import is_number
 
@@ -61,7 +59,6 @@ __all__ = [
 ]
 
 Runner = Callable[[Mapping[str, Any], str, Env, tuple[str, ...]], EvaluationDetail]
-Picker = Callable[[Mapping[str, Any], str], EvaluationDetail]
 
 
 class CycleError(Exception):
@@ -185,7 +182,7 @@ def _compile_valid_flag(d: dict[str, Any]) -> CompiledFlag:
         table = tuple(
             (
                 match_all(tuple(compile_clause(c, doubles=ld) for c in r["clauses"])),
-                *_serve_parts(r, d["salt"], variations, Reason.RULE_MATCH, i, r.get("id"), ld),
+                *serve_parts(r, d["salt"], variations, Reason.RULE_MATCH, i, r.get("id"), ld),
             )
             for i, r in enumerate(d["rules"])
         )
@@ -221,70 +218,8 @@ def _prerequisite_check(
     return failed
 
 
-_Q: Final = struct.Struct(">Q").unpack_from
-
 #: Flags with more clauses than this run their rules as a loop (see above).
 _INLINE_CLAUSES: Final = 128
-
-
-def _serve_parts(
-    obj: dict[str, Any],
-    salt: str,
-    variations: list[Any],
-    reason: Reason,
-    index: int | None,
-    rule_id: str | None,
-    ld: bool = False,
-) -> tuple[EvaluationDetail, Picker | None]:
-    """What a rule or the fallthrough serves: a prebuilt detail, or a rollout picker.
-
-    For a rollout the detail is just its first slot's, so the pair has one shape.
-    """
-    if "variation" in obj:
-        v = obj["variation"]
-        return _detail(variations, v, reason, index, rule_id), None
-    if ld:
-        roll = obj["rollout"]
-        details = tuple(
-            _detail(variations, slot["variation"], reason, index, rule_id)
-            for slot in roll["variations"]
-        )
-        prefix = str(roll["seed"]) if "seed" in roll else salt
-        return details[0], _launchdarkly_picker(prefix, roll["bucket_by"], roll, details)
-    base, cum, details = _rollout_parts(obj["rollout"], salt, variations, reason, index, rule_id)
-    return details[0], _picker(base, obj["rollout"]["bucket_by"], cum, details)
-
-
-def _detail(
-    variations: list[Any], v: int, reason: Reason, index: int | None, rule_id: str | None
-) -> EvaluationDetail:
-    if index is None:
-        return EvaluationDetail(variations[v], v, reason)
-    return EvaluationDetail(variations[v], v, reason, rule_index=index, rule_id=rule_id)
-
-
-def _rollout_parts(
-    roll: dict[str, Any],
-    salt: str,
-    variations: list[Any],
-    reason: Reason,
-    index: int | None,
-    rule_id: str | None,
-) -> tuple[Any, tuple[int, ...], tuple[EvaluationDetail, ...]]:
-    """The salted hash state, the running totals of the weights and a detail per slot.
-
-    A bucket below ``cum[i]`` (and not below ``cum[i-1]``) gets slot ``i``.
-    """
-    base = hashlib.sha1(f"{salt}.".encode("utf-8", "surrogatepass"), usedforsecurity=False)
-    cumulative, total = [], 0
-    for slot in roll["variations"]:
-        total += slot["weight"]
-        cumulative.append(total)
-    details = tuple(
-        _detail(variations, slot["variation"], reason, index, rule_id)
-        for slot in roll["variations"]
-    )
-    return base, tuple(cumulative), details
 
 
 class _Generator:
@@ -330,14 +265,14 @@ class _Generator:
         indent: int,
     ) -> None:
         if self.ld or "variation" in obj or obj["rollout"]["bucket_by"] != "key":
-            fixed, pick = _serve_parts(obj, salt, variations, reason, index, rule_id, self.ld)
+            fixed, pick = serve_parts(obj, salt, variations, reason, index, rule_id, self.ld)
             if pick is None:
                 self.line(f"return {self.bind(fixed)}", indent)
             else:
                 self.line(f"return {self.bind(pick)}(ctx, ckey)", indent)
             return
         # Bucketing by the context key (the usual case) is inlined: see _bucketing.
-        base, cumulative, details = _rollout_parts(
+        base, cumulative, details = rollout_parts(
             obj["rollout"], salt, variations, reason, index, rule_id
         )
         self.line(f"h = {self.bind(base.copy)}()", indent)
@@ -369,58 +304,7 @@ class _Generator:
 @functools.lru_cache(maxsize=512)
 def _factory(source: str) -> Callable[..., Runner]:
     """Compile the source of one flag shape; shared by every flag of that shape."""
-    namespace: dict[str, Any] = {"bisect_right": bisect_right, "Q": _Q, **FAST_GLOBALS}
+    namespace: dict[str, Any] = {"bisect_right": bisect_right, "Q": Q, **FAST_GLOBALS}
     exec(compile(source, "<flagwire flag>", "exec"), namespace)
     factory: Callable[..., Runner] = namespace["factory"]
     return factory
-
-
-def _picker(
-    base: Any, by: str, cum: tuple[int, ...], details: tuple[EvaluationDetail, ...]
-) -> Picker:
-    """A rollout bucketing by attribute ``by``; an unusable value falls back to the key."""
-    copy = base.copy
-    attr = None if by == "key" else by
-
-    def pick(ctx: Mapping[str, Any], ckey: str) -> EvaluationDetail:
-        found = None if attr is None else bucket_text(ctx.get(attr))
-        text = ckey if found is None else found
-        h = copy()
-        h.update(text.encode("utf-8", "surrogatepass"))
-        return details[bisect_right(cum, _Q(h.digest())[0] % BUCKETS)]
-
-    return pick
-
-
-def _launchdarkly_picker(
-    prefix: str, by: str, roll: dict[str, Any], details: tuple[EvaluationDetail, ...]
-) -> Picker:
-    """A rollout assigning as LaunchDarkly does (``bucketing.launchdarkly_bucket``, inlined).
-
-    The running totals are summed in doubles in slot order, as LaunchDarkly
-    sums them, so a boundary lands on the same double; a bucket past the last
-    total (weights summing under 100%, or rounding) gets the last slot.
-    """
-    cum: list[float] = []
-    total = 0.0
-    for slot in roll["variations"]:
-        total += slot["weight"] / WEIGHT_TOTAL
-        cum.append(total)
-    bounds, last, count = tuple(cum), details[-1], len(details)
-    # The prefix is hashed once; each call continues from a copy of that state.
-    copy = hashlib.sha1(f"{prefix}.".encode("utf-8", "surrogatepass"), usedforsecurity=False).copy
-    attr = None if by == "key" else by
-
-    def pick(ctx: Mapping[str, Any], ckey: str) -> EvaluationDetail:
-        value = ckey if attr is None else ctx.get(attr)
-        if value.__class__ is not str:
-            value = launchdarkly_bucket_text(value)
-            if value is None:  # bucket 0.0: the first slot with a positive weight
-                i = bisect_right(bounds, 0.0)
-                return details[i] if i < count else last
-        h = copy()
-        h.update(value.encode("utf-8", "surrogatepass"))
-        i = bisect_right(bounds, (_Q(h.digest())[0] >> 4) / LD_SCALE)
-        return details[i] if i < count else last
-
-    return pick

@@ -23,9 +23,10 @@ from collections.abc import Iterator, Mapping
 from types import MappingProxyType
 from typing import Any, Final
 
-from flagwire.core._clauses import CompiledSegment, MalformedError, compile_segment
+from flagwire.core._clauses import MalformedError
 from flagwire.core._compile import USE_DEFAULT, CycleError
 from flagwire.core._flags import Entries, FlagDocs, FlagEntry, derive, entries_of
+from flagwire.core._segments import CompiledSegment, compile_segment
 from flagwire.core.detail import ErrorKind, EvaluationDetail, Reason
 from flagwire.core.errors import ValidationError
 from flagwire.core.limits import KEY_RE, LIMITS
