@@ -69,13 +69,14 @@ def diff(old: Snapshot | None, new: Snapshot) -> list[FlagChange]:
     # Flags are compared by their JSON first: documents are decoded only when it differs.
     before = entries_of(old.flags) if old else {}
     after = entries_of(new.flags)
+    version = new.version
     for key in sorted(before.keys() | after.keys()):
         a, b = before.get(key), after.get(key)
         if a is not None and b is not None and a.same_as(b):
             continue
-        old_version = None if a is None else _or(a.version, new.version - 1)
-        new_version = None if b is None else _or(b.version, new.version)
-        changes.append(FlagChange(key, old_version, new_version, "flag", new.version))
+        old_version = None if a is None else _or(a.version, version - 1)
+        new_version = None if b is None else _or(b.version, version)
+        changes.append(FlagChange(key, old_version, new_version, "flag", version))
     seg_before: Mapping[str, Any] = old.segments if old else {}
     seg_after = new.segments
     for key in sorted(seg_before.keys() | seg_after.keys()):
