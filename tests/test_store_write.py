@@ -8,6 +8,7 @@ remembers, a write of the other must never be built upon an old copy.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -16,6 +17,8 @@ import redis.asyncio as aioredis
 
 from flagwire_server.store.doccache import DocCache
 from flagwire_server.store.documents import Conflict, NotFound, Store
+from tests.support.polling import poll
+from tests.support.proxy import FaultProxy
 from tests.support.redisproc import RedisProcess
 from tests.support.stores import open_store
 
@@ -126,6 +129,43 @@ async def test_one_round_trip_per_write_once_the_document_is_known(
     finally:
         await client.aclose()
         await watcher.aclose()
+
+
+async def test_writes_to_different_flags_do_not_wait_for_each_other(
+    private_redis: RedisProcess,
+) -> None:
+    async with FaultProxy("127.0.0.1", private_redis.port) as proxy:
+        client = aioredis.Redis.from_url(f"redis://127.0.0.1:{proxy.port}/0")
+        writes: list[asyncio.Task[Any]] = []
+        try:
+            store = Store(client, "fw")
+            await store.create_env(ENV)
+            for key in ("a", "b"):
+                await store.put(ENV, "flag", flag(key), actor="t")
+            assert proxy.accepted == 1  # one write at a time: one pooled connection
+            proxy.pause()  # every command now waits in the proxy, unanswered
+            writes += [
+                asyncio.create_task(store.patch(ENV, "flag", k, {"on": on}, actor="t"))
+                for k, on in (("a", True), ("b", True), ("a", False))
+            ]
+            # The write to b is sent while the first write to a is still unanswered: it took
+            # a second connection instead of waiting (a lock over all writes would hold it).
+            await poll(lambda: proxy.accepted == 2, 10, "the write to b in flight beside a's")
+            assert not any(w.done() for w in writes)
+            proxy.resume()
+            a1, b, a2 = await asyncio.gather(*writes)
+            # The two writes to a were serialised: both applied, one after the other.
+            assert (a1.version, a2.version, b.version) == (2, 3, 2)
+            assert a2.previous is not None
+            assert a2.previous["on"] is True
+            state = await store.load_env(ENV)
+            assert state.flags["a"]["on"] is False
+        finally:
+            proxy.resume()
+            for w in writes:
+                w.cancel()
+            await asyncio.gather(*writes, return_exceptions=True)
+            await client.aclose()
 
 
 def test_the_cache_is_bounded_in_bytes() -> None:
