@@ -156,6 +156,13 @@ def test_stream_survives_random_frames(fuzz_target: tuple[ServerProcess, str]) -
     @given(_frame)
     @example(("not json", False))
     @example(('{"type":"ack","version":1}', False))
+    # The endpoint's ack fast path must answer exactly as the decoder does:
+    @example(('{"type":"ack","version":0}', True))
+    @example(('{"type":"ack","version":01}', False))
+    @example(('{"type":"ack","version":}', False))
+    @example(('{"type":"ack","version":1a}', True))
+    @example(('{"type":"ack","version":123456789012345678}', False))
+    @example(('{"type":"ack","version":99999999999999999999}', False))
     @example(('{"type":"resync"}', True))
     @example(("x" * (MAX_CLIENT_FRAME + 1), False))
     @example((b"\xff\xfe\x00garbage", False))

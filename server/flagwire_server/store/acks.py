@@ -96,6 +96,15 @@ class AckBook:
 
     def acked(self, above: int, upto: int, now_ms: float) -> list[float]:
         """A connection acknowledged ``(above, upto]``; returns the latencies in seconds."""
+        if upto == above + 1:  # the usual ack: the one change just sent (once per client)
+            tally = self.tallies.get(upto)
+            if tally is None:
+                return []
+            lat = max(0, int((now_ms - tally.t_ms) * 1000))
+            tally.acked += 1
+            tally.lat_us.append(lat)
+            self.dirty.add(upto)
+            return [lat / 1e6]
         out: list[float] = []
         for v in self._versions(above, upto):
             tally = self.tallies[v]
