@@ -28,6 +28,7 @@ METHODS = {
     "shutdown": ["self"],
     "stop_keepalive": ["self"],
     "send": ["self", "message"],
+    "connection_made": ["self", "transport"],
 }
 #: Instance state the fence reads or writes.
 ATTRIBUTES = (
@@ -132,3 +133,30 @@ def test_only_the_fence_touches_the_internals() -> None:
         text = path.read_text()
         for needle in ("._send", ".close_sent", "proto.transport", "proto.conn", "proto.queue"):
             assert needle not in text, f"{path.name} touches {needle}: go through uvicorn_fence"
+
+
+async def test_stream_transports_read_in_chunks_the_heap_can_serve() -> None:
+    """Each asyncio read allocates ``max_size`` bytes: above the pinned mmap threshold
+    that was an mmap, two page faults and an munmap per client ack (18-24 us, not 2)."""
+    import asyncio
+    import socket
+    from asyncio import selector_events
+
+    from flagwire_server.cli.serve import WS_PROTOCOL
+    from flagwire_server.process import MMAP_THRESHOLD
+    from flagwire_server.stream.uvicorn_fence import READ_SIZE
+
+    reads = inspect.getsource(selector_events._SelectorSocketTransport._read_ready__data_received)
+    assert "self._sock.recv(self.max_size)" in reads, (
+        "asyncio's selector transport no longer reads self.max_size bytes per recv(): "
+        "FlagwireWebSocketProtocol.connection_made shadows that attribute (fence item 5)"
+    )
+    assert READ_SIZE < MMAP_THRESHOLD
+    ours, theirs = socket.socketpair()
+    proto = _protocol(WS_PROTOCOL)
+    transport, _ = await asyncio.get_running_loop().connect_accepted_socket(lambda: proto, ours)
+    try:
+        assert transport.max_size == READ_SIZE  # type: ignore[attr-defined]
+    finally:
+        transport.abort()
+        theirs.close()
