@@ -11,7 +11,15 @@ from typing import Any
 
 from bench._harness import print_table
 
-__all__ = ["CPU_TARGET", "TARGETS", "chart", "print_report", "summary_line", "verdicts"]
+__all__ = [
+    "CPU_TARGET",
+    "TARGETS",
+    "activities",
+    "chart",
+    "print_report",
+    "summary_line",
+    "verdicts",
+]
 
 
 def chart(rows: list[dict[str, Any]], path: Path) -> None:
@@ -157,3 +165,63 @@ def summary_line(r: dict[str, Any]) -> str:
             f"  ({r['seconds']} s)"
         )
     return f"stalled: {r['all_reading']['p99_ms']:.2f} → {r['with_stalled']['p99_ms']:.2f} ms p99"
+
+
+#: What a flagwire server does during a propagation run, by the frame a sample is under
+#: (the first match from the top of this list wins; names as py-spy reports them).
+_ACTIVITIES: list[tuple[str, tuple[str, ...]]] = [
+    ("fan-out: writing the change to every stream (send syscalls)", ("EnvFeed.broadcast",)),
+    (
+        "keepalive pings and pongs (uvicorn, every heartbeat)",
+        (
+            "WebSocketsSansIOProtocol.send_keepalive_ping",
+            "WebSocketsSansIOProtocol.handle_pong",
+            "WebSocketsSansIOProtocol.schedule_ping",
+        ),
+    ),
+    ("acks: flagwire's handling (rate limit, parse, tally, metric)", ("_handle",)),
+    (
+        "acks: WebSocket frame parsing (uvicorn + websockets)",
+        ("WebSocketsSansIOProtocol.data_received",),
+    ),
+    (
+        "acks: socket reads (recv syscalls) and event-loop dispatch",
+        ("_SelectorSocketTransport._read_ready",),
+    ),
+    (
+        "admin API: the PATCH that makes the change (HTTP, store write)",
+        (
+            "RequestResponseCycle.run_asgi",
+            "HttpToolsProtocol.data_received",
+        ),
+    ),
+    ("change-log reader, outside the fan-out (XREAD, apply)", ("ChangeReader._run",)),
+    ("ack reports to Redis (5 ms batches)", ("AckReporter._flush_loop",)),
+    ("idle: waiting in epoll", ("EpollSelector.select",)),
+]
+
+
+def activities(path: Path) -> str:
+    """Share of a py-spy profile (speedscope JSON) per server activity, as a text table."""
+    import json
+
+    d = json.loads(path.read_text())
+    names = [str(f["name"]) for f in d["shared"]["frames"]]
+    shares: dict[str, float] = {}
+    total = 0.0
+    for prof in d["profiles"]:
+        for stack, w in zip(prof["samples"], prof["weights"], strict=True):
+            total += w
+            on = {names[i] for i in stack}
+            label = next(
+                (lab for lab, frames in _ACTIVITIES if any(f in on for f in frames)),
+                "other (timers, background loops, garbage collection)",
+            )
+            shares[label] = shares.get(label, 0.0) + w
+    if not total:
+        return "no samples\n"
+    lines = ["share of server samples by activity:"]
+    lines += [
+        f"  {w / total:6.1%}  {lab}" for lab, w in sorted(shares.items(), key=lambda x: -x[1])
+    ]
+    return "\n".join(lines) + "\n"

@@ -53,7 +53,7 @@ from bench._harness import (
 )
 from bench._processes import FlagwireServer, FloorServer, cpu_seconds, redis_server, rss_tree
 from bench._profile import start_profile, stop_profile, summarize_profile
-from bench._propagation_report import chart, print_report, summary_line, verdicts
+from bench._propagation_report import activities, chart, print_report, summary_line, verdicts
 from bench._swarm import Swarm
 
 ENV = "bench"
@@ -346,7 +346,9 @@ def main(argv: list[str] | None = None) -> int:
                     )
                     r = run_flagwire(n, a.flips, a, profile=prof)
                     if prof is not None and prof.exists():
-                        prof.with_suffix("").with_suffix(".txt").write_text(summarize_profile(prof))
+                        prof.with_suffix("").with_suffix(".txt").write_text(
+                            activities(prof) + "\n" + summarize_profile(prof)
+                        )
                 elif run.startswith("flagwire-w"):
                     r = run_flagwire(n, a.flips, a, workers=int(run.removeprefix("flagwire-w")))
                 elif run == "stalled":
