@@ -20,6 +20,8 @@ from flagwire import ClientStatus, FlagClient
 from flagwire.core.errors import ValidationError
 from flagwire_server.release.guards import Tally, event_reading, parse_guards, t_quantile
 from flagwire_server.release.plan import parse_stages
+from flagwire_server.release.runner import Releases
+from flagwire_server.store.insight import FlagBatch, InsightStore, VariationBatch
 from flagwire_server.store.keyspace import Keyspace
 from flagwire_server.store.plans import PlanStore
 from tests.support.builders import flag
@@ -364,3 +366,67 @@ async def test_one_reading_per_period_for_the_whole_fleet(
             return await b.reading_due("production", "rp_1", 300)
 
         await poll(due_again, within=5, what="the next period")
+
+
+async def test_resume_after_a_guard_pause_counts_from_the_resume(
+    redis_url: str, redis_prefix: str
+) -> None:
+    """A person resumes a plan a guard paused: the guard judges only what happens after,
+    and the pause does not count as hold.  Counts are written with the insight store
+    (as servers' flushes do); the plan's loop is driven by ``tick`` and a fake clock."""
+    async with open_store(redis_url, redis_prefix) as store:
+        env = "production"
+        ks = Keyspace(redis_prefix)
+        insight = InsightStore(store.redis, ks, retention_days=1)
+        now = [time.time()]
+        releases = Releases(
+            store, PlanStore(store.redis, ks), owner="t", insight=insight, clock=lambda: now[0]
+        )
+        await store.put(
+            env, "flag", flag("f", variations=["new", "old"], fallthrough=1), actor="a", create=True
+        )
+
+        async def traffic(new: tuple[int, int], old: tuple[int, int]) -> None:
+            batch = FlagBatch(last_ms=int(now[0] * 1000))
+            for index, (n, errors) in ((0, new), (1, old)):
+                vb = batch.variations[index] = VariationBatch()
+                vb.reasons["FALLTHROUGH"] = n
+                vb.events["error"] = [errors, 0.0, 0.0]
+            await insight.write(env, {"f": batch})
+
+        await traffic((5000, 900), (5000, 10))  # before the plan: not counted
+        plan = await releases.start(
+            env,
+            {
+                "flag": "f",
+                "variation": 0,
+                "stages": [{"percent": 50, "hold": 60}, {"percent": 100}],
+                "guards": [{"event": "error", "min_samples": 500, "action": "pause"}],
+            },
+            actor="alice",
+        )
+        assert plan["watch_added"] is True
+        assert await insight.watched(env) == ["f"]
+        assert await releases.tick() == []  # nothing since the start
+        await traffic((1000, 50), (1000, 10))  # 5% vs 1%
+        [paused] = await releases.tick()
+        assert paused["status"] == "paused"
+        assert paused["reason"] == (
+            "guard breached: error rate 5.0% vs 1.0%, n = 2,000 (z = 5.24 > 2.33)"
+        )
+        now[0] += 600  # ten minutes paused: not hold
+        resumed = await releases.operate(env, plan["id"], "resume", actor="alice")
+        assert resumed["status"] == "running"
+        assert await releases.tick() == []  # what the guard saw before is accepted
+        await traffic((1000, 10), (1000, 10))  # fine since the resume
+        assert await releases.tick() == []
+        now[0] += 30
+        assert await releases.tick() == []  # 30 s of the 60 s hold, not 630
+        await traffic((1000, 60), (1000, 10))  # worse again: new evidence
+        [again] = await releases.tick()
+        assert again["status"] == "paused"
+        assert "n = 4,000" in again["reason"]  # counted from the resume
+        ended = await releases.operate(env, plan["id"], "rollback", actor="alice")
+        assert ended["status"] == "rolled_back"
+        assert await insight.watched(env) == []  # the plan watched it, so it unwatches it
+        await releases.stop()

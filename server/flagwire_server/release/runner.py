@@ -224,6 +224,12 @@ class Releases:
                     "flag_version": current["version"],
                     "reason": "",
                 }
+                # Event guards count again from here: resuming after a guard paused the
+                # plan accepts what it saw; only new evidence pauses it again.
+                if has_event_guards(plan.get("guards") or []):
+                    plan["base"] = await self.checks.baseline(env, plan["flag"])
+                if has_event_guards(plan["stages"][int(plan["stage"])].get("guards") or []):
+                    plan["stage_base"] = await self.checks.baseline(env, plan["flag"])
                 plan = self.writer.event(plan, "resumed", actor=actor)
             elif op == "approve":
                 plan = self.writer.event({**plan, "approved": True}, "approved", actor=actor)
@@ -307,7 +313,7 @@ class Releases:
             reason = f"guard breached: {why}"
             if guard["action"] == "pause":
                 plan = self.writer.event(
-                    {**plan, "status": "paused", "reason": reason},
+                    {**plan, "status": "paused", "reason": reason, "paused_ms": detected},
                     "paused by a guard",
                     actor="guard",
                     detected_ms=detected,

@@ -80,7 +80,8 @@ class PlanWriter:
             reason = (
                 f"the flag was edited outside the plan ({exc}); resume to continue, or roll back"
             )
-            return self.event({**plan, "status": "paused", "reason": reason}, "paused", actor=actor)
+            paused = {**plan, "status": "paused", "reason": reason, "paused_ms": self.now_ms()}
+            return self.event(paused, "paused", actor=actor)
 
     async def stage(
         self, env: str, plan: dict[str, Any], stage: int, *, what: str, actor: str
