@@ -139,7 +139,7 @@ def main(argv: list[str] | None = None) -> int:
             ],
             ["fresh connect: clients CPU ms / handshake", fresh["clients_ms_per_handshake"]],
             [
-                "resume (hello only): server CPU ms / handshake, median",
+                "close + resume (hello only): server CPU ms, median",
                 med["server_ms_per_handshake"],
             ],
             ["resume: clients CPU ms / handshake, median", med["clients_ms_per_handshake"]],
