@@ -27,6 +27,7 @@ if __package__ in (None, ""):
 
 import psutil
 
+from bench._cpuprofile import ProfiledServer, summarize_cpu_profile
 from bench._harness import (
     RESULTS,
     Admin,
@@ -129,11 +130,21 @@ def main(argv: list[str] | None = None) -> int:
     )
     ap.add_argument("--name", default="write_path")
     ap.add_argument("--profile", action="store_true", help="py-spy the server for each run")
+    ap.add_argument(
+        "--cpu-profile",
+        action="store_true",
+        help="cProfile the server by its CPU time for each run (slows it: figures marked)",
+    )
     a = ap.parse_args(argv)
     rows = []
+    stats = RESULTS / f"{a.name}.cpuprofile"
     with (
         redis_server(cpus(a.client_cpus if a.redis_cpus is None else a.redis_cpus)) as redis,
-        FlagwireServer(redis.url, cpu_set=cpus(a.server_cpus)) as server,
+        (
+            ProfiledServer(redis.url, stats, cpu_set=cpus(a.server_cpus))
+            if a.cpu_profile
+            else FlagwireServer(redis.url, cpu_set=cpus(a.server_cpus))
+        ) as server,
     ):
         admin = Admin(server.url, server.admin_key)
         admin.ensure_env(ENV)
@@ -155,11 +166,18 @@ def main(argv: list[str] | None = None) -> int:
             for conc in [int(c) for c in a.concurrency.split(",")]:
                 prof = RESULTS / f"{a.name}-profile-c{conc}.speedscope.json"
                 spy = start_profile(server.pid, prof) if a.profile else None
+                if isinstance(server, ProfiledServer):
+                    server.begin()
                 before = psutil.Process(server.pid).cpu_times()
                 try:
                     r = asyncio.run(load(server.url, server.admin_key, conc, a.seconds, state))
                 finally:
                     stop_profile(spy)
+                if isinstance(server, ProfiledServer):
+                    r["cpu_profiled"] = True  # slowed by the profiler: not comparable
+                    txt = summarize_cpu_profile(server.end(), writes=r["writes"])
+                    (RESULTS / f"{a.name}-cpuprofile-c{conc}.txt").write_text(txt)
+                    stats.unlink(missing_ok=True)
                 after = psutil.Process(server.pid).cpu_times()
                 used = (after.user - before.user) + (after.system - before.system)
                 # Server CPU per write, from the kernel: what the load's shape cannot distort.
