@@ -45,12 +45,20 @@ def test_event_guard_parsed_with_defaults_and_paths() -> None:
     assert g["action"] == "rollback"
     assert g["name"] == "error rate"
     with pytest.raises(ValidationError) as err:
-        parse_guards([{"event": "bad event"}, {"event": "e", "min_samples": 0, "worse": "up"}, {}])
+        parse_guards(
+            [
+                {"event": "bad event"},
+                {"event": "e", "min_samples": 0, "worse": "up"},
+                {},
+                {"event": "e", "name": "x" * 101},
+            ]
+        )
     assert {p for p, _ in err.value.errors} == {
         "guards[0].event",
         "guards[1].min_samples",
         "guards[1].worse",
         "guards[2]",
+        "guards[3].name",
     }
     # A stage carries guards of its own, checked with the stage's path.
     with pytest.raises(ValidationError) as err:

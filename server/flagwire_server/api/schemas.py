@@ -587,7 +587,7 @@ SCHEMAS: Final[dict[str, _S]] = {
     ),
     "ReleaseGuard": _obj(
         {
-            "name": _STR,
+            "name": {"type": "string", "minLength": 1, "maxLength": 100},
             "query": {
                 "type": "string",
                 "description": "Prometheus guard: PromQL giving one number, with max or min",

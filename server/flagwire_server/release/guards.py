@@ -57,6 +57,7 @@ __all__ = [
 ]
 
 MAX_GUARDS: Final = 10
+MAX_NAME: Final = 100
 #: Evaluations each variation needs before an event guard may breach.
 DEFAULT_MIN_SAMPLES: Final = 1000
 DEFAULT_CONFIDENCE: Final = 0.99
@@ -172,6 +173,9 @@ def parse_guards(raw: object, where: str = "guards") -> list[dict[str, Any]]:
         if not isinstance(g, dict):
             errors.append((path, "expected an object"))
             continue
+        name = g.get("name")
+        if name is not None and (not isinstance(name, str) or not 0 < len(name) <= MAX_NAME):
+            errors.append((f"{path}.name", f"expected a name of 1 to {MAX_NAME} characters"))
         if "event" in g:
             guard = _parse_event(g, path, errors)
         elif "query" in g:
