@@ -2,8 +2,10 @@
 
     python -m bench.release_guard                 # 5 trials, 20 clients, one server
     python -m bench.release_guard --trials 3 --clients 50
+    python -m bench.release_guard --servers 2      # clients spread over two servers
 
-Starts a private Redis and one ``flagwire serve`` (insight flushed every 0.2 s),
+Starts a private Redis and ``--servers`` ``flagwire serve`` processes (insight
+flushed every 0.2 s; the clients are spread over them, round robin),
 then per trial: a flag at the old variation, ``--clients`` real
 ``FlagClient``s (reporting every 0.2 s) evaluating 200 contexts in a loop and
 calling ``track("error")`` for one request in 5 served the new variation and
@@ -41,7 +43,9 @@ ENV = "bench"
 CONTEXTS = [{"key": f"user-{i}"} for i in range(200)]
 
 
-async def trial(url: str, admin: Admin, sdk: str, n_clients: int, key: str) -> dict[str, Any]:
+async def trial(
+    urls: list[str], admin: Admin, sdk: str, n_clients: int, key: str
+) -> dict[str, Any]:
     admin.put_flag(
         ENV,
         {
@@ -52,7 +56,10 @@ async def trial(url: str, admin: Admin, sdk: str, n_clients: int, key: str) -> d
             "fallthrough": {"variation": 1},
         },
     )
-    clients = [FlagClient(url, sdk, app="bench", report_interval=0.2) for _ in range(n_clients)]
+    clients = [
+        FlagClient(urls[i % len(urls)], sdk, app="bench", report_interval=0.2)
+        for i in range(n_clients)
+    ]
     await asyncio.gather(*(c.start(timeout=20) for c in clients))
     back: dict[int, float] = {}
     everyone_back = asyncio.Event()
@@ -130,28 +137,37 @@ def main(argv: list[str] | None = None) -> int:
     )
     ap.add_argument("--trials", type=int, default=5)
     ap.add_argument("--clients", type=int, default=20)
-    ap.add_argument("--name", default="release_guard")
+    ap.add_argument("--servers", type=int, default=1)
+    ap.add_argument("--name", default=None, help="result file (release_guard[-Nservers])")
     a = ap.parse_args(argv)
     load = os.getloadavg()[0]
     with redis_server() as redis:
         key = "fw_admin_bench_guard"
-        server = FlagwireServer(
-            redis.url, admin_key=key, env={"FLAGWIRE_INSIGHT_FLUSH": "0.2"}
-        ).start()
+        servers: list[FlagwireServer] = []
         try:
-            admin = Admin(server.url, key)
+            first = FlagwireServer(redis.url, admin_key=key, env={"FLAGWIRE_INSIGHT_FLUSH": "0.2"})
+            servers.append(first.start())
+            admin = Admin(first.url, key)
             admin.ensure_env(ENV)
             sdk = admin.sdk_key(ENV)
+            for _ in range(a.servers - 1):  # started after the key: they load it at start
+                more = FlagwireServer(
+                    redis.url, admin_key=key, env={"FLAGWIRE_INSIGHT_FLUSH": "0.2"}
+                )
+                servers.append(more.start())
+            urls = [s.url for s in servers]
             trials = [
-                asyncio.run(trial(server.url, admin, sdk, a.clients, f"guarded-{n}"))
+                asyncio.run(trial(urls, admin, sdk, a.clients, f"guarded-{n}"))
                 for n in range(a.trials)
             ]
             admin.close()
         finally:
-            server.stop()
+            for s in servers:
+                s.stop()
     every = [x for t in trials for x in t["detection_to_client_ms"]]
     slowest = [t["slowest_ms"] for t in trials if t["slowest_ms"] is not None]
     row = {
+        "servers": a.servers,
         "trials": a.trials,
         "clients": a.clients,
         "all_applied": all(t["applied"] == t["clients"] for t in trials),
@@ -164,9 +180,10 @@ def main(argv: list[str] | None = None) -> int:
         "load_1m_after": round(os.getloadavg()[0], 2),
     }
     print_table(
-        ["trials", "clients", "all applied", "p50 ms", "p99 ms", "max ms", "start->detect s"],
+        ["servers", "trials", "clients", "all applied", "p50 ms", "p99 ms", "max ms", "detect s"],
         [
             [
+                row["servers"],
                 row["trials"],
                 row["clients"],
                 row["all_applied"],
@@ -177,7 +194,8 @@ def main(argv: list[str] | None = None) -> int:
             ]
         ],
     )
-    path = write_result(a.name, {"result": row, "trials": trials})
+    name = a.name or ("release_guard" if a.servers == 1 else f"release_guard-{a.servers}servers")
+    path = write_result(name, {"result": row, "trials": trials})
     print(f"\nwritten to {path}")
     return 0 if row["all_applied"] else 1
 
