@@ -76,6 +76,31 @@ def _writes(admin: Admin, n: int, rng: random.Random) -> list[tuple[int, int, in
     return out
 
 
+def _burst_probe(url: str, admin: Admin, n: int) -> float:
+    """p99 of /healthz round trips (ms) while ``n`` writes go back to back, and 1 s after."""
+    import httpx
+
+    rtts: list[float] = []
+    stop = threading.Event()
+
+    def probe() -> None:
+        with httpx.Client(base_url=url, timeout=10) as c:
+            while not stop.is_set():
+                t0 = time.monotonic_ns()
+                c.get("/healthz")
+                rtts.append((time.monotonic_ns() - t0) / 1e6)
+                time.sleep(0.005)
+
+    thread = threading.Thread(target=probe, daemon=True)
+    thread.start()
+    for i in range(n):
+        admin.patch_flag(ENV, FLAG, {"description": f"burst {i}"})
+    time.sleep(1.0)  # the burst's deliveries
+    stop.set()
+    thread.join(10)
+    return pct(rtts, 99)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -84,6 +109,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rounds", type=int, default=4)
     ap.add_argument("--per-round", type=int, default=40)
     ap.add_argument("--idle", type=float, default=10.0)
+    ap.add_argument("--burst", type=int, default=100)
     ap.add_argument("--name", default="webhooks")
     a = ap.parse_args(argv)
     rng = random.Random(7)
@@ -139,6 +165,18 @@ def main(argv: list[str] | None = None) -> int:
                         "cpu_ms_per_write": cpu * 1000 / a.per_round,
                     }
                 )
+
+            # The event loop under a burst: /healthz answered while 100 writes go back to
+            # back, with their deliveries (webhook on) or without (off), in alternating rounds.
+            bursts: dict[str, list[float]] = {"on": [], "off": []}
+            for r in range(a.rounds * 2):
+                state = "on" if r % 2 == 0 else "off"
+                admin._ok(
+                    admin.http.patch(
+                        f"/environments/{ENV}/webhooks/{hook}", json={"enabled": state == "on"}
+                    )
+                )
+                bursts[state].append(_burst_probe(server.url, admin, a.burst))
         finally:
             server.stop()
             receiver.shutdown()
@@ -165,6 +203,11 @@ def main(argv: list[str] | None = None) -> int:
                 "off": med("off", "cpu_ms_per_write"),
             },
         },
+        "healthz_p99_ms_during_burst": {
+            "rounds": bursts,
+            "webhook on": round(statistics.median(bursts["on"]), 2),
+            "off": round(statistics.median(bursts["off"]), 2),
+        },
         "idle_cpu_ms_per_s": {
             "no webhook": round(idle_none * 1000, 2),
             "one webhook": round(idle_one * 1000, 2),
@@ -187,6 +230,11 @@ def main(argv: list[str] | None = None) -> int:
             (
                 "server CPU per write, webhook on / off (ms)",
                 f"{on_off['webhook on']} / {on_off['off']}",
+            ),
+            (
+                f"/healthz p99 during a burst of {a.burst} writes, webhook on / off (ms)",
+                f"{result['healthz_p99_ms_during_burst']['webhook on']} / "
+                f"{result['healthz_p99_ms_during_burst']['off']}",
             ),
             (
                 "idle server CPU, no webhook / one (ms per s)",
