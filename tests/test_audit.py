@@ -7,9 +7,7 @@ from which address and what; nothing secret is ever in it.
 from __future__ import annotations
 
 import json
-import os
 import re
-import subprocess
 import uuid
 from collections.abc import Callable
 from typing import Any
@@ -17,8 +15,8 @@ from typing import Any
 import httpx
 import pytest
 
+from tests.support.cli import run_cli
 from tests.support.server import ServerProcess
-from tests.test_admin_support import VENV_BIN
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -121,14 +119,10 @@ def test_every_instance_wide_event_is_audited(server: ServerProcess) -> None:
     assert "signin failed" in activity
     assert "ops team" in activity
     # The CLI shows it.
-    env = {**os.environ, "FLAGWIRE_URL": server.url, "FLAGWIRE_ADMIN_KEY": server.admin_key}
-    cmd = [str(VENV_BIN / "flagwire"), "audit", "--instance"]
-    out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=20, check=True)
+    out = run_cli(server.url, server.admin_key, "audit", "--instance")
     assert "signout" in out.stdout
     assert "127.0.0.1" in out.stdout
-    out = subprocess.run(
-        [*cmd, "--json", "--limit", "2"], env=env, capture_output=True, text=True, timeout=20
-    )
+    out = run_cli(server.url, server.admin_key, "audit", "--instance", "--json", "--limit", "2")
     assert len(json.loads(out.stdout)["entries"]) == 2
     wrong.close()
     c.close()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import time
 from collections.abc import Iterator
@@ -12,8 +11,9 @@ from typing import Any
 import pytest
 
 from tests.support.builders import flag
+from tests.support.cli import run_cli
 from tests.support.polling import poll_blocking
-from tests.test_admin_support import VENV_BIN, Live, live_server
+from tests.test_admin_support import Live, live_server
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -24,13 +24,8 @@ def live(redis_url: str) -> Iterator[Live]:
 
 
 def run(live: Live, *args: str, ok: bool = True) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "FLAGWIRE_URL": live.url, "FLAGWIRE_ADMIN_KEY": live.admin_key}
-    proc = subprocess.run(
-        [str(VENV_BIN / "flagwire"), *args], env=env, capture_output=True, text=True, timeout=20
-    )
-    if ok:
-        assert proc.returncode == 0, proc.stderr
-    return proc
+    """``flagwire ARGS`` in this process (tests/support/cli.py) against ``live``."""
+    return run_cli(live.url, live.admin_key, *args, ok=ok)
 
 
 def run_json(live: Live, *args: str) -> Any:

@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-import subprocess
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -29,10 +27,10 @@ from flagwire.core.reports import VariationStats, context_hash
 from flagwire.openfeature import FlagwireProvider
 from flagwire.sync import SyncFlagClient
 from tests.support.builders import flag, prerequisite, rollout
+from tests.support.cli import run_cli
 from tests.support.inprocess import InProcessServer
 from tests.support.polling import poll, poll_blocking
 from tests.support.server import _cleanup_prefix
-from tests.test_admin_support import VENV_BIN
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -279,12 +277,7 @@ async def test_watched_flags_refuse_what_is_not_a_key(server: InProcessServer) -
 
 
 def _cli(server: InProcessServer, *args: str) -> str:
-    env = {**os.environ, "FLAGWIRE_URL": server.url, "FLAGWIRE_ADMIN_KEY": server.admin_key}
-    proc = subprocess.run(
-        [str(VENV_BIN / "flagwire"), *args], env=env, capture_output=True, text=True, timeout=30
-    )
-    assert proc.returncode == 0, proc.stderr
-    return proc.stdout
+    return run_cli(server.url, server.admin_key, *args).stdout
 
 
 async def test_cli_insight_clients_and_stale(server: InProcessServer) -> None:

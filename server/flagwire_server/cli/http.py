@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
+from contextvars import ContextVar
 from typing import Any, NoReturn
 
 import httpx
@@ -27,14 +28,29 @@ def fail(message: str) -> NoReturn:
     raise CliError(message)
 
 
+#: The sessions opened inside the current :func:`cli_errors` block, closed when it ends.
+_opened: ContextVar[list[Api] | None] = ContextVar("flagwire_cli_sessions", default=None)
+
+
 @contextlib.contextmanager
 def cli_errors() -> Iterator[None]:
-    """Turn a :class:`CliError` into one line on stderr and exit status 1."""
+    """Turn a :class:`CliError` into one line on stderr and exit status 1.
+
+    Also closes the :class:`Api` sessions the command opened: a command run
+    inside a longer-lived process (a test, a script calling the Typer app)
+    must not leave its connections open behind it.
+    """
+    opened: list[Api] = []
+    token = _opened.set(opened)
     try:
         yield
     except CliError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1) from None
+    finally:
+        _opened.reset(token)
+        for api in opened:
+            api.close()
 
 
 def wait_params(wait: float | None) -> dict[str, Any]:
@@ -52,6 +68,13 @@ class Api:
         self.client = httpx.Client(
             base_url=self.url + "/api/v1", timeout=40.0, headers={"Authorization": f"Bearer {key}"}
         )
+        opened = _opened.get()
+        if opened is not None:
+            opened.append(self)
+
+    def close(self) -> None:
+        """Close the session's connections."""
+        self.client.close()
 
     def call(
         self,
