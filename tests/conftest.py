@@ -7,7 +7,12 @@ from collections.abc import Iterator
 
 import pytest
 
+from tests.support.bytecode import cache_bytecode
 from tests.support.redisproc import RedisProcess, shared_redis_url, stop_embedded
+
+# Before the plugins below import the packages: they, the test modules and every process
+# the tests start read and write compiled bytecode (see tests/support/bytecode.py).
+cache_bytecode()
 
 pytest_plugins = ["tests.support.server", "tests.support.inprocess"]
 
