@@ -193,25 +193,34 @@ class Insight:
                 batch = pending[key] = FlagBatch()
             batch.last_ms = now_ms
             batch.apps[app] = now_ms
+            per = batch.variations
             for index, stats in variations.items():
-                vb = batch.variations.get(index)
+                vb = per.get(index)
                 if vb is None:
-                    vb = batch.variations[index] = VariationBatch()
-                n = stats.evaluations
-                if n:
-                    vb.minutes[minute] = vb.minutes.get(minute, 0) + n
+                    vb = per[index] = VariationBatch()
+                # Runs per variation of every summary: locals, no property call, the events
+                # loop skipped when empty (receive: 1.29 M -> 1.12 M instructions, callgrind).
+                n = 0
+                reasons = vb.reasons
                 for reason, count in stats.reasons.items():
-                    vb.reasons[reason] = vb.reasons.get(reason, 0) + count
+                    reasons[reason] = reasons.get(reason, 0) + count
+                    n += count
+                if n:
+                    minutes = vb.minutes
+                    minutes[minute] = minutes.get(minute, 0) + n
+                contexts = stats.contexts
                 if (
-                    stats.contexts
-                    and len(vb.contexts) < MAX_PENDING_CONTEXTS
+                    contexts
                     and self._hashes < self.max_pending_hashes
+                    and len(pending_set := vb.contexts) < MAX_PENDING_CONTEXTS
                 ):
-                    before = len(vb.contexts)
-                    vb.contexts.update(stats.contexts)
-                    self._hashes += len(vb.contexts) - before
+                    before = len(pending_set)
+                    pending_set.update(contexts)
+                    self._hashes += len(pending_set) - before
                     if self._hashes >= self.max_pending_hashes:
                         self._wake.set()
+                if not stats.events:
+                    continue
                 for name, (count, total) in stats.events.items():
                     sq = stats.squares.get(name, 0.0)
                     pair = vb.events.get(name)
