@@ -159,6 +159,14 @@ class FlagDocs(Mapping[str, dict[str, Any]]):
         doc: dict[str, Any] = entry.document()
         return doc
 
+    def get(self, key: str, default: Any = None) -> Any:
+        """The document of ``key`` decoded afresh, or ``default``."""
+        try:
+            entry = self.over.get(key) or self.base.get(key)
+        except TypeError:  # unhashable: no such flag
+            return default
+        return default if entry is None else entry.document()
+
     def __contains__(self, key: object) -> bool:
         try:
             return key in self.over or key in self.base
