@@ -1,13 +1,16 @@
 """A Prometheus guard stops a release: a real Prometheus scrapes a small app whose error ratio
-the test raises; the plan rolls back by itself and says why, when and how fast."""
+the test raises; the plan rolls back by itself and says why, when and how fast, and the real
+clients of the server serve the old variation again within a second of the detection."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import shutil
 import subprocess
 import tempfile
 import threading
+import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -16,11 +19,12 @@ from typing import Any
 import httpx
 import pytest
 
+from flagwire import FlagClient
 from flagwire.core.errors import ValidationError
 from flagwire_server.release.guards import parse_guards
 from flagwire_server.release.prometheus import breach
 from tests.support.builders import flag
-from tests.support.inprocess import asgi_app
+from tests.support.inprocess import InProcessServer
 from tests.support.polling import poll
 from tests.support.redisproc import free_port
 from tests.support.server import _cleanup_prefix
@@ -105,7 +109,7 @@ async def _sample(url: str) -> bool:
 
 
 async def test_prometheus_guard_rolls_the_plan_back(
-    prometheus: tuple[str, _App], redis_url: str, redis_prefix: str
+    prometheus: tuple[str, _App], redis_url: str, redis_prefix: str, admin_key: str
 ) -> None:
     url, app = prometheus
     await poll(
@@ -114,15 +118,47 @@ async def test_prometheus_guard_rolls_the_plan_back(
         what="Prometheus to scrape the app",
         ignore=(httpx.HTTPError, KeyError, ValueError),
     )
+    server = await asyncio.to_thread(
+        InProcessServer(
+            redis_url,
+            prefix=redis_prefix,
+            admin_key=admin_key,
+            env={"FLAGWIRE_PROMETHEUS_URL": url},
+        ).start
+    )
+    clients: list[FlagClient] = []
     try:
-        async with asgi_app(redis_url, redis_prefix, env={"FLAGWIRE_PROMETHEUS_URL": url}) as (
-            _app,
-            http,
-        ):
+        async with httpx.AsyncClient(
+            base_url=server.url, headers={"Authorization": f"Bearer {admin_key}"}, timeout=30
+        ) as http:
             r = await http.post(
                 f"{BASE}/flags", json=flag("checkout", variations=["new", "old"], fallthrough=1)
             )
             before = r.json()["flag"]
+            r = await http.post(
+                "/api/v1/keys",
+                json={"name": "p", "kind": "sdk", "env": "production"},
+            )
+            sdk = r.json()["secret"]
+            clients = [FlagClient(server.url, sdk, report_interval=None) for _ in range(3)]
+            for c in clients:
+                await c.start(timeout=10)
+            back: dict[int, float] = {}
+
+            def note(i: int, c: FlagClient) -> None:
+                def on_change(_change: object) -> None:
+                    if all(
+                        c.variation("checkout", {"key": f"u-{k}"}, None) == "old"
+                        for k in range(100)
+                    ):
+                        back.setdefault(i, time.time())
+                    else:
+                        back.pop(i, None)
+
+                c.on_change(on_change, "checkout")
+
+            for i, c in enumerate(clients):
+                note(i, c)
             r = await http.post(
                 f"{BASE}/releases",
                 json={
@@ -148,7 +184,14 @@ async def test_prometheus_guard_rolls_the_plan_back(
             assert event["what"] == "rolled back"
             assert event["by"] == "guard"
             assert event["at_ms"] - event["detected_ms"] < 5000
-            assert "summary" in event
+            assert event["summary"].startswith(f"applied by {len(clients)} of {len(clients)} in ")
+
+            async def all_back() -> bool:
+                return len(back) == len(clients)
+
+            await poll(all_back, within=5, what="every client to serve old again")
+            late = [t * 1000 - event["detected_ms"] for t in back.values()]
+            assert max(late) < 1000, late
             metrics = (await http.get("/metrics")).text
             assert (
                 'flagwire_release_guard_checks_total{env="production",outcome="breach"} 1.0'
@@ -174,4 +217,7 @@ async def test_prometheus_guard_rolls_the_plan_back(
             assert r.status_code == 422
             assert "guards[0]" in r.text
     finally:
+        for c in clients:
+            await c.close()
+        await asyncio.to_thread(server.stop)
         _cleanup_prefix(redis_url, redis_prefix)
