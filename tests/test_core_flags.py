@@ -73,18 +73,20 @@ def test_a_change_copies_the_overlay_not_every_flag() -> None:
     assert "new0" not in snap.flags
 
 
-def test_documents_are_kept_as_json_and_read_as_fresh_copies() -> None:
+def test_documents_are_kept_as_json_and_decoded_when_read() -> None:
     doc = flag("f", variations=["a", "b"])
     snap = Snapshot({"f": doc}, {}, 1)
     read = snap.flags["f"]
     assert read == doc
-    assert read is not doc
-    read["on"] = False  # changing a copy changes nothing
+    assert read is not doc  # the snapshot kept the JSON, not the caller's dict
+    doc["on"] = False  # changing the caller's dict changes nothing
     assert snap.flags["f"]["on"] is True
+    assert snap.flags.get("f") is snap.flags["f"]  # recently read documents stay decoded
     assert snap.evaluate("f", {"key": "k"}, "x").value == "a"
     assert snap.flags.get("nope") is None
     assert "nope" not in snap.flags
     assert [] not in snap.flags
+    assert snap.flags.get([]) is None  # type: ignore[call-overload]
 
 
 def test_a_document_that_is_not_plain_json_is_kept_and_malformed() -> None:

@@ -19,6 +19,7 @@ Issue 16 (thousands of flags) set the shape of this module:
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterator, Mapping
 from math import isqrt
 from typing import Any, Final
@@ -67,6 +68,22 @@ class FlagEntry:
         """The document, decoded afresh (the caller may keep or change it)."""
         return orjson.loads(self.raw) if self.raw is not None else self.value
 
+    def shared_document(self) -> Any:
+        """The document, shared with other readers (do not change it).
+
+        The documents read most recently stay decoded (``_RECENT``, bounded):
+        the OpenFeature provider and OFREP read a flag's document on every
+        evaluation, and decoding it each time cost more than the evaluation.
+        """
+        doc = _RECENT.get(self)
+        if doc is None:
+            doc = self.document()
+            if len(_RECENT) >= _RECENT_MAX:
+                with contextlib.suppress(KeyError, RuntimeError, StopIteration):
+                    del _RECENT[next(iter(_RECENT))]
+            _RECENT[self] = doc
+        return doc
+
     def compile(self, key: str) -> Runner:
         """Compile the document filed under ``key``; keep and return its ``run``."""
         flag = _compile_as(key, self.document())
@@ -79,6 +96,11 @@ class FlagEntry:
         if self is other or (self.raw is not None and self.raw == other.raw):
             return True
         return bool(self.document() == other.document())
+
+
+#: Decoded documents of the entries read most recently, oldest first (bounded: ~3 KiB each).
+_RECENT: dict[FlagEntry, Any] = {}
+_RECENT_MAX: Final = 512
 
 
 def _compile_as(key: str, doc: Any) -> CompiledFlag:
@@ -141,7 +163,8 @@ def _overlay_limit(n: int) -> int:
 class FlagDocs(Mapping[str, dict[str, Any]]):
     """The flag documents of a snapshot: a read-only mapping, each decoded when read.
 
-    Each read returns a fresh copy, so changing it changes nothing here.
+    A document read may be shared with other readers (the last few hundred
+    read stay decoded): do not change it, copy it.
     """
 
     __slots__ = ("base", "count", "over")
@@ -156,7 +179,7 @@ class FlagDocs(Mapping[str, dict[str, Any]]):
         entry = self.over.get(key) or self.base.get(key)
         if entry is None:
             raise KeyError(key)
-        doc: dict[str, Any] = entry.document()
+        doc: dict[str, Any] = entry.shared_document()
         return doc
 
     def get(self, key: str, default: Any = None) -> Any:
@@ -165,7 +188,7 @@ class FlagDocs(Mapping[str, dict[str, Any]]):
             entry = self.over.get(key) or self.base.get(key)
         except TypeError:  # unhashable: no such flag
             return default
-        return default if entry is None else entry.document()
+        return default if entry is None else entry.shared_document()
 
     def __contains__(self, key: object) -> bool:
         try:

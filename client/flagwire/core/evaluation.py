@@ -95,7 +95,7 @@ class Snapshot:
 
     @property
     def flags(self) -> Mapping[str, dict[str, Any]]:
-        """The flag documents (a read-only mapping; each read decodes a fresh copy)."""
+        """The flag documents (a read-only mapping, decoded when read; do not mutate them)."""
         return FlagDocs(self._base, self._over, self._count)
 
     @property
