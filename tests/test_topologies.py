@@ -232,6 +232,13 @@ class Site:
         self.http: httpx.Client | None = None
 
     def start(self) -> Site:
+        try:
+            return self._start()
+        except BaseException:
+            self.close()  # the tests close only a Site that started
+            raise
+
+    def _start(self) -> Site:
         self.server.start(timeout=60)
         self.http = httpx.Client(
             base_url=self.server.url + "/api/v1",

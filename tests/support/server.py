@@ -137,7 +137,12 @@ class ServerProcess(ServerHttp):
         return env
 
     def start(self, timeout: float = 30.0) -> ServerProcess:
-        """Start and wait until ``/readyz`` answers 200."""
+        """Start and wait until ``/readyz`` answers 200.
+
+        A server that does not get ready is killed before the error is raised:
+        callers whose clean-up only knows servers that started would leave it
+        running after the test run (it is in a session of its own).
+        """
         assert not self.running, "already running"
         self._log = open(self.log_path, "ab")  # noqa: SIM115 - closed in _reap
         self.proc = subprocess.Popen(
@@ -148,7 +153,11 @@ class ServerProcess(ServerHttp):
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
-        self.wait_ready(timeout)
+        try:
+            self.wait_ready(timeout)
+        except BaseException:
+            self.kill()
+            raise
         return self
 
     def wait_ready(self, timeout: float = 30.0) -> None:
