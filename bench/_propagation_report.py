@@ -182,7 +182,14 @@ _ACTIVITIES: list[tuple[str, tuple[str, ...]]] = [
     ("acks: flagwire's handling (rate limit, parse, tally, metric)", ("_handle",)),
     (
         "acks: WebSocket frame parsing (uvicorn + websockets)",
-        ("WebSocketsSansIOProtocol.data_received",),
+        # py-spy often shows websockets' parser generators without their callers
+        (
+            "WebSocketsSansIOProtocol.data_received",
+            "Protocol.parse",
+            "Frame.parse",
+            "StreamReader.at_eof",
+            "StreamReader.read_exact",
+        ),
     ),
     (
         "acks: socket reads (recv syscalls) and event-loop dispatch",
@@ -201,6 +208,18 @@ _ACTIVITIES: list[tuple[str, tuple[str, ...]]] = [
 ]
 
 
+_LOOP = "event loop's own bookkeeping (callback dispatch, epoll events)"
+_LOOP_FRAMES = frozenset(
+    {
+        "Handle._run",
+        "BaseSelectorEventLoop._process_events",
+        "BaseEventLoop._run_once",
+        "BaseEventLoop._add_callback",
+    }
+)
+_OTHER = "other (timers, background loops, garbage collection)"
+
+
 def activities(path: Path) -> str:
     """Share of a py-spy profile (speedscope JSON) per server activity, as a text table."""
     import json
@@ -215,7 +234,7 @@ def activities(path: Path) -> str:
             on = {names[i] for i in stack}
             label = next(
                 (lab for lab, frames in _ACTIVITIES if any(f in on for f in frames)),
-                "other (timers, background loops, garbage collection)",
+                _LOOP if stack and names[stack[-1]] in _LOOP_FRAMES else _OTHER,
             )
             shares[label] = shares.get(label, 0.0) + w
     if not total:

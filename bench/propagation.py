@@ -26,7 +26,11 @@ Beside the latencies, each ``floor`` and ``flagwire`` row reports the server
 process's CPU time (user + system from ``/proc/PID/stat``, its children
 included) over the measured flips and their pauses, per change and per
 client (``server_cpu_us_per_client``; issue 16): the server's own cost, which
-the clients sharing one core cannot distort.
+the clients sharing one core cannot distort; and its minor page faults per
+change and client (a hot path mapping fresh memory shows there).  To compare
+two trees' servers under one harness, run this module with ``PYTHONPATH``
+naming the other tree's ``client`` and ``server`` first: ``flagwire serve``
+inherits it.
 """
 
 from __future__ import annotations
@@ -51,7 +55,14 @@ from bench._harness import (
     summary_ms,
     write_result,
 )
-from bench._processes import FlagwireServer, FloorServer, cpu_seconds, redis_server, rss_tree
+from bench._processes import (
+    FlagwireServer,
+    FloorServer,
+    cpu_seconds,
+    minor_faults,
+    redis_server,
+    rss_tree,
+)
 from bench._profile import start_profile, stop_profile, summarize_profile
 from bench._propagation_report import activities, chart, print_report, summary_line, verdicts
 from bench._swarm import Swarm
@@ -91,7 +102,7 @@ def run_floor(n: int, flips: int, a: argparse.Namespace, frame_bytes: int = 0) -
         cpu0 = 0.0
         for i in range(a.warmup + flips):
             if i == a.warmup:
-                cpu0 = cpu_seconds(floor.pid)
+                cpu0, flt0 = cpu_seconds(floor.pid), minor_faults(floor.pid)
             v = i + 1
             doc["on"] = not doc["on"]
             payload = _floor_payload(doc, v)
@@ -108,7 +119,7 @@ def run_floor(n: int, flips: int, a: argparse.Namespace, frame_bytes: int = 0) -
                 first.append(w["min_t"] - t0)
                 loops.append(loop_ns)
             time.sleep(a.pause)
-        cpu = cpu_seconds(floor.pid) - cpu0
+        cpu, flt = cpu_seconds(floor.pid) - cpu0, minor_faults(floor.pid) - flt0
         rss = rss_tree(floor.pid)
     return {
         "run": "floor",
@@ -118,22 +129,24 @@ def run_floor(n: int, flips: int, a: argparse.Namespace, frame_bytes: int = 0) -
         "send_loop_p50_ms": summary_ms(loops)["p50_ms"],
         "frame_bytes": size,
         "server_rss": rss,
-        **_cpu_figures(cpu, flips, n),
+        **_cpu_figures(cpu, flt, flips, n),
         "samples_ms": [x / 1e6 for x in lat],
     }
 
 
-def _cpu_figures(cpu_s: float, flips: int, n: int) -> dict[str, float]:
-    """Server CPU (user + system) over the measured flips, their pauses included.
+def _cpu_figures(cpu_s: float, faults: int, flips: int, n: int) -> dict[str, float]:
+    """Server CPU (user + system) and minor page faults over the measured flips.
 
-    The pauses are where the acknowledgements arrive, so they are part of a
-    change's cost; per client, the figure the clients' shared core cannot distort.
+    The pauses are counted too: that is where the acknowledgements arrive, so
+    they are part of a change's cost.  Per client, the figure the clients'
+    shared core cannot distort.
     """
     per_flip = cpu_s / flips if flips else float("nan")
     return {
         "server_cpu_s": round(cpu_s, 3),
         "server_cpu_ms_per_flip": round(per_flip * 1e3, 3),
         "server_cpu_us_per_client": round(per_flip / n * 1e6, 3),
+        "server_minflt_per_client": round(faults / flips / n, 3) if flips else float("nan"),
     }
 
 
@@ -195,14 +208,14 @@ def run_flagwire(
                 if i == a.warmup:
                     if profile is not None:
                         spy = start_profile(server.pid, profile)
-                    cpu0 = cpu_seconds(server.pid)
+                    cpu0, flt0 = cpu_seconds(server.pid), minor_faults(server.pid)
                 t0, t_api, w = _flip(admin, swarm, doc)
                 if i >= a.warmup:
                     lat.append(w["max_t"] - t0)
                     first.append(w["min_t"] - t0)
                     api.append(t_api - t0)
                 time.sleep(a.pause)
-            cpu = cpu_seconds(server.pid) - cpu0
+            cpu, flt = cpu_seconds(server.pid) - cpu0, minor_faults(server.pid) - flt0
             if spy is not None:
                 stop_profile(spy)
             stats = swarm.stats()
@@ -217,7 +230,7 @@ def run_flagwire(
         "frame_bytes": stats["frame_bytes"],
         "server_rss": rss,
         "server_rss_idle": rss_idle,
-        **_cpu_figures(cpu, flips, n),
+        **_cpu_figures(cpu, flt, flips, n),
         "gaps": stats["gaps"],
         "drops": stats["drops"],
         "samples_ms": [x / 1e6 for x in lat],
