@@ -14,6 +14,11 @@
   heap and stay resident after the streams are gone (measured: 62 → 232 MiB
   and still 232 after they closed).  A fixed threshold keeps every large
   buffer in its own mapping, returned when freed (84 MiB after they closed).
+  The flip side: every allocation above it that the heap's top cannot hold
+  is an mmap, page faults and an munmap, so hot paths must stay below it —
+  a stream's socket reads do (``stream/uvicorn_fence.py``, ``READ_SIZE``;
+  asyncio's 256 KiB reads cost 2.2 page faults per client per change at
+  10,000 clients).
 * Shutdown: uvicorn drains every open HTTP response before the lifespan's
   shutdown runs, and an event stream never ends by itself; so the app is told
   when SIGTERM/SIGINT arrives (:func:`on_exit_signal`) and ends its streams
