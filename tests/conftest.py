@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import signal
+import threading
 import uuid
 from collections.abc import Iterator
+from types import FrameType
 
 import pytest
 
@@ -15,6 +18,18 @@ from tests.support.redisproc import RedisProcess, shared_redis_url, stop_embedde
 cache_bytecode()
 
 pytest_plugins = ["tests.support.server", "tests.support.inprocess"]
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # A run ended by SIGTERM (a CI or `timeout` limit) unwinds as Ctrl-C does: pytest then
+    # tears every fixture down, so the servers and stores the tests started (each in a
+    # session of its own) do not outlive it.  Python's default would end at once.
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _interrupted)
+
+
+def _interrupted(signum: int, frame: FrameType | None) -> None:
+    raise KeyboardInterrupt(f"signal {signal.Signals(signum).name}")
 
 
 @pytest.fixture(scope="session")
