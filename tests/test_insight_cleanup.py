@@ -114,3 +114,26 @@ async def test_a_flags_applications_are_capped_and_the_rest_counted(
     assert len(body["applications"]) == MAX_APPS_PER_FLAG
     assert body["applications"][0] == {"app": known, "last_evaluated": now + 5}
     assert body["applications_over_cap"] == 160 - MAX_APPS_PER_FLAG + 1
+
+
+async def test_a_key_no_flag_can_have_is_not_found_on_every_flag_route(
+    asgi: tuple[Starlette, httpx.AsyncClient],
+) -> None:
+    """Archive, restore and insight answer such a key as the flag routes do: 404.
+
+    (Schemathesis found the archive route answering an undocumented 422 "invalid
+    document" for a key with control characters.)
+    """
+    _, http = asgi
+    env = await _env(http)
+    bad = "S%173%16%C2%B5b"  # control characters: no flag can have this key
+    for method, path in (
+        ("POST", f"/api/v1/environments/{env}/flags/{bad}/archive"),
+        ("POST", f"/api/v1/environments/{env}/archived/{bad}/restore"),
+        ("GET", f"/api/v1/environments/{env}/flags/{bad}/insight"),
+        ("GET", f"/api/v1/environments/{env}/flags/{bad}"),
+    ):
+        r = await http.request(method, path)
+        assert r.status_code == 404, (method, path, r.status_code, r.text)
+        assert r.headers["content-type"].startswith("application/problem+json")
+        assert "does not exist" in r.json()["detail"]

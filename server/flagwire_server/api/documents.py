@@ -16,12 +16,12 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import Response
 
-from flagwire.core.limits import KEY_RE
 from flagwire_server.api.auth import Principal
 from flagwire_server.api.helpers import (
     env_param,
     expected_version,
     json_response,
+    key_param,
     read_json,
     store,
     wait_param,
@@ -29,13 +29,6 @@ from flagwire_server.api.helpers import (
 )
 from flagwire_server.api.problems import Problem
 from flagwire_server.store.documents import Kind
-
-
-def _key(request: Request, kind: str) -> str:
-    key = str(request.path_params["key"])
-    if not KEY_RE.match(key):
-        raise Problem(404, f"{kind} {key[:80]!r} does not exist")
-    return key
 
 
 def _actor(who: Principal | None) -> str:
@@ -70,7 +63,7 @@ async def create(request: Request, who: Principal | None, *, kind: Kind) -> Resp
 
 
 async def get(request: Request, who: Principal | None, *, kind: Kind) -> Response:
-    env, key = env_param(request), _key(request, kind)
+    env, key = env_param(request), key_param(request, kind)
     doc = await store(request).get_doc(env, kind, key)
     return json_response(doc, headers={"ETag": f'"{doc.get("version", 0)}"'})
 
@@ -86,7 +79,7 @@ async def replace(request: Request, who: Principal | None, *, kind: Kind) -> Res
 
 
 async def patch(request: Request, who: Principal | None, *, kind: Kind) -> Response:
-    env, key = env_param(request), _key(request, kind)
+    env, key = env_param(request), key_param(request, kind)
     wait = wait_param(request)
     body = await read_json(request)
     if not isinstance(body, dict):
@@ -98,7 +91,7 @@ async def patch(request: Request, who: Principal | None, *, kind: Kind) -> Respo
 
 
 async def delete(request: Request, who: Principal | None, *, kind: Kind) -> Response:
-    env, key = env_param(request), _key(request, kind)
+    env, key = env_param(request), key_param(request, kind)
     wait = wait_param(request)
     expected = expected_version(request)
     res = await store(request).delete(env, kind, key, actor=_actor(who), expected=expected)
@@ -106,7 +99,7 @@ async def delete(request: Request, who: Principal | None, *, kind: Kind) -> Resp
 
 
 async def copy(request: Request, who: Principal | None, *, kind: Kind) -> Response:
-    env, key = env_param(request), _key(request, kind)
+    env, key = env_param(request), key_param(request, kind)
     wait = wait_param(request)
     body = await read_json(request)
     to = body.get("to") if isinstance(body, dict) else None
@@ -118,7 +111,7 @@ async def copy(request: Request, who: Principal | None, *, kind: Kind) -> Respon
 
 
 async def history(request: Request, who: Principal | None, *, kind: Kind) -> Response:
-    env, key = env_param(request), _key(request, kind)
+    env, key = env_param(request), key_param(request, kind)
     s = store(request)
     previous = await s.history(env, kind, key)
     try:
@@ -136,7 +129,7 @@ async def history(request: Request, who: Principal | None, *, kind: Kind) -> Res
 
 
 async def restore(request: Request, who: Principal | None, *, kind: Kind) -> Response:
-    env, key = env_param(request), _key(request, kind)
+    env, key = env_param(request), key_param(request, kind)
     wait = wait_param(request)
     body = await read_json(request)
     version = body.get("version") if isinstance(body, dict) else None

@@ -18,6 +18,7 @@ import orjson
 from starlette.requests import Request
 from starlette.responses import Response
 
+from flagwire.core.limits import KEY_RE
 from flagwire_server.api.problems import Problem
 from flagwire_server.services import services_of
 from flagwire_server.store.documents import ENV_RE, Store, WriteResult
@@ -98,6 +99,14 @@ def env_param(request: Request) -> str:
     if not ENV_RE.match(env):
         raise Problem(404, f"environment {env[:80]!r} does not exist")
     return env
+
+
+def key_param(request: Request, kind: str) -> str:
+    """The path's document key; one no document can have is a 404, as an unknown one is."""
+    key = str(request.path_params["key"])
+    if not KEY_RE.match(key):
+        raise Problem(404, f"{kind} {key[:80]!r} does not exist")
+    return key
 
 
 async def read_json(request: Request, *, required: bool = True, limit: int = MAX_BODY) -> Any:

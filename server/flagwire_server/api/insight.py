@@ -18,7 +18,14 @@ from starlette.responses import Response
 from flagwire.core.limits import KEY_RE
 from flagwire.core.reports import MAX_WATCHED_FLAGS
 from flagwire_server.api.auth import Principal
-from flagwire_server.api.helpers import env_param, int_param, json_response, read_json, store
+from flagwire_server.api.helpers import (
+    env_param,
+    int_param,
+    json_response,
+    key_param,
+    read_json,
+    store,
+)
 from flagwire_server.api.problems import Problem
 from flagwire_server.services import services_of
 from flagwire_server.store.archive import FlagArchive
@@ -48,7 +55,7 @@ def _now_ms() -> int:
 
 async def flag_insight(request: Request, who: Principal | None) -> Response:
     env = env_param(request)
-    key = str(request.path_params["key"])
+    key = key_param(request, "flag")
     doc = await store(request).get_doc(env, "flag", key)  # 404 for an unknown flag
     window = int_param(request, "window", 86_400, 60, MAX_WINDOW_S)
     step = int_param(request, "step", 3_600 if window > 86_400 else 300, 60, MAX_WINDOW_S)
@@ -204,14 +211,14 @@ def _actor(who: Principal | None) -> str:
 async def archive_flag(request: Request, who: Principal | None) -> Response:
     """Hide a flag from SDKs (a delete they receive) and keep it to restore."""
     env = env_param(request)
-    key = str(request.path_params["key"])
+    key = key_param(request, "flag")
     res = await FlagArchive(store(request)).archive(env, key, actor=_actor(who))
     return json_response({"key": key, "archived": True, "env_version": res.env_version})
 
 
 async def restore_flag(request: Request, who: Principal | None) -> Response:
     env = env_param(request)
-    key = str(request.path_params["key"])
+    key = key_param(request, "flag")
     res = await FlagArchive(store(request)).restore(env, key, actor=_actor(who))
     return json_response({"key": key, "archived": False, "env_version": res.env_version})
 
