@@ -160,3 +160,73 @@ async def test_stream_transports_read_in_chunks_the_heap_can_serve() -> None:
     finally:
         transport.abort()
         theirs.close()
+
+
+_HANDSHAKE = (
+    b"GET /api/v1/stream HTTP/1.1\r\nHost: t\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+    b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+)
+
+
+def _client_frame(first: int, payload: bytes, mask: bytes = b"\x1f\x2e\x3d\x4c") -> bytes:
+    from websockets.utils import apply_mask
+
+    n = len(payload)
+    head = bytes((first, 0x80 | n)) if n < 126 else bytes((first, 0xFE)) + n.to_bytes(2, "big")
+    return head + mask + apply_mask(payload, mask)
+
+
+async def test_small_text_frames_skip_the_parser_and_every_frame_still_arrives_in_order() -> None:
+    """Fence item 6: however the bytes are cut, on_message gets the same messages in order,
+    pings are still answered, and fragments, big frames and control frames go to websockets."""
+    import asyncio
+    import random
+    import socket
+
+    from flagwire_server.cli.serve import WS_PROTOCOL
+
+    acks = [b'{"type":"ack","version":%d}' % v for v in range(1, 5)]
+    big = b'{"type":"summary","pad":"' + b"x" * 200 + b'"}'
+    fake = b"\x81\x80\0\0\0\0"
+    trap = b"A" * 130 + fake + b"B" * 10
+    stream = b"".join(
+        [
+            _client_frame(0x81, acks[0]),
+            _client_frame(0x81, acks[1]),
+            _client_frame(0x89, b"p"),  # ping
+            _client_frame(0x81, acks[2]),
+            _client_frame(0x01, b'{"type":'),  # a text message in two fragments
+            _client_frame(0x80, b'"resync"}'),
+            _client_frame(0x81, big),  # 16-bit length: not for the shortcut
+            # A binary frame whose (unmasked) middle looks like a small text frame: cut
+            # there, only the parser knows it is inside a frame.
+            _client_frame(0x82, trap, mask=b"\0\0\0\0"),
+            _client_frame(0x81, acks[3]),
+        ]
+    )
+    want = [acks[0], acks[1], acks[2], b'{"type":"resync"}', big, trap, acks[3]]
+    rng = random.Random(6)
+    cuts: list[list[int]] = [[], list(range(1, len(stream))), [stream.index(fake)]]
+    cuts += [sorted(rng.sample(range(1, len(stream)), k)) for k in (1, 2, 5, 20) for _ in range(5)]
+    loop = asyncio.get_running_loop()
+    for cut in cuts:
+        proto = _protocol(WS_PROTOCOL)
+        ours, theirs = socket.socketpair()
+        theirs.setblocking(False)
+        transport, _ = await loop.connect_accepted_socket(lambda p=proto: p, ours)
+        try:
+            proto.conn.receive_data(_HANDSHAKE)  # what uvicorn's handle_connect would do
+            (request,) = proto.conn.events_received()
+            proto.conn.send_response(proto.conn.accept(request))
+            proto.conn.data_to_send()
+            proto.handshake_complete = True
+            got: list[bytes] = []
+            proto.on_message = got.append
+            for a, b in zip([0, *cut], [*cut, len(stream)], strict=True):
+                proto.data_received(stream[a:b])
+            assert [bytes(g) for g in got] == want, f"cut at {cut}"
+            pong = await asyncio.wait_for(loop.sock_recv(theirs, 64), 5)
+            assert pong == b"\x8a\x01p", f"cut at {cut}: the ping got {pong!r}"
+        finally:
+            transport.abort()
+            theirs.close()
