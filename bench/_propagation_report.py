@@ -181,9 +181,10 @@ _ACTIVITIES: list[tuple[str, tuple[str, ...]]] = [
     ),
     ("acks: flagwire's handling (rate limit, parse, tally, metric)", ("_handle",)),
     (
-        "acks: WebSocket frame parsing (uvicorn + websockets)",
+        "acks: WebSocket frame parsing (the fence's shortcut, uvicorn + websockets)",
         # py-spy often shows websockets' parser generators without their callers
         (
+            "FlagwireWebSocketProtocol._small_text_frames",
             "WebSocketsSansIOProtocol.data_received",
             "Protocol.parse",
             "Frame.parse",
