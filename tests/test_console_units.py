@@ -6,8 +6,9 @@ from typing import Any
 
 import pytest
 
-from flagwire_server.console.pages import _json_script, _safe_next
+from flagwire_server.console.pages import _safe_next
 from flagwire_server.console.present import diff, serving
+from flagwire_server.console.render import json_script
 
 
 def flag(**extra: Any) -> dict[str, Any]:
@@ -84,7 +85,7 @@ def test_sign_in_redirects_only_to_this_site(value: str | None, safe: str) -> No
 
 
 def test_embedded_json_cannot_close_its_script_element() -> None:
-    text = str(_json_script({"description": "</script><script>alert(1)</script>&"}))
+    text = str(json_script({"description": "</script><script>alert(1)</script>&"}))
     assert "</script" not in text
     assert "<" not in text
     assert "&" not in text

@@ -14,7 +14,7 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
 from flagwire_server.api.insight import blocked_by, updated_ms
-from flagwire_server.console.pages import _guarded, _layout, _render, _store
+from flagwire_server.console.render import guarded, layout, render, store_of
 from flagwire_server.services import services_of
 from flagwire_server.sessions import Session
 from flagwire_server.store.archive import FlagArchive
@@ -25,21 +25,21 @@ __all__ = ["routes"]
 
 async def _clients(request: Request, session: Session) -> Response:
     env = request.path_params["env"]
-    ctx = await _layout(request, session, env, "clients")
-    info = await _store(request).get_env(env)
+    ctx = await layout(request, session, env, "clients")
+    info = await store_of(request).get_env(env)
     entries = await services_of(request).insight.store.clients(env)
     version = int(info.get("version", 0))
     for e in entries:
         e["lag"] = max(0, version - int(e.get("applied_version", 0)))
-    return _render(request, "clients.html", clients=entries, env_version=version, **ctx)
+    return render(request, "clients.html", clients=entries, env_version=version, **ctx)
 
 
 async def _cleanup(request: Request, session: Session) -> Response:
     env = request.path_params["env"]
     raw = request.query_params.get("days", "7")
     days = int(raw) if raw.isdigit() and 1 <= int(raw) <= 3650 else 7
-    ctx = await _layout(request, session, env, "cleanup")
-    docs = {str(d["key"]): d for d in await _store(request).list_docs(env, "flag")}
+    ctx = await layout(request, session, env, "cleanup")
+    docs = {str(d["key"]): d for d in await store_of(request).list_docs(env, "flag")}
     ins = services_of(request).insight.store
     last = await ins.last_evaluated(env)
     since = int(time.time() * 1000) - days * DAY_MS
@@ -60,12 +60,12 @@ async def _cleanup(request: Request, session: Session) -> Response:
             reasons.append("blocked by " + ", ".join(blocked))
         if reasons:
             rows.append({"key": key, "on": bool(doc.get("on")), "last": lasted, "why": reasons})
-    archived = await FlagArchive(_store(request)).list(env)
-    return _render(request, "cleanup.html", rows=rows, days=days, archived=archived, **ctx)
+    archived = await FlagArchive(store_of(request)).list(env)
+    return render(request, "cleanup.html", rows=rows, days=days, archived=archived, **ctx)
 
 
 def routes() -> list[BaseRoute]:
     return [
-        Route("/envs/{env}/clients", _guarded(_clients), name="console-clients"),
-        Route("/envs/{env}/cleanup", _guarded(_cleanup), name="console-cleanup"),
+        Route("/envs/{env}/clients", guarded(_clients), name="console-clients"),
+        Route("/envs/{env}/cleanup", guarded(_cleanup), name="console-cleanup"),
     ]

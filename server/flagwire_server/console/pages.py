@@ -3,22 +3,19 @@
 Reads come straight from the store (the pages are the admin API's peers, not
 its clients); every change goes through the admin API from the browser, so it
 is validated, audited and acknowledged exactly like a CLI change, and the
-"applied by N of M" figures come from the same ``?wait`` response.
+"applied by N of M" figures come from the same ``?wait`` response.  How a page
+is rendered and guarded (templates, headers, layout, sign-in redirect) is
+:mod:`flagwire_server.console.render`, shared with the other page modules.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import secrets
-from pathlib import Path
 from typing import Any, Final
-from urllib.parse import quote
 
-import jinja2
-from markupsafe import Markup
 from starlette.requests import Request
-from starlette.responses import HTMLResponse, RedirectResponse, Response
+from starlette.responses import RedirectResponse, Response
 from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
 
@@ -26,6 +23,17 @@ from flagwire.core.operators import OPERATORS
 from flagwire_server.api.ratelimit import RateLimiter
 from flagwire_server.console import present
 from flagwire_server.console.forms import FormRefused, read_form
+from flagwire_server.console.render import (
+    HERE,
+    PROTECTED_ENV,
+    guarded,
+    layout,
+    render,
+    static_version,
+    store_of,
+    to_signin,
+    unavailable,
+)
 from flagwire_server.services import services_of
 from flagwire_server.sessions import (
     LOGIN_COOKIE,
@@ -35,147 +43,11 @@ from flagwire_server.sessions import (
     read_session,
     same_origin,
 )
-from flagwire_server.store.documents import NotFound, Store, StoreUnavailable
+from flagwire_server.store.documents import NotFound, StoreUnavailable
 
 __all__ = ["build_routes"]
 
 log = logging.getLogger("flagwire.console")
-
-_HERE: Final = Path(__file__).parent
-_ENV: Final = jinja2.Environment(
-    loader=jinja2.FileSystemLoader(_HERE / "templates"),
-    autoescape=True,
-    trim_blocks=True,
-    lstrip_blocks=True,
-    undefined=jinja2.StrictUndefined,
-)
-_ENV.filters["serving"] = present.serving
-_ENV.filters["label"] = present.label
-_ENV.filters["when"] = present.when
-_ENV.globals["diff"] = present.diff
-_PROTECTED_ENV: Final = "production"
-
-
-def _json_script(value: Any) -> Markup:
-    """JSON safe inside ``<script type="application/json">`` (no ``</script>`` breakout)."""
-    text = json.dumps(value, ensure_ascii=False, separators=(",", ":"))
-    text = text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
-    return Markup(text)  # escaped above for the script context
-
-
-_ENV.filters["json_script"] = _json_script
-
-
-def _csp(request: Request) -> str:
-    host = request.headers.get("host", "")
-    return (
-        "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
-        f"connect-src 'self' ws://{host} wss://{host}; form-action 'self'; "
-        "frame-ancestors 'none'; base-uri 'none'"
-    )
-
-
-def _headers(request: Request) -> dict[str, str]:
-    return {
-        "Content-Security-Policy": _csp(request),
-        "X-Content-Type-Options": "nosniff",
-        "X-Frame-Options": "DENY",
-        "Referrer-Policy": "same-origin",
-        "Cache-Control": "no-store",
-    }
-
-
-def _render(request: Request, name: str, status: int = 200, **context: Any) -> HTMLResponse:
-    html = _ENV.get_template(name).render(request=request, **context)
-    return HTMLResponse(html, status_code=status, headers=_headers(request))
-
-
-def _error_page(
-    request: Request,
-    status: int,
-    session: Session | None,
-    envs: list[Any],
-    title: str,
-    message: str,
-) -> HTMLResponse:
-    """error.html with no environment selected (the sidebar still lists ``envs``)."""
-    return _render(
-        request,
-        "error.html",
-        status,
-        session=session,
-        envs=envs,
-        env=None,
-        env_info=None,
-        page="",
-        protected=False,
-        static=_static_version(),
-        title=title,
-        message=message,
-    )
-
-
-def _unavailable(request: Request, session: Session | None, exc: StoreUnavailable) -> HTMLResponse:
-    """A 503 page when Redis cannot be reached: no environments can be listed either."""
-    return _error_page(request, 503, session, [], "Store unavailable", f"{exc}. Try again shortly.")
-
-
-def _store(request: Request) -> Store:
-    return services_of(request).store
-
-
-def _to_signin(request: Request) -> RedirectResponse:
-    target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
-    return RedirectResponse(f"/signin?next={quote(target, safe='')}", status_code=303)
-
-
-async def _layout(request: Request, session: Session, env: str | None, page: str) -> dict[str, Any]:
-    store = _store(request)
-    envs = await store.list_envs()
-    info: dict[str, Any] | None = None
-    if env is not None:
-        info = await store.get_env(env)  # NotFound -> 404 page
-    return {
-        "session": session,
-        "envs": envs,
-        "env": env,
-        "env_info": info,
-        "page": page,
-        "protected": env == _PROTECTED_ENV,
-        "static": _static_version(),
-    }
-
-
-_STATIC_VERSION: list[str] = []
-
-
-def _static_version() -> str:
-    """A cache-busting token: changes whenever a static file changes."""
-    if not _STATIC_VERSION:
-        stamp = max((p.stat().st_mtime_ns for p in (_HERE / "static").iterdir()), default=0)
-        _STATIC_VERSION.append(format(stamp, "x")[-8:])
-    return _STATIC_VERSION[0]
-
-
-def _guarded(handler: Any) -> Any:
-    """Wrap a page: redirect to sign-in without a session, 404 page on NotFound."""
-
-    async def page(request: Request) -> Response:
-        session = await read_session(request)
-        if session is None:
-            return _to_signin(request)
-        try:
-            response: Response = await handler(request, session)
-        except NotFound as exc:
-            envs = await _store(request).list_envs()
-            return _error_page(request, 404, session, envs, "Not found", str(exc))
-        except StoreUnavailable as exc:
-            return _unavailable(request, session, exc)
-        return response
-
-    page.__name__ = handler.__name__
-    return page
-
 
 # --- sign-in ----------------------------------------------------------------
 
@@ -196,14 +68,14 @@ def _safe_next(value: str | None) -> str:
 
 def _signin_form(request: Request, error: str | None = None, status: int = 200) -> Response:
     token = secrets.token_urlsafe(24)
-    response = _render(
+    response = render(
         request,
         "signin.html",
         status,
         error=error,
         login_csrf=token,
         next=_safe_next(request.query_params.get("next")),
-        static=_static_version(),
+        static=static_version(),
     )
     response.set_cookie(
         LOGIN_COOKIE,
@@ -304,13 +176,13 @@ async def signout(request: Request) -> Response:
 async def home(request: Request) -> Response:
     session = await read_session(request)
     if session is None:
-        return _to_signin(request)
+        return to_signin(request)
     try:
-        envs = await _store(request).list_envs()
+        envs = await store_of(request).list_envs()
     except StoreUnavailable as exc:
-        return _unavailable(request, session, exc)
+        return unavailable(request, session, exc)
     keys = [str(e.get("key")) for e in envs]
-    env = _PROTECTED_ENV if _PROTECTED_ENV in keys or not keys else keys[0]
+    env = PROTECTED_ENV if PROTECTED_ENV in keys or not keys else keys[0]
     return RedirectResponse(f"/envs/{env}/flags", status_code=303)
 
 
@@ -327,10 +199,10 @@ async def switch(request: Request) -> Response:
 
 async def _flags(request: Request, session: Session) -> Response:
     env = request.path_params["env"]
-    ctx = await _layout(request, session, env, "flags")
-    flags = await _store(request).list_docs(env, "flag")
+    ctx = await layout(request, session, env, "flags")
+    flags = await store_of(request).list_docs(env, "flag")
     tags = sorted({t for f in flags for t in f.get("tags") or []})
-    return _render(request, "flags.html", flags=flags, tags=tags, **ctx)
+    return render(request, "flags.html", flags=flags, tags=tags, **ctx)
 
 
 def _catalog(flags: list[dict[str, Any]], segments: list[dict[str, Any]]) -> dict[str, Any]:
@@ -343,19 +215,19 @@ def _catalog(flags: list[dict[str, Any]], segments: list[dict[str, Any]]) -> dic
 
 async def _flag(request: Request, session: Session) -> Response:
     env, key = request.path_params["env"], request.path_params["key"]
-    ctx = await _layout(request, session, env, "flags")
-    store = _store(request)
+    ctx = await layout(request, session, env, "flags")
+    store = store_of(request)
     doc = await store.get_doc(env, "flag", key)
     flags = await store.list_docs(env, "flag")
     segments = await store.list_docs(env, "segment")
     others = [f for f in flags if f.get("key") != key]
-    return _render(request, "flag.html", flag=doc, catalog=_catalog(others, segments), **ctx)
+    return render(request, "flag.html", flag=doc, catalog=_catalog(others, segments), **ctx)
 
 
 async def _history(request: Request, session: Session) -> Response:
     env, key = request.path_params["env"], request.path_params["key"]
-    ctx = await _layout(request, session, env, "flags")
-    store = _store(request)
+    ctx = await layout(request, session, env, "flags")
+    store = store_of(request)
     current = await store.get_doc(env, "flag", key)
     older = await store.history(env, "flag", key)
     versions = [current, *older]
@@ -369,71 +241,71 @@ async def _history(request: Request, session: Session) -> Response:
         }
         for i, doc in enumerate(versions)
     ]
-    return _render(request, "history.html", flag=current, rows=rows, **ctx)
+    return render(request, "history.html", flag=current, rows=rows, **ctx)
 
 
 async def _segments(request: Request, session: Session) -> Response:
     env = request.path_params["env"]
-    ctx = await _layout(request, session, env, "segments")
-    segments = await _store(request).list_docs(env, "segment")
-    return _render(request, "segments.html", segments=segments, **ctx)
+    ctx = await layout(request, session, env, "segments")
+    segments = await store_of(request).list_docs(env, "segment")
+    return render(request, "segments.html", segments=segments, **ctx)
 
 
 async def _segment(request: Request, session: Session) -> Response:
     env, key = request.path_params["env"], request.path_params["key"]
-    ctx = await _layout(request, session, env, "segments")
-    store = _store(request)
+    ctx = await layout(request, session, env, "segments")
+    store = store_of(request)
     doc = await store.get_doc(env, "segment", key)
     segments = await store.list_docs(env, "segment")
     catalog = _catalog([], [s for s in segments if s.get("key") != key])
-    return _render(request, "segment.html", segment=doc, catalog=catalog, **ctx)
+    return render(request, "segment.html", segment=doc, catalog=catalog, **ctx)
 
 
 async def _audit(request: Request, session: Session) -> Response:
     env = request.path_params["env"]
-    ctx = await _layout(request, session, env, "audit")
+    ctx = await layout(request, session, env, "audit")
     before = request.query_params.get("before") or None
     if before is not None and not all(c.isdigit() or c == "-" for c in before):
         before = None
-    entries, cursor = await _store(request).audit(env, limit=50, before=before)
-    return _render(
+    entries, cursor = await store_of(request).audit(env, limit=50, before=before)
+    return render(
         request, "audit.html", entries=[e.to_json() for e in entries], cursor=cursor, **ctx
     )
 
 
 async def _activity(request: Request, session: Session) -> Response:
-    ctx = await _layout(request, session, None, "activity")
+    ctx = await layout(request, session, None, "activity")
     before = request.query_params.get("before") or None
     if before is not None and not all(c.isdigit() or c == "-" for c in before):
         before = None
     entries, cursor = await services_of(request).audit.page(limit=50, before=before)
-    return _render(
+    return render(
         request, "activity.html", entries=[e.to_json() for e in entries], cursor=cursor, **ctx
     )
 
 
 async def _envs(request: Request, session: Session) -> Response:
-    ctx = await _layout(request, session, None, "envs")
-    store = _store(request)
+    ctx = await layout(request, session, None, "envs")
+    store = store_of(request)
     envs = []
     for e in ctx["envs"]:
         try:
             envs.append(await store.get_env(str(e.get("key"))))
         except NotFound:  # deleted since it was listed
             continue
-    return _render(request, "envs.html", environments=envs, **ctx)
+    return render(request, "envs.html", environments=envs, **ctx)
 
 
 async def _keys(request: Request, session: Session) -> Response:
     env = request.query_params.get("env") or None
-    ctx = await _layout(request, session, None, "keys")
+    ctx = await layout(request, session, None, "keys")
     names = [str(e.get("key")) for e in ctx["envs"]]
     if not env and names:
-        env = _PROTECTED_ENV if _PROTECTED_ENV in names else names[0]
+        env = PROTECTED_ENV if PROTECTED_ENV in names else names[0]
     if env in names:
         ctx["env"] = env
     keys = await services_of(request).keys.list_keys()
-    return _render(request, "keys.html", keys=keys, **ctx)
+    return render(request, "keys.html", keys=keys, **ctx)
 
 
 def build_routes() -> list[BaseRoute]:
@@ -444,14 +316,14 @@ def build_routes() -> list[BaseRoute]:
         Route("/signin", signin_post, methods=["POST"]),
         Route("/signout", signout, methods=["POST"], name="console-signout"),
         Route("/switch", switch),
-        Route("/keys", _guarded(_keys), name="console-keys"),
-        Route("/activity", _guarded(_activity), name="console-activity"),
-        Route("/envs", _guarded(_envs), name="console-envs"),
-        Route("/envs/{env}/flags", _guarded(_flags), name="console-flags"),
-        Route("/envs/{env}/flags/{key}", _guarded(_flag), name="console-flag"),
-        Route("/envs/{env}/flags/{key}/history", _guarded(_history), name="console-history"),
-        Route("/envs/{env}/segments", _guarded(_segments), name="console-segments"),
-        Route("/envs/{env}/segments/{key}", _guarded(_segment), name="console-segment"),
-        Route("/envs/{env}/audit", _guarded(_audit), name="console-audit"),
-        Mount("/static", app=StaticFiles(directory=_HERE / "static"), name="console-static"),
+        Route("/keys", guarded(_keys), name="console-keys"),
+        Route("/activity", guarded(_activity), name="console-activity"),
+        Route("/envs", guarded(_envs), name="console-envs"),
+        Route("/envs/{env}/flags", guarded(_flags), name="console-flags"),
+        Route("/envs/{env}/flags/{key}", guarded(_flag), name="console-flag"),
+        Route("/envs/{env}/flags/{key}/history", guarded(_history), name="console-history"),
+        Route("/envs/{env}/segments", guarded(_segments), name="console-segments"),
+        Route("/envs/{env}/segments/{key}", guarded(_segment), name="console-segment"),
+        Route("/envs/{env}/audit", guarded(_audit), name="console-audit"),
+        Mount("/static", app=StaticFiles(directory=HERE / "static"), name="console-static"),
     ]

@@ -20,7 +20,7 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
 from flagwire_server.console import present
-from flagwire_server.console.pages import _guarded, _layout, _render, _store
+from flagwire_server.console.render import guarded, layout, render, store_of
 from flagwire_server.services import services_of
 from flagwire_server.sessions import Session
 
@@ -36,24 +36,24 @@ def _view(plan: dict[str, Any]) -> dict[str, Any]:
 
 async def _releases(request: Request, session: Session) -> Response:
     env = request.path_params["env"]
-    ctx = await _layout(request, session, env, "releases")
+    ctx = await layout(request, session, env, "releases")
     plans = [_view(p) for p in await services_of(request).plans.list_plans(env)]
     changes = await services_of(request).schedules.list_changes(env)
     changes.sort(key=lambda c: (c.get("status") != "pending", int(c.get("due_ms", 0))))
-    return _render(request, "releases.html", plans=plans, changes=changes, **ctx)
+    return render(request, "releases.html", plans=plans, changes=changes, **ctx)
 
 
 async def _plan(request: Request, session: Session) -> Response:
     env, plan_id = request.path_params["env"], str(request.path_params["id"])
-    ctx = await _layout(request, session, env, "releases")
+    ctx = await layout(request, session, env, "releases")
     plan = _view(await services_of(request).plans.get(env, plan_id))
-    flag = await _store(request).get_doc(env, "flag", plan["flag"])
+    flag = await store_of(request).get_doc(env, "flag", plan["flag"])
     labels = [present.label(v) for v in flag.get("variations") or []]
-    return _render(request, "release.html", plan=plan, labels=labels, **ctx)
+    return render(request, "release.html", plan=plan, labels=labels, **ctx)
 
 
 def routes() -> list[BaseRoute]:
     return [
-        Route("/envs/{env}/releases", _guarded(_releases), name="console-releases"),
-        Route("/envs/{env}/releases/{id}", _guarded(_plan), name="console-release"),
+        Route("/envs/{env}/releases", guarded(_releases), name="console-releases"),
+        Route("/envs/{env}/releases/{id}", guarded(_plan), name="console-release"),
     ]

@@ -11,7 +11,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
-from flagwire_server.console.pages import _guarded, _layout, _render, _store
+from flagwire_server.console.render import guarded, layout, render, store_of
 from flagwire_server.notify.hooks import public
 from flagwire_server.services import services_of
 from flagwire_server.sessions import Session
@@ -24,16 +24,16 @@ SHOWN = 10
 
 async def _webhooks(request: Request, session: Session) -> Response:
     env = request.path_params["env"]
-    ctx = await _layout(request, session, env, "webhooks")
-    await _store(request).get_env(env)
+    ctx = await layout(request, session, env, "webhooks")
+    await store_of(request).get_env(env)
     store = services_of(request).webhooks
     hooks = []
     for record in await store.list_webhooks(env):
         hook = public(record)
         hook["deliveries"] = await store.deliveries(env, record["id"], SHOWN)
         hooks.append(hook)
-    return _render(request, "webhooks.html", hooks=hooks, **ctx)
+    return render(request, "webhooks.html", hooks=hooks, **ctx)
 
 
 def routes() -> list[BaseRoute]:
-    return [Route("/envs/{env}/webhooks", _guarded(_webhooks), name="console-webhooks")]
+    return [Route("/envs/{env}/webhooks", guarded(_webhooks), name="console-webhooks")]
