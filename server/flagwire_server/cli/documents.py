@@ -19,7 +19,7 @@ import typer
 from flagwire_server.cli.files import load_file
 from flagwire_server.cli.http import Api, cli_errors, wait_params
 from flagwire_server.cli.options import DEFAULT_URL, Env, Json, Key, Url, Wait
-from flagwire_server.cli.output import emit, write_summary
+from flagwire_server.cli.output import emit, say, write_summary
 
 __all__ = ["add_create", "add_delete_history_restore", "write_document"]
 
@@ -90,10 +90,7 @@ def add_delete_history_restore(
             data = Api(url, admin_key).call(
                 "DELETE", f"/environments/{env}/{kind}s/{key}", params=wait_params(wait)
             )
-            if as_json:
-                emit(data, True)
-            else:
-                typer.echo(f"{kind} {key} deleted: environment version {data['env_version']}")
+            say(data, as_json, f"{kind} {key} deleted: environment version {data['env_version']}")
 
     def history(
         key: str,

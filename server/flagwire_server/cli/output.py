@@ -38,6 +38,15 @@ def _cell(value: Any) -> str:
     return str(value)
 
 
+def say(data: Any, as_json: bool, *lines: str) -> None:
+    """Print ``data`` as JSON when asked, else the human ``lines``."""
+    if as_json:
+        emit(data, True)
+        return
+    for line in lines:
+        typer.echo(line)
+
+
 def write_summary(data: dict[str, Any], kind: str, as_json: bool) -> None:
     """One line about a write: the document's state, versions and who acknowledged it."""
     if as_json:

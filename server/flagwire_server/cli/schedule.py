@@ -14,7 +14,7 @@ import typer
 
 from flagwire_server.cli.http import Api, cli_errors, fail
 from flagwire_server.cli.options import DEFAULT_URL, Env, Json, Key, Url
-from flagwire_server.cli.output import emit
+from flagwire_server.cli.output import emit, say
 
 __all__ = ["schedule"]
 
@@ -84,10 +84,7 @@ def schedule_add(
         if if_changed is not None:
             body["if_changed"] = if_changed
         data = Api(url, admin_key).call("POST", f"/environments/{env}/schedule", body=body)
-        if as_json:
-            emit(data, True)
-        else:
-            typer.echo(f"scheduled {_line(data)}")
+        say(data, as_json, f"scheduled {_line(data)}")
 
 
 @schedule.command("list")
@@ -152,10 +149,7 @@ def schedule_edit(
         data = Api(url, admin_key).call(
             "PATCH", f"/environments/{env}/schedule/{change_id}", body=body
         )
-        if as_json:
-            emit(data, True)
-        else:
-            typer.echo(f"edited {_line(data)}")
+        say(data, as_json, f"edited {_line(data)}")
 
 
 @schedule.command("cancel")
@@ -169,7 +163,4 @@ def schedule_cancel(
     """Cancel a pending change."""
     with cli_errors():
         data = Api(url, admin_key).call("DELETE", f"/environments/{env}/schedule/{change_id}")
-        if as_json:
-            emit(data, True)
-        else:
-            typer.echo(f"cancelled {_line(data)}")
+        say(data, as_json, f"cancelled {_line(data)}")

@@ -12,7 +12,7 @@ import typer
 
 from flagwire_server.cli.http import Api, cli_errors, fail
 from flagwire_server.cli.options import DEFAULT_URL, Env, Json, Key, Url
-from flagwire_server.cli.output import emit
+from flagwire_server.cli.output import emit, say
 
 __all__ = ["webhooks"]
 
@@ -58,11 +58,12 @@ def webhooks_create(
         if description is not None:
             body["description"] = description
         data = Api(url, admin_key).call("POST", _base(env), body=body)
-        if as_json:
-            emit(data, True)
-        else:
-            typer.echo(f"created {_line(data['webhook'])}")
-            typer.echo(f"signing secret (shown once, store it now): {data['secret']}")
+        say(
+            data,
+            as_json,
+            f"created {_line(data['webhook'])}",
+            f"signing secret (shown once, store it now): {data['secret']}",
+        )
 
 
 @webhooks.command("list")
@@ -117,10 +118,7 @@ def webhooks_update(
         if not body:
             fail("nothing to change: give --to, --event, --description or --enable/--disable")
         data = Api(url, admin_key).call("PATCH", f"{_base(env)}/{webhook_id}", body=body)
-        if as_json:
-            emit(data, True)
-        else:
-            typer.echo(f"updated {_line(data)}")
+        say(data, as_json, f"updated {_line(data)}")
 
 
 @webhooks.command("rotate-secret")
@@ -134,10 +132,7 @@ def webhooks_rotate_secret(
     """Give a webhook a new signing secret and print it (shown this once)."""
     with cli_errors():
         data = Api(url, admin_key).call("POST", f"{_base(env)}/{webhook_id}/secret")
-        if as_json:
-            emit(data, True)
-        else:
-            typer.echo(f"new signing secret for {webhook_id} (shown once): {data['secret']}")
+        say(data, as_json, f"new signing secret for {webhook_id} (shown once): {data['secret']}")
 
 
 @webhooks.command("delete")
@@ -151,10 +146,7 @@ def webhooks_delete(
     """Delete a webhook and its delivery log."""
     with cli_errors():
         data = Api(url, admin_key).call("DELETE", f"{_base(env)}/{webhook_id}")
-        if as_json:
-            emit(data, True)
-        else:
-            typer.echo(f"deleted {_line(data['webhook'])}")
+        say(data, as_json, f"deleted {_line(data['webhook'])}")
 
 
 @webhooks.command("deliveries")
