@@ -152,3 +152,24 @@ async def _at(http: httpx.AsyncClient, plan_id: str, stage: int) -> bool:
 async def _status(http: httpx.AsyncClient, plan_id: str, status: str) -> dict[str, Any] | None:
     plan = await _plan(http, plan_id)
     return plan if plan["status"] == status else None
+
+
+async def test_the_new_variation_of_a_two_variation_flag_is_the_one_not_served(asgi: Any) -> None:
+    """``flagwire release start KEY --template standard`` on an on/off flag just works.
+
+    (It defaulted to variation 0, which a boolean flag serving ``false`` already serves:
+    a new user's first plan was a 422.)
+    """
+    _app, http = asgi
+    await _setup(http)  # serves variation 1 ("old")
+    stages = [{"percent": 10, "hold": 3600}, {"percent": 100}]
+    r = await http.post(f"{BASE}/releases", json={"flag": "checkout", "stages": stages})
+    assert r.status_code == 201, r.text
+    assert r.json()["variation"] == 0
+    r = await http.post(
+        f"{BASE}/flags", json=flag("three", variations=["a", "b", "c"], fallthrough=0)
+    )
+    assert r.status_code == 201, r.text
+    r = await http.post(f"{BASE}/releases", json={"flag": "three", "template": "standard"})
+    assert r.status_code == 422, r.text
+    assert "3 variations" in r.text

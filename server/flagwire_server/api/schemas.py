@@ -636,7 +636,11 @@ SCHEMAS: Final[dict[str, _S]] = {
     "ReleasePlanInput": _obj(
         {
             "flag": {"type": "string", "pattern": f"^{KEY_PATTERN}$"},
-            "variation": {**_INT, "minimum": 0, "description": "the new variation's index"},
+            "variation": {
+                **_INT,
+                "minimum": 0,
+                "description": "the new variation's index (of two, the one not served by default)",
+            },
             "template": _STR,
             "stages": {"type": "array", "items": ref("ReleaseStage")},
             "guards": {
@@ -647,7 +651,7 @@ SCHEMAS: Final[dict[str, _S]] = {
             },
             "wait": {"type": "number", "minimum": 0, "maximum": 30},
         },
-        ("flag", "variation"),
+        ("flag",),
     ),
     "ReleasePlan": _obj(
         {

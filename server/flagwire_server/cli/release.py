@@ -69,7 +69,13 @@ def _show(plan: dict[str, Any], as_json: bool) -> None:
 @release.command("start")
 def release_start(
     flag: str,
-    variation: Annotated[int, typer.Option("--variation", help="The new variation's index.")] = 0,
+    variation: Annotated[
+        int | None,
+        typer.Option(
+            "--variation",
+            help="The new variation's index (default: of two, the one not served now).",
+        ),
+    ] = None,
     template: Annotated[
         str | None, typer.Option("--template", help="A template (standard, or your own).")
     ] = None,
@@ -89,7 +95,9 @@ def release_start(
     with cli_errors():
         if (template is None) == (stages is None):
             fail("give exactly one of --template and --stages")
-        body: dict[str, Any] = {"flag": flag, "variation": variation}
+        body: dict[str, Any] = {"flag": flag}
+        if variation is not None:
+            body["variation"] = variation
         if template is not None:
             body["template"] = template
         else:

@@ -139,6 +139,12 @@ class Releases:
         old = old_variation(before)
         new = body.get("variation")
         count = len(before.get("variations") or [])
+        if new is None and count == 2:
+            new = 1 - old  # an on/off flag: the new variation is the one not served now
+        elif new is None:
+            raise ValidationError(
+                [("variation", f"required: the flag has {count} variations and serves {old} now")]
+            )
         if type(new) is not int or not 0 <= new < count or new == old:
             raise ValidationError(
                 [("variation", f"the new variation: an index below {count}, not the old {old}")]
