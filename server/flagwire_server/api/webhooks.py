@@ -41,7 +41,7 @@ def _id(request: Request) -> str:
 
 
 def _invalid(exc: ValidationError) -> Problem:
-    return Problem(422, f"invalid webhook: {exc}", errors=exc.errors)
+    return Problem(422, f"invalid webhook: {len(exc.errors)} problem(s)", errors=exc.errors)
 
 
 def _now() -> str:
