@@ -13,6 +13,7 @@ from collections.abc import Iterator
 import orjson
 import pytest
 
+from flagwire_server.store.webhooks import CrossSlotRead
 from tests.support.builders import flag
 from tests.support.inprocess import asgi_app
 from tests.support.polling import poll
@@ -50,6 +51,9 @@ async def test_webhooks_of_several_environments_on_a_cluster(cluster: Cluster) -
         hooks = app.state.services.webhooks
         slots = {hooks.redis.keyslot(hooks.keyspace.webhooks(e)) for e in envs}
         assert len(slots) > 1, "the environments should be in different slots"
+        # What makes the notifier read each environment on its own here.
+        with pytest.raises(CrossSlotRead):
+            await hooks.wait_any(envs, "probe", 1, 10)
         for env in envs:
             r = await http.post(f"/api/v1/environments/{env}/flags", json=flag(f"on-{env}"))
             assert r.status_code == 201, r.text

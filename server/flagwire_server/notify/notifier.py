@@ -43,7 +43,7 @@ from flagwire_server.notify import events, retry
 from flagwire_server.notify.events import Event
 from flagwire_server.notify.sender import DeliveryPolicy, Sender
 from flagwire_server.store.types import NotFound, StoreError
-from flagwire_server.store.webhooks import Entry, Source, WebhookStore
+from flagwire_server.store.webhooks import CrossSlotRead, Entry, Source, WebhookStore
 
 __all__ = ["DeliveryPolicy", "Notifier"]
 
@@ -199,7 +199,7 @@ class Notifier:
                 if blocking and envs and not reclaim:
                     try:
                         waited = await self._wait_any(envs)
-                    except NotImplementedError as exc:  # a cluster: poll each environment
+                    except CrossSlotRead as exc:  # a cluster: poll each environment
                         blocking = False
                         log.info("webhooks: polling each environment (%s)", exc)
                 if waited is None:  # look at each (repairing groups, reclaiming)

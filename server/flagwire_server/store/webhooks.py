@@ -34,7 +34,15 @@ import redis.exceptions
 from flagwire_server.store.keyspace import Keyspace
 from flagwire_server.store.types import NotFound, _loads, _translated, as_str
 
-__all__ = ["EVENTS_MAXLEN", "GROUP", "LOG_KEEP", "Entry", "Source", "WebhookStore"]
+__all__ = [
+    "EVENTS_MAXLEN",
+    "GROUP",
+    "LOG_KEEP",
+    "CrossSlotRead",
+    "Entry",
+    "Source",
+    "WebhookStore",
+]
 
 #: The consumer group on both streams.
 GROUP: Final = "webhooks"
@@ -54,6 +62,11 @@ if redis.call('HEXISTS', KEYS[1], ARGV[1]) == 0 then return 0 end
 redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
 return 1
 """
+
+
+class CrossSlotRead(Exception):
+    """One read cannot span the environments' streams: they are in different
+    Redis Cluster slots (read each environment on its own instead)."""
 
 
 class WebhookStore:
@@ -228,8 +241,8 @@ class WebhookStore:
         (a :meth:`read` per environment repairs it).  ``count`` is per stream.
 
         Raises:
-            NotImplementedError: the streams are in different cluster slots (read
-                the environments one by one instead).
+            CrossSlotRead: the streams are in different cluster slots (read the
+                environments one by one instead).
         """
         names: dict[str, tuple[str, Source]] = {}
         for env in envs:
@@ -240,10 +253,10 @@ class WebhookStore:
                 GROUP, consumer, dict.fromkeys(names, ">"), count=count, block=block_ms
             )
         except redis.exceptions.RedisClusterException as exc:
-            raise NotImplementedError(f"one read over many environments: {exc}") from None
+            raise CrossSlotRead(f"one read over many environments: {exc}") from None
         except redis.exceptions.ResponseError as exc:
             if "CROSSSLOT" in str(exc):
-                raise NotImplementedError(f"one read over many environments: {exc}") from None
+                raise CrossSlotRead(f"one read over many environments: {exc}") from None
             if "NOGROUP" not in str(exc):
                 raise
             return None
