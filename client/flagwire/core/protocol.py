@@ -46,6 +46,7 @@ __all__ = [
     "SnapshotMessage",
     "Summary",
     "Watch",
+    "ack_version",
     "decode",
     "encode",
     "patch_template",
@@ -289,6 +290,26 @@ def _show(value: Any) -> str:
         return "nothing"
     text = repr(value)
     return f"{type(value).__name__} {text[:40]}{'...' if len(text) > 40 else ''}"
+
+
+#: An ack as :func:`encode` writes it, up to the version's digits.
+_ACK_PREFIX: Final = b'{"type":"ack","version":'
+_ACK_DIGITS: Final = slice(len(_ACK_PREFIX), -1)
+
+
+def ack_version(frame: bytes) -> int | None:
+    """The version of ``frame`` if it is an ack exactly as :func:`encode` writes it.
+
+    Every client sends one per change, so a server reads them without the
+    generic :func:`decode`.  None for anything else, including acks spelled
+    another way: :func:`decode` then answers, and agrees wherever this does.
+    """
+    if not (frame.startswith(_ACK_PREFIX) and frame.endswith(b"}")):
+        return None
+    digits = frame[_ACK_DIGITS]
+    if 0 < len(digits) <= 18 and digits.isdigit() and (digits[0] != 48 or len(digits) == 1):
+        return int(digits)
+    return None
 
 
 def decode(data: bytes | str, *, max_size: int | None = None) -> Message:

@@ -35,7 +35,7 @@ from starlette.websockets import WebSocket
 
 from flagwire.core.errors import ProtocolError
 from flagwire.core.limits import MAX_CLIENT_FRAME, STREAM_PATH
-from flagwire.core.protocol import Ack, CloseCode, Identify, Resync, Summary, decode
+from flagwire.core.protocol import Ack, CloseCode, Identify, Resync, Summary, ack_version, decode
 from flagwire.core.reports import MAX_SUMMARY_FRAME
 from flagwire_server.config import Settings
 from flagwire_server.observability.refusals import RefusalLog
@@ -296,9 +296,6 @@ async def _stream(
 
 
 _SUMMARY_PREFIX: Final = '{"type":"summary"'
-#: An ack as the core encodes it (``encode(Ack(v))``): every client sends one per change.
-_ACK_PREFIX: Final = b'{"type":"ack","version":'
-_ACK_DIGITS: Final = slice(len(_ACK_PREFIX), -1)
 
 
 def _handle(
@@ -314,12 +311,11 @@ def _handle(
         feed.close(conn, CloseCode.RATE_LIMITED, "too many messages")
         return
     conn.tokens -= 1.0
-    if type(data) is bytes and data.startswith(_ACK_PREFIX) and data.endswith(b"}"):
-        # Fast path for the frame every client sends after every change: the same
-        # ack the decoder would return, without the generic decode (issue 16).
-        digits = data[_ACK_DIGITS]
-        if 0 < len(digits) <= 18 and digits.isdigit() and (digits[0] != 48 or len(digits) == 1):
-            feed.ack(conn, int(digits))
+    if type(data) is bytes:
+        # The frame every client sends after every change, without the generic decode.
+        version = ack_version(data)
+        if version is not None:
+            feed.ack(conn, version)
             return
     size = len(data)
     # Only a summary may be bigger than MAX_CLIENT_FRAME, and a bad one is dropped,
