@@ -4,7 +4,7 @@ One ``flagwire serve`` process (pinned to ``--server-cpus``) with its own Redis;
 ``--clients`` lean WebSocket clients (``bench/_swarm.py``, 5,000 per worker
 process) with an SDK key of an environment of ``--flags`` flags.  Each client
 sends ``identify`` once, then a summary of every flag (2 variations, reasons,
-5 hashed contexts each, an event on one) every ``--interval`` seconds, the
+a sketch of 5 contexts each, an event on one) every ``--interval`` seconds, the
 clients staggered evenly over the interval.
 
 Measured, over a steady window of ``--window`` seconds that starts one interval

@@ -7,8 +7,8 @@ it does not:
 * **CPU**: 10,000 clients reporting every 10 s are 1,000 summaries a second.
   For ``--seconds`` simulated seconds, the server-side path of each summary
   runs in this process as the endpoint runs it.  That path is the frame's
-  ``decode`` (50 flags x 2 variations, evaluations by reason, a few hashed
-  context keys, one event) and :meth:`Insight.receive`.  Every 5 simulated
+  ``decode`` (50 flags x 2 variations, evaluations by reason, a sketch of
+  five contexts, one event) and :meth:`Insight.receive`.  Every 5 simulated
   seconds a real flush writes to Redis and refreshes the 10,000-entry SDK
   inventory.  The CPU time this takes, divided by the simulated time, is the
   share of one core the reports cost a server.  Not included: the WebSocket
@@ -37,6 +37,7 @@ import random
 import secrets
 import sys
 import time
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -48,7 +49,8 @@ for path in (ROOT / "client", ROOT / "server"):
 import redis.asyncio as aioredis  # noqa: E402
 
 from flagwire.core.protocol import Identify, Summary, decode, encode  # noqa: E402
-from flagwire.core.reports import VariationStats, context_hash  # noqa: E402
+from flagwire.core.reports import VariationStats  # noqa: E402
+from flagwire.core.sketch import Registers  # noqa: E402
 from flagwire_server.config import Settings  # noqa: E402
 from flagwire_server.observability.metrics import Metrics  # noqa: E402
 from flagwire_server.store.insight import (  # noqa: E402
@@ -66,6 +68,13 @@ from flagwire_server.stream.reports import ConnReport, Insight  # noqa: E402
 ENV = "bench"
 
 
+def _sketch(keys: Iterable[str]) -> tuple[int, ...] | bytes:
+    regs = Registers()
+    for k in keys:
+        regs.add_key(k)
+    return regs.sketch()
+
+
 def summaries(flags: list[str], n: int, rng: random.Random) -> list[bytes]:
     """``n`` distinct encoded summaries as 50-flag clients send them."""
     out = []
@@ -75,7 +84,7 @@ def summaries(flags: list[str], n: int, rng: random.Random) -> list[bytes]:
             per[key] = {
                 v: VariationStats(
                     {"FALLTHROUGH": rng.randint(1, 200), "RULE_MATCH": rng.randint(0, 20)},
-                    tuple(context_hash(f"user-{rng.randrange(10**6)}") for _ in range(5)),
+                    _sketch(f"user-{rng.randrange(10**6)}" for _ in range(5)),
                     {"error": (rng.randint(0, 3), 0.0)} if v == 1 else {},
                 )
                 for v in (0, 1)
@@ -146,16 +155,16 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             vb.events = {"error": [1000, 0.0, 0.0], "latency-ms": [10**6, 4.2e7, 2.1e9]}
             batch.variations[v] = vb
         await store.write(ENV, {"probe": batch})
-        for v in (0, 1):  # the HyperLogLogs, filled in chunks
-            key = ks.insight(ENV, f"u:probe:{day}:{v}")
+        for v in (0, 1):  # the HyperLogLogs, merged from sketches of 10,000 contexts
+            batch = FlagBatch(last_ms=day * DAY_MS)
             for start in range(0, args.contexts, 10_000):
-                await redis.pfadd(
-                    key,
-                    *(
-                        context_hash(f"u{i}")
-                        for i in range(start, min(args.contexts, start + 10_000))
-                    ),
-                )
+                vb = batch.variations[v] = VariationBatch()
+                sketch = _sketch(f"u{i}" for i in range(start, min(args.contexts, start + 10_000)))
+                if isinstance(sketch, bytes):
+                    vb.dense.append(sketch)
+                else:
+                    vb.sparse += sketch
+                await store.write(ENV, {"probe": batch})
 
         async def usage(suffix: str) -> int:
             return int(await redis.memory_usage(ks.insight(ENV, suffix), samples=0) or 0)

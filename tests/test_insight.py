@@ -23,7 +23,8 @@ from websockets.asyncio.client import connect
 
 from flagwire import ClientStatus, FlagClient
 from flagwire.core.protocol import Ack, CloseCode, Identify, Summary, decode, encode
-from flagwire.core.reports import VariationStats, context_hash
+from flagwire.core.reports import VariationStats
+from flagwire.core.sketch import DENSE_BYTES, register_of
 from flagwire.openfeature import FlagwireProvider
 from flagwire.sync import SyncFlagClient
 from tests.support.builders import flag, prerequisite, rollout
@@ -115,7 +116,7 @@ async def test_two_applications_counts_contexts_events_inventory_and_cleanup(
     expected: dict[int, int] = {}
     users: dict[int, set[str]] = {}
     events: dict[int, list[float]] = {}
-    for start in range(0, 200, 25):  # 25 contexts per client per interval: under the cap
+    for start in range(0, 200, 25):  # 25 contexts per client per interval
         for c, keys in plan:
             for i in list(keys)[start : start + 25]:
                 ctx = {"key": f"user-{i}"}
@@ -197,6 +198,36 @@ async def test_two_applications_counts_contexts_events_inventory_and_cleanup(
     await poll(lambda: server.api("GET", f"/environments/{env}/clients")["clients"] == [])
 
 
+async def test_busy_clients_count_every_distinct_context_once(server: InProcessServer) -> None:
+    """Thousands of distinct contexts per client and interval, overlapping between clients:
+    the estimate is of the union, within the sketch's error (0.81% standard error; 3% is
+    beyond 3.5 of them).  Summaries once carried at most 32 hashed keys per variation and
+    interval, so this flag read about 32 x 3 instead of 4,500."""
+    env, sdk = await _env(server)
+    await _api(server, "PUT", f"/environments/{env}/flags/busy", flag("busy"))
+    clients = [
+        FlagClient(server.url, sdk, app="api", instance=f"api-{i}", report_interval=60)
+        for i in range(3)
+    ]
+    for c in clients:
+        assert await c.start() is ClientStatus.READY
+    # Client 0 sees users 0-2,999, client 1 1,500-4,499, client 2 the same 40 as client 0.
+    plan = [range(0, 3_000), range(1_500, 4_500), range(0, 40)]
+    for c, users in zip(clients, plan, strict=True):
+        for i in users:
+            c.bool_variation("busy", {"key": f"user-{i}"}, False)
+    for c in clients:
+        await c.close()  # one summary each, the whole run in one interval
+
+    async def all_counted() -> bool:
+        got = await _api(server, "GET", f"/environments/{env}/flags/busy/insight")
+        return sum(v["evaluations"] for v in got["variations"]) == sum(len(u) for u in plan)
+
+    await poll(all_counted, within=15, what="every evaluation counted")
+    [v] = (await _api(server, "GET", f"/environments/{env}/flags/busy/insight"))["variations"]
+    assert abs(v["contexts"] - 4_500) <= 0.03 * 4_500, v["contexts"]
+
+
 async def test_bad_summaries_are_dropped_and_counted_and_the_stream_lives_on(
     server: InProcessServer,
 ) -> None:
@@ -205,14 +236,14 @@ async def test_bad_summaries_are_dropped_and_counted_and_the_stream_lives_on(
     await _api(server, "PUT", f"/environments/{env}/flags/f", flag("f"))
     await _api(server, "PUT", f"/environments/{other}/flags/f", flag("f"))
     headers = {"Authorization": f"Bearer {sdk}"}
-    good = Summary(0, 1, {"f": {0: VariationStats({"FALLTHROUGH": 7}, (context_hash("u"),))}})
+    good = Summary(0, 1, {"f": {0: VariationStats({"FALLTHROUGH": 7}, register_of("u"))}})
     async with connect(server.ws_url, additional_headers=headers) as ws:
         hello = decode(await ws.recv())
         await ws.recv()  # snapshot
         await ws.send(encode(good).decode())  # before identify: dropped
         await ws.send(encode(Identify("test", "0")).decode())
         bad = orjson.loads(encode(good))
-        bad["flags"]["f"]["0"]["contexts"] = ["user-1@example.com"]  # a clear key
+        bad["flags"]["f"]["0"]["sketch"] = ["user-1@example.com", 1]  # a clear key
         await ws.send(orjson.dumps(bad).decode())
         padded = orjson.loads(encode(good))
         padded["flags"]["f"]["0"]["pad"] = "x" * 300_000
@@ -371,13 +402,9 @@ async def test_summaries_past_the_byte_budget_are_dropped_as_rate(
     server: InProcessServer,
 ) -> None:
     _, sdk = await _env(server)
+    dense = bytes(range(64)) * (DENSE_BYTES // 64)  # one dense sketch, 16,384 characters
     big = Summary(
-        0,
-        1,
-        {
-            f"f{i}": {0: VariationStats({"FALLTHROUGH": 1}, tuple(f"{j:016x}" for j in range(32)))}
-            for i in range(380)
-        },
+        0, 1, {f"f{i}": {0: VariationStats({"FALLTHROUGH": 1}, dense)} for i in range(15)}
     )
     frame = encode(big).decode()
     assert 200_000 < len(frame) <= 256 * 1024
@@ -392,7 +419,7 @@ async def test_summaries_past_the_byte_budget_are_dropped_as_rate(
         await ws.recv()
         await ws.recv()
         await ws.send(encode(Identify("test", "0")).decode())
-        for _ in range(6):  # 1 MiB of burst, then 64 KiB/s: the fifth or sixth is over
+        for _ in range(24):  # 4 MiB of burst, then 256 KiB/s: the 17th or so is over
             await ws.send(frame)
         await ws.send(encode(Ack(0)).decode())
         await poll(lambda: rate_drops(), what="a summary dropped for rate")

@@ -1,8 +1,8 @@
 """The process's budgets for summaries: at most MAX_LOOP_SHARE of each second of the loop,
-and at most MAX_PENDING_HASHES context hashes held between flushes.
+and at most MAX_PENDING_SKETCH_BYTES of sketches held between flushes.
 
 The server's own Insight, feed and connection objects with no socket; a clock the
-test moves for the loop budget, and a real Redis for the flush the hash cap triggers.  What the
+test moves for the loop budget, and a real Redis for the flush the sketch cap triggers.  What the
 budget prevents, the loop held for seconds and every stream closed, is shown by
 ``python -m bench.insight --sockets`` (bench/results/insight.json).
 """
@@ -15,6 +15,7 @@ import redis.asyncio as aioredis
 
 from flagwire.core.protocol import Identify, Summary
 from flagwire.core.reports import VariationStats
+from flagwire.core.sketch import DENSE_BYTES, Registers
 from flagwire_server.config import Settings
 from flagwire_server.observability.metrics import Metrics
 from flagwire_server.store.insight import DAY_MS, InsightStore
@@ -80,7 +81,7 @@ def test_summaries_past_the_loop_share_are_dropped_unread_until_the_second_ends(
     assert insight._pending["e"]["f"].variations[0].reasons == {"FALLTHROUGH": 6}
 
 
-async def test_pending_context_hashes_are_capped_for_all_flags_and_the_cap_flushes_at_once(
+async def test_pending_sketches_are_capped_for_all_flags_and_the_cap_flushes_at_once(
     redis_url: str, redis_prefix: str
 ) -> None:
     metrics = Metrics()
@@ -95,30 +96,34 @@ async def test_pending_context_hashes_are_capped_for_all_flags_and_the_cap_flush
         instance_id="t",
         flush_interval=60,  # the test ends long before: only the cap can flush
         max_series=10,
-        max_pending_hashes=100,
+        max_pending_sketch_bytes=3 * DENSE_BYTES,
     )
     conn = Conn("k", None)
     insight.receive(feed, conn, Identify("test", "1", "app"), 10)
     await insight.start()
     try:
-        sent: set[str] = set()
-        for i in range(5):  # 5 x 32 distinct hashes, over two flags, no await between
-            hashes = tuple(f"{i:08x}{j:08x}" for j in range(32))
+        # Three dense sketches of 3,000 contexts each and a sparse one of 50, over two
+        # flags, no await between: the third reaches the cap; the fourth is not kept.
+        for i in range(4):
+            regs = Registers()
+            for u in range(3_000 if i < 3 else 50):
+                regs.add_key(f"{i}-{u}")
             key = "fg"[i % 2]
-            summary = Summary(0, 1, {key: {0: VariationStats({"FALLTHROUGH": 1}, hashes)}})
+            summary = Summary(0, 1, {key: {0: VariationStats({"FALLTHROUGH": 1}, regs.sketch())}})
             insight.receive(feed, conn, summary, 100)
-            if i < 4:  # the fifth arrives after the cap (128 >= 100): not counted
-                sent.update(hashes)
-        assert insight._hashes == 128
+        assert insight._sketch_bytes == 3 * DENSE_BYTES
+        dropped = metrics.insight_sketches_dropped._value.get()
+        assert dropped == 1
 
-        async def counted() -> int:
+        async def counted(key: str) -> int:
             day = int(time.time() * 1000) // DAY_MS
-            keys = [ks.insight("e", f"u:{k}:{day}:0") for k in "fg"]
-            return int(await redis.pfcount(*keys))
+            return int(await redis.pfcount(ks.insight("e", f"u:{key}:{day}:0")))
 
-        await poll(lambda: counted(), within=10, what="the cap's flush, not the 60 s one")
-        assert abs(await counted() - len(sent)) <= 2  # HyperLogLog, small sets near exact
-        assert insight._hashes == 0
+        await poll(lambda: counted("f"), within=10, what="the cap's flush, not the 60 s one")
+        assert abs(await counted("f") - 6_000) <= 0.03 * 6_000
+        assert abs(await counted("g") - 3_000) <= 0.03 * 3_000
+        assert insight._sketch_bytes == 0
+        assert not await redis.exists(ks.insight("e", "merge"))  # the scratch key is gone
     finally:
         await insight.stop()
         async for k in redis.scan_iter(match=f"{redis_prefix}:*"):

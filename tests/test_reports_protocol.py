@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+import base64
 import contextlib
-import hashlib
 
 import orjson
 import pytest
@@ -13,26 +13,25 @@ from hypothesis import strategies as st
 from flagwire.core.errors import ProtocolError
 from flagwire.core.limits import KEY_PATTERN
 from flagwire.core.protocol import Identify, Summary, Watch, decode, encode
-from flagwire.core.reports import (
-    MAX_SUMMARY_CONTEXTS,
-    MAX_SUMMARY_FLAGS,
-    REASON_KINDS,
-    VariationStats,
-    context_hash,
-)
+from flagwire.core.reports import MAX_SUMMARY_FLAGS, REASON_KINDS, VariationStats
+from flagwire.core.sketch import DENSE_BYTES, MAX_RANK, MAX_SPARSE, REGISTERS
 
 keys = st.from_regex(rf"\A{KEY_PATTERN}\Z", fullmatch=True)
 labels = st.text(st.characters(min_codepoint=32, max_codepoint=0x2FFF), max_size=40).filter(
     str.isprintable
 )
-hashes = st.integers(0, 2**64 - 1).map(lambda n: f"{n:016x}")
+sparse_sketches = st.lists(
+    st.builds(lambda i, r: i << 6 | r, st.integers(0, REGISTERS - 1), st.integers(1, MAX_RANK)),
+    max_size=40,
+).map(tuple)
+sketches = sparse_sketches | st.binary(min_size=DENSE_BYTES, max_size=DENSE_BYTES)
 counts = st.integers(0, 2**53)
 sums = st.floats(allow_nan=False, allow_infinity=False)
 
 stats = st.builds(
     VariationStats,
     reasons=st.dictionaries(st.sampled_from(sorted(REASON_KINDS)), counts, max_size=6),
-    contexts=st.lists(hashes, max_size=MAX_SUMMARY_CONTEXTS).map(tuple),
+    sketch=sketches,
     events=st.dictionaries(keys, st.tuples(counts, sums), max_size=4),
 )
 summaries = st.builds(
@@ -65,13 +64,7 @@ def test_summary_frame_starts_with_its_type(message: Summary) -> None:
     assert encode(message).startswith(b'{"type":"summary"')
 
 
-def test_context_hash_is_sixteen_hex_digits_of_sha256() -> None:
-    assert len(context_hash("user-1")) == 16
-    assert context_hash("user-1") != context_hash("user-2")
-    assert context_hash("ü") == hashlib.sha256("ü".encode()).hexdigest()[:16]
-
-
-GOOD_STATS = {"reasons": {"FALLTHROUGH": 2}, "contexts": ["0123456789abcdef"], "events": {}}
+GOOD_STATS = {"reasons": {"FALLTHROUGH": 2}, "sketch": [7 << 6 | 1, 300 << 6 | 2], "events": {}}
 
 
 def _summary(**over: object) -> bytes:
@@ -92,8 +85,16 @@ BAD = [
     (_summary(flags={"f": {"0": {"reasons": {"MAYBE": 1}}}}), "unknown reason kind"),
     (_summary(flags={"f": {"0": {"reasons": {"OFF": -1}}}}), "expected a count"),
     (_summary(flags={"f": {"0": {"reasons": {"OFF": 2**53 + 1}}}}), "expected a count"),
-    (_summary(flags={"f": {"0": {"contexts": ["alice@example.com"]}}}), "clear keys"),
-    (_summary(flags={"f": {"0": {"contexts": ["0" * 16] * 33}}}), "at most 32"),
+    (_summary(flags={"f": {"0": {"contexts": ["0123456789abcdef"]}}}), "unknown field"),
+    (_summary(flags={"f": {"0": {"sketch": ["alice@example.com", 1]}}}), "integers only"),
+    (_summary(flags={"f": {"0": {"sketch": [65] * (MAX_SPARSE + 1)}}}), "at most 2048"),
+    (_summary(flags={"f": {"0": {"sketch": [REGISTERS << 6]}}}), "in 0..1048575"),
+    (_summary(flags={"f": {"0": {"sketch": [65, -1]}}}), "in 0..1048575"),
+    (_summary(flags={"f": {"0": {"sketch": [65, 1.5]}}}), "integers only"),
+    (_summary(flags={"f": {"0": {"sketch": [65, True]}}}), "integers only"),
+    (_summary(flags={"f": {"0": {"sketch": "AAAA"}}}), "16384 base64 characters"),
+    (_summary(flags={"f": {"0": {"sketch": "!" * 16384}}}), "must be base64"),
+    (_summary(flags={"f": {"0": {"sketch": {"0": 1}}}}), "expected a list"),
     (_summary(flags={"f": {"0": {"events": {"err": [1]}}}}), "[count, sum]"),
     (_summary(flags={"f": {"0": {"events": {"err": [1, "x"]}}}}), "finite"),
     (_summary(flags={"f": {"0": {"attributes": {}}}}), "unknown field"),
@@ -108,6 +109,14 @@ BAD = [
     (b'{"type":"watch","flags":["ok","Not OK"]}', "not a valid key"),
     (b'{"type":"watch"}', "expected a list"),
 ]
+
+
+def test_a_dense_sketch_travels_as_base64_of_its_bytes() -> None:
+    dense = bytes(range(256)) * (DENSE_BYTES // 256)
+    summary = Summary(0, 1, {"f": {0: VariationStats({"OFF": 1}, dense)}})
+    wire = orjson.loads(encode(summary))
+    assert base64.b64decode(wire["flags"]["f"]["0"]["sketch"]) == dense
+    assert decode(encode(summary)) == summary
 
 
 @pytest.mark.parametrize(("frame", "message"), BAD)

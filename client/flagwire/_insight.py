@@ -12,9 +12,12 @@ most :data:`MAX_PENDING` evaluations; when the loop cannot fold in time (a
 loop blocked by a long CPU-bound burst), the oldest are dropped and
 ``saturated`` says so: counts are then a lower bound.
 
-Context keys are hashed only when a summary is built, once per distinct key
-and interval.  Folding takes the deque's contents and clears it in two C
-calls; an evaluation on another thread landing between them is not counted.
+Distinct contexts are counted in HyperLogLog registers per flag and
+variation (:mod:`flagwire.core.sketch`): at the fold, each distinct key of
+the batch sets one register, its hash remembered for the next folds (at most
+:data:`MAX_CACHED_KEYS`), so a returning context costs a dict lookup, not a
+SHA-256.  Folding takes the deque's contents and clears it in two C calls;
+an evaluation on another thread landing between them is not counted.
 
 Sans-I/O: :meth:`InsightRecorder.drain` returns the summaries; the
 connection loop sends them.
@@ -36,17 +39,22 @@ from flagwire.core.evaluation import Snapshot
 from flagwire.core.limits import KEY_RE
 from flagwire.core.reports import (
     DEFAULT_VARIATION,
-    MAX_SUMMARY_CONTEXTS,
     MAX_SUMMARY_EVENTS,
     MAX_SUMMARY_FLAGS,
     MAX_SUMMARY_FRAME,
     Identify,
     Summary,
     VariationStats,
-    context_hash,
 )
+from flagwire.core.sketch import Registers, register_of
 
-__all__ = ["DEFAULT_REPORT_INTERVAL", "FOLD_INTERVAL", "MAX_PENDING", "InsightRecorder"]
+__all__ = [
+    "DEFAULT_REPORT_INTERVAL",
+    "FOLD_INTERVAL",
+    "MAX_CACHED_KEYS",
+    "MAX_PENDING",
+    "InsightRecorder",
+]
 
 #: Seconds between summaries unless the client is told otherwise.
 DEFAULT_REPORT_INTERVAL: Final = 10.0
@@ -55,6 +63,8 @@ FOLD_INTERVAL: Final = 0.05
 #: Evaluations recorded and not yet folded, at most (about 100 bytes each, plus the
 #: contexts they keep alive until the fold).
 MAX_PENDING: Final = 1 << 17
+#: Context keys whose register is remembered between folds (about 150 bytes each).
+MAX_CACHED_KEYS: Final = 1 << 14
 
 _OUTCOME: Final = attrgetter("variation_index", "reason")
 _CONTEXT_KEY: Final = itemgetter("key")
@@ -89,7 +99,9 @@ class InsightRecorder:
             self._pending.append
         )
         self._counts: Counter[tuple[str, _Outcome]] = Counter()
-        self._contexts: dict[tuple[str, _Outcome], set[str]] = {}
+        #: (flag, variation) -> the registers of the contexts that got it
+        self._contexts: dict[tuple[str, int | None], Registers] = {}
+        self._registers_of: dict[str, tuple[int, int]] = {}
         #: Folds that found the pending deque full (some evaluations were not counted).
         self.saturated = 0
         #: (flag, variation) -> event -> [count, sum, sum of squares]
@@ -131,14 +143,19 @@ class InsightRecorder:
         except TypeError:  # an unhashable key
             distinct = {(s, k) for s, k in zip(slots, cks, strict=True) if type(k) is str}
         seen = self._contexts
-        for slot, ck in distinct:
+        cache = self._registers_of
+        for (key, (index, _reason)), ck in distinct:
             if type(ck) is not str:
                 continue
-            known = seen.get(slot)
-            if known is None:
-                seen[slot] = {ck}
-            elif len(known) < MAX_SUMMARY_CONTEXTS:
-                known.add(ck)
+            reg = cache.get(ck)
+            if reg is None:
+                if len(cache) >= MAX_CACHED_KEYS:
+                    cache.clear()
+                reg = cache[ck] = register_of(ck)
+            registers = seen.get((key, index))
+            if registers is None:
+                registers = seen[key, index] = Registers()
+            registers.add(*reg)
         return len(batch)
 
     def track(
@@ -188,7 +205,8 @@ class InsightRecorder:
             b = _building(flags, key, index)
             kind = str(reason)  # Reason is a StrEnum; the wire wants plain str keys
             b.reasons[kind] = b.reasons.get(kind, 0) + n
-            b.contexts.update(contexts.get((key, (index, reason)), ()))
+        for (key, index), registers in contexts.items():
+            _building(flags, key, index).registers = registers
         for (key, index), named in events.items():
             b = _building(flags, key, index)
             b.events.update({name: (int(c), s) for name, (c, s, _q) in named.items()})
@@ -208,17 +226,17 @@ def _context_key(context: Any) -> Any:
 
 
 class _Building:
-    __slots__ = ("contexts", "events", "reasons", "squares")
+    __slots__ = ("events", "reasons", "registers", "squares")
 
     def __init__(self) -> None:
         self.reasons: dict[str, int] = {}
-        self.contexts: set[str] = set()
+        self.registers: Registers | None = None
         self.events: dict[str, tuple[int, float]] = {}
         self.squares: dict[str, float] = {}
 
     def stats(self) -> VariationStats:
-        hashed = sorted({context_hash(k) for k in self.contexts})[:MAX_SUMMARY_CONTEXTS]
-        return VariationStats(self.reasons, tuple(hashed), self.events, self.squares)
+        sketch = self.registers.sketch() if self.registers is not None else ()
+        return VariationStats(self.reasons, sketch, self.events, self.squares)
 
 
 def _building(flags: dict[str, dict[int, _Building]], key: str, index: int | None) -> _Building:
@@ -240,8 +258,19 @@ def _split(start: int, end: int, flags: dict[str, dict[int, VariationStats]]) ->
             for s in _split(start, end, {k: flags[k] for k in keys[i : i + MAX_SUMMARY_FLAGS]})
         ]
     summary = Summary(start=start, end=end, flags=flags)
-    if len(keys) <= 1 or len(proto.encode(summary)) <= MAX_SUMMARY_FRAME:
+    if not keys or len(proto.encode(summary)) <= MAX_SUMMARY_FRAME:
         return [summary]
+    if len(keys) == 1:  # one flag with many dense sketches: its variations in several
+        (key,) = keys
+        indexes = list(flags[key])
+        if len(indexes) == 1:
+            return [summary]  # one variation always fits (a sketch is at most 16 KiB)
+        half = len(indexes) // 2
+        return [
+            s
+            for part in (indexes[:half], indexes[half:])
+            for s in _split(start, end, {key: {i: flags[key][i] for i in part}})
+        ]
     half = len(keys) // 2
     return _split(start, end, {k: flags[k] for k in keys[:half]}) + _split(
         start, end, {k: flags[k] for k in keys[half:]}

@@ -27,7 +27,9 @@ Modules:
 - :mod:`~flagwire.core.protocol`: the frames of the stream as frozen
   dataclasses with one ``encode``/``decode`` pair.
 - :mod:`~flagwire.core.reports`: the fleet-insight messages (``identify``,
-  ``summary``, ``watch``) and their bounds; hashed context keys, never clear ones.
+  ``summary``, ``watch``) and their bounds.
+- :mod:`~flagwire.core.sketch`: distinct contexts as HyperLogLog registers in
+  Redis's layout, so summaries merge without counting a context twice.
 - :mod:`~flagwire.core.subscription`: the reader's side of a stream as a
   sans-I/O state machine (decoded messages in; the snapshot to install, the
   changes to announce, the version to acknowledge out).  The client's
@@ -66,6 +68,7 @@ from flagwire.core import (
     protocol,
     reports,
     schema,
+    sketch,
     subscription,
 )
 
@@ -81,5 +84,6 @@ __all__ = [
     "protocol",
     "reports",
     "schema",
+    "sketch",
     "subscription",
 ]

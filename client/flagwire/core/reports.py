@@ -2,20 +2,13 @@
 
 Client → server: ``identify`` (once per connection: which SDK, application,
 instance, host and process) and ``summary`` (every reporting interval: per
-flag and variation, the evaluations by reason kind, hashed context keys and
-application events).  Server → client: ``watch`` (which flags ``track``
-attributes events to).
+flag and variation, the evaluations by reason kind, a sketch of the distinct
+contexts and application events).  Server → client: ``watch`` (which flags
+``track`` attributes events to).
 
-Distinct contexts travel as *hashed keys*, never clear ones: each is the first
-16 hex digits (64 bits) of the SHA-256 of the context key, at most
-:data:`MAX_SUMMARY_CONTEXTS` per flag and variation per summary.  The server
-adds them to Redis HyperLogLogs (``PFADD``) and merges those across clients,
-instances and days (``PFCOUNT`` of several keys).  Why not registers in the
-summary: Redis's own HLL encoding is an implementation detail that clients in
-other languages would have to reproduce byte for byte, and dense registers
-are 12 KiB per flag and variation, far more than a few dozen hashes.  The cost
-is a bounded undercount when one client sees more than the cap of distinct
-contexts for one variation in one interval (``docs/insight.md``).
+Distinct contexts travel as HyperLogLog registers (:mod:`flagwire.core.sketch`),
+never as keys, clear or hashed: the server merges them across clients,
+instances and days without counting a context twice, at any count.
 
 Pure: :func:`flagwire.core.protocol.decode` calls :func:`decode_report` and
 :func:`flagwire.core.protocol.encode` calls :func:`report_object`; every
@@ -24,18 +17,16 @@ bound below is checked there, so the server aggregates only valid summaries.
 
 from __future__ import annotations
 
-import hashlib
 import math
-import re
 from dataclasses import dataclass, field
 from typing import Any, Final, Literal
 
 from flagwire.core.errors import ProtocolError
 from flagwire.core.limits import KEY_RE, LIMITS
+from flagwire.core.sketch import Sketch, parse_sketch, sketch_json
 
 __all__ = [
     "DEFAULT_VARIATION",
-    "MAX_SUMMARY_CONTEXTS",
     "MAX_SUMMARY_EVENTS",
     "MAX_SUMMARY_FLAGS",
     "MAX_SUMMARY_FRAME",
@@ -46,7 +37,6 @@ __all__ = [
     "Summary",
     "VariationStats",
     "Watch",
-    "context_hash",
     "decode_report",
     "report_object",
 ]
@@ -55,8 +45,6 @@ __all__ = [
 MAX_SUMMARY_FRAME: Final = 256 * 1024
 #: Flags in one summary (a client with more sends several summaries).
 MAX_SUMMARY_FLAGS: Final = 1_000
-#: Hashed context keys per flag and variation in one summary.
-MAX_SUMMARY_CONTEXTS: Final = 32
 #: Distinct event names per flag and variation in one summary.
 MAX_SUMMARY_EVENTS: Final = 16
 #: Longest interval one summary may cover (milliseconds).
@@ -72,16 +60,9 @@ REASON_KINDS: Final = frozenset(
 
 _MAX_LABEL: Final = 128
 _MAX_COUNT: Final = 2**53
-_HASH_RE: Final = re.compile(r"^[0-9a-f]{16}\Z")
-_HASHES_RE: Final = re.compile(r"^[0-9a-f]{16}(?:,[0-9a-f]{16})*\Z")
 #: The variation indexes a summary may name, as their JSON object keys.
 _VARIATIONS: Final = {str(i): i for i in range(DEFAULT_VARIATION, LIMITS.max_variations)}
-_STATS_FIELDS: Final = frozenset({"reasons", "contexts", "events"})
-
-
-def context_hash(key: str) -> str:
-    """The hashed form of a context key sent in summaries (16 hex digits of SHA-256)."""
-    return hashlib.sha256(key.encode("utf-8", "surrogatepass")).hexdigest()[:16]
+_STATS_FIELDS: Final = frozenset({"reasons", "sketch", "events"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,14 +82,16 @@ class Identify:
 class VariationStats:
     """One flag variation's figures in one summary.
 
-    ``events`` maps an event name to ``(count, sum of values)``; ``squares`` an
+    ``sketch`` holds the registers of the contexts that got the variation
+    (:mod:`flagwire.core.sketch`).  ``events`` maps an event name to ``(count, sum
+    of values)``; ``squares`` an
     event name to the sum of its values squared, for events tracked with values
     (a release guard's test on means needs the variance).  On the wire an event
     is ``[count, sum]`` or ``[count, sum, sum of squares]``.
     """
 
     reasons: dict[str, int]
-    contexts: tuple[str, ...] = ()
+    sketch: Sketch = ()
     events: dict[str, tuple[int, float]] = field(default_factory=dict)
     squares: dict[str, float] = field(default_factory=dict)
 
@@ -153,7 +136,7 @@ def report_object(message: Report) -> dict[str, Any]:
                 key: {
                     str(index): {
                         "reasons": stats.reasons,
-                        "contexts": list(stats.contexts),
+                        "sketch": sketch_json(stats.sketch),
                         "events": {
                             n: [c, s, stats.squares[n]] if n in stats.squares else [c, s]
                             for n, (c, s) in stats.events.items()
@@ -214,7 +197,7 @@ def _object(value: Any, where: str, limit: int) -> dict[str, Any]:
 
 def _stats(value: Any, where: str) -> VariationStats:
     obj = _object(value, where, 3)
-    extra = set(obj) - {"reasons", "contexts", "events"}
+    extra = set(obj) - _STATS_FIELDS
     if extra:
         raise ProtocolError(f"{where}: unknown field {sorted(extra)[0]!r}")
     reasons: dict[str, int] = {}
@@ -222,16 +205,10 @@ def _stats(value: Any, where: str) -> VariationStats:
         if kind not in REASON_KINDS:
             raise ProtocolError(f"{where}.reasons: unknown reason kind {kind[:40]!r}")
         reasons[kind] = _count(n, f"{where}.reasons.{kind}")
-    contexts = obj.get("contexts", [])
-    if not isinstance(contexts, list) or len(contexts) > MAX_SUMMARY_CONTEXTS:
-        raise ProtocolError(
-            f"{where}.contexts: expected a list of at most {MAX_SUMMARY_CONTEXTS} hashes"
-        )
-    for h in contexts:
-        if not isinstance(h, str) or not _HASH_RE.match(h):
-            raise ProtocolError(
-                f"{where}.contexts: {_show(h)} is not a 16-hex-digit hash (clear keys are refused)"
-            )
+    try:
+        sketch = parse_sketch(obj.get("sketch", []))
+    except ValueError as exc:
+        raise ProtocolError(f"{where}.sketch: {exc}") from None
     events: dict[str, tuple[int, float]] = {}
     squares: dict[str, float] = {}
     raw_events = _object(obj.get("events", {}), f"{where}.events", MAX_SUMMARY_EVENTS)
@@ -253,7 +230,7 @@ def _stats(value: Any, where: str) -> VariationStats:
                 )
             squares[name] = float(sq)
         events[name] = (_count(pair[0], f"{where}.events.{name}"), float(total))
-    return VariationStats(reasons, tuple(contexts), events, squares)
+    return VariationStats(reasons, sketch, events, squares)
 
 
 def _stats_fast(obj: Any) -> VariationStats | None:
@@ -268,16 +245,10 @@ def _stats_fast(obj: Any) -> VariationStats | None:
     for n in reasons.values():
         if type(n) is not int or not 0 <= n <= _MAX_COUNT:
             return None
-    contexts = obj.get("contexts", [])
-    if type(contexts) is not list or len(contexts) > MAX_SUMMARY_CONTEXTS:
+    try:
+        sketch = parse_sketch(obj.get("sketch", []))
+    except ValueError:
         return None
-    if contexts:
-        try:
-            joined = ",".join(contexts)
-        except TypeError:
-            return None
-        if not _HASHES_RE.match(joined):
-            return None
     raw = obj.get("events", {})
     if type(raw) is not dict or len(raw) > MAX_SUMMARY_EVENTS:
         return None
@@ -297,7 +268,7 @@ def _stats_fast(obj: Any) -> VariationStats | None:
                 return None
             squares[name] = float(sq)
         events[name] = (count, float(total))
-    return VariationStats(reasons, tuple(contexts), events, squares)
+    return VariationStats(reasons, sketch, events, squares)
 
 
 def _summary(obj: dict[str, Any]) -> Summary:

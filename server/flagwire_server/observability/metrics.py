@@ -158,6 +158,11 @@ class Metrics:
             ["result"],
             registry=r,
         )
+        self.insight_sketches_dropped = Counter(
+            "flagwire_insight_sketches_dropped",
+            "Distinct-context sketches not kept: the pending cap was reached before a flush",
+            registry=r,
+        )
         self.flag_evaluations = Counter(
             "flagwire_flag_evaluations",
             "Evaluations reported by clients",

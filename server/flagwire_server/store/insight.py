@@ -9,7 +9,8 @@ lives in its slot and ``delete_env``'s pattern removes it; ``docs/insight.md``):
   ``r:<variation>:<reason>`` → evaluations, ``e:<variation>:<event>:n``/``:s``/``:q`` →
   event count / value sum / sum of squared values; kept the retention (default 30 days)
   after the day ends;
-* ``P:{env}:ins:u:<flag>:<day>:<variation>`` HyperLogLog of hashed context keys (same TTL);
+* ``P:{env}:ins:u:<flag>:<day>:<variation>`` HyperLogLog of the contexts, merged from client
+  sketches (same TTL; ``P:{env}:ins:merge`` is the merge script's scratch key);
 * ``P:{env}:ins:last`` HASH flag → last evaluated (ms); ``P:{env}:ins:apps:<flag>`` HASH
   application → last evaluated (ms), at most :data:`MAX_APPS_PER_FLAG` applications, the
   others counted in ``P:{env}:ins:appsx:<flag>`` (HyperLogLog of their names);
@@ -38,6 +39,8 @@ import orjson
 import redis.asyncio as aioredis
 import redis.exceptions
 
+from flagwire.core.sketch import Registers
+from flagwire_server.store.hll import DENSE_HEADER, redis_hll
 from flagwire_server.store.keyspace import Keyspace
 from flagwire_server.store.types import StoreUnavailable, _script, as_str
 
@@ -68,7 +71,9 @@ class VariationBatch:
 
     minutes: dict[int, int] = field(default_factory=dict)  #: minute (epoch ms // 60000) → n
     reasons: dict[str, int] = field(default_factory=dict)
-    contexts: set[str] = field(default_factory=set)
+    #: Sparse sketches merged as they come; dense ones as they came, for Redis to merge.
+    registers: Registers | None = None
+    dense: list[bytes] = field(default_factory=list)
     #: name → [count, sum, sum of squares]
     events: dict[str, list[float]] = field(default_factory=dict)
 
@@ -96,6 +101,7 @@ class InsightStore:
         self.ks = keyspace
         self.retention_days = retention_days
         self._apps = redis.register_script(_script("insight_apps"))
+        self._merge = redis.register_script(_script("insight_merge"))
 
     def _key(self, env: str, suffix: str) -> str:
         return self.ks.insight(env, suffix)
@@ -137,9 +143,13 @@ class InsightStore:
                         pipe.hincrbyfloat(hkey, f"e:{index}:{name}:s", total)
                     if squares:
                         pipe.hincrbyfloat(hkey, f"e:{index}:{name}:q", squares)
-                if vb.contexts:
+                hlls = [DENSE_HEADER + d for d in vb.dense]
+                if vb.registers is not None and len(vb.registers):
+                    hlls.append(redis_hll(vb.registers.sketch()))
+                if hlls:
                     ukey = self._key(env, f"u:{flag}:{last_day}:{index}")
-                    pipe.pfadd(ukey, *sorted(vb.contexts))
+                    scratch = self._key(env, "merge")
+                    await self._merge(keys=[ukey, scratch], args=hlls, client=pipe)  # queued
                     expiries[ukey] = (last_day + 1 + self.retention_days) * DAY_MS
             if batch.last_ms:
                 pipe.hset(self._key(env, "last"), flag, batch.last_ms)

@@ -36,6 +36,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 from flagwire.core.protocol import Identify, Summary, Watch, encode
 from flagwire.core.reports import MAX_SUMMARY_FRAME
+from flagwire.core.sketch import DENSE_BYTES, Registers, Sketch
 from flagwire_server.background import stop_requested
 from flagwire_server.store.insight import FlagBatch, InsightStore, VariationBatch
 from flagwire_server.store.types import StoreUnavailable
@@ -49,7 +50,7 @@ if TYPE_CHECKING:
 __all__ = [
     "LOOP_WINDOW",
     "MAX_LOOP_SHARE",
-    "MAX_PENDING_HASHES",
+    "MAX_PENDING_SKETCH_BYTES",
     "SUMMARY_BURST",
     "SUMMARY_RATE",
     "ConnReport",
@@ -58,21 +59,21 @@ __all__ = [
 
 log = logging.getLogger("flagwire.insight")
 
-#: Summary bytes a stream may send per second, sustained (a client sends one every 10 s).
-SUMMARY_RATE: Final = 64 * 1024
+#: Summary bytes a stream may send per second, sustained (a client sends one every 10 s;
+#: a busy one, 100 flag variations with a dense sketch each, 1.6 MB).
+SUMMARY_RATE: Final = 256 * 1024
 #: ... and at once (a client with many flags splits a summary into several frames).
-SUMMARY_BURST: Final = 4 * MAX_SUMMARY_FRAME
+SUMMARY_BURST: Final = 16 * MAX_SUMMARY_FRAME
 #: Share of the event loop's time, per second, that summaries may take (decode + aggregate).
 MAX_LOOP_SHARE: Final = 0.5
 #: The budget's window (seconds).
 LOOP_WINDOW: Final = 1.0
-#: Hashed context keys kept per flag and variation between two flushes; more are not
-#: counted (distinct estimates undercount past this many new contexts per flush).
-MAX_PENDING_CONTEXTS: Final = 50_000
-#: ... and for all flags together (about 100 bytes each in memory, one PFADD argument at the
-#: flush).  Reaching it flushes at once; until that flush lands, more are not counted.  Why:
-#: the cap per flag alone let 50 busy flags x 2 variations hold 5 million (~500 MB).
-MAX_PENDING_HASHES: Final = 500_000
+#: Memory that sketches may hold between two flushes, all flags together: sparse ones are
+#: merged as they come (about 64 bytes a register, at most 16 KiB a variation), dense
+#: ones kept for Redis to merge (12 KiB each).  Reaching it flushes at once; until that
+#: flush lands, more sketches are not kept (``flagwire_insight_sketches_dropped``), so
+#: distinct counts are then a lower bound.
+MAX_PENDING_SKETCH_BYTES: Final = 64 * 1024 * 1024
 
 
 class ConnReport:
@@ -99,7 +100,7 @@ class Insight:
         flush_interval: seconds between flushes.
         max_series: label sets of the per-flag counters before ``flag="_other"``.
         clock: seconds, for the loop-share budget (``time.perf_counter``; tests pass theirs).
-        max_pending_hashes: :data:`MAX_PENDING_HASHES` (tests pass a small one).
+        max_pending_sketch_bytes: :data:`MAX_PENDING_SKETCH_BYTES` (tests pass a small one).
     """
 
     def __init__(
@@ -112,7 +113,7 @@ class Insight:
         flush_interval: float,
         max_series: int,
         clock: Callable[[], float] = time.perf_counter,
-        max_pending_hashes: int = MAX_PENDING_HASHES,
+        max_pending_sketch_bytes: int = MAX_PENDING_SKETCH_BYTES,
     ) -> None:
         self.store = store
         self.metrics = metrics
@@ -131,8 +132,8 @@ class Insight:
         self._window = clock()
         self._spent = 0.0
         self._admitted: float | None = None
-        self.max_pending_hashes = max_pending_hashes
-        self._hashes = 0  # hashed context keys in _pending, all flags together
+        self.max_pending_sketch_bytes = max_pending_sketch_bytes
+        self._sketch_bytes = 0  # what sketches in _pending hold, all flags together
         self._wake = asyncio.Event()  # set: flush now, without waiting for the interval
 
     # --- from the endpoint (synchronous) ------------------------------------------------
@@ -208,17 +209,8 @@ class Insight:
                 if n:
                     minutes = vb.minutes
                     minutes[minute] = minutes.get(minute, 0) + n
-                contexts = stats.contexts
-                if (
-                    contexts
-                    and self._hashes < self.max_pending_hashes
-                    and len(pending_set := vb.contexts) < MAX_PENDING_CONTEXTS
-                ):
-                    before = len(pending_set)
-                    pending_set.update(contexts)
-                    self._hashes += len(pending_set) - before
-                    if self._hashes >= self.max_pending_hashes:
-                        self._wake.set()
+                if stats.sketch:
+                    self._add_sketch(vb, stats.sketch)
                 if not stats.events:
                     continue
                 for name, (count, total) in stats.events.items():
@@ -230,6 +222,23 @@ class Insight:
                         pair[0] += count
                         pair[1] += total
                         pair[2] += sq
+
+    def _add_sketch(self, vb: VariationBatch, sketch: Sketch) -> None:
+        if self._sketch_bytes >= self.max_pending_sketch_bytes:
+            self.metrics.insight_sketches_dropped.inc()
+            return
+        if type(sketch) is bytes:
+            vb.dense.append(sketch)
+            self._sketch_bytes += DENSE_BYTES
+        else:
+            registers = vb.registers
+            if registers is None:
+                registers = vb.registers = Registers()
+            before = registers.nbytes
+            registers.merge(sketch)
+            self._sketch_bytes += registers.nbytes - before
+        if self._sketch_bytes >= self.max_pending_sketch_bytes:
+            self._wake.set()
 
     def _label(self, env: str, flag: str) -> str:
         pair = (env, flag)
@@ -281,7 +290,7 @@ class Insight:
     async def flush(self) -> None:
         """Write the aggregates, refresh the inventory, push changed watch lists."""
         pending, self._pending = self._pending, {}
-        self._hashes = 0
+        self._sketch_bytes = 0
         for env, flags in pending.items():
             self._count(env, flags)
             await self.store.write(env, flags)
