@@ -90,6 +90,7 @@ CORE_MODULES = {
     "protocol",
     "reports",
     "schema",
+    "sketch",
     "subscription",
 }
 
