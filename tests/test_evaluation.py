@@ -297,6 +297,45 @@ def test_reason(name: str, ctx: dict[str, Any], expected: EvaluationDetail) -> N
     assert reference_snapshot().evaluate("main", ctx, "dflt") == expected
 
 
+def test_targets_split_over_entries_keep_the_first_listing() -> None:
+    # One set per variation is checked: entries of one variation are merged, and a
+    # key listed again under a later entry keeps the variation it was first given.
+    snap = Snapshot(
+        {
+            "f": flag(
+                "f",
+                variations=["A", "B", "C"],
+                targets=[target(1, "b", "x"), target(0, "a", "x", "y"), target(1, "y", "c")],
+                fallthrough=2,
+            )
+        }
+    )
+    served = {k: snap.evaluate("f", {"key": k}, None).value for k in "abcxyz"}
+    assert served == {"a": "A", "b": "B", "c": "B", "x": "B", "y": "A", "z": "C"}
+
+
+def test_flags_of_one_shape_share_one_function_and_keep_their_values_in_a_tuple() -> None:
+    # Issue 16: a call on a flag cold in the caches should touch one object of its
+    # own (the tuple), not a function, its closure and a cell per value.
+    docs = {
+        key: flag(
+            key,
+            targets=[target(0, f"{key}-vip")],
+            rules=[rule(clause("email", "ends_with", f"@{key}.com"))],
+            fallthrough=rollout(25, 75),
+        )
+        for key in ("f1", "f2")
+    }
+    snap = Snapshot(docs)
+    one, two = snap._compiled["f1"], snap._compiled["f2"]
+    assert one.run is two.run
+    assert type(one.args) is tuple
+    assert one.args != two.args
+    assert snap.evaluate("f1", {"key": "f1-vip"}, None).reason == Reason.TARGET_MATCH
+    assert snap.evaluate("f2", {"key": "f1-vip"}, None).reason != Reason.TARGET_MATCH
+    assert snap.evaluate("f2", {"key": "u", "email": "a@f2.com"}, None).reason == Reason.RULE_MATCH
+
+
 def test_off() -> None:
     snap = reference_snapshot()
     off = snap.with_flag({**snap.flags["main"], "on": False}, 10)

@@ -1,4 +1,4 @@
-"""Compile a validated flag document into one specialised Python function.
+"""Compile a validated flag document into a function shared by its shape and a tuple of values.
 
 Everything that can be decided when a flag is loaded is decided here, so
 that evaluation parses nothing and allocates nothing:
@@ -6,7 +6,7 @@ that evaluation parses nothing and allocates nothing:
 - every :class:`EvaluationDetail` the flag can return (off, each prerequisite
   failure, each target, each rule or rule rollout slot, the fallthrough) is
   built once and returned as is;
-- the target lists become one dict from context key to its detail;
+- the target lists become one set of context keys per variation served;
 - clause values are prepared by ``_clauses`` (sets, tuples, regexes, parsed
   versions and timestamps);
 - the flag's decision procedure is generated as the source of one function
@@ -19,10 +19,15 @@ that evaluation parses nothing and allocates nothing:
 
 Safety of the generated code: the source depends only on the *shape* of the
 flag (how many rules, which operators, rollout or not); every value from the
-document — attribute names, clause values, details — is passed in as a
-closure variable named by position, never written into the source.  The
-compiled factory is therefore cached per shape and shared by all flags of
-that shape, which also keeps loading ten thousand flags fast.
+document — attribute names, clause values, details — is read by position from
+the flag's argument tuple ``p``, never written into the source.  The compiled
+function is therefore cached per shape and shared by all flags of that shape.
+
+One function per shape and one tuple per flag (issue 16) rather than a closure
+per flag: a call on a flag cold in the caches then touches one object of its
+own (the tuple, only the slots it reads) instead of a function, its closure
+tuple and a cell per bound value, each a cache and TLB miss when thousands of
+flags are evaluated in turn.
 """
 
 from __future__ import annotations
@@ -58,7 +63,8 @@ __all__ = [
     "malformed_flag",
 ]
 
-Runner = Callable[[Mapping[str, Any], str, Env, tuple[str, ...]], EvaluationDetail]
+#: ``run(args, ctx, ckey, env, chain)``: shared by the flags of one shape, ``args`` the flag's own.
+Runner = Callable[[Any, Mapping[str, Any], str, Env, tuple[str, ...]], EvaluationDetail]
 
 
 class CycleError(Exception):
@@ -93,19 +99,22 @@ class _Anything(frozenset[type]):
 
 
 class CompiledFlag:
-    """A flag ready to evaluate: ``run(ctx, ckey, env, chain)`` and the kinds it serves.
+    """A flag ready to evaluate: ``run(args, ctx, ckey, env, chain)`` and the kinds it serves.
 
     ``run`` returns a prebuilt detail; one whose value is :data:`USE_DEFAULT`
     means "the caller's default" (an off flag without an off variation).
     """
 
-    __slots__ = ("accepts", "key", "on", "run")
+    __slots__ = ("accepts", "args", "key", "on", "run")
 
-    def __init__(self, key: str, accepts: frozenset[type], on: bool, run: Runner) -> None:
+    def __init__(
+        self, key: str, accepts: frozenset[type], on: bool, run: Runner, args: Any
+    ) -> None:
         self.key = key
         self.accepts = accepts  # the ``kind`` arguments of evaluate() it satisfies
         self.on = on
         self.run = run
+        self.args = args
 
 
 def compile_flag(doc: Any) -> CompiledFlag:
@@ -120,13 +129,19 @@ def compile_flag(doc: Any) -> CompiledFlag:
 
 def malformed_flag(key: str, why: str) -> CompiledFlag:
     """A flag that answers MALFORMED_FLAG to every evaluation (``why`` is kept for debugging)."""
+    return CompiledFlag(key, _Anything(), False, _malformed, why)
 
-    def run(
-        ctx: Mapping[str, Any], ckey: str, env: Env, chain: tuple[str, ...]
-    ) -> EvaluationDetail:
-        raise MalformedError(why)
 
-    return CompiledFlag(key, _Anything(), False, run)
+def _malformed(
+    why: str, ctx: Mapping[str, Any], ckey: str, env: Env, chain: tuple[str, ...]
+) -> EvaluationDetail:
+    raise MalformedError(why)
+
+
+def _constant(
+    detail: EvaluationDetail, ctx: Mapping[str, Any], ckey: str, env: Env, chain: tuple[str, ...]
+) -> EvaluationDetail:
+    return detail
 
 
 def _kind(value: Any) -> str:
@@ -145,7 +160,7 @@ def _compile_valid_flag(d: dict[str, Any]) -> CompiledFlag:
     accepts = _KIND_TYPES[_kind(variations[0])]
     off = EvaluationDetail(off_value, off_index, Reason.OFF)
     if not d["on"]:
-        return CompiledFlag(key, accepts, False, lambda ctx, ckey, env, chain: off)
+        return CompiledFlag(key, accepts, False, _constant, off)
 
     ld = semantics_of(d) == LAUNCHDARKLY
     gen = _Generator(ld)
@@ -163,14 +178,22 @@ def _compile_valid_flag(d: dict[str, Any]) -> CompiledFlag:
         check = gen.bind(_prerequisite_check(key, prereqs, transitive=not ld))
         gen.line(f"failed = {check}(ctx, ckey, env, chain)")
         gen.line("if failed is not None: return failed")
-    targets: dict[str, EvaluationDetail] = {}
+    # The context keys each variation is targeted to, as one set per variation:
+    # a set answers "not targeted" from within itself (a dict reaches a second
+    # object, its table, which is one more cache miss on a cold flag), and equal
+    # sets are shared between flags.
+    targeted: dict[int, set[str]] = {}
+    seen: set[str] = set()
     for t in d["targets"]:
-        found = EvaluationDetail(variations[t["variation"]], t["variation"], Reason.TARGET_MATCH)
+        keys = targeted.setdefault(t["variation"], set())
         for value in t["values"]:
-            targets.setdefault(value, found)  # the first target listing a key wins
-    if targets:
-        gen.line(f"hit = {gen.bind(targets)}.get(ckey)")
-        gen.line("if hit is not None: return hit")
+            if value not in seen:  # the first target listing a key wins
+                seen.add(value)
+                keys.add(value)
+    for index, keys in targeted.items():
+        if keys:
+            found = EvaluationDetail(variations[index], index, Reason.TARGET_MATCH)
+            gen.line(f"if ckey in {gen.bind(frozenset(keys))}: return {gen.bind(found)}")
     if sum(len(r["clauses"]) for r in d["rules"]) <= _INLINE_CLAUSES:
         for i, r in enumerate(d["rules"]):
             condition = " and ".join(gen.clause(c) for c in r["clauses"])
@@ -190,7 +213,7 @@ def _compile_valid_flag(d: dict[str, Any]) -> CompiledFlag:
         gen.line("if match(ctx, env):", 1)
         gen.line("return fixed if pick is None else pick(ctx, ckey)", 2)
     gen.serve(d["fallthrough"], d["salt"], variations, Reason.FALLTHROUGH, None, None, indent=0)
-    return CompiledFlag(key, accepts, True, gen.build())
+    return CompiledFlag(key, accepts, True, *gen.build())
 
 
 def _prerequisite_check(
@@ -231,12 +254,12 @@ class _Generator:
         self.ld = ld  # LaunchDarkly semantics: its bucketing, numbers as doubles
 
     def bind(self, value: Any) -> str:
-        """A name for ``value`` inside the generated function (by position only)."""
+        """An expression for ``value`` inside the generated function (by position only)."""
         self.values.append(shared(value))  # equal values: one warm object (``_intern``)
-        return f"_{len(self.values) - 1}"
+        return f"p[{len(self.values) - 1}]"
 
     def line(self, text: str, indent: int = 0) -> None:
-        self.lines.append("    " * (indent + 2) + text)
+        self.lines.append("    " * (indent + 1) + text)
 
     def clause(self, c: dict[str, Any]) -> str:
         """A boolean expression for clause ``c``: inlined when a fast path exists."""
@@ -275,7 +298,7 @@ class _Generator:
         base, cumulative, details = rollout_parts(
             obj["rollout"], salt, variations, reason, index, rule_id
         )
-        self.line(f"h = {self.bind(base.copy)}()", indent)
+        self.line(f"h = {self.bind(base)}.copy()", indent)
         self.line("try: h.update(ckey.encode())", indent)
         self.line(
             "except UnicodeEncodeError: h.update(ckey.encode('utf-8', 'surrogatepass'))", indent
@@ -291,20 +314,16 @@ class _Generator:
             self.line(f"if b < {self.bind(total)}: return {self.bind(detail)}", indent)
         self.line(f"return {self.bind(details[-1])}", indent)
 
-    def build(self) -> Runner:
-        names = ", ".join(f"_{i}" for i in range(len(self.values)))
+    def build(self) -> tuple[Runner, tuple[Any, ...]]:
+        """The shape's shared function and this flag's argument tuple."""
         body = "\n".join(self.lines)
-        source = (
-            f"def factory({names}):\n    def run(ctx, ckey, env, chain):\n{body}\n    return run\n"
-        )
-        runner: Runner = _factory(source)(*self.values)
-        return runner
+        return _runner(f"def run(p, ctx, ckey, env, chain):\n{body}\n"), tuple(self.values)
 
 
 @functools.lru_cache(maxsize=512)
-def _factory(source: str) -> Callable[..., Runner]:
+def _runner(source: str) -> Runner:
     """Compile the source of one flag shape; shared by every flag of that shape."""
     namespace: dict[str, Any] = {"bisect_right": bisect_right, "Q": Q, **FAST_GLOBALS}
     exec(compile(source, "<flagwire flag>", "exec"), namespace)
-    factory: Callable[..., Runner] = namespace["factory"]
-    return factory
+    runner: Runner = namespace["run"]
+    return runner

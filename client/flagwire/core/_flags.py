@@ -39,15 +39,16 @@ _EMPTY: Final[Entries] = {}
 class FlagEntry:
     """One version of one flag: its document as JSON and, once used, its compiled form.
 
-    ``run`` is None until :meth:`compile`; ``accepts`` and ``on`` are set with
-    it (read them only after).  Two threads may compile the same entry at
+    ``run`` is None until :meth:`compile`; ``accepts``, ``args`` and ``on`` are
+    set with it (read them only after).  Two threads may compile the same entry at
     once: both write equal values, ``run`` last, and readers test ``run``
     first, so no lock is needed.
     """
 
-    __slots__ = ("accepts", "on", "raw", "run", "value", "version")
+    __slots__ = ("accepts", "args", "on", "raw", "run", "value", "version")
 
     accepts: frozenset[type]
+    args: Any  #: what ``run`` is called with first: the flag's own values (``_compile``)
     on: bool
     run: Runner | None
     raw: bytes | None  #: the document's JSON, or None when it is not plain JSON
@@ -87,7 +88,7 @@ class FlagEntry:
     def compile(self, key: str) -> Runner:
         """Compile the document filed under ``key``; keep and return its ``run``."""
         flag = _compile_as(key, self.document())
-        self.accepts, self.on = flag.accepts, flag.on
+        self.accepts, self.args, self.on = flag.accepts, flag.args, flag.on
         self.run = flag.run
         return flag.run
 
