@@ -118,3 +118,19 @@ def test_diff_compares_json_and_reports_document_versions() -> None:
         FlagChange("c", None, 8, "flag", 8),
     ]
     assert [c.new_version for c in diff(None, old)] == [4, 7]
+
+
+def test_flags_are_filed_under_copies_of_their_keys_made_together() -> None:
+    # Issue 16: the decoder leaves each key among its document's objects; a snapshot
+    # files its flags under fresh equal copies, so the keys a lookup compares sit
+    # together in memory.  Other keys are kept as given (and are never found).
+    docs = orjson.loads(orjson.dumps({k: flag(k) for k in ["alpha", "b-1", "gamma_2"]}))
+    given_keys = list(docs)
+    snap = Snapshot(docs)
+    kept = list(snap.flags)
+    assert kept == given_keys
+    assert all(k is not g for k, g in zip(kept, given_keys, strict=True))
+    assert all(snap.evaluate(k, {"key": "u"}, None).reason == "FALLTHROUGH" for k in given_keys)
+    odd = Snapshot({1: flag("one")})  # type: ignore[dict-item]
+    assert list(odd.flags) == [1]
+    assert odd.evaluate(1, {"key": "u"}, None).error_kind == ErrorKind.MALFORMED_FLAG  # type: ignore[arg-type]

@@ -116,10 +116,24 @@ def _compile_as(key: str, doc: Any) -> CompiledFlag:
 
 
 def entries_of(docs: Mapping[str, Any]) -> Entries:
-    """Entries for documents given as decoded values."""
+    """Entries for documents given as decoded values, filed under copies of their keys.
+
+    The keys are copied one after the other (:func:`_packed`): the decoder left
+    each among the objects of its flag's document, a cache line and often a
+    page of its own, which a lookup comparing the caller's key with it reads
+    (issue 16: evaluating 10,000 flags in turn, in-process A/B, thread CPU at
+    load ~5: 1,516 → 1,307 ns per call with the caller's own key strings).
+    """
     if isinstance(docs, FlagDocs):
         return merged(docs.base, docs.over)
-    return {key: FlagEntry(doc) for key, doc in docs.items()}
+    return {_packed(key): FlagEntry(doc) for key, doc in docs.items()}
+
+
+def _packed(key: Any) -> Any:
+    """An equal copy of a string key, allocated now (anything else as it is)."""
+    if key.__class__ is not str:
+        return key
+    return key.encode("utf-8", "surrogatepass").decode("utf-8", "surrogatepass")
 
 
 def merged(base: Entries, over: Entries) -> Entries:
