@@ -29,6 +29,10 @@ METHODS = {
     "stop_keepalive": ["self"],
     "send": ["self", "message"],
     "connection_made": ["self", "transport"],
+    "data_received": ["self", "data"],
+    "run_asgi": ["self"],
+    "on_task_complete": ["self", "task"],
+    "start_keepalive": ["self"],
 }
 #: Instance state the fence reads or writes.
 ATTRIBUTES = (
@@ -41,6 +45,19 @@ ATTRIBUTES = (
     "close_timer",
     "frames",
     "conn",
+    # The plain-upgrade fast path (fence item 7) and connection_made.
+    "handshake_initiated",
+    "initial_response",
+    "writable",
+    "tasks",
+    "connections",
+    "default_headers",
+    "app_state",
+    "root_path",
+    "asgi_version",
+    "server",
+    "client",
+    "scheme",
 )
 
 

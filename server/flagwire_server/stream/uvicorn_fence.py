@@ -45,6 +45,14 @@ uvicorn's ``websockets-sansio`` protocol with six changes flagwire needs:
    everything after it goes to websockets as before, so its state machine
    sees every frame it must.  Parsing acks was a quarter of the server's
    time at 10,000 clients (bench/results/profile-10000.txt).
+7. A plain upgrade request (:func:`flagwire_server.stream.upgrade.read_upgrade`)
+   is read without websockets' HTTP parser, and its accept writes a 101
+   spelled directly instead of building and serialising websockets'
+   ``Response``; websockets' parser is moved straight to frames and its state
+   to OPEN, as its own handshake would.  Any other request goes to websockets
+   as before, so refusals are unchanged.  Each reconnect of a storm paid for
+   that parse and that response (bench/results/SUMMARY.md, "What bounds the
+   storm").
 
 Server frames are unmasked and uncompressed (``ws_per_message_deflate`` is
 off), so writing a frame built elsewhere never disturbs the sans-I/O state
@@ -58,16 +66,24 @@ Select it with
 from __future__ import annotations
 
 import asyncio
+import email.utils
+import logging
 from asyncio import BaseTransport
 from collections.abc import Callable
-from typing import Final
+from typing import Final, cast
+from urllib.parse import unquote
 
 from starlette.websockets import WebSocket
-from uvicorn._types import ASGISendEvent
+from uvicorn._types import ASGISendEvent, WebSocketAcceptEvent
+from uvicorn.logging import TRACE_LOG_LEVEL
+from uvicorn.protocols.utils import get_client_addr, get_path_with_query_string, is_ssl
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
-from websockets.http11 import Request
-from websockets.protocol import State
+from websockets.datastructures import Headers
+from websockets.http11 import Request, Response
+from websockets.protocol import Protocol, State
 from websockets.utils import apply_mask
+
+from flagwire_server.stream.upgrade import Upgrade, read_upgrade, switching_protocols
 
 __all__ = [
     "READ_SIZE",
@@ -91,15 +107,34 @@ class FlagwireWebSocketProtocol(WebSocketsSansIOProtocol):
 
     #: Receives each complete client message (text or binary) instead of the app.
     on_message: Callable[[str | bytes], None] | None = None
+    #: The ``Sec-WebSocket-Accept`` of a plain upgrade (item 7) until its 101 is written.
+    _accept: bytes | None = None
 
     def connection_made(self, transport: BaseTransport) -> None:
-        super().connection_made(transport)
+        """uvicorn's, with both addresses from the transport, not two more system calls.
+
+        asyncio read them when it made the transport, and uvicorn's HTTP
+        protocol again before the upgrade; uvicorn asks the socket a third time.
+        """
+        self.connections.add(self)
+        self.transport = cast(asyncio.Transport, transport)
+        self.server = _address(transport.get_extra_info("sockname"), local=True)
+        self.client = _address(transport.get_extra_info("peername"), local=False)  # type: ignore[assignment]
+        self.scheme = "wss" if is_ssl(self.transport) else "ws"
+        if self.logger.level <= TRACE_LOG_LEVEL:
+            prefix = f"{self.client[0]}:{self.client[1]} - " if self.client else ""
+            self.logger.log(TRACE_LOG_LEVEL, "%sWebSocket connection made", prefix)
         # asyncio's selector transport reads ``self.max_size`` bytes per recv();
         # other transports (uvloop, proactor) have no such attribute to shadow.
         if hasattr(transport, "max_size"):
             transport.max_size = READ_SIZE
 
     def data_received(self, data: bytes) -> None:
+        if not self.handshake_initiated:
+            upgrade = None if self.config.ws_per_message_deflate else read_upgrade(data)
+            if upgrade is not None:
+                self._connect(upgrade)
+                return
         hook = self.on_message
         if hook is not None and not self.close_sent and _between_frames(self):
             data = self._small_text_frames(data, hook)
@@ -136,12 +171,88 @@ class FlagwireWebSocketProtocol(WebSocketsSansIOProtocol):
         # Text frames stay bytes: the decoder takes UTF-8 bytes and refuses invalid ones.
         hook(bytes(data))
 
+    def _connect(self, upgrade: Upgrade) -> None:
+        """uvicorn's ``handle_connect`` for a plain upgrade, without websockets' Request."""
+        conn = self.conn
+        # What websockets' parser does after reading a request: parse frames.  The
+        # state stays CONNECTING until the 101 is written, as websockets keeps it.
+        conn.parser = Protocol.parse(conn)
+        next(conn.parser)
+        self.handshake_initiated = True
+        self._accept = upgrade.accept
+        raw_path, _, query_string = upgrade.target.partition("?")
+        self.scope = {
+            "type": "websocket",
+            "asgi": {"version": self.asgi_version, "spec_version": "2.4"},
+            "http_version": "1.1",
+            "scheme": self.scheme,
+            "server": self.server,
+            "client": self.client,
+            "root_path": self.root_path,
+            "path": self.root_path + unquote(raw_path),
+            "raw_path": self.root_path.encode("ascii") + raw_path.encode("ascii"),
+            "query_string": query_string.encode("ascii"),
+            "headers": upgrade.headers,
+            "subprotocols": [],
+            "state": self.app_state.copy(),
+            "extensions": {"websocket.http.response": {}},
+        }
+        scope: dict[str, object] = self.scope  # type: ignore[assignment]
+        scope[SCOPE_KEY] = self
+        self.queue.put_nowait({"type": "websocket.connect"})
+        task = self.loop.create_task(self.run_asgi())
+        task.add_done_callback(self.on_task_complete)
+        self.tasks.add(task)
+
     async def send(self, message: ASGISendEvent) -> None:
+        if self._accept is not None and message["type"] == "websocket.accept":
+            await self.writable.wait()
+            pending = not (self.disconnected or self.handshake_complete or self.initial_response)
+            if pending and self._write_accept(message):
+                return
         await super().send(message)
         if message["type"] == "websocket.http.response.body" and not message.get("more_body"):
             # The response is written and the transport closing: the handshake is over,
             # answered.  uvicorn only counts an accept as that, then logs an ERROR.
             self.handshake_complete = True
+
+    def _write_accept(self, message: WebSocketAcceptEvent) -> bool:
+        """uvicorn's accept for a plain upgrade: the 101 written directly (item 7).
+
+        Returns False, with the response websockets would have built in place,
+        for a subprotocol or a header that is not ASCII: uvicorn writes those.
+        """
+        accept, self._accept = self._accept, None
+        assert accept is not None
+        headers = self.default_headers + list(message.get("headers", []))
+        if message.get("subprotocol") or not all(
+            name.isascii() and value.isascii() for name, value in headers
+        ):
+            self.response = Response(
+                101,
+                "Switching Protocols",
+                Headers(
+                    Date=email.utils.formatdate(usegmt=True),
+                    Upgrade="websocket",
+                    Connection="Upgrade",
+                ),
+            )
+            self.response.headers["Sec-WebSocket-Accept"] = accept.decode()
+            return False
+        if self.logger.isEnabledFor(logging.INFO):
+            self.logger.info(
+                '%s - "WebSocket %s" [accepted]',
+                get_client_addr(self.scope),
+                get_path_with_query_string(self.scope),
+            )
+        if not self.transport.is_closing():
+            self.handshake_complete = True
+            conn = self.conn
+            conn.state = State.OPEN
+            conn.logger.info("connection open")
+            self.transport.write(switching_protocols(accept, headers))
+            self.start_keepalive()
+        return True
 
     def handle_connect(self, event: Request) -> None:
         super().handle_connect(event)
@@ -158,6 +269,16 @@ class FlagwireWebSocketProtocol(WebSocketsSansIOProtocol):
             self.transport.close()
             return
         super().shutdown()
+
+
+def _address(info: object, local: bool) -> tuple[str, int | None] | None:
+    """uvicorn's ``get_local_addr`` / ``get_remote_addr`` of what ``getsockname`` /
+    ``getpeername`` returned: (host, port) for IP, (path, None) for a local Unix socket."""
+    if isinstance(info, tuple):
+        return (str(info[0]), int(info[1]))
+    if local and isinstance(info, str):
+        return (info, None)
+    return None
 
 
 def _between_frames(proto: WebSocketsSansIOProtocol) -> bool:

@@ -1,0 +1,285 @@
+"""The plain-upgrade fast path (``stream/upgrade.py``, fence item 7) against websockets' own.
+
+Two promises: a request the fast path reads is one websockets would accept
+with a 101 carrying the same path, headers and ``Sec-WebSocket-Accept``; and
+through uvicorn's protocol, flagwire's and plain uvicorn's write the same
+bytes and build the same scope for any request — a plain one answered by
+the fast path, a garbled or oversized one refused by websockets as before.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import socket
+from typing import Any
+
+from hypothesis import HealthCheck, example, given, settings
+from hypothesis import strategies as st
+from uvicorn.config import Config
+from uvicorn.server import ServerState
+from websockets.http11 import MAX_LINE_LENGTH, MAX_NUM_HEADERS, Request
+from websockets.server import ServerProtocol
+
+from flagwire_server.cli.serve import WS_PROTOCOL
+from flagwire_server.stream.upgrade import read_upgrade, switching_protocols
+from flagwire_server.stream.uvicorn_fence import SCOPE_KEY
+
+KEY = b"dGhlIHNhbXBsZSBub25jZQ=="
+PLAIN = [
+    (b"Host", b"127.0.0.1:8080"),
+    (b"Upgrade", b"websocket"),
+    (b"Connection", b"Upgrade"),
+    (b"Sec-WebSocket-Key", KEY),
+    (b"Sec-WebSocket-Version", b"13"),
+    (b"Authorization", b"Bearer sdk-abc"),
+]
+
+
+def _request(headers: list[tuple[bytes, bytes]], line: bytes = b"GET /s?a=1 HTTP/1.1") -> bytes:
+    return line + b"\r\n" + b"".join(n + b": " + v + b"\r\n" for n, v in headers) + b"\r\n"
+
+
+def _websockets(data: bytes) -> tuple[Request | None, Any]:
+    """What websockets makes of ``data``: its request (if it parsed one) and its response."""
+    proto = ServerProtocol()
+    proto.receive_data(data)
+    events = proto.events_received()
+    if not events:
+        return None, None
+    (request,) = events
+    assert isinstance(request, Request)
+    return request, proto.accept(request)
+
+
+_names = st.sampled_from(
+    [
+        b"Host",
+        b"Upgrade",
+        b"upgrade",
+        b"Connection",
+        b"Sec-WebSocket-Key",
+        b"sec-websocket-key",
+        b"Sec-WebSocket-Version",
+        b"Origin",
+        b"Sec-WebSocket-Protocol",
+        b"Sec-WebSocket-Extensions",
+        b"Content-Length",
+        b"Transfer-Encoding",
+        b"X-Thing",
+        b"Bad Name",
+        b"",
+        b"N\xe9",
+    ]
+)
+_values = st.sampled_from(
+    [
+        b"websocket",
+        b"WebSocket",
+        b"websocket, h2c",
+        b"Upgrade",
+        b"keep-alive, Upgrade",
+        b"keep-alive,,Upgrade",
+        b"upgrade ",
+        b" Upgrade\t",
+        KEY,
+        b"dGhlIHNhbXBsZSBub25jZQ",
+        b"AAAAAAAAAAAAAAAAAAAAAAAA",
+        b"13",
+        b"8",
+        b"0",
+        b"chat",
+        b"permessage-deflate",
+        b"",
+        b"caf\xe9",
+        b"a\x01b",
+        b"a\rb",
+        b"a\nb",
+    ]
+)
+_lines = st.sampled_from(
+    [
+        b"GET /s?a=1 HTTP/1.1",
+        b"GET /s HTTP/1.0",
+        b"POST /s HTTP/1.1",
+        b"GET  /s HTTP/1.1",
+        b"GET /s%20x?q=%41 HTTP/1.1",
+        b"GET /\xe9 HTTP/1.1",
+        b"GET /s HTTP/1.1 x",
+        b"GET",
+    ]
+)
+
+
+@st.composite
+def _requests(draw: st.DrawFn) -> bytes:
+    headers = list(PLAIN)
+    for _ in range(draw(st.integers(0, 4))):
+        op = draw(st.sampled_from(["add", "drop", "replace"]))
+        if op == "add" or not headers:
+            headers.insert(draw(st.integers(0, len(headers))), (draw(_names), draw(_values)))
+        elif op == "drop":
+            del headers[draw(st.integers(0, len(headers) - 1))]
+        else:
+            i = draw(st.integers(0, len(headers) - 1))
+            headers[i] = (headers[i][0], draw(_values))
+    return _request(headers, draw(_lines))
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(_requests())
+@example(_request(PLAIN))
+@example(_request([*PLAIN, (b"Sec-WebSocket-Key", KEY)]))
+@example(_request([*PLAIN, (b"X-Long", b"x" * MAX_LINE_LENGTH)]))
+@example(_request([*PLAIN, *[(b"X", b"y")] * MAX_NUM_HEADERS]))
+@example(_request(PLAIN) + b"\x81\x80\0\0\0\0")
+def test_what_the_fast_path_reads_websockets_accepts_alike(data: bytes) -> None:
+    upgrade = read_upgrade(data)
+    if upgrade is None:
+        return
+    request, response = _websockets(data)
+    assert request is not None
+    assert response.status_code == 101, response
+    assert upgrade.target == request.path
+    assert upgrade.headers == [
+        (k.encode(), v.encode("latin-1")) for k, v in request.headers.raw_items()
+    ]
+    assert upgrade.accept.decode() == response.headers["Sec-WebSocket-Accept"]
+
+
+def test_flagwire_clients_requests_take_the_fast_path() -> None:
+    assert read_upgrade(_request(PLAIN)) is not None
+    # As uvicorn re-serialises what httptools parsed: lower-case names.
+    lowered = [(n.lower(), v) for n, v in PLAIN]
+    assert read_upgrade(_request(lowered, b"GET /api/v1/stream?since=4&epoch=e HTTP/1.1"))
+    # Browsers offer extensions and send an Origin: still plain (no extension is enabled).
+    browser = [*PLAIN, (b"Origin", b"https://a.example"), (b"Sec-WebSocket-Extensions", b"x")]
+    assert read_upgrade(_request(browser)) is not None
+
+
+def test_the_101_is_websockets_and_uvicorns() -> None:
+    request, response = _websockets(_request(PLAIN))
+    assert request is not None
+    del response.headers["Date"]
+    response.headers.update([("date", "Wed, 02 Dec 2026 10:00:00 GMT"), ("x-a", "b")])
+    built = switching_protocols(
+        response.headers["Sec-WebSocket-Accept"].encode(),
+        [(b"date", b"Wed, 02 Dec 2026 10:00:00 GMT"), (b"X-A", b"b")],
+    )
+    assert built == response.serialize()
+
+
+# --- through uvicorn's protocol: flagwire's against plain websockets-sansio ----------
+
+
+def _protocol(ws: str, app: Any) -> Any:
+    config = Config(app=app, ws=ws, ws_per_message_deflate=False, log_config=None)
+    config.load()
+    return config.ws_protocol_class(config, ServerState(), app_state={})  # type: ignore[misc]
+
+
+def _pair(tcp: bool) -> tuple[socket.socket, socket.socket]:
+    if not tcp:
+        return socket.socketpair()
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        theirs = socket.create_connection(server.getsockname())
+        ours, _ = server.accept()
+    return ours, theirs
+
+
+async def _exchange(
+    ws: str, data: bytes, answer: str, tcp: bool = False
+) -> tuple[bytes, dict[str, Any] | None]:
+    """Feed ``data`` as uvicorn's HTTP protocol would; what the peer reads, and the scope."""
+    seen: list[dict[str, Any]] = []
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        seen.append(scope)
+        await receive()
+        if answer == "accept":
+            await send({"type": "websocket.accept", "headers": [(b"x-a", b"b")]})
+            await send({"type": "websocket.send", "text": "hi"})
+            await send({"type": "websocket.close", "code": 1000})
+        else:
+            start = {"type": "websocket.http.response.start", "status": 403, "headers": []}
+            await send(start)
+            await send({"type": "websocket.http.response.body", "body": b"no"})
+
+    loop = asyncio.get_running_loop()
+    ours, theirs = _pair(tcp)
+    theirs.setblocking(False)
+    proto = _protocol(ws, app)
+    transport, _ = await loop.connect_accepted_socket(lambda: proto, ours)
+    try:
+        proto.data_received(data)
+        await asyncio.sleep(0)
+        for _ in range(50):
+            if not proto.tasks:
+                break
+            await asyncio.sleep(0.01)
+        got = b""
+        while True:
+            try:
+                chunk = await asyncio.wait_for(loop.sock_recv(theirs, 65536), 0.3)
+            except TimeoutError:
+                break
+            if not chunk:
+                break
+            got += chunk
+    finally:
+        transport.abort()
+        theirs.close()
+    scope = dict(seen[0]) if seen else None
+    if scope is not None:
+        scope.pop(SCOPE_KEY, None)
+    # websockets' refusals carry the time of day.
+    return re.sub(rb"Date: [^\r]*\r\n", b"", got), scope
+
+
+_CASES = [
+    _request(PLAIN),
+    _request([(n.lower(), v) for n, v in PLAIN], b"GET /s%20x?since=3&epoch=e%41 HTTP/1.1"),
+    _request([*PLAIN, (b"Origin", b"https://a.example"), (b"Sec-WebSocket-Extensions", b"x")]),
+    # Refused by websockets, through the fallback, exactly as before.
+    _request([*PLAIN, (b"Sec-WebSocket-Key", KEY)]),
+    _request([(n, v) for n, v in PLAIN if n != b"Sec-WebSocket-Key"]),
+    _request([(n, b"12" if n == b"Sec-WebSocket-Version" else v) for n, v in PLAIN]),
+    _request([(n, b"short" if n == b"Sec-WebSocket-Key" else v) for n, v in PLAIN]),
+    _request([(n, v) for n, v in PLAIN if n != b"Upgrade"]),
+    _request([(n, b"keep-alive" if n == b"Connection" else v) for n, v in PLAIN]),
+    _request([*PLAIN, (b"Origin", b"a"), (b"Origin", b"b")]),
+    _request([*PLAIN, (b"Sec-WebSocket-Protocol", b"a b")]),
+    _request([*PLAIN, (b"Content-Length", b"3")]),
+    _request([*PLAIN, (b"X-Long", b"x" * MAX_LINE_LENGTH)]),
+    _request([*PLAIN, *[(b"X", b"y")] * (MAX_NUM_HEADERS + 1)]),
+    _request([*PLAIN, (b"Bad Name", b"x")]),
+    _request([*PLAIN, (b"X-Latin", b"caf\xe9")]),
+    _request(PLAIN, b"POST /s HTTP/1.1"),
+    _request(PLAIN, b"GET /s HTTP/1.0"),
+    _request(PLAIN)[:-2],  # incomplete: nothing is answered
+    b"\x16\x03\x01garbage\r\n\r\n",
+]
+
+
+async def test_flagwire_and_uvicorn_answer_every_request_alike() -> None:
+    for data in _CASES:
+        for answer in ("accept", "deny"):
+            plain = await _exchange("websockets-sansio", data, answer)
+            ours = await _exchange(WS_PROTOCOL, data, answer)
+            assert ours == plain, (data, answer)
+    fast = sum(read_upgrade(data) is not None for data in _CASES)
+    assert fast == 3, "the first three cases are plain and exercise the fast path"
+
+
+async def test_over_tcp_the_scope_names_the_same_addresses() -> None:
+    plain = await _exchange("websockets-sansio", _CASES[1], "accept", tcp=True)
+    ours = await _exchange(WS_PROTOCOL, _CASES[1], "accept", tcp=True)
+    assert ours[1] is not None
+    assert ours[1]["client"][0] == "127.0.0.1"
+    # Ports differ between the two connections; everything else is the same.
+    for got in (plain, ours):
+        assert got[1] is not None
+        for end in ("client", "server"):
+            assert got[1][end][1] > 0
+            got[1][end] = (got[1][end][0], 0)
+    assert ours == plain
