@@ -283,3 +283,18 @@ async def test_over_tcp_the_scope_names_the_same_addresses() -> None:
             assert got[1][end][1] > 0
             got[1][end] = (got[1][end][0], 0)
     assert ours == plain
+
+
+async def test_the_app_hands_stream_handshakes_to_the_routed_endpoint() -> None:
+    """The app's shortcut for the stream path calls the endpoint its route table names."""
+    from starlette.routing import WebSocketRoute
+
+    from flagwire.core.limits import STREAM_PATH
+    from flagwire_server.app import create_app
+    from flagwire_server.config import Settings
+    from flagwire_server.stream import endpoint
+
+    app = create_app(Settings.from_env({}, redis_url="redis://127.0.0.1:1/0"))
+    (route,) = [r for r in app.routes if getattr(r, "path", None) == STREAM_PATH]
+    assert isinstance(route, WebSocketRoute)
+    assert route.endpoint is endpoint.stream_endpoint

@@ -32,7 +32,10 @@ import orjson
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.routing import BaseRoute
+from starlette.types import Receive, Scope, Send
+from starlette.websockets import WebSocket
 
+from flagwire.core.limits import STREAM_PATH
 from flagwire_server import console
 from flagwire_server.api import routes as admin
 from flagwire_server.api.freshness import VersionReads
@@ -98,12 +101,35 @@ def create_app(settings: Settings | None = None) -> Starlette:
         *admin.routes(),
         *console.routes(),
     ]
-    return Starlette(
+    return _App(
         routes=routes,
         middleware=[Middleware(RequestMetricsMiddleware, metrics=metrics)],
         exception_handlers=exception_handlers(),
         lifespan=_lifespan(settings, metrics, instance_id),
     )
+
+
+class _App(Starlette):
+    """Starlette, with stream handshakes handed straight to the stream's endpoint.
+
+    Why: the middleware and the router pass a WebSocket through (none acts on
+    one: the metrics count HTTP, the error and exception layers have nothing
+    for it, the route is an exact path), but each layer is a coroutine frame
+    and a scope lookup on every handshake of a reconnect storm.  Any other
+    path, or a ``root_path``, goes the usual way; the stream's route stays in
+    the table for everything that reads it.
+    """
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if (
+            scope["type"] == "websocket"
+            and scope["path"] == STREAM_PATH
+            and not scope.get("root_path")
+        ):
+            scope["app"] = self
+            await stream.stream_endpoint(WebSocket(scope, receive, send))
+            return
+        await super().__call__(scope, receive, send)
 
 
 def create_app_from_env() -> Starlette:
