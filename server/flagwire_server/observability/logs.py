@@ -96,6 +96,7 @@ _PER_HANDSHAKE: Final = (
     '"WebSocket %s" [accepted]',  # uvicorn, each accepted stream
     '"WebSocket %s" %d',  # uvicorn, each denial response (flagwire.stream logs those)
     "connection rejected (%d %s)",  # websockets, each non-101 response, again
+    "connection open",  # websockets, each accepted stream, on uvicorn's logger
 )
 
 
