@@ -104,6 +104,12 @@ def _until(predicate: Any, within: float = 10.0) -> None:
         time.sleep(0.01)
 
 
+def _ready_after_stale(kinds: list[ProviderEvent]) -> bool:
+    if ProviderEvent.PROVIDER_STALE not in kinds:
+        return False
+    return ProviderEvent.PROVIDER_READY in kinds[kinds.index(ProviderEvent.PROVIDER_STALE) :]
+
+
 def test_provider_events_from_a_live_server(server: ServerProcess) -> None:
     env, sdk = _environment(server)
     seen: list[tuple[ProviderEvent, EventDetails]] = []
@@ -130,6 +136,8 @@ def test_provider_events_from_a_live_server(server: ServerProcess) -> None:
     assert stale.flag_metadata["stale"] is True
     server.start()
     _until(lambda: client.get_provider_status() == ProviderStatus.READY)
+    # The SDK sets the status before it runs the handlers, on the client's thread.
+    _until(lambda: _ready_after_stale([e for e, _ in seen]))
     kinds = [e for e, _ in seen]
     assert ProviderEvent.PROVIDER_STALE in kinds
     assert kinds.index(ProviderEvent.PROVIDER_STALE) < len(kinds) - 1 - kinds[::-1].index(
