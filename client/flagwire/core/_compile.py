@@ -1,4 +1,4 @@
-"""Compile a validated flag document into a function shared by its shape and a tuple of values.
+"""Compile a validated flag document into a function shared by its shape and the flag's values.
 
 Everything that can be decided when a flag is loaded is decided here, so
 that evaluation parses nothing and allocates nothing:
@@ -20,14 +20,16 @@ that evaluation parses nothing and allocates nothing:
 Safety of the generated code: the source depends only on the *shape* of the
 flag (how many rules, which operators, rollout or not); every value from the
 document — attribute names, clause values, details — is read by position from
-the flag's argument tuple ``p``, never written into the source.  The compiled
-function is therefore cached per shape and shared by all flags of that shape.
+the flag's values ``p`` (attributes ``p.v00``... then ``p.rest[i]``), never
+written into the source.  The compiled function is therefore cached per shape
+and shared by all flags of that shape.
 
-One function per shape and one tuple per flag (issue 16) rather than a closure
-per flag: a call on a flag cold in the caches then touches one object of its
-own (the tuple, only the slots it reads) instead of a function, its closure
-tuple and a cell per bound value, each a cache and TLB miss when thousands of
-flags are evaluated in turn.
+One function per shape, the values in slots of the flag's own entry
+(``_flags.FlagEntry``, which the snapshot's lookup reaches anyway), rather
+than a closure per flag (issue 16): a call on a flag cold in the caches then
+touches one object of its own instead of a function, its closure tuple and a
+cell per value, each a cache and TLB miss when thousands of flags are
+evaluated in turn.
 """
 
 from __future__ import annotations
@@ -56,6 +58,7 @@ from flagwire.core.model import LAUNCHDARKLY, semantics_of, validate_flag
 from flagwire.core.operators import is_number
 
 __all__ = [
+    "SLOTS",
     "USE_DEFAULT",
     "CompiledFlag",
     "CycleError",
@@ -63,8 +66,12 @@ __all__ = [
     "malformed_flag",
 ]
 
-#: ``run(args, ctx, ckey, env, chain)``: shared by the flags of one shape, ``args`` the flag's own.
+#: ``run(p, ctx, ckey, env, chain)``: shared by the flags of one shape; ``p`` holds the
+#: flag's values as attributes ``SLOTS`` (then a tuple ``rest``): its ``FlagEntry``.
 Runner = Callable[[Any, Mapping[str, Any], str, Env, tuple[str, ...]], EvaluationDetail]
+
+#: The attributes holding a flag's first values; any more are in ``rest``.
+SLOTS: Final = tuple(f"v{i:02}" for i in range(16))
 
 
 class CycleError(Exception):
@@ -99,22 +106,24 @@ class _Anything(frozenset[type]):
 
 
 class CompiledFlag:
-    """A flag ready to evaluate: ``run(args, ctx, ckey, env, chain)`` and the kinds it serves.
+    """A flag ready to evaluate: ``run``, its values ``args`` and the kinds it serves.
 
-    ``run`` returns a prebuilt detail; one whose value is :data:`USE_DEFAULT`
-    means "the caller's default" (an off flag without an off variation).
+    ``run(p, ctx, ckey, env, chain)`` reads ``args`` from ``p`` as laid out
+    by :data:`SLOTS`.  It returns a prebuilt detail; one whose value is
+    :data:`USE_DEFAULT` means "the caller's default" (an off flag without an
+    off variation).
     """
 
     __slots__ = ("accepts", "args", "key", "on", "run")
 
     def __init__(
-        self, key: str, accepts: frozenset[type], on: bool, run: Runner, args: Any
+        self, key: str, accepts: frozenset[type], on: bool, run: Runner, args: tuple[Any, ...]
     ) -> None:
         self.key = key
         self.accepts = accepts  # the ``kind`` arguments of evaluate() it satisfies
         self.on = on
         self.run = run
-        self.args = args
+        self.args: tuple[Any, ...] = args
 
 
 def compile_flag(doc: Any) -> CompiledFlag:
@@ -129,18 +138,19 @@ def compile_flag(doc: Any) -> CompiledFlag:
 
 def malformed_flag(key: str, why: str) -> CompiledFlag:
     """A flag that answers MALFORMED_FLAG to every evaluation (``why`` is kept for debugging)."""
-    return CompiledFlag(key, _Anything(), False, _malformed, why)
+    return CompiledFlag(key, _Anything(), False, _malformed, (why,))
 
 
 def _malformed(
-    why: str, ctx: Mapping[str, Any], ckey: str, env: Env, chain: tuple[str, ...]
+    p: Any, ctx: Mapping[str, Any], ckey: str, env: Env, chain: tuple[str, ...]
 ) -> EvaluationDetail:
-    raise MalformedError(why)
+    raise MalformedError(p.v00)
 
 
 def _constant(
-    detail: EvaluationDetail, ctx: Mapping[str, Any], ckey: str, env: Env, chain: tuple[str, ...]
+    p: Any, ctx: Mapping[str, Any], ckey: str, env: Env, chain: tuple[str, ...]
 ) -> EvaluationDetail:
+    detail: EvaluationDetail = p.v00
     return detail
 
 
@@ -160,7 +170,7 @@ def _compile_valid_flag(d: dict[str, Any]) -> CompiledFlag:
     accepts = _KIND_TYPES[_kind(variations[0])]
     off = EvaluationDetail(off_value, off_index, Reason.OFF)
     if not d["on"]:
-        return CompiledFlag(key, accepts, False, _constant, off)
+        return CompiledFlag(key, accepts, False, _constant, (off,))
 
     ld = semantics_of(d) == LAUNCHDARKLY
     gen = _Generator(ld)
@@ -256,7 +266,8 @@ class _Generator:
     def bind(self, value: Any) -> str:
         """An expression for ``value`` inside the generated function (by position only)."""
         self.values.append(shared(value))  # equal values: one warm object (``_intern``)
-        return f"p[{len(self.values) - 1}]"
+        i = len(self.values) - 1
+        return f"p.{SLOTS[i]}" if i < len(SLOTS) else f"p.rest[{i - len(SLOTS)}]"
 
     def line(self, text: str, indent: int = 0) -> None:
         self.lines.append("    " * (indent + 1) + text)

@@ -26,7 +26,7 @@ from typing import Any, Final
 
 import orjson
 
-from flagwire.core._compile import CompiledFlag, Runner, compile_flag, malformed_flag
+from flagwire.core._compile import SLOTS, CompiledFlag, Runner, compile_flag, malformed_flag
 
 __all__ = ["Entries", "FlagDocs", "FlagEntry", "derive", "entries_of", "merged"]
 
@@ -39,16 +39,20 @@ _EMPTY: Final[Entries] = {}
 class FlagEntry:
     """One version of one flag: its document as JSON and, once used, its compiled form.
 
-    ``run`` is None until :meth:`compile`; ``accepts``, ``args`` and ``on`` are
-    set with it (read them only after).  Two threads may compile the same entry at
+    ``run`` is None until :meth:`compile`; ``accepts``, ``on`` and the flag's
+    values (``SLOTS``, ``rest``: ``run`` reads them from the entry) are set
+    before it (read them only after).  Two threads may compile the same entry at
     once: both write equal values, ``run`` last, and readers test ``run``
     first, so no lock is needed.
     """
 
-    __slots__ = ("accepts", "args", "on", "raw", "run", "value", "version")
+    # The compiled flag's values are held here, where a lookup arrives, rather
+    # than in an object of their own (issue 16: one cache and TLB miss less per
+    # flag evaluated cold; 16 slots cost 128 bytes per flag, compiled or not).
+    __slots__ = ("accepts", "on", "raw", "rest", "run", "value", "version", *SLOTS)
 
     accepts: frozenset[type]
-    args: Any  #: what ``run`` is called with first: the flag's own values (``_compile``)
+    rest: tuple[Any, ...]  #: the values past ``SLOTS`` (``_compile``)
     on: bool
     run: Runner | None
     raw: bytes | None  #: the document's JSON, or None when it is not plain JSON
@@ -88,7 +92,10 @@ class FlagEntry:
     def compile(self, key: str) -> Runner:
         """Compile the document filed under ``key``; keep and return its ``run``."""
         flag = _compile_as(key, self.document())
-        self.accepts, self.args, self.on = flag.accepts, flag.args, flag.on
+        self.accepts, self.on = flag.accepts, flag.on
+        for name, value in zip(SLOTS, flag.args, strict=False):
+            setattr(self, name, value)
+        self.rest = flag.args[len(SLOTS) :]
         self.run = flag.run
         return flag.run
 

@@ -214,7 +214,7 @@ class Snapshot:
             ckey = context.get("key")
             if ckey.__class__ is not str:
                 return _error(default, ErrorKind.INVALID_CONTEXT)
-            detail = run(flag.args, context, ckey, self, ())
+            detail = run(flag, context, ckey, self, ())
         except MalformedError:
             return _error(default, ErrorKind.MALFORMED_FLAG)
         except CycleError:
@@ -271,7 +271,7 @@ class Snapshot:
         if not flag.on:
             return None
         try:
-            detail = run(flag.args, ctx, ckey, self, chain)
+            detail = run(flag, ctx, ckey, self, chain)
         except MalformedError:
             return None
         if transitive and detail.reason is _PREREQUISITE_FAILED:
