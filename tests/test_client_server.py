@@ -307,6 +307,37 @@ async def test_persisted_snapshot_serves_when_the_server_is_down_at_start(
         await third.close()
 
 
+async def test_close_waits_for_a_snapshot_write_in_flight_and_leaves_the_latest(
+    world: World, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """close() during a slow write of the file must not return before the latest data is
+    on disk: it used to cancel the write's task, the thread went on writing in the
+    background, and close() returned with the file still at the version before (the
+    persisted-snapshot test above failed under load this way, reading version 2)."""
+    from flagwire import _persistence
+
+    real = _persistence.save_snapshot
+
+    def slow(*args: Any, **kw: Any) -> None:
+        time.sleep(0.3)  # a slow disk
+        real(*args, **kw)
+
+    path = tmp_path / "flags.json"
+    await world.put(flag("a", on=False))
+    client = world.client(persist_path=path, persist_debounce=0.0)
+    await client.start()
+    await until(path.exists, what="the first snapshot file")
+    monkeypatch.setattr(_persistence, "save_snapshot", slow)
+    await world.toggle("a", True)
+    await until(lambda: client.bool_variation("a", CTX, False), what="toggle")
+    await asyncio.sleep(0.05)  # the write of the new version is under way
+    await client.close()
+    saved = _persistence.load_snapshot(path)
+    assert saved is not None
+    assert saved[0].version == client.version
+    assert saved[0].evaluate("a", CTX, False).value is True
+
+
 @pytest.mark.slow
 async def test_reconnects_after_a_restart_are_spread_out(world: World) -> None:
     """500 clients, server killed and started again: reconnections spread over time.

@@ -187,6 +187,9 @@ class FlagClient:
         self._started = False
         self._closed = False
         self._dirty = False  # the persisted file is behind the data in use
+        #: The thread writing the file, if one is: cancelling the task that awaits it does
+        #: not stop it, so close() waits for it before writing the latest data after it.
+        self._writing: asyncio.Future[None] | None = None
         self.rewinds = 0  #: times the server's store was found to have gone back in time
         self.start_status: ClientStatus | None = None  #: what :meth:`start` returned
 
@@ -623,6 +626,9 @@ class FlagClient:
             ptask.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await ptask
+        if self._writing is not None:  # a write cancelled above goes on in its thread
+            with contextlib.suppress(Exception):
+                await self._writing
         if self._dirty:
             await self._write_persisted()
         self._hub.close()
@@ -683,8 +689,14 @@ class FlagClient:
         self._dirty = False
         if snap is None or path is None:
             return
+        self._writing = asyncio.ensure_future(
+            asyncio.to_thread(_persistence.save_snapshot, path, snap, self._state.env or "")
+        )
         try:
-            await asyncio.to_thread(_persistence.save_snapshot, path, snap, self._state.env or "")
+            await asyncio.shield(self._writing)
+        except asyncio.CancelledError:
+            self._dirty = True  # not known to be written: close() writes it again
+            raise
         except OSError as exc:
             self.logger.warning(
                 "flagwire: cannot write the snapshot to %r: %s", os.fspath(path), exc
