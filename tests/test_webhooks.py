@@ -319,6 +319,9 @@ async def test_without_a_blocking_read_each_environment_is_polled(
             hook_id, _ = await add_hook(http, rec.url, ["flag.changed"])
             assert (await http.post(f"{BASE}/flags", json=flag("polled"))).is_success
             await poll(lambda: rec.requests, within=10, what="the delivery")
+            # The receiver has the request before the poller logs the outcome and acks it.
+            hooks = services.webhooks
+            await poll(lambda: falsy(hooks.pending("production")), within=10, what="the ack")
             log = (await http.get(f"{BASE}/webhooks/{hook_id}/deliveries")).json()
             assert [d["by"] for d in log["deliveries"]] == ["poller"]
         finally:
