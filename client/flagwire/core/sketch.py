@@ -117,17 +117,7 @@ class Registers:
         return 64 * len(self._sparse) if self._sparse is not None else REGISTERS
 
     def add(self, index: int, rank: int) -> None:
-        sparse = self._sparse
-        if sparse is not None:
-            if sparse.get(index, 0) < rank:
-                sparse[index] = rank
-                if len(sparse) > MAX_SPARSE:
-                    self._densify()
-            return
-        dense = self._dense
-        assert dense is not None
-        if dense[index] < rank:
-            dense[index] = rank
+        self.merge((index << 6 | rank,))
 
     def add_key(self, key: str) -> None:
         self.add(*register_of(key))
@@ -142,7 +132,8 @@ class Registers:
             assert dense is not None
             self._dense = bytearray(map(max, dense, unpack_dense(sketch)))
             return
-        # Inlined, not add(): a server merges a hundred thousand small sketches a second.
+        # One loop per form, no call per register: a server merges a hundred thousand small
+        # sketches a second.
         sparse = self._sparse
         if sparse is not None:
             get = sparse.get
