@@ -109,12 +109,28 @@ class QuietStreamsFilter(logging.Filter):
     """
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if record.levelno > logging.INFO or logging.getLogger("flagwire").isEnabledFor(
-            logging.DEBUG
-        ):
+        if record.levelno > logging.INFO or _FLAGWIRE.isEnabledFor(logging.DEBUG):
             return True
         msg = record.msg
         return not (isinstance(msg, str) and msg.endswith(_PER_HANDSHAKE))
+
+
+_FLAGWIRE: Final = logging.getLogger("flagwire")
+
+
+def handshake_lines_dropped(logger: logging.Logger) -> bool:
+    """Whether :class:`QuietStreamsFilter` would drop every per-handshake line on ``logger``.
+
+    Then code of ours that would write one (the fence's fast accept) need not make
+    it: a record built only to be dropped was about 7 µs, two per accepted stream,
+    5% of a resume in a reconnect storm.  False with any other logging set-up.
+    """
+    return (
+        not logger.propagate
+        and bool(logger.handlers)
+        and not _FLAGWIRE.isEnabledFor(logging.DEBUG)
+        and all(any(isinstance(f, QuietStreamsFilter) for f in h.filters) for h in logger.handlers)
+    )
 
 
 def log_config(settings: Settings) -> dict[str, Any]:

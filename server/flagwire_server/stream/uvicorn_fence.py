@@ -83,6 +83,7 @@ from websockets.http11 import Request, Response
 from websockets.protocol import Protocol, State
 from websockets.utils import apply_mask
 
+from flagwire_server.observability.logs import handshake_lines_dropped
 from flagwire_server.stream.upgrade import Upgrade, read_upgrade, switching_protocols
 
 __all__ = [
@@ -239,7 +240,10 @@ class FlagwireWebSocketProtocol(WebSocketsSansIOProtocol):
             )
             self.response.headers["Sec-WebSocket-Accept"] = accept.decode()
             return False
-        if self.logger.isEnabledFor(logging.INFO):
+        # uvicorn's and websockets' line per accepted stream, unless the server's logging
+        # would drop both (a record each, built for nothing, in every storm's resume).
+        lines = not handshake_lines_dropped(self.logger)
+        if lines and self.logger.isEnabledFor(logging.INFO):
             self.logger.info(
                 '%s - "WebSocket %s" [accepted]',
                 get_client_addr(self.scope),
@@ -249,7 +253,8 @@ class FlagwireWebSocketProtocol(WebSocketsSansIOProtocol):
             self.handshake_complete = True
             conn = self.conn
             conn.state = State.OPEN
-            conn.logger.info("connection open")
+            if lines:
+                conn.logger.info("connection open")
             self.transport.write(switching_protocols(accept, headers))
             self.start_keepalive()
         return True
