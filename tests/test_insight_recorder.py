@@ -108,7 +108,7 @@ def test_returning_contexts_are_hashed_once_per_interval_and_cache_is_bounded(
         ctx = {"key": f"u{i}"}
         rec.count("a", snap.evaluate("a", ctx, None), ctx)
     rec.fold()
-    assert len(rec._registers_of) <= 50
+    assert len(rec._entries) <= 50
     [summary] = rec.drain(1)
     assert _registers(summary.flags["a"][0].sketch) == _expected({f"u{i}" for i in range(100)})
 

@@ -101,7 +101,9 @@ class InsightRecorder:
         self._counts: Counter[tuple[str, _Outcome]] = Counter()
         #: (flag, variation) -> the registers of the contexts that got it
         self._contexts: dict[tuple[str, int | None], Registers] = {}
-        self._registers_of: dict[str, tuple[int, int]] = {}
+        #: context key -> its sketch entry (``index << 6 | rank``), so a returning
+        #: context costs a lookup, not a SHA-256
+        self._entries: dict[str, int] = {}
         #: Folds that found the pending deque full (some evaluations were not counted).
         self.saturated = 0
         #: (flag, variation) -> event -> [count, sum, sum of squares]
@@ -142,20 +144,24 @@ class InsightRecorder:
             distinct = set(zip(slots, cks, strict=True))
         except TypeError:  # an unhashable key
             distinct = {(s, k) for s, k in zip(slots, cks, strict=True) if type(k) is str}
-        seen = self._contexts
-        cache = self._registers_of
+        cache = self._entries
+        entries: dict[tuple[str, int | None], list[int]] = {}
         for (key, (index, _reason)), ck in distinct:
             if type(ck) is not str:
                 continue
-            reg = cache.get(ck)
-            if reg is None:
+            entry = cache.get(ck)
+            if entry is None:
                 if len(cache) >= MAX_CACHED_KEYS:
                     cache.clear()
-                reg = cache[ck] = register_of(ck)
-            registers = seen.get((key, index))
+                i, rank = register_of(ck)
+                entry = cache[ck] = i << 6 | rank
+            entries.setdefault((key, index), []).append(entry)
+        seen = self._contexts
+        for slot, batch_entries in entries.items():  # one merge per flag and variation
+            registers = seen.get(slot)
             if registers is None:
-                registers = seen[key, index] = Registers()
-            registers.add(*reg)
+                registers = seen[slot] = Registers()
+            registers.merge(batch_entries)
         return len(batch)
 
     def track(

@@ -122,7 +122,7 @@ class Registers:
     def add_key(self, key: str) -> None:
         self.add(*register_of(key))
 
-    def merge(self, sketch: Sketch) -> None:
+    def merge(self, sketch: Sketch | list[int]) -> None:
         """Take the larger of each register of ``sketch`` (a dense one is unpacked,
         about 4 ms, so the server leaves those to Redis)."""
         if isinstance(sketch, bytes):
