@@ -12,9 +12,13 @@
    and started again on the same port; every client redials after a random
    0 to ``--spread`` s delay (the client library's jittered backoff), resuming
    from its version.  A flag is flipped as soon as the new server is ready.
-   Reported: time from the restart and from readiness (``/readyz`` polled
-   every 20 ms) until every client has that change (target: 3 s after
-   readiness), the peak handshake rate in any 100 ms window, when the
+   Reported: time from the restart and from readiness until every client has
+   that change (target: 3 s after readiness), where readiness is the earlier
+   of ``/readyz`` answering 200 (polled every 20 ms) and the first completed
+   handshake: the poll's connection waits in the same accept queue as the
+   storm's, and on a fast machine it was answered only after all 10,000
+   handshakes, which made a whole storm look like 0.14 s.  Also reported: the
+   peak handshake rate in any 100 ms window, when the
    handshakes completed, the server's and the clients' CPU time and share of
    a core after readiness (which side was the bound), and the server's peak
    RSS through the storm.  ``--profile`` adds a py-spy profile of the new
@@ -160,8 +164,12 @@ def main(argv: list[str] | None = None) -> int:
                 stop_profile(prof)
                 time.sleep(0.2)
             opens = swarm.opens()
+            # Serving began at the first handshake if /readyz answered later (see above).
+            t_readyz = t_ready
+            t_ready = min([t_ready, *(t for t in opens if t >= t_restart)])
             out["storm"] = {
                 "restart_to_ready_s": round((t_ready - t_restart) / 1e9, 3),
+                "restart_to_readyz_s": round((t_readyz - t_restart) / 1e9, 3),
                 "restart_to_all_current_s": round((t_done - t_restart) / 1e9, 3),
                 "ready_to_all_current_s": round((t_done - t_ready) / 1e9, 3),
                 "complete": ok,
@@ -192,6 +200,7 @@ def main(argv: list[str] | None = None) -> int:
             ["server RSS connected (MiB)", rss1 / 2**20, ""],
             ["per idle connection (KiB)", out["idle_bytes_per_conn"] / 1024, "< 32"],
             ["storm: restart → ready (s)", s["restart_to_ready_s"], ""],
+            ["storm: restart → /readyz 200 (s)", s["restart_to_readyz_s"], ""],
             ["storm: restart → all current (s)", s["restart_to_all_current_s"], ""],
             ["storm: ready → all current (s)", s["ready_to_all_current_s"], "<= 3"],
             ["storm: peak accept rate (/s)", s["peak_accept_per_s"], ""],
