@@ -15,6 +15,8 @@ import re
 import socket
 from typing import Any
 
+import httptools
+import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from uvicorn.config import Config
@@ -22,9 +24,10 @@ from uvicorn.server import ServerState
 from websockets.http11 import MAX_LINE_LENGTH, MAX_NUM_HEADERS, Request
 from websockets.server import ServerProtocol
 
-from flagwire_server.cli.serve import WS_PROTOCOL
+from flagwire_server.cli.serve import HTTP_PROTOCOL, WS_PROTOCOL
 from flagwire_server.stream.upgrade import read_upgrade, switching_protocols
 from flagwire_server.stream.uvicorn_fence import SCOPE_KEY
+from tests.support.inprocess import InProcessServer
 
 KEY = b"dGhlIHNhbXBsZSBub25jZQ=="
 PLAIN = [
@@ -143,7 +146,7 @@ def test_what_the_fast_path_reads_websockets_accepts_alike(data: bytes) -> None:
     assert response.status_code == 101, response
     assert upgrade.target == request.path
     assert upgrade.headers == [
-        (k.encode(), v.encode("latin-1")) for k, v in request.headers.raw_items()
+        (k.lower().encode(), v.encode("latin-1")) for k, v in request.headers.raw_items()
     ]
     assert upgrade.accept.decode() == response.headers["Sec-WebSocket-Accept"]
 
@@ -267,6 +270,12 @@ async def test_flagwire_and_uvicorn_answer_every_request_alike() -> None:
         for answer in ("accept", "deny"):
             plain = await _exchange("websockets-sansio", data, answer)
             ours = await _exchange(WS_PROTOCOL, data, answer)
+            for got in (plain, ours):
+                if got[1] is not None:
+                    # Fed directly, websockets keeps names as sent and the fast path lower-cases
+                    # them (as ASGI wants); behind uvicorn's HTTP protocol, as in a server, both
+                    # get them lower-cased (compared from the socket further down).
+                    got[1]["headers"] = [(n.lower(), v) for n, v in got[1]["headers"]]
             assert ours == plain, (data, answer)
     fast = sum(read_upgrade(data) is not None for data in _CASES)
     assert fast == 3, "the first three cases are plain and exercise the fast path"
@@ -340,3 +349,176 @@ async def test_the_fast_accept_makes_no_log_record_the_servers_logging_would_dro
         uv.handlers, uv.propagate = saved[0], saved[1]
         uv.setLevel(saved[2])
         fw.setLevel(saved[3])
+
+
+# --- the HTTP protocol's hand-over (fence item 8) and the 101 with hello (item 9) ------
+
+
+class _Parsed:
+    """What uvicorn's HTTP protocol hears from httptools, as its WebSocket protocol passes it on."""
+
+    def __init__(self) -> None:
+        self.url = b""
+        self.headers: list[tuple[bytes, bytes]] = []
+
+    def on_url(self, url: bytes) -> None:
+        self.url += url
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        # uvicorn lower-cases names; httptools keeps trailing blanks, which websockets
+        # strips when it reads the request uvicorn re-serialises for it.
+        self.headers.append((name.lower(), value.strip(b" \t")))
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(_requests())
+@example(_request(PLAIN))
+@example(_request([*PLAIN, (b"X", b" padded \t")]))
+def test_what_the_fast_path_reads_httptools_reads_alike(data: bytes) -> None:
+    """The HTTP protocol hands a request over unparsed only if httptools would have
+    read the same upgrade: method, version, target and headers (as uvicorn keeps them)."""
+    upgrade = read_upgrade(data)
+    if upgrade is None:
+        return
+    parsed = _Parsed()
+    parser = httptools.HttpRequestParser(parsed)
+    try:
+        parser.feed_data(data)
+    except httptools.HttpParserUpgrade:
+        pass
+    else:
+        raise AssertionError("httptools did not see an upgrade")
+    assert (parser.get_method(), parser.get_http_version()) == (b"GET", "1.1")
+    assert parsed.url.decode() == upgrade.target
+    assert parsed.headers == upgrade.headers
+
+
+async def _exchange_http(http: str, ws: str, data: bytes, answer: str) -> Any:
+    """As :func:`_exchange`, from the bytes uvicorn's HTTP protocol reads off the socket."""
+    seen: list[dict[str, Any]] = []
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        seen.append(scope)
+        await receive()
+        if answer == "accept":
+            await send({"type": "websocket.accept", "headers": [(b"x-a", b"b")]})
+            await send({"type": "websocket.send", "text": "hi"})
+            await send({"type": "websocket.close", "code": 1000})
+        else:
+            start = {"type": "websocket.http.response.start", "status": 403, "headers": []}
+            await send(start)
+            await send({"type": "websocket.http.response.body", "body": b"no"})
+
+    config = Config(app=app, http=http, ws=ws, ws_per_message_deflate=False, log_config=None)
+    config.load()
+    state = ServerState()
+    loop = asyncio.get_running_loop()
+    ours, theirs = _pair(tcp=False)
+    theirs.setblocking(False)
+    proto = config.http_protocol_class(config=config, server_state=state, app_state={})
+    transport, _ = await loop.connect_accepted_socket(lambda: proto, ours)
+    try:
+        proto.data_received(data)
+        await asyncio.sleep(0)
+        for _ in range(50):
+            if not state.tasks:
+                break
+            await asyncio.sleep(0.01)
+        got = b""
+        while True:
+            try:
+                chunk = await asyncio.wait_for(loop.sock_recv(theirs, 65536), 0.3)
+            except TimeoutError:
+                break
+            if not chunk:
+                break
+            got += chunk
+        upgraded = type(transport.get_protocol()).__name__
+    finally:
+        transport.abort()
+        theirs.close()
+    scope = dict(seen[0]) if seen else None
+    if scope is not None:
+        scope.pop(SCOPE_KEY, None)
+    return re.sub(rb"(?i)Date: [^\r]*\r\n", b"", got), scope, upgraded, proto
+
+
+async def test_flagwire_and_uvicorn_answer_every_request_alike_from_the_socket() -> None:
+    """Through the HTTP protocol: the same bytes back and the same scope, whether the
+    request was handed over unparsed (plain) or went through httptools as before."""
+    for data in _CASES:
+        for answer in ("accept", "deny"):
+            plain = await _exchange_http("httptools", "websockets-sansio", data, answer)
+            ours = await _exchange_http(HTTP_PROTOCOL, WS_PROTOCOL, data, answer)
+            assert ours[:2] == plain[:2], (data, answer)
+
+
+async def test_a_plain_upgrade_skips_httptools() -> None:
+    from flagwire_server.stream.uvicorn_fence import FlagwireWebSocketProtocol
+
+    _, scope, upgraded, http = await _exchange_http(HTTP_PROTOCOL, WS_PROTOCOL, _CASES[0], "accept")
+    assert scope is not None
+    assert upgraded == FlagwireWebSocketProtocol.__name__
+    assert http.scope is None  # httptools' callbacks never ran (on_message_begin makes it)
+    # Not plain (a subprotocol): httptools reads it, and the upgrade happens as uvicorn's.
+    chat = _request([*PLAIN, (b"Sec-WebSocket-Protocol", b"chat")])
+    _, scope, upgraded, http = await _exchange_http(HTTP_PROTOCOL, WS_PROTOCOL, chat, "accept")
+    assert scope is not None
+    assert upgraded == FlagwireWebSocketProtocol.__name__
+    assert http.scope is not None
+
+
+async def test_the_101_and_the_greeting_leave_in_one_write(
+    inprocess_server: InProcessServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A resume is one system call out (and one read for the client), not two."""
+    from asyncio import selector_events
+
+    from flagwire.core.limits import STREAM_PATH
+    from tests.support.builders import flag
+    from tests.support.invariants import Admin, wait_key_known
+
+    server = inprocess_server
+    admin = Admin(server.url, server.admin_key)
+    try:
+        assert (await admin.put_flag("production", flag("k0"))).acked
+        _, sdk = await admin.create_key("sdk", "production", name="one write")
+        await wait_key_known([server.ws_url], sdk)
+    finally:
+        await admin.aclose()
+
+    written: list[bytes] = []
+    write = selector_events._SelectorSocketTransport.write
+
+    def recording(self: Any, data: Any) -> None:
+        if self.get_extra_info("sockname")[1] == server.port:
+            written.append(bytes(data))
+        write(self, data)
+
+    monkeypatch.setattr(selector_events._SelectorSocketTransport, "write", recording)
+
+    def greeting(query: str) -> bytes:
+        with socket.create_connection(("127.0.0.1", server.port), timeout=5) as s:
+            s.sendall(
+                _request(
+                    [
+                        (n, b"Bearer " + sdk.encode() if n == b"Authorization" else v)
+                        for n, v in PLAIN
+                    ],
+                    f"GET {STREAM_PATH}{query} HTTP/1.1".encode(),
+                )
+            )
+            got = b""
+            while b'"type":"hello"' not in got:
+                got += s.recv(65536)
+            return got
+
+    for query in ("", "?since=1&epoch=x"):  # a snapshot, then a resume with a wrong epoch
+        written.clear()
+        got = await asyncio.to_thread(greeting, query)
+        assert got.startswith(b"HTTP/1.1 101 "), got
+        await asyncio.sleep(0.2)
+        first = written[0]
+        assert first.startswith(b"HTTP/1.1 101 "), written
+        assert b'"type":"hello"' in first, written
+        assert b'"type":"snapshot"' in first, written

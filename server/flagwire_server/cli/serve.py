@@ -5,9 +5,11 @@ uvicorn settings that matter here (issue 6):
 * ``ws=flagwire_server.stream.uvicorn_fence:FlagwireWebSocketProtocol`` — uvicorn's
   sans-I/O WebSocket implementation (the fastest measured) with the transport
   exposed to the fan-out and 1001 on shutdown;
-* ``http="httptools"`` — h11's pure-Python parser was a fifth of an admin
-  write's server CPU; httptools cut the CPU per write at 16 in flight by a fifth
-  to two fifths in the same sitting (bench/results/write-profile.md);
+* ``http=flagwire_server.stream.uvicorn_fence:FlagwireHttpProtocol`` — uvicorn's
+  httptools protocol (h11's pure-Python parser was a fifth of an admin write's
+  server CPU; httptools cut the CPU per write at 16 in flight by a fifth to two
+  fifths in the same sitting, bench/results/write-profile.md) with a stream's
+  plain upgrade handed straight to the WebSocket protocol (the fence, item 8);
 * ``ws_per_message_deflate=False`` — compression doubles fan-out time and
   multiplies memory per connection;
 * ``ws_max_size`` — twice the summary frame limit (bigger frames: 1009; the
@@ -48,11 +50,12 @@ from flagwire_server.observability import logs
 from flagwire_server.process import raise_nofile
 from flagwire_server.store.embedded import EmbeddedStore
 
-__all__ = ["WS_PROTOCOL", "serve", "uvicorn_options"]
+__all__ = ["HTTP_PROTOCOL", "WS_PROTOCOL", "serve", "uvicorn_options"]
 
 log = logging.getLogger("flagwire.serve")
 
 WS_PROTOCOL = "flagwire_server.stream.uvicorn_fence:FlagwireWebSocketProtocol"
+HTTP_PROTOCOL = "flagwire_server.stream.uvicorn_fence:FlagwireHttpProtocol"
 
 
 def uvicorn_options(settings: Settings) -> dict[str, Any]:
@@ -60,7 +63,7 @@ def uvicorn_options(settings: Settings) -> dict[str, Any]:
     return {
         "host": settings.host,
         "port": settings.port,
-        "http": "httptools",
+        "http": HTTP_PROTOCOL,
         "ws": WS_PROTOCOL,
         "ws_per_message_deflate": False,
         # Summaries up to twice their limit are read (and dropped, counted, without

@@ -44,7 +44,11 @@ from flagwire_server.sessions import read_session
 from flagwire_server.stream.conn import Conn
 from flagwire_server.stream.feed import EnvFeed, EnvNotFound
 from flagwire_server.stream.reports import Insight
-from flagwire_server.stream.uvicorn_fence import FlagwireWebSocketProtocol, protocol_of
+from flagwire_server.stream.uvicorn_fence import (
+    FlagwireWebSocketProtocol,
+    accept_now,
+    protocol_of,
+)
 
 __all__ = ["FailureLimiter", "origin_allowed", "routes", "stream_endpoint"]
 
@@ -258,16 +262,22 @@ async def _stream(
 ) -> None:
     """Accept, attach to the feed and read the client's messages until it goes."""
     state = services_of(ws)
-    await ws.accept()
+    # The 101 goes out with hello in one write where the protocol allows it.
+    head = accept_now(ws)
+    if head is None:
+        await ws.accept()
+        head = b""
     proto = protocol_of(ws)
     # Fallback when the transport is not reachable (not flagwire's uvicorn protocol):
     # frames then go through ws.send_text via a bounded per-connection queue.
     conn = Conn(key_id, proto, ws=None if proto is not None else ws)
     if state.fanout.feed(feed.env) is not feed:  # deleted while we accepted
+        if head:
+            conn.write(head)
         conn.closed = True
         await ws.close(CloseCode.RESYNC, "environment deleted")
         return
-    feed.attach(conn, since, epoch)
+    feed.attach(conn, since, epoch, head)
     # A console stream ends with its session (signed out anywhere, or expired).
     unwatch = (
         state.sessions.watch(

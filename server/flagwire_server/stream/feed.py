@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
 
 from flagwire.core.protocol import CloseCode
 from flagwire_server.store.acks import AckBook
@@ -33,6 +33,10 @@ if TYPE_CHECKING:
 __all__ = ["EnvFeed", "EnvNotFound"]
 
 log = logging.getLogger("flagwire.fanout")
+
+#: Bytes of greeting joined into one write with the handshake's 101: a resume's
+#: ``hello`` and missed changes, a small snapshot; not a big snapshot's copy.
+_JOINED: Final = 64 * 1024
 
 
 class EnvNotFound(LookupError):
@@ -105,11 +109,23 @@ class EnvFeed:
 
     # --- streams --------------------------------------------------------------
 
-    def attach(self, conn: Conn, since: int | None, epoch: str | None) -> str:
-        """Send hello + snapshot (or the missed changes) and register; no await inside."""
+    def attach(self, conn: Conn, since: int | None, epoch: str | None, head: bytes = b"") -> str:
+        """Send ``head``, hello and the snapshot (or the missed changes), and register.
+
+        No await inside.  ``head`` is the handshake's 101 when the stream was
+        accepted with :func:`~flagwire_server.stream.uvicorn_fence.accept_now`;
+        a greeting up to :data:`_JOINED` bytes goes out in one write with it.
+        """
         greeting = self.mirror.attach(conn, since, epoch)
-        for frame in greeting.frames:
-            conn.write(frame)
+        frames = greeting.frames
+        # (Only the transport takes joined frames: the fallback queue sends one per message.)
+        if conn.transport is not None and sum(map(len, frames)) <= _JOINED:
+            conn.write(b"".join((head, *frames)))
+        else:  # nor is a big snapshot copied once more to save one system call
+            if head:
+                conn.write(head)
+            for frame in frames:
+                conn.write(frame)
         conn.base = conn.acked = greeting.version
         conn.attached = True
         self._connected.inc()

@@ -48,7 +48,9 @@ class Upgrade:
     """A plain upgrade request: what the ASGI scope needs, and the key's answer."""
 
     target: str  #: the request target (path and query), ASCII
-    headers: list[tuple[bytes, bytes]]  #: as sent, values stripped of spaces and tabs
+    #: As sent, in order; names lower-cased (as ASGI wants them), values stripped of
+    #: spaces and tabs.
+    headers: list[tuple[bytes, bytes]]
     accept: bytes  #: the ``Sec-WebSocket-Accept`` value for the key
 
 
@@ -76,9 +78,9 @@ def read_upgrade(data: bytes) -> Upgrade | None:
         if not colon or len(line) + 2 > MAX_LINE_LENGTH:
             return None
         value = value.strip(b" \t")
-        headers.append((name, value))
-        names.append(name)
         lower = name.lower()
+        headers.append((lower, value))
+        names.append(name)
         if lower == b"connection":
             options = [option.strip(b" \t") for option in value.split(b",")]
             if not _TOKENS.fullmatch(b"\n".join(options)):

@@ -53,6 +53,16 @@ uvicorn's ``websockets-sansio`` protocol with six changes flagwire needs:
    as before, so refusals are unchanged.  Each reconnect of a storm paid for
    that parse and that response (bench/results/SUMMARY.md, "What bounds the
    storm").
+8. :class:`FlagwireHttpProtocol`, uvicorn's httptools protocol, hands a
+   plain upgrade that is a connection's first request straight to item 7,
+   instead of httptools' parse (a Python callback per header), the scope
+   uvicorn builds for it, and the request re-serialised for the WebSocket
+   protocol to read again.  Anything else is httptools' as before; it also
+   takes both addresses from the transport, as item 7 does.
+9. :func:`accept_now` accepts a plain upgrade's stream without the ASGI
+   round trip and hands back the 101 instead of writing it, so the stream
+   endpoint sends it with ``hello`` in one write: one system call per
+   resume, not two (and one read for the client).
 
 Server frames are unmasked and uncompressed (``ws_per_message_deflate`` is
 off), so writing a frame built elsewhere never disturbs the sans-I/O state
@@ -73,9 +83,11 @@ from collections.abc import Callable
 from typing import Final, cast
 from urllib.parse import unquote
 
-from starlette.websockets import WebSocket
+from starlette.websockets import WebSocket, WebSocketState
 from uvicorn._types import ASGISendEvent, WebSocketAcceptEvent
 from uvicorn.logging import TRACE_LOG_LEVEL
+from uvicorn.protocols.http.flow_control import FlowControl
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from uvicorn.protocols.utils import get_client_addr, get_path_with_query_string, is_ssl
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 from websockets.datastructures import Headers
@@ -89,7 +101,9 @@ from flagwire_server.stream.upgrade import Upgrade, read_upgrade, switching_prot
 __all__ = [
     "READ_SIZE",
     "SCOPE_KEY",
+    "FlagwireHttpProtocol",
     "FlagwireWebSocketProtocol",
+    "accept_now",
     "close_now",
     "close_sent",
     "protocol_of",
@@ -208,20 +222,31 @@ class FlagwireWebSocketProtocol(WebSocketsSansIOProtocol):
     async def send(self, message: ASGISendEvent) -> None:
         if self._accept is not None and message["type"] == "websocket.accept":
             await self.writable.wait()
-            pending = not (self.disconnected or self.handshake_complete or self.initial_response)
-            if pending and self._write_accept(message):
-                return
+            if self._accept_pending():
+                head = self._accept_head(message)
+                if head is not None:
+                    if head:
+                        self.transport.write(head)
+                    return
         await super().send(message)
         if message["type"] == "websocket.http.response.body" and not message.get("more_body"):
             # The response is written and the transport closing: the handshake is over,
             # answered.  uvicorn only counts an accept as that, then logs an ERROR.
             self.handshake_complete = True
 
-    def _write_accept(self, message: WebSocketAcceptEvent) -> bool:
-        """uvicorn's accept for a plain upgrade: the 101 written directly (item 7).
+    def _accept_pending(self) -> bool:
+        """A plain upgrade (item 7) not yet answered, on a connection still open."""
+        return self._accept is not None and not (
+            self.disconnected or self.handshake_complete or self.initial_response
+        )
 
-        Returns False, with the response websockets would have built in place,
-        for a subprotocol or a header that is not ASCII: uvicorn writes those.
+    def _accept_head(self, message: WebSocketAcceptEvent) -> bytes | None:
+        """uvicorn's accept for a plain upgrade: the 101 spelled directly (item 7).
+
+        Returns the 101 for the caller to write before anything else (``b""``
+        when the transport is already closing), or None, with the response
+        websockets would have built in place, for a subprotocol or a header
+        that is not ASCII: uvicorn writes those.
         """
         accept, self._accept = self._accept, None
         assert accept is not None
@@ -239,7 +264,7 @@ class FlagwireWebSocketProtocol(WebSocketsSansIOProtocol):
                 ),
             )
             self.response.headers["Sec-WebSocket-Accept"] = accept.decode()
-            return False
+            return None
         # uvicorn's and websockets' line per accepted stream, unless the server's logging
         # would drop both (a record each, built for nothing, in every storm's resume).
         lines = not handshake_lines_dropped(self.logger)
@@ -249,15 +274,15 @@ class FlagwireWebSocketProtocol(WebSocketsSansIOProtocol):
                 get_client_addr(self.scope),
                 get_path_with_query_string(self.scope),
             )
-        if not self.transport.is_closing():
-            self.handshake_complete = True
-            conn = self.conn
-            conn.state = State.OPEN
-            if lines:
-                conn.logger.info("connection open")
-            self.transport.write(switching_protocols(accept, headers))
-            self.start_keepalive()
-        return True
+        if self.transport.is_closing():
+            return b""
+        self.handshake_complete = True
+        conn = self.conn
+        conn.state = State.OPEN
+        if lines:
+            conn.logger.info("connection open")
+        self.start_keepalive()
+        return switching_protocols(accept, headers)
 
     def handle_connect(self, event: Request) -> None:
         super().handle_connect(event)
@@ -274,6 +299,79 @@ class FlagwireWebSocketProtocol(WebSocketsSansIOProtocol):
             self.transport.close()
             return
         super().shutdown()
+
+
+class FlagwireHttpProtocol(HttpToolsProtocol):
+    """uvicorn's httptools protocol, with a plain upgrade handed straight over (item 8)."""
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        """uvicorn's, with both addresses from the transport (see the WebSocket protocol's)."""
+        self.connections.add(self)
+        self.transport = transport
+        self.flow = FlowControl(transport)
+        self.server = _address(transport.get_extra_info("sockname"), local=True)
+        self.client = _address(transport.get_extra_info("peername"), local=False)  # type: ignore[assignment]
+        self.scheme = "https" if is_ssl(transport) else "http"
+        if self.logger.level <= TRACE_LOG_LEVEL:
+            prefix = f"{self.client[0]}:{self.client[1]} - " if self.client else ""
+            self.logger.log(TRACE_LOG_LEVEL, "%sHTTP connection made", prefix)
+
+    def data_received(self, data: bytes) -> None:
+        # The connection's first request (no scope yet), and flagwire's WebSocket protocol.
+        if self.scope is None:
+            ws_class = self.ws_protocol_class
+            if (
+                isinstance(ws_class, type)
+                and issubclass(ws_class, FlagwireWebSocketProtocol)
+                and not self.config.ws_per_message_deflate
+            ):
+                upgrade = read_upgrade(data)
+                if upgrade is not None:
+                    self._upgrade(ws_class, upgrade)
+                    return
+        super().data_received(data)
+
+    def _upgrade(self, ws_class: type[FlagwireWebSocketProtocol], upgrade: Upgrade) -> None:
+        """uvicorn's ``handle_websocket_upgrade`` for a request already read."""
+        if self.logger.level <= TRACE_LOG_LEVEL:
+            prefix = f"{self.client[0]}:{self.client[1]} - " if self.client else ""
+            self.logger.log(TRACE_LOG_LEVEL, "%sUpgrading to WebSocket", prefix)
+        self._unset_keepalive_if_required()
+        self.connections.discard(self)
+        protocol = ws_class(
+            config=self.config, server_state=self.server_state, app_state=self.app_state
+        )
+        protocol.connection_made(self.transport)
+        protocol._connect(upgrade)
+        self.transport.set_protocol(protocol)
+
+
+def accept_now(ws: WebSocket) -> bytes | None:
+    """Accept ``ws`` without an await, if it is a plain upgrade on flagwire's protocol (item 9).
+
+    Returns the 101, which the caller must write before any other byte and
+    should write together with its first frames (``b""`` when the peer is
+    already gone), or None when nothing was done: then ``await ws.accept()``.
+    """
+    proto = ws.scope.get(SCOPE_KEY)
+    if (
+        not isinstance(proto, FlagwireWebSocketProtocol)
+        or not proto._accept_pending()
+        or ws.client_state is not WebSocketState.CONNECTING
+        or ws.application_state is not WebSocketState.CONNECTING
+        or not proto.writable.is_set()
+        or proto.queue.qsize() != 1
+    ):
+        return None
+    head = proto._accept_head({"type": "websocket.accept", "subprotocol": None, "headers": []})
+    if head is None:
+        return None
+    # What Starlette's accept does around the ASGI round trip: take the connect
+    # event (the only one queued), then both sides are connected.
+    proto.queue.get_nowait()
+    ws.client_state = WebSocketState.CONNECTED
+    ws.application_state = WebSocketState.CONNECTED
+    return head
 
 
 def _address(info: object, local: bool) -> tuple[str, int | None] | None:
