@@ -247,3 +247,59 @@ async def test_small_text_frames_skip_the_parser_and_every_frame_still_arrives_i
         finally:
             transport.abort()
             theirs.close()
+
+
+#: uvicorn's httptools protocol: what FlagwireHttpProtocol overrides or calls (item 8).
+HTTP_METHODS = {
+    "connection_made": ["self", "transport"],
+    "data_received": ["self", "data"],
+    "_unset_keepalive_if_required": ["self"],
+}
+HTTP_ATTRIBUTES = (
+    "scope",
+    "ws_protocol_class",
+    "config",
+    "server_state",
+    "app_state",
+    "connections",
+    "transport",
+    "flow",
+    "server",
+    "client",
+    "scheme",
+    "logger",
+)
+
+
+async def test_the_http_protocol_the_fence_extends_keeps_its_shape() -> None:
+    from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+    for name, params in HTTP_METHODS.items():
+        fn = getattr(HttpToolsProtocol, name, None)
+        assert callable(fn), _broken(f"HttpToolsProtocol.{name} is gone")
+        got = list(inspect.signature(fn).parameters)
+        assert got == params, _broken(f"HttpToolsProtocol.{name} takes {got}, not {params}")
+    config = Config(app=_app, ws="websockets-sansio", log_config=None)
+    config.load()
+    proto = HttpToolsProtocol(config, ServerState(), app_state={})
+    for name in HTTP_ATTRIBUTES:
+        assert hasattr(proto, name), _broken(f"HttpToolsProtocol has no .{name}")
+    assert proto.scope is None, _broken(
+        "HttpToolsProtocol.scope no longer starts as None before the first request"
+    )
+    source = inspect.getsource(HttpToolsProtocol.handle_websocket_upgrade)
+    for step in ("connections.discard", "connection_made", "set_protocol"):
+        assert step in source, _broken(f"handle_websocket_upgrade no longer does {step}")
+
+
+def test_starlette_websocket_states_accept_now_sets() -> None:
+    from starlette.websockets import WebSocketState
+
+    ws = WebSocket({"type": "websocket", "path": "/", "headers": []}, _app, _app)
+    assert ws.client_state is WebSocketState.CONNECTING, _broken("WebSocket.client_state")
+    assert ws.application_state is WebSocketState.CONNECTING, _broken("WebSocket.application_state")
+    source = inspect.getsource(WebSocket.accept)
+    for needle in ("self.client_state", "receive"):
+        assert needle in source, _broken(
+            "WebSocket.accept no longer receives the connect event first (accept_now does it)"
+        )
