@@ -91,6 +91,9 @@ def test_flags_commands(live: Live, env: str, tmp_path: Path) -> None:
     out = run_json(live, "flags", "rollout", "checkout", "25", "-e", env)
     slots = out["flag"]["fallthrough"]["rollout"]["variations"]
     assert slots == [{"variation": 0, "weight": 25000}, {"variation": 1, "weight": 75000}]
+    # The same rollout again: unchanged because it already is 25%, not "already on".
+    again = run(live, "flags", "rollout", "checkout", "25", "-e", env).stdout
+    assert "unchanged (already as asked), nothing sent" in again, again
     out = run_json(live, "flags", "targets", "checkout", "1", "alice", "bob", "-e", env)
     assert out["flag"]["targets"] == [{"variation": 1, "values": ["alice", "bob"]}]
     assert (

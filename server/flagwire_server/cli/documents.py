@@ -49,7 +49,7 @@ def write_document(
         params=wait_params(wait),
         headers={"If-Match": f'"{version}"'} if version is not None else None,
     )
-    write_summary(data, kind, as_json)
+    write_summary(data, kind, as_json, toggle=body.keys() == {"on"})
     return data
 
 

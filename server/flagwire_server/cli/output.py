@@ -47,8 +47,11 @@ def say(data: Any, as_json: bool, *lines: str) -> None:
         typer.echo(line)
 
 
-def write_summary(data: dict[str, Any], kind: str, as_json: bool) -> None:
-    """One line about a write: the document's state, versions and who acknowledged it."""
+def write_summary(data: dict[str, Any], kind: str, as_json: bool, toggle: bool = False) -> None:
+    """One line about a write: the document's state, versions and who acknowledged it.
+
+    ``toggle``: the write only set ``on``, so an unchanged one is "already on/off".
+    """
     if as_json:
         emit(data, True)
         return
@@ -66,7 +69,7 @@ def write_summary(data: dict[str, Any], kind: str, as_json: bool) -> None:
     )
     prop = data.get("propagation")
     if data.get("changed") is False:
-        line += f"; unchanged (already {state}), nothing sent"
+        line += f"; unchanged (already {state if toggle else 'as asked'}), nothing sent"
     elif prop and not prop.get("connected"):
         line += "; no clients connected"
     elif prop:
