@@ -191,11 +191,8 @@ def _pair(tcp: bool) -> tuple[socket.socket, socket.socket]:
     return ours, theirs
 
 
-async def _exchange(
-    ws: str, data: bytes, answer: str, tcp: bool = False
-) -> tuple[bytes, dict[str, Any] | None]:
-    """Feed ``data`` as uvicorn's HTTP protocol would; what the peer reads, and the scope."""
-    seen: list[dict[str, Any]] = []
+def _app(answer: str, seen: list[dict[str, Any]]) -> Any:
+    """An app that records its scope and accepts (sends, closes) or denies with a 403."""
 
     async def app(scope: Any, receive: Any, send: Any) -> None:
         seen.append(scope)
@@ -209,16 +206,21 @@ async def _exchange(
             await send(start)
             await send({"type": "websocket.http.response.body", "body": b"no"})
 
+    return app
+
+
+async def _talk(proto: Any, tasks: set[Any], data: bytes, tcp: bool) -> tuple[bytes, str]:
+    """Feed ``data`` to ``proto`` on a real socket; what the peer reads (without the
+    time of day websockets' answers carry), and the protocol the transport ends with."""
     loop = asyncio.get_running_loop()
     ours, theirs = _pair(tcp)
     theirs.setblocking(False)
-    proto = _protocol(ws, app)
     transport, _ = await loop.connect_accepted_socket(lambda: proto, ours)
     try:
         proto.data_received(data)
         await asyncio.sleep(0)
         for _ in range(50):
-            if not proto.tasks:
+            if not tasks:
                 break
             await asyncio.sleep(0.01)
         got = b""
@@ -230,14 +232,28 @@ async def _exchange(
             if not chunk:
                 break
             got += chunk
+        upgraded = type(transport.get_protocol()).__name__
     finally:
         transport.abort()
         theirs.close()
+    return re.sub(rb"(?i)Date: [^\r]*\r\n", b"", got), upgraded
+
+
+def _scope_of(seen: list[dict[str, Any]]) -> dict[str, Any] | None:
     scope = dict(seen[0]) if seen else None
     if scope is not None:
         scope.pop(SCOPE_KEY, None)
-    # websockets' refusals carry the time of day.
-    return re.sub(rb"Date: [^\r]*\r\n", b"", got), scope
+    return scope
+
+
+async def _exchange(
+    ws: str, data: bytes, answer: str, tcp: bool = False
+) -> tuple[bytes, dict[str, Any] | None]:
+    """Feed ``data`` as uvicorn's HTTP protocol would; what the peer reads, and the scope."""
+    seen: list[dict[str, Any]] = []
+    proto = _protocol(ws, _app(answer, seen))
+    got, _ = await _talk(proto, proto.tasks, data, tcp)
+    return got, _scope_of(seen)
 
 
 _CASES = [
@@ -394,53 +410,17 @@ def test_what_the_fast_path_reads_httptools_reads_alike(data: bytes) -> None:
 
 
 async def _exchange_http(http: str, ws: str, data: bytes, answer: str) -> Any:
-    """As :func:`_exchange`, from the bytes uvicorn's HTTP protocol reads off the socket."""
+    """As :func:`_exchange`, from the bytes uvicorn's HTTP protocol reads off the socket;
+    also the protocol the transport ends with, and the HTTP protocol."""
     seen: list[dict[str, Any]] = []
-
-    async def app(scope: Any, receive: Any, send: Any) -> None:
-        seen.append(scope)
-        await receive()
-        if answer == "accept":
-            await send({"type": "websocket.accept", "headers": [(b"x-a", b"b")]})
-            await send({"type": "websocket.send", "text": "hi"})
-            await send({"type": "websocket.close", "code": 1000})
-        else:
-            start = {"type": "websocket.http.response.start", "status": 403, "headers": []}
-            await send(start)
-            await send({"type": "websocket.http.response.body", "body": b"no"})
-
-    config = Config(app=app, http=http, ws=ws, ws_per_message_deflate=False, log_config=None)
+    config = Config(
+        app=_app(answer, seen), http=http, ws=ws, ws_per_message_deflate=False, log_config=None
+    )
     config.load()
     state = ServerState()
-    loop = asyncio.get_running_loop()
-    ours, theirs = _pair(tcp=False)
-    theirs.setblocking(False)
     proto = config.http_protocol_class(config=config, server_state=state, app_state={})
-    transport, _ = await loop.connect_accepted_socket(lambda: proto, ours)
-    try:
-        proto.data_received(data)
-        await asyncio.sleep(0)
-        for _ in range(50):
-            if not state.tasks:
-                break
-            await asyncio.sleep(0.01)
-        got = b""
-        while True:
-            try:
-                chunk = await asyncio.wait_for(loop.sock_recv(theirs, 65536), 0.3)
-            except TimeoutError:
-                break
-            if not chunk:
-                break
-            got += chunk
-        upgraded = type(transport.get_protocol()).__name__
-    finally:
-        transport.abort()
-        theirs.close()
-    scope = dict(seen[0]) if seen else None
-    if scope is not None:
-        scope.pop(SCOPE_KEY, None)
-    return re.sub(rb"(?i)Date: [^\r]*\r\n", b"", got), scope, upgraded, proto
+    got, upgraded = await _talk(proto, state.tasks, data, tcp=False)
+    return got, _scope_of(seen), upgraded, proto
 
 
 async def test_flagwire_and_uvicorn_answer_every_request_alike_from_the_socket() -> None:
