@@ -11,7 +11,8 @@ an attribute or method relied on here changes.  Everything else reaches the
 protocol through :func:`protocol_of`, :func:`transport_of`,
 :func:`close_sent` and :func:`close_now`.
 
-uvicorn's ``websockets-sansio`` protocol with six changes flagwire needs:
+uvicorn's ``websockets-sansio`` protocol (and, item 8, its httptools protocol) with the
+changes flagwire needs:
 
 1. The protocol object is put in the ASGI scope (``scope["flagwire.protocol"]``)
    so the fan-out can write pre-built frames straight to the connection's
