@@ -10,7 +10,7 @@ import asyncio
 import json
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import httpx
@@ -22,10 +22,22 @@ from tests.support.server import ServerProcess
 
 pytestmark = pytest.mark.timeout(90)
 
+#: Clients made by sign_in, closed after each test (an unclosed one's socket was found
+#: later by the next app's gc.collect(), as a ResourceWarning blamed on another test).
+_signed_in: list[httpx.Client] = []
+
+
+@pytest.fixture(autouse=True)
+def _close_signed_in() -> Iterator[None]:
+    yield
+    while _signed_in:
+        _signed_in.pop().close()
+
 
 def sign_in(url: str, key: str) -> tuple[httpx.Client, str]:
     """A client signed in to the console at ``url`` with ``key``, and its CSRF token."""
     c = httpx.Client(base_url=url, headers={"Origin": url}, timeout=10)
+    _signed_in.append(c)
     login = re.search(r'name="csrf" value="([^"]+)"', c.get("/signin").text)
     assert login is not None
     r = c.post("/signin", data={"csrf": login.group(1), "key": key, "next": "/"})
