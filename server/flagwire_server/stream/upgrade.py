@@ -40,6 +40,10 @@ _TOKENS: Final = re.compile(rb"[-!#$%&'*+.^_`|~0-9a-zA-Z]+(?:\n[-!#$%&'*+.^_`|~0
 _PRINTABLE: Final = re.compile(rb"[\t\r\n\x20-\x7e]*")
 #: Headers whose presence alone sends the request to websockets: a body, a subprotocol.
 _ELSEWHERE: Final = frozenset((b"transfer-encoding", b"content-length", b"sec-websocket-protocol"))
+#: How clients spell the key header.  The HTTP protocol tries every connection's first
+#: request here, admin GETs included: without one of these it is not parsed (0.2 µs, not
+#: 5); an upgrade spelled otherwise is still read, by httptools and websockets.
+_KEY_SPELLINGS: Final = (b"Sec-WebSocket-Key:", b"sec-websocket-key:", b"Sec-Websocket-Key:")
 _101: Final = b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
 
 
@@ -56,7 +60,9 @@ class Upgrade:
 
 def read_upgrade(data: bytes) -> Upgrade | None:
     """The upgrade request in ``data`` (exactly one, nothing after it), or None if not plain."""
-    if not data.endswith(b"\r\n\r\n") or not _PRINTABLE.fullmatch(data):
+    if not data.endswith(b"\r\n\r\n") or not any(k in data for k in _KEY_SPELLINGS):
+        return None
+    if not _PRINTABLE.fullmatch(data):
         return None
     lines = data[:-4].split(b"\r\n")
     # A CR or LF anywhere but in the CRLFs, or an empty line (the end of headers) before the end.
